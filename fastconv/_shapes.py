@@ -1,0 +1,181 @@
+"""Shape arithmetic: the one place that knows output sizes and padding rules.
+
+Every rule here follows PyTorch (``torch.nn.functional.conv2d``, ``max_pool2d``,
+``avg_pool2d``).  The functional layer turns user arguments into one of the
+geometry records below; backends receive the record's fields and never derive
+a size themselves.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+
+class ConvGeometry(NamedTuple):
+    """Everything a backend needs to run one 2-D convolution.
+
+    Padding may be asymmetric (PyTorch's ``'same'`` with an even kernel puts the
+    extra row/column at the bottom/right), so each side is stored.
+    """
+
+    batch: int
+    in_channels: int
+    in_height: int
+    in_width: int
+    out_channels: int
+    kernel_height: int
+    kernel_width: int
+    stride_h: int
+    stride_w: int
+    pad_top: int
+    pad_left: int
+    pad_bottom: int
+    pad_right: int
+    dilation_h: int
+    dilation_w: int
+    groups: int
+    out_height: int
+    out_width: int
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        return (self.batch, self.in_channels, self.in_height, self.in_width)
+
+    @property
+    def output_shape(self) -> tuple[int, int, int, int]:
+        return (self.batch, self.out_channels, self.out_height, self.out_width)
+
+    @property
+    def weight_shape(self) -> tuple[int, int, int, int]:
+        return (self.out_channels, self.in_channels // self.groups,
+                self.kernel_height, self.kernel_width)
+
+
+class PoolGeometry(NamedTuple):
+    """Everything a backend needs to run one 2-D pooling window sweep.
+
+    Pooling padding is symmetric (PyTorch has no asymmetric pool padding).
+    """
+
+    batch: int
+    channels: int
+    in_height: int
+    in_width: int
+    kernel_height: int
+    kernel_width: int
+    stride_h: int
+    stride_w: int
+    pad_h: int
+    pad_w: int
+    dilation_h: int
+    dilation_w: int
+    out_height: int
+    out_width: int
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        return (self.batch, self.channels, self.in_height, self.in_width)
+
+    @property
+    def output_shape(self) -> tuple[int, int, int, int]:
+        return (self.batch, self.channels, self.out_height, self.out_width)
+
+
+def conv_output_size(size: int, kernel: int, stride: int, pad_before: int,
+                     pad_after: int, dilation: int) -> int:
+    """Output length of one convolved axis (PyTorch's floor rule)."""
+    effective_kernel = dilation * (kernel - 1) + 1
+    return (size + pad_before + pad_after - effective_kernel) // stride + 1
+
+
+def same_padding(kernel: int, dilation: int) -> tuple[int, int]:
+    """(before, after) padding that keeps a stride-1 axis its size.
+
+    Odd totals put the extra element after, as PyTorch's ``padding='same'`` does.
+    """
+    total = dilation * (kernel - 1)
+    before = total // 2
+    return before, total - before
+
+
+def pool_output_size(size: int, kernel: int, stride: int, pad: int,
+                     dilation: int, ceil_mode: bool) -> int:
+    """Output length of one pooled axis, PyTorch's rule including ceil_mode.
+
+    With ``ceil_mode`` the last window may hang over the end, but it must start
+    inside the input or the left padding; otherwise it is dropped.
+    """
+    effective_kernel = dilation * (kernel - 1) + 1
+    span = size + 2 * pad - effective_kernel
+    if ceil_mode:
+        out = -(-span // stride) + 1
+        if (out - 1) * stride >= size + pad:
+            out -= 1
+    else:
+        out = span // stride + 1
+    return out
+
+
+def conv_geometry(input_shape, weight_shape, stride, padding, dilation,
+                  groups) -> ConvGeometry:
+    """Build a ConvGeometry from normalised arguments.
+
+    ``padding`` is ``(top, left, bottom, right)``; ``stride`` and ``dilation``
+    are pairs. Validation of the values happens before this call.
+    """
+    batch, in_channels, in_height, in_width = input_shape
+    out_channels, _, kernel_height, kernel_width = weight_shape
+    pad_top, pad_left, pad_bottom, pad_right = padding
+    out_height = conv_output_size(in_height, kernel_height, stride[0], pad_top,
+                                  pad_bottom, dilation[0])
+    out_width = conv_output_size(in_width, kernel_width, stride[1], pad_left,
+                                 pad_right, dilation[1])
+    return ConvGeometry(batch, in_channels, in_height, in_width, out_channels,
+                        kernel_height, kernel_width, stride[0], stride[1],
+                        pad_top, pad_left, pad_bottom, pad_right,
+                        dilation[0], dilation[1], groups, out_height, out_width)
+
+
+def pool_geometry(input_shape, kernel_size, stride, padding, dilation,
+                  ceil_mode) -> PoolGeometry:
+    """Build a PoolGeometry from normalised pair arguments."""
+    batch, channels, in_height, in_width = input_shape
+    out_height = pool_output_size(in_height, kernel_size[0], stride[0],
+                                  padding[0], dilation[0], ceil_mode)
+    out_width = pool_output_size(in_width, kernel_size[1], stride[1],
+                                 padding[1], dilation[1], ceil_mode)
+    return PoolGeometry(batch, channels, in_height, in_width, kernel_size[0],
+                        kernel_size[1], stride[0], stride[1], padding[0],
+                        padding[1], dilation[0], dilation[1], out_height,
+                        out_width)
+
+
+def avg_pool_divisors(geometry: PoolGeometry, count_include_pad: bool):
+    """Per-output-position divisor of avg_pool2d, shape (out_height, out_width).
+
+    PyTorch's rule: with ``count_include_pad`` a window is clipped to the padded
+    input (the part that ceil_mode lets run past the padding is not counted);
+    without it, to the real input. Backends divide by this table instead of
+    re-deriving the rule.
+    """
+    import numpy as np
+
+    g = geometry
+
+    def axis_counts(out_size, stride, pad, kernel, size):
+        start = np.arange(out_size) * stride - pad
+        end = np.minimum(start + kernel, size + pad)
+        if not count_include_pad:
+            start, end = np.maximum(start, 0), np.minimum(end, size)
+        return np.maximum(end - start, 0)
+
+    rows = axis_counts(g.out_height, g.stride_h, g.pad_h, g.kernel_height,
+                       g.in_height)
+    cols = axis_counts(g.out_width, g.stride_w, g.pad_w, g.kernel_width,
+                       g.in_width)
+    return np.outer(rows, cols).astype(np.float64)
+
+
+def numel(shape) -> int:
+    return math.prod(shape)

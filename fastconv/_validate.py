@@ -1,0 +1,107 @@
+"""Argument checks with messages that name the argument and what was expected.
+
+Everything here raises ``TypeError`` (wrong kind of thing) or ``ValueError``
+(right kind, bad value). Backends trust their callers and check nothing.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def float_array(value, name: str, ndim: int | None = None) -> np.ndarray:
+    """A float32/float64 ndarray of the given ndim, C-contiguous (copied if not)."""
+    if not isinstance(value, np.ndarray):
+        raise TypeError(
+            f"{name} must be a numpy.ndarray, got {type(value).__name__}")
+    if value.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must have dtype float32 or float64, got {value.dtype}")
+    if ndim is not None and value.ndim != ndim:
+        raise ValueError(
+            f"{name} must be {ndim}-D, got shape {value.shape} ({value.ndim}-D)")
+    return np.ascontiguousarray(value)
+
+
+def same_dtype(first: np.ndarray, first_name: str, second: np.ndarray,
+               second_name: str) -> None:
+    if first.dtype != second.dtype:
+        raise TypeError(
+            f"{first_name} and {second_name} must share a dtype, got "
+            f"{first.dtype} and {second.dtype}")
+
+
+def _int(value, name: str) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+            value, numbers.Integral):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    return int(value)
+
+
+def pair(value, name: str, minimum: int) -> tuple[int, int]:
+    """An int or a 2-sequence of ints, each >= minimum, as a pair."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(
+                f"{name} must be an int or a pair of ints, got {value!r}")
+        result = (_int(value[0], name), _int(value[1], name))
+    else:
+        result = (_int(value, name),) * 2
+    if min(result) < minimum:
+        what = "positive" if minimum == 1 else f">= {minimum}"
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return result
+
+
+def positive_int(value, name: str) -> int:
+    result = _int(value, name)
+    if result < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return result
+
+
+def probability(value, name: str = "p") -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+            value, numbers.Real):
+        raise TypeError(f"{name} must be a float in [0, 1], got {value!r}")
+    result = float(value)
+    if not 0.0 <= result <= 1.0:  # also rejects NaN
+        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+    return result
+
+
+def seed(value, name: str = "seed") -> int:
+    result = _int(value, name) if not isinstance(value, (tuple, list)) else None
+    if result is None:
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if not 0 <= result < 2**64:
+        raise ValueError(f"{name} must be in [0, 2**64), got {value!r}")
+    return result
+
+
+def shape4(value, name: str) -> tuple[int, int, int, int]:
+    if not isinstance(value, (tuple, list)) or len(value) != 4:
+        raise ValueError(
+            f"{name} must be a 4-tuple (N, C, H, W), got {value!r}")
+    result = tuple(_int(v, name) for v in value)
+    if min(result) < 1:
+        raise ValueError(f"{name} must have positive sizes, got {value!r}")
+    return result
+
+
+def nonempty_output(out_height: int, out_width: int, what: str) -> None:
+    if out_height < 1 or out_width < 1:
+        raise ValueError(
+            f"{what}: the output would be empty ({out_height}x{out_width}); "
+            f"the input is too small for this kernel_size/padding/dilation")
+
+
+def grad_shape(grad_output: np.ndarray, expected, name: str = "grad_output"):
+    if tuple(grad_output.shape) != tuple(expected):
+        raise ValueError(
+            f"{name} must have shape {tuple(expected)} (the forward output), "
+            f"got {grad_output.shape}")

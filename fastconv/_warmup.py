@@ -1,0 +1,37 @@
+"""Compile every Numba kernel ahead of first use."""
+
+from __future__ import annotations
+
+import time
+
+
+def warmup(backends=("numba",)) -> float:
+    """Run each primitive once on tiny float32 and float64 inputs.
+
+    Compiles (or loads from Numba's cache) every kernel of the named
+    backends, so the first real call does not pay for it. Returns the
+    seconds it took.
+    """
+    import numpy as np
+
+    from fastconv import functional as F
+    from fastconv.backends import available_backends
+
+    start = time.perf_counter()
+    for name in backends:
+        if name not in available_backends():
+            continue
+        for dtype in (np.float32, np.float64):
+            x = np.ones((1, 2, 5, 5), dtype=dtype)
+            weight = np.ones((2, 2, 3, 3), dtype=dtype)
+            bias = np.zeros(2, dtype=dtype)
+            y = F.conv2d(x, weight, bias, padding=1, backend=name)
+            F.conv2d_backward(y, x, weight, padding=1, backend=name)
+            pooled, indices = F.max_pool2d(x, 2, return_indices=True,
+                                           backend=name)
+            F.max_pool2d_backward(pooled, indices, x.shape, backend=name)
+            averaged = F.avg_pool2d(x, 2, backend=name)
+            F.avg_pool2d_backward(averaged, x.shape, 2, backend=name)
+            y, mask = F.dropout(x, 0.5, seed=0, backend=name)
+            F.dropout_backward(y, mask, 0.5, backend=name)
+    return time.perf_counter() - start

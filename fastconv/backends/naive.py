@@ -1,0 +1,182 @@
+"""The naive backend: plain Python loops, written to be obviously correct.
+
+This is the reference every other backend is tested against and the baseline
+benchmarks compare with. It favours clarity over speed on purpose: one loop
+per index, one line per formula, sums accumulated in Python floats (float64).
+Use it on small shapes only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from fastconv import _dropout_hash
+
+
+def _input_position(out_index, stride, pad, kernel_index, dilation):
+    return out_index * stride - pad + kernel_index * dilation
+
+
+def conv2d_forward(x, weight, bias, g):
+    y = np.zeros(g.output_shape, dtype=x.dtype)
+    channels_per_group = g.in_channels // g.groups
+    filters_per_group = g.out_channels // g.groups
+    for n in range(g.batch):
+        for k in range(g.out_channels):
+            group = k // filters_per_group
+            for oh in range(g.out_height):
+                for ow in range(g.out_width):
+                    total = 0.0 if bias is None else float(bias[k])
+                    for c_local in range(channels_per_group):
+                        c = group * channels_per_group + c_local
+                        for r in range(g.kernel_height):
+                            ih = _input_position(oh, g.stride_h, g.pad_top, r,
+                                                 g.dilation_h)
+                            if not 0 <= ih < g.in_height:
+                                continue
+                            for s in range(g.kernel_width):
+                                iw = _input_position(ow, g.stride_w, g.pad_left,
+                                                     s, g.dilation_w)
+                                if not 0 <= iw < g.in_width:
+                                    continue
+                                total += float(x[n, c, ih, iw]) * float(
+                                    weight[k, c_local, r, s])
+                    y[n, k, oh, ow] = total
+    return y
+
+
+def conv2d_backward(grad_output, x, weight, g, need_input_grad=True):
+    grad_input = np.zeros(g.input_shape, dtype=np.float64)
+    grad_weight = np.zeros(g.weight_shape, dtype=np.float64)
+    channels_per_group = g.in_channels // g.groups
+    filters_per_group = g.out_channels // g.groups
+    for n in range(g.batch):
+        for k in range(g.out_channels):
+            group = k // filters_per_group
+            for oh in range(g.out_height):
+                for ow in range(g.out_width):
+                    grad = float(grad_output[n, k, oh, ow])
+                    for c_local in range(channels_per_group):
+                        c = group * channels_per_group + c_local
+                        for r in range(g.kernel_height):
+                            ih = _input_position(oh, g.stride_h, g.pad_top, r,
+                                                 g.dilation_h)
+                            if not 0 <= ih < g.in_height:
+                                continue
+                            for s in range(g.kernel_width):
+                                iw = _input_position(ow, g.stride_w, g.pad_left,
+                                                     s, g.dilation_w)
+                                if not 0 <= iw < g.in_width:
+                                    continue
+                                grad_input[n, c, ih, iw] += grad * float(
+                                    weight[k, c_local, r, s])
+                                grad_weight[k, c_local, r, s] += grad * float(
+                                    x[n, c, ih, iw])
+    grad_bias = np.zeros(g.out_channels, dtype=np.float64)
+    for n in range(g.batch):
+        for k in range(g.out_channels):
+            for oh in range(g.out_height):
+                for ow in range(g.out_width):
+                    grad_bias[k] += float(grad_output[n, k, oh, ow])
+    dtype = x.dtype
+    return (grad_input.astype(dtype) if need_input_grad else None,
+            grad_weight.astype(dtype), grad_bias.astype(dtype))
+
+
+def max_pool2d_forward(x, g):
+    y = np.empty(g.output_shape, dtype=x.dtype)
+    indices = np.empty(g.output_shape, dtype=np.int64)
+    for n in range(g.batch):
+        for c in range(g.channels):
+            for oh in range(g.out_height):
+                for ow in range(g.out_width):
+                    best_value = -math.inf
+                    best_index = -1
+                    for r in range(g.kernel_height):
+                        ih = _input_position(oh, g.stride_h, g.pad_h, r,
+                                             g.dilation_h)
+                        if not 0 <= ih < g.in_height:
+                            continue
+                        for s in range(g.kernel_width):
+                            iw = _input_position(ow, g.stride_w, g.pad_w, s,
+                                                 g.dilation_w)
+                            if not 0 <= iw < g.in_width:
+                                continue
+                            value = float(x[n, c, ih, iw])
+                            # PyTorch's rule: a NaN wins, and so does the
+                            # first in-bounds element of an all -inf window.
+                            if (best_index < 0 or value > best_value
+                                    or math.isnan(value)):
+                                best_value = value
+                                best_index = ih * g.in_width + iw
+                    y[n, c, oh, ow] = best_value
+                    indices[n, c, oh, ow] = best_index
+    return y, indices
+
+
+def max_pool2d_backward(grad_output, indices, g):
+    grad_input = np.zeros(g.input_shape, dtype=np.float64)
+    for n in range(g.batch):
+        for c in range(g.channels):
+            for oh in range(g.out_height):
+                for ow in range(g.out_width):
+                    index = int(indices[n, c, oh, ow])
+                    ih, iw = divmod(index, g.in_width)
+                    grad_input[n, c, ih, iw] += float(grad_output[n, c, oh, ow])
+    return grad_input.astype(grad_output.dtype)
+
+
+def avg_pool2d_forward(x, g, divisors):
+    y = np.empty(g.output_shape, dtype=x.dtype)
+    for n in range(g.batch):
+        for c in range(g.channels):
+            for oh in range(g.out_height):
+                for ow in range(g.out_width):
+                    total = 0.0
+                    for r in range(g.kernel_height):
+                        ih = _input_position(oh, g.stride_h, g.pad_h, r, 1)
+                        if not 0 <= ih < g.in_height:
+                            continue
+                        for s in range(g.kernel_width):
+                            iw = _input_position(ow, g.stride_w, g.pad_w, s, 1)
+                            if 0 <= iw < g.in_width:
+                                total += float(x[n, c, ih, iw])
+                    y[n, c, oh, ow] = total / divisors[oh, ow]
+    return y
+
+
+def avg_pool2d_backward(grad_output, g, divisors):
+    grad_input = np.zeros(g.input_shape, dtype=np.float64)
+    for n in range(g.batch):
+        for c in range(g.channels):
+            for oh in range(g.out_height):
+                for ow in range(g.out_width):
+                    share = float(grad_output[n, c, oh, ow]) / divisors[oh, ow]
+                    for r in range(g.kernel_height):
+                        ih = _input_position(oh, g.stride_h, g.pad_h, r, 1)
+                        if not 0 <= ih < g.in_height:
+                            continue
+                        for s in range(g.kernel_width):
+                            iw = _input_position(ow, g.stride_w, g.pad_w, s, 1)
+                            if 0 <= iw < g.in_width:
+                                grad_input[n, c, ih, iw] += share
+    return grad_input.astype(grad_output.dtype)
+
+
+def dropout_mask(size, threshold, seed):
+    key = _dropout_hash.seed_key(seed)
+    mask = np.empty(size, dtype=np.bool_)
+    for i in range(size):
+        mask[i] = _dropout_hash.keep_bits(key, i) >= threshold
+    return mask
+
+
+def dropout_apply(x, mask, scale):
+    flat_x = x.reshape(-1)
+    flat_mask = mask.reshape(-1)
+    y = np.empty(flat_x.shape, dtype=x.dtype)
+    for i in range(flat_x.size):
+        y[i] = flat_x[i] * scale if flat_mask[i] else 0.0
+    return y.reshape(x.shape)
