@@ -1,0 +1,440 @@
+# cython: language_level=3
+# cython: boundscheck=False, wraparound=False, cdivision=True
+# cython: initializedcheck=False, nonecheck=False
+"""GEMM-based 2-D convolution kernels (forward and backward), float32/float64.
+
+Layout: x (N, C, H, W), weight (K, C/G, R, S), y (N, K, OH, OW), all
+C-contiguous. For one image ``n`` and group ``g`` the convolution is one matrix
+product::
+
+    y[n, g]  (Kg, OH*OW) = weight[g] (Kg, Cg*R*S) @ col (Cg*R*S, OH*OW)
+
+where ``col`` is the im2col unfolding of ``x[n, g]``. The output rows are cut
+into tiles of ``tile_rows`` rows so that ``col`` stays inside the workspace the
+caller allotted (``fastconv.config.WORKSPACE_BYTES``) whatever the image size;
+a tile of y is a strided block of y (row stride OH*OW), which BLAS writes in
+place. Work items (image, group, tile) are spread over OpenMP threads; each
+thread unfolds into its own slice of ``workspace`` and calls a single-threaded
+BLAS gemm (SciPy's, fetched at import from ``scipy.linalg.cython_blas``, so
+building needs no SciPy headers). The caller holds BLAS to one thread around
+these calls.
+
+The caller (``fastconv.backends.cython_cpu``) validates, allocates outputs
+and workspaces and chooses ``tile_rows``; nothing here checks arguments.
+"""
+
+from cpython.pycapsule cimport PyCapsule_GetName, PyCapsule_GetPointer
+from cython.parallel cimport parallel, prange, threadid
+from libc.string cimport memset
+
+ctypedef fused real:
+    float
+    double
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #define FASTCONV_HAVE_OPENMP 1
+    #else
+    #define FASTCONV_HAVE_OPENMP 0
+    #endif
+    """
+    const int FASTCONV_HAVE_OPENMP
+
+
+def openmp_enabled():
+    """True when this extension was compiled with OpenMP (parallel kernels)."""
+    return bool(FASTCONV_HAVE_OPENMP)
+
+
+# ------------------------------------------------------------------ BLAS
+
+ctypedef void (*sgemm_fn)(char *transa, char *transb, int *m, int *n, int *k,
+                          float *alpha, float *a, int *lda, float *b, int *ldb,
+                          float *beta, float *c, int *ldc) noexcept nogil
+ctypedef void (*dgemm_fn)(char *transa, char *transb, int *m, int *n, int *k,
+                          double *alpha, double *a, int *lda, double *b,
+                          int *ldb, double *beta, double *c,
+                          int *ldc) noexcept nogil
+
+cdef sgemm_fn _sgemm = NULL
+cdef dgemm_fn _dgemm = NULL
+
+
+cdef void *_capsule_pointer(object capsule) except NULL:
+    return PyCapsule_GetPointer(capsule, PyCapsule_GetName(capsule))
+
+
+def _load_blas():
+    global _sgemm, _dgemm
+    from scipy.linalg import cython_blas
+
+    exported = cython_blas.__pyx_capi__
+    _sgemm = <sgemm_fn>_capsule_pointer(exported["sgemm"])
+    _dgemm = <dgemm_fn>_capsule_pointer(exported["dgemm"])
+
+
+_load_blas()
+
+
+cdef inline void gemm_row_major(char trans_a, char trans_b, int m, int n,
+                                int k, real alpha, const real *a, int lda,
+                                const real *b, int ldb, real beta, real *c,
+                                int ldc) noexcept nogil:
+    """C (m, n) = alpha * op(A) @ op(B) + beta * C, all row-major.
+
+    BLAS is column-major, where a row-major matrix reads as its transpose, so
+    this asks BLAS for C^T = op(B)^T @ op(A)^T: operands swapped, m and n
+    swapped, transposition flags unchanged.
+    """
+    if real is float:
+        _sgemm(&trans_b, &trans_a, &n, &m, &k, &alpha, <float *>b, &ldb,
+               <float *>a, &lda, &beta, c, &ldc)
+    else:
+        _dgemm(&trans_b, &trans_a, &n, &m, &k, &alpha, <double *>b, &ldb,
+               <double *>a, &lda, &beta, c, &ldc)
+
+
+# ------------------------------------------------------------ geometry
+
+cdef struct ConvShape:
+    Py_ssize_t batch, in_channels, in_height, in_width
+    Py_ssize_t out_channels, kernel_height, kernel_width
+    Py_ssize_t stride_h, stride_w, pad_top, pad_left
+    Py_ssize_t dilation_h, dilation_w, groups, out_height, out_width
+    Py_ssize_t group_channels      # Cg = C / G
+    Py_ssize_t group_filters       # Kg = K / G
+    Py_ssize_t col_rows            # Cg * R * S
+    bint direct                    # 1x1, stride 1, no padding: col is x itself
+
+
+cdef ConvShape _conv_shape(g):
+    """The C view of a ``fastconv._shapes.ConvGeometry``."""
+    cdef ConvShape cs
+    cs.batch, cs.in_channels = g.batch, g.in_channels
+    cs.in_height, cs.in_width = g.in_height, g.in_width
+    cs.out_channels = g.out_channels
+    cs.kernel_height, cs.kernel_width = g.kernel_height, g.kernel_width
+    cs.stride_h, cs.stride_w = g.stride_h, g.stride_w
+    cs.pad_top, cs.pad_left = g.pad_top, g.pad_left
+    cs.dilation_h, cs.dilation_w = g.dilation_h, g.dilation_w
+    cs.groups = g.groups
+    cs.out_height, cs.out_width = g.out_height, g.out_width
+    cs.group_channels = g.in_channels // g.groups
+    cs.group_filters = g.out_channels // g.groups
+    cs.col_rows = cs.group_channels * g.kernel_height * g.kernel_width
+    cs.direct = (g.kernel_height == 1 and g.kernel_width == 1
+                 and g.stride_h == 1 and g.stride_w == 1
+                 and g.pad_top == 0 and g.pad_left == 0
+                 and g.pad_bottom == 0 and g.pad_right == 0)
+    return cs
+
+
+cdef inline void _valid_columns(const ConvShape *cs, Py_ssize_t s,
+                                Py_ssize_t *offset, Py_ssize_t *first,
+                                Py_ssize_t *stop) noexcept nogil:
+    """For kernel column s: iw = ow * stride_w + offset lies inside the
+    input exactly for ow in [first, stop)."""
+    cdef Py_ssize_t off = s * cs.dilation_w - cs.pad_left
+    cdef Py_ssize_t lo = 0, hi
+    if off < 0:
+        lo = (-off + cs.stride_w - 1) // cs.stride_w
+    if cs.in_width - 1 - off < 0:
+        hi = 0
+    else:
+        hi = (cs.in_width - 1 - off) // cs.stride_w + 1
+    if hi > cs.out_width:
+        hi = cs.out_width
+    if lo > cs.out_width:
+        lo = cs.out_width
+    if hi < lo:
+        hi = lo
+    offset[0], first[0], stop[0] = off, lo, hi
+
+
+cdef void _im2col(const ConvShape *cs, const real *image, Py_ssize_t row_start,
+                  Py_ssize_t row_count, real *col) noexcept nogil:
+    """Unfold output rows [row_start, row_start + row_count) of one group.
+
+    image: the group's Cg input planes (Cg, H, W); col: (Cg*R*S, row_count*OW)
+    row-major, zeros where a tap falls in the padding.
+    """
+    cdef Py_ssize_t width = cs.out_width, tile_width = row_count * width
+    cdef Py_ssize_t c, r, s, i, ow, ih, offset, first, stop
+    cdef Py_ssize_t stride_w = cs.stride_w
+    cdef const real *plane
+    cdef const real *src
+    cdef real *dst
+    cdef Py_ssize_t row = 0
+    for c in range(cs.group_channels):
+        plane = image + c * cs.in_height * cs.in_width
+        for r in range(cs.kernel_height):
+            for s in range(cs.kernel_width):
+                _valid_columns(cs, s, &offset, &first, &stop)
+                for i in range(row_count):
+                    dst = col + row * tile_width + i * width
+                    ih = ((row_start + i) * cs.stride_h - cs.pad_top
+                          + r * cs.dilation_h)
+                    if ih < 0 or ih >= cs.in_height:
+                        memset(dst, 0, width * sizeof(real))
+                        continue
+                    src = plane + ih * cs.in_width + offset
+                    for ow in range(first):
+                        dst[ow] = 0
+                    if stride_w == 1:
+                        for ow in range(first, stop):
+                            dst[ow] = src[ow]
+                    else:
+                        for ow in range(first, stop):
+                            dst[ow] = src[ow * stride_w]
+                    for ow in range(stop, width):
+                        dst[ow] = 0
+                row += 1
+
+
+cdef void _col2im_add(const ConvShape *cs, const real *col, Py_ssize_t row_start,
+                      Py_ssize_t row_count, real *image) noexcept nogil:
+    """The adjoint of ``_im2col``: add col's entries back onto the Cg input
+    planes ``image`` (padding taps are dropped)."""
+    cdef Py_ssize_t width = cs.out_width, tile_width = row_count * width
+    cdef Py_ssize_t c, r, s, i, ow, ih, offset, first, stop
+    cdef Py_ssize_t stride_w = cs.stride_w
+    cdef real *plane
+    cdef real *dst
+    cdef const real *src
+    cdef Py_ssize_t row = 0
+    for c in range(cs.group_channels):
+        plane = image + c * cs.in_height * cs.in_width
+        for r in range(cs.kernel_height):
+            for s in range(cs.kernel_width):
+                _valid_columns(cs, s, &offset, &first, &stop)
+                for i in range(row_count):
+                    ih = ((row_start + i) * cs.stride_h - cs.pad_top
+                          + r * cs.dilation_h)
+                    if ih < 0 or ih >= cs.in_height:
+                        continue
+                    src = col + row * tile_width + i * width
+                    dst = plane + ih * cs.in_width + offset
+                    if stride_w == 1:
+                        for ow in range(first, stop):
+                            dst[ow] += src[ow]
+                    else:
+                        for ow in range(first, stop):
+                            dst[ow * stride_w] += src[ow]
+                row += 1
+
+
+# ------------------------------------------------------------- forward
+
+cdef void _forward_tile(const ConvShape *cs, const real *x, const real *weight,
+                        const real *bias, real *y, real *col,
+                        Py_ssize_t item, Py_ssize_t tile_rows,
+                        Py_ssize_t tiles) noexcept nogil:
+    """One work item: output rows of one tile, one group, one image."""
+    cdef Py_ssize_t tile = item % tiles
+    cdef Py_ssize_t group = (item // tiles) % cs.groups
+    cdef Py_ssize_t n = item // (tiles * cs.groups)
+    cdef Py_ssize_t row_start = tile * tile_rows
+    cdef Py_ssize_t row_count = cs.out_height - row_start
+    cdef Py_ssize_t plane_out = cs.out_height * cs.out_width
+    cdef Py_ssize_t k, p, tile_width
+    cdef const real *image = x + (n * cs.in_channels
+                                  + group * cs.group_channels) * (
+                                      cs.in_height * cs.in_width)
+    cdef real *out = y + (n * cs.out_channels + group * cs.group_filters) * (
+        plane_out) + row_start * cs.out_width
+    cdef const real *columns
+    cdef int ld_columns
+    cdef real *out_row
+    cdef real bias_k
+    if row_count > tile_rows:
+        row_count = tile_rows
+    tile_width = row_count * cs.out_width
+    if cs.direct:
+        # 1x1 taps of a stride-1 unpadded conv: the input planes are col.
+        columns = image + row_start * cs.out_width
+        ld_columns = <int>plane_out
+    else:
+        _im2col(cs, image, row_start, row_count, col)
+        columns = col
+        ld_columns = <int>tile_width
+    gemm_row_major(c'N', c'N', <int>cs.group_filters, <int>tile_width,
+                   <int>cs.col_rows, <real>1,
+                   weight + group * cs.group_filters * cs.col_rows,
+                   <int>cs.col_rows, columns, ld_columns, <real>0, out,
+                   <int>plane_out)
+    if bias != NULL:
+        for k in range(cs.group_filters):
+            bias_k = bias[group * cs.group_filters + k]
+            out_row = out + k * plane_out
+            for p in range(tile_width):
+                out_row[p] += bias_k
+
+
+def conv2d_forward(const real[:, :, :, ::1] x, const real[:, :, :, ::1] weight,
+                   const real[::1] bias, bint has_bias,
+                   real[:, :, :, ::1] y, real[:, ::1] workspace, g,
+                   Py_ssize_t tile_rows, int num_threads):
+    """y = conv2d(x, weight) (+ bias when has_bias), written into y.
+
+    workspace: (num_threads, Cg*R*S * tile_rows*OW), one unfolding buffer per
+    thread (unused, may be (num_threads, 1), for a 1x1 stride-1 unpadded conv).
+    """
+    cdef ConvShape cs = _conv_shape(g)
+    cdef Py_ssize_t tiles = (cs.out_height + tile_rows - 1) // tile_rows
+    cdef Py_ssize_t items = cs.batch * cs.groups * tiles
+    cdef Py_ssize_t item
+    cdef const real *x_ptr = &x[0, 0, 0, 0]
+    cdef const real *weight_ptr = &weight[0, 0, 0, 0]
+    cdef const real *bias_ptr = &bias[0] if has_bias else NULL
+    cdef real *y_ptr = &y[0, 0, 0, 0]
+    cdef real *work_ptr = &workspace[0, 0]
+    cdef Py_ssize_t work_stride = workspace.shape[1]
+    cdef real *col
+    with nogil, parallel(num_threads=num_threads):
+        col = work_ptr + threadid() * work_stride
+        for item in prange(items, schedule="dynamic"):
+            _forward_tile(&cs, x_ptr, weight_ptr, bias_ptr, y_ptr, col, item,
+                          tile_rows, tiles)
+
+
+# ------------------------------------------------------------ backward
+
+cdef void _backward_image(const ConvShape *cs, const real *grad_output,
+                          const real *x, const real *weight,
+                          real *grad_input, real *grad_weight_partial,
+                          real *col, real *col_grad, Py_ssize_t item,
+                          Py_ssize_t tile_rows,
+                          bint need_input_grad) noexcept nogil:
+    """One work item: image n, group g, all its tiles (in order, so the
+    col2im scatter of one image is never shared between threads).
+
+    grad_weight_partial (K, Cg*R*S) is this thread's private sum.
+    """
+    cdef Py_ssize_t group = item % cs.groups
+    cdef Py_ssize_t n = item // cs.groups
+    cdef Py_ssize_t plane_in = cs.in_height * cs.in_width
+    cdef Py_ssize_t plane_out = cs.out_height * cs.out_width
+    cdef Py_ssize_t input_offset = (n * cs.in_channels
+                                    + group * cs.group_channels) * plane_in
+    cdef const real *image = x + input_offset
+    cdef real *image_grad = grad_input + input_offset if need_input_grad \
+        else NULL
+    cdef const real *grad_image = grad_output + (
+        n * cs.out_channels + group * cs.group_filters) * plane_out
+    cdef const real *weight_group = weight + group * cs.group_filters * (
+        cs.col_rows)
+    cdef real *partial_group = grad_weight_partial + group * (
+        cs.group_filters * cs.col_rows)
+    cdef Py_ssize_t row_start, row_count, tile_width
+    cdef const real *grad_tile
+    cdef const real *columns
+    cdef int ld_columns
+    if need_input_grad and not cs.direct:
+        memset(image_grad, 0, cs.group_channels * plane_in * sizeof(real))
+    row_start = 0
+    while row_start < cs.out_height:
+        row_count = cs.out_height - row_start
+        if row_count > tile_rows:
+            row_count = tile_rows
+        tile_width = row_count * cs.out_width
+        grad_tile = grad_image + row_start * cs.out_width
+        if cs.direct:
+            columns = image + row_start * cs.out_width
+            ld_columns = <int>plane_in
+        else:
+            _im2col(cs, image, row_start, row_count, col)
+            columns = col
+            ld_columns = <int>tile_width
+        # grad_weight[g] (Kg, CgRS) += grad_tile (Kg, P) @ columns^T (P, CgRS)
+        gemm_row_major(c'N', c'T', <int>cs.group_filters, <int>cs.col_rows,
+                       <int>tile_width, <real>1, grad_tile, <int>plane_out,
+                       columns, ld_columns, <real>1, partial_group,
+                       <int>cs.col_rows)
+        if need_input_grad:
+            # col_grad (CgRS, P) = weight[g]^T (CgRS, Kg) @ grad_tile (Kg, P)
+            if cs.direct:
+                gemm_row_major(c'T', c'N', <int>cs.col_rows, <int>tile_width,
+                               <int>cs.group_filters, <real>1, weight_group,
+                               <int>cs.col_rows, grad_tile, <int>plane_out,
+                               <real>0, image_grad + row_start * cs.out_width,
+                               <int>plane_in)
+            else:
+                gemm_row_major(c'T', c'N', <int>cs.col_rows, <int>tile_width,
+                               <int>cs.group_filters, <real>1, weight_group,
+                               <int>cs.col_rows, grad_tile, <int>plane_out,
+                               <real>0, col_grad, <int>tile_width)
+                _col2im_add(cs, col_grad, row_start, row_count, image_grad)
+        row_start += row_count
+
+
+def conv2d_backward(const real[:, :, :, ::1] grad_output,
+                    const real[:, :, :, ::1] x,
+                    const real[:, :, :, ::1] weight,
+                    real[:, :, :, ::1] grad_input, bint need_input_grad,
+                    real[:, ::1] grad_weight_partials,
+                    real[:, ::1] workspace, g, Py_ssize_t tile_rows,
+                    int num_threads):
+    """Accumulate the input and weight gradients of conv2d.
+
+    grad_input: zeros-free output of x's shape (every element is written);
+    ignored, and may be any (1, 1, 1, 1) array, when need_input_grad is False.
+    grad_weight_partials: (num_threads, K*Cg*R*S) zeros; thread t adds its
+    images' contributions to row t (the caller sums the rows with
+    ``sum_rows``). workspace: (num_threads, 2 * Cg*R*S * tile_rows*OW).
+    """
+    cdef ConvShape cs = _conv_shape(g)
+    cdef Py_ssize_t items = cs.batch * cs.groups
+    cdef Py_ssize_t item, thread
+    cdef const real *grad_output_ptr = &grad_output[0, 0, 0, 0]
+    cdef const real *x_ptr = &x[0, 0, 0, 0]
+    cdef const real *weight_ptr = &weight[0, 0, 0, 0]
+    cdef real *grad_input_ptr = &grad_input[0, 0, 0, 0]
+    cdef real *partials_ptr = &grad_weight_partials[0, 0]
+    cdef Py_ssize_t partial_stride = grad_weight_partials.shape[1]
+    cdef real *work_ptr = &workspace[0, 0]
+    cdef Py_ssize_t work_stride = workspace.shape[1]
+    cdef Py_ssize_t half = work_stride // 2
+    cdef real *col
+    cdef real *partial
+    with nogil, parallel(num_threads=num_threads):
+        thread = threadid()
+        col = work_ptr + thread * work_stride
+        partial = partials_ptr + thread * partial_stride
+        for item in prange(items, schedule="dynamic"):
+            _backward_image(&cs, grad_output_ptr, x_ptr, weight_ptr,
+                            grad_input_ptr, partial, col, col + half, item,
+                            tile_rows, need_input_grad)
+
+
+def sum_rows(const real[:, ::1] rows, real[::1] total, int num_threads):
+    """total[j] = sum over i of rows[i, j] (the per-thread partial sums)."""
+    cdef Py_ssize_t i, j
+    cdef Py_ssize_t count = rows.shape[0], width = rows.shape[1]
+    cdef real acc
+    for j in prange(width, nogil=True, schedule="static",
+                    num_threads=num_threads):
+        acc = 0
+        for i in range(count):
+            acc = acc + rows[i, j]
+        total[j] = acc
+
+
+def bias_grad(const real[:, :, :, ::1] grad_output, real[::1] grad_bias,
+              int num_threads):
+    """grad_bias[k] = sum of grad_output[:, k] (accumulated in float64)."""
+    cdef Py_ssize_t batch = grad_output.shape[0]
+    cdef Py_ssize_t channels = grad_output.shape[1]
+    cdef Py_ssize_t plane = grad_output.shape[2] * grad_output.shape[3]
+    cdef const real *base = &grad_output[0, 0, 0, 0]
+    cdef const real *row
+    cdef Py_ssize_t k, n, p
+    cdef double acc
+    for k in prange(channels, nogil=True, schedule="static",
+                    num_threads=num_threads):
+        acc = 0
+        for n in range(batch):
+            row = base + (n * channels + k) * plane
+            for p in range(plane):
+                acc = acc + row[p]
+        grad_bias[k] = <real>acc

@@ -1,0 +1,63 @@
+# cython: language_level=3
+# cython: boundscheck=False, wraparound=False, cdivision=True
+# cython: initializedcheck=False, nonecheck=False
+"""Dropout kernels: the counter-based keep mask and its application.
+
+The hash is ``fastconv._dropout_hash`` (SplitMix64's finaliser) in uint64_t
+arithmetic, which wraps modulo 2**64 exactly as the Python reference masks
+it; its constants are read from that module at import so there is one
+source of truth. Element i depends only on (seed, i), so any split of the
+index range over threads gives the same mask.
+"""
+
+from cython.parallel cimport prange
+from libc.stdint cimport uint8_t, uint64_t
+
+from fastconv import _dropout_hash
+
+ctypedef fused real:
+    float
+    double
+
+cdef uint64_t GOLDEN_GAMMA = _dropout_hash.GOLDEN_GAMMA
+cdef uint64_t MIX_MULT_1 = _dropout_hash.MIX_MULT_1
+cdef uint64_t MIX_MULT_2 = _dropout_hash.MIX_MULT_2
+
+
+cdef inline uint64_t _mix64(uint64_t z, uint64_t mult_1,
+                            uint64_t mult_2) noexcept nogil:
+    z = (z ^ (z >> 30)) * mult_1
+    z = (z ^ (z >> 27)) * mult_2
+    return z ^ (z >> 31)
+
+
+def dropout_mask(uint8_t[::1] mask, uint64_t key, uint64_t threshold,
+                 int num_threads):
+    """mask[i] = keep_bits(key, i) >= threshold, for i < len(mask).
+
+    key is ``_dropout_hash.seed_key(seed)``; threshold in [0, 2**32].
+    """
+    cdef Py_ssize_t i, size = mask.shape[0]
+    cdef uint64_t gamma = GOLDEN_GAMMA, mult_1 = MIX_MULT_1
+    cdef uint64_t mult_2 = MIX_MULT_2
+    cdef uint8_t *out = &mask[0]
+    for i in prange(size, nogil=True, schedule="static",
+                    num_threads=num_threads):
+        out[i] = (_mix64(key + <uint64_t>i * gamma, mult_1, mult_2) >> 32) \
+            >= threshold
+
+
+def dropout_apply(const real[::1] x, const uint8_t[::1] mask, double scale,
+                  real[::1] y, int num_threads):
+    """y[i] = x[i] * scale where mask[i], else 0 (scale rounded to x's dtype,
+    as NumPy does for ``float32 * float``)."""
+    cdef Py_ssize_t i, size = x.shape[0]
+    cdef real factor = <real>scale
+    cdef const real *src = &x[0]
+    cdef const uint8_t *keep = &mask[0]
+    cdef real *out = &y[0]
+    for i in prange(size, nogil=True, schedule="static",
+                    num_threads=num_threads):
+        # a select, not a branch on the random mask (and a dropped NaN is 0,
+        # as in the reference)
+        out[i] = src[i] * factor if keep[i] else <real>0

@@ -1,0 +1,181 @@
+"""The Cython backend: OpenMP kernels compiled when fastconv is installed.
+
+The kernels live in ``fastconv/backends/_cython/*.pyx`` (built by setup.py,
+with OpenMP where the compiler supports it). This module is the thin layer the
+registry imports as ``'cython'``: it allocates outputs and scratch buffers,
+reads the thread count (``fastconv.get_num_threads()``) and the workspace
+bound (``fastconv.config.WORKSPACE_BYTES``) at each call, and holds BLAS to one
+thread while the parallel convolution kernels each call it. Arguments arrive
+validated and C-contiguous from ``fastconv.functional``; see the contract in
+``fastconv.backends``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fastconv import _dropout_hash, _threads, config
+
+try:
+    from fastconv.backends._cython import conv as _conv
+    from fastconv.backends._cython import dropout as _dropout
+    from fastconv.backends._cython import pool as _pool
+except ImportError as exc:  # not compiled (no C compiler at install time)
+    _IMPORT_ERROR = exc
+else:
+    _IMPORT_ERROR = None
+
+#: Preferred size in bytes of one thread's im2col tile: small enough to stay
+#: in a core's L2 cache between the unfolding and the GEMM that reads it, big
+#: enough that each GEMM is efficient. WORKSPACE_BYTES caps it as well.
+COL_TILE_BYTES = 512 * 1024
+
+
+def unavailable_reason() -> str | None:
+    """None when the compiled kernels import, else why they do not."""
+    if _IMPORT_ERROR is None:
+        return None
+    return ("the Cython extension was not compiled (reinstall with a C "
+            f"compiler): {_IMPORT_ERROR}")
+
+
+def openmp_enabled() -> bool:
+    """True when the kernels were built with OpenMP (else they run serially)."""
+    return _IMPORT_ERROR is None and _conv.openmp_enabled()
+
+
+def _num_threads() -> int:
+    return _threads.get_num_threads() if openmp_enabled() else 1
+
+
+# --------------------------------------------------------------- convolution
+
+def _tile_rows(g, itemsize, buffers_per_thread, num_threads, reserved=0):
+    """Output rows per im2col tile: each thread's ``buffers_per_thread``
+    buffers of (Cg*R*S, rows*OW) fit COL_TILE_BYTES and, all threads together,
+    what is left of WORKSPACE_BYTES after ``reserved`` bytes (at least 1 row).
+    """
+    col_rows = (g.in_channels // g.groups) * g.kernel_height * g.kernel_width
+    row_bytes = buffers_per_thread * col_rows * g.out_width * itemsize
+    budget = max(0, config.WORKSPACE_BYTES - reserved) // num_threads
+    rows = min(budget, COL_TILE_BYTES) // row_bytes
+    return int(max(1, min(g.out_height, rows)))
+
+
+def _is_direct(g):
+    """A 1x1, stride-1, unpadded conv reads x as its own im2col matrix."""
+    return (g.kernel_height == g.kernel_width == 1 and g.stride_h == 1
+            and g.stride_w == 1 and g.pad_top == g.pad_left == 0
+            and g.pad_bottom == g.pad_right == 0)
+
+
+def conv2d_forward(x, weight, bias, g):
+    """y (N, K, OH, OW) = conv2d(x, weight) + bias, in x's dtype."""
+    num_threads = _num_threads()
+    dtype = x.dtype
+    tile_rows = _tile_rows(g, dtype.itemsize, 1, num_threads)
+    # With fewer (image, group) pairs than threads, cut images into more
+    # tiles so that every thread has work.
+    pairs = g.batch * g.groups
+    if pairs < num_threads:
+        pieces = -(-num_threads // pairs)
+        tile_rows = max(1, min(tile_rows, -(-g.out_height // pieces)))
+    col_size = ((g.in_channels // g.groups) * g.kernel_height
+                * g.kernel_width * tile_rows * g.out_width)
+    workspace = np.empty((num_threads, 1 if _is_direct(g) else col_size),
+                         dtype=dtype)
+    y = np.empty(g.output_shape, dtype=dtype)
+    has_bias = bias is not None
+    bias_array = bias if has_bias else np.empty(1, dtype=dtype)
+    with _threads.single_threaded_blas():
+        _conv.conv2d_forward(x, weight, bias_array, has_bias, y, workspace, g,
+                             tile_rows, num_threads)
+    return y
+
+
+def conv2d_backward(grad_output, x, weight, g, need_input_grad):
+    """(grad_input or None, grad_weight, grad_bias), all in x's dtype."""
+    num_threads = _num_threads()
+    dtype = x.dtype
+    weight_size = weight.size
+    partials = np.zeros((num_threads, weight_size), dtype=dtype)
+    tile_rows = _tile_rows(g, dtype.itemsize, 2, num_threads,
+                           reserved=partials.nbytes)
+    col_size = ((g.in_channels // g.groups) * g.kernel_height
+                * g.kernel_width * tile_rows * g.out_width)
+    workspace = np.empty(
+        (num_threads, 2 if _is_direct(g) else 2 * col_size), dtype=dtype)
+    grad_input = np.empty(g.input_shape if need_input_grad else (1, 1, 1, 1),
+                          dtype=dtype)
+    with _threads.single_threaded_blas():
+        _conv.conv2d_backward(grad_output, x, weight, grad_input,
+                              bool(need_input_grad), partials, workspace, g,
+                              tile_rows, num_threads)
+    grad_weight = np.empty(g.weight_shape, dtype=dtype)
+    _conv.sum_rows(partials, grad_weight.reshape(-1), num_threads)
+    grad_bias = np.empty(g.out_channels, dtype=dtype)
+    _conv.bias_grad(grad_output, grad_bias, num_threads)
+    return (grad_input if need_input_grad else None), grad_weight, grad_bias
+
+
+# ------------------------------------------------------------------- pooling
+
+def max_pool2d_forward(x, g):
+    """(y, indices int64) of max pooling; indices are flat H*W positions."""
+    y = np.empty(g.output_shape, dtype=x.dtype)
+    indices = np.empty(g.output_shape, dtype=np.int64)
+    if y.size:
+        _pool.max_pool2d_forward(x, y, indices, g, _num_threads())
+    return y, indices
+
+
+def max_pool2d_backward(grad_output, indices, g):
+    """grad_input (N, C, H, W): grad_output added at each index."""
+    grad_input = np.empty(g.input_shape, dtype=grad_output.dtype)
+    if grad_input.size:
+        if grad_output.size:
+            _pool.max_pool2d_backward(grad_output, indices, grad_input,
+                                      _num_threads())
+        else:
+            grad_input.fill(0)
+    return grad_input
+
+
+def avg_pool2d_forward(x, g, divisors):
+    """y = window sums / divisors (the (OH, OW) float64 table)."""
+    y = np.empty(g.output_shape, dtype=x.dtype)
+    if y.size:
+        _pool.avg_pool2d_forward(x, y, np.ascontiguousarray(divisors), g,
+                                 _num_threads())
+    return y
+
+
+def avg_pool2d_backward(grad_output, g, divisors):
+    """grad_input (N, C, H, W): each output's grad / divisor over its window."""
+    grad_input = np.empty(g.input_shape, dtype=grad_output.dtype)
+    if grad_input.size:
+        _pool.avg_pool2d_backward(grad_output, grad_input,
+                                  np.ascontiguousarray(divisors), g,
+                                  _num_threads())
+    return grad_input
+
+
+# ------------------------------------------------------------------- dropout
+
+def dropout_mask(size, threshold, seed):
+    """bool (size,): element i kept iff keep_bits(seed_key(seed), i) >= threshold."""
+    mask = np.empty(size, dtype=np.bool_)
+    if size:
+        _dropout.dropout_mask(mask.view(np.uint8),
+                              _dropout_hash.seed_key(seed), threshold,
+                              _num_threads())
+    return mask
+
+
+def dropout_apply(x, mask, scale):
+    """x * mask * scale in x's dtype (a dropped element is 0)."""
+    y = np.empty(x.shape, dtype=x.dtype)
+    if x.size:
+        _dropout.dropout_apply(x.reshape(-1), mask.reshape(-1).view(np.uint8),
+                               float(scale), y.reshape(-1), _num_threads())
+    return y

@@ -1,0 +1,109 @@
+"""Build the Cython kernels of fastconv (metadata lives in pyproject.toml).
+
+The extensions in ``fastconv/backends/_cython`` are compiled with ``-O3`` and,
+where the configured C compiler can compile *and link* a small OpenMP program,
+with OpenMP (``-fopenmp``, or ``/openmp`` for MSVC). Where it cannot (Apple's
+clang without libomp, for instance) they are built serially and a warning is
+printed: the install never fails for want of OpenMP, the kernels just run on
+one thread.
+
+Environment variables:
+
+``FASTCONV_NO_OPENMP=1``
+    Skip the OpenMP probe and build serially (used to test the fallback).
+"""
+
+import os
+import sys
+import tempfile
+
+import numpy
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+try:  # setuptools >= 59 vendors distutils' errors here
+    from setuptools.errors import CCompilerError, CompileError, LinkError
+except ImportError:  # pragma: no cover
+    from distutils.errors import CCompilerError, CompileError, LinkError
+
+CYTHON_DIR = os.path.join("fastconv", "backends", "_cython")
+KERNELS = ("conv", "pool", "dropout")
+
+OPENMP_PROBE = r"""
+#include <omp.h>
+int main(void) {
+    int threads = 0;
+    #pragma omp parallel reduction(+: threads)
+    threads += 1;
+    return threads > 0 && omp_get_max_threads() > 0 ? 0 : 1;
+}
+"""
+
+
+def _env_flag(name):
+    return os.environ.get(name, "").strip().lower() not in (
+        "", "0", "false", "no", "off")
+
+
+class BuildExtWithOptionalOpenMP(build_ext):
+    """build_ext that adds optimisation and, if it links, OpenMP."""
+
+    def _flags(self):
+        if self.compiler.compiler_type == "msvc":
+            return ["/O2"], ["/openmp"], []
+        return ["-O3"], ["-fopenmp"], ["-fopenmp"]
+
+    def _openmp_links(self, compile_flags, link_flags):
+        """Compile and link OPENMP_PROBE with this compiler and these flags."""
+        with tempfile.TemporaryDirectory() as tmp:
+            source = os.path.join(tmp, "openmp_probe.c")
+            with open(source, "w") as handle:
+                handle.write(OPENMP_PROBE)
+            try:
+                objects = self.compiler.compile(
+                    [source], output_dir=tmp, extra_postargs=compile_flags)
+                self.compiler.link_executable(
+                    objects, "openmp_probe", output_dir=tmp,
+                    extra_postargs=link_flags)
+            except (CCompilerError, CompileError, LinkError, OSError):
+                return False
+        return True
+
+    def build_extensions(self):
+        optimise, omp_compile, omp_link = self._flags()
+        if _env_flag("FASTCONV_NO_OPENMP"):
+            use_openmp, why = False, "FASTCONV_NO_OPENMP is set"
+        else:
+            use_openmp = self._openmp_links(omp_compile, omp_link)
+            why = "the C compiler could not compile and link an OpenMP program"
+        if use_openmp:
+            print("fastconv: building the Cython kernels with OpenMP")
+        else:
+            omp_compile, omp_link = [], []
+            message = (f"fastconv: building the Cython kernels WITHOUT OpenMP "
+                       f"({why}); they will run on one thread")
+            print(f"WARNING: {message}", file=sys.stderr)
+            self.warn(message)
+        for extension in self.extensions:
+            extension.extra_compile_args = (
+                list(extension.extra_compile_args) + optimise + omp_compile)
+            extension.extra_link_args = (
+                list(extension.extra_link_args) + omp_link)
+        super().build_extensions()
+
+
+extensions = [
+    Extension(
+        f"fastconv.backends._cython.{name}",
+        [os.path.join(CYTHON_DIR, f"{name}.pyx")],
+        include_dirs=[numpy.get_include()],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    )
+    for name in KERNELS
+]
+
+setup(
+    ext_modules=cythonize(extensions, language_level=3),
+    cmdclass={"build_ext": BuildExtWithOptionalOpenMP},
+)
