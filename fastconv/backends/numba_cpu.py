@@ -1,0 +1,191 @@
+"""The Numba CPU backend: ``@njit(parallel=True, cache=...)`` kernels.
+
+This module is the thin layer that implements the backend primitives (see
+``fastconv.backends``): it allocates outputs, picks tile sizes and thread
+chunks, and hands flat views to the kernels in ``_numba_conv``,
+``_numba_pool`` and ``_numba_dropout``.
+
+Keeping compiled specialisations few: every kernel sees 1-D C-contiguous
+arrays, Python ints and the geometry named tuple (all int64), so each one is
+compiled once per dtype (float32, float64); "no bias" is a zero-length array
+rather than None, which would add an Optional signature.
+
+conv2d is im2col + BLAS GEMM: each thread takes a contiguous chunk of
+(image, output-row tile) items, unrolls a tile into its own column buffer
+and calls a single-threaded GEMM per group. The column buffers of all
+threads together stay within ``fastconv.config.WORKSPACE_BYTES`` (read at
+each call) by shrinking the tile. A 1x1, stride-1, unpadded convolution
+needs no unrolling: the image already is the column matrix.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from fastconv import _dropout_hash, config
+from fastconv._threads import single_threaded_blas
+from fastconv.backends._numba_conv import (
+    conv2d_backward_kernel,
+    conv2d_forward_kernel,
+)
+from fastconv.backends._numba_dropout import (
+    dropout_apply_kernel,
+    dropout_mask_kernel,
+)
+from fastconv.backends._numba_pool import (
+    avg_pool2d_backward_kernel,
+    avg_pool2d_forward_kernel,
+    max_pool2d_backward_kernel,
+    max_pool2d_forward_kernel,
+)
+
+__all__ = [
+    "conv2d_forward", "conv2d_backward", "max_pool2d_forward",
+    "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward",
+    "dropout_mask", "dropout_apply",
+]
+
+
+def _as_ints(geometry):
+    """The geometry with plain Python ints, so the kernels see one type."""
+    return type(geometry)(*(int(value) for value in geometry))
+
+
+def _flat(array):
+    return np.ascontiguousarray(array).reshape(-1)
+
+
+def _is_pointwise(g) -> bool:
+    """1x1 kernel, stride 1, no padding: x's planes are the column matrix."""
+    return (g.kernel_height == 1 and g.kernel_width == 1 and g.stride_h == 1
+            and g.stride_w == 1 and g.pad_top == 0 and g.pad_left == 0
+            and g.pad_bottom == 0 and g.pad_right == 0)
+
+
+def _tile_rows(g, itemsize: int, n_chunks: int, buffers_per_chunk: int) -> int:
+    """Output rows per im2col tile so that every chunk's buffers together fit
+    in ``config.WORKSPACE_BYTES`` (at least one row, at most the image)."""
+    taps = g.in_channels * g.kernel_height * g.kernel_width
+    bytes_per_row = taps * g.out_width * itemsize * buffers_per_chunk
+    rows = config.WORKSPACE_BYTES // max(1, n_chunks * bytes_per_row)
+    return max(1, min(g.out_height, rows))
+
+
+# --------------------------------------------------------------- convolution
+
+def conv2d_forward(x, weight, bias, g):
+    """y (N, K, OH, OW) = conv2d(x, weight) + bias, in x's dtype."""
+    g = _as_ints(g)
+    y = np.empty(g.output_shape, dtype=x.dtype)
+    direct = _is_pointwise(g)
+    n_threads = numba.get_num_threads()
+    if direct:
+        tile_rows = g.out_height
+    else:
+        tile_rows = _tile_rows(g, x.itemsize, n_threads, 1)
+    if g.batch < n_threads:  # split images into row tiles to use every thread
+        per_image = math.ceil(n_threads / g.batch)
+        tile_rows = min(tile_rows, math.ceil(g.out_height / per_image))
+    tiles_per_image = math.ceil(g.out_height / tile_rows)
+    n_chunks = min(n_threads, g.batch * tiles_per_image)
+    if bias is None:
+        bias = np.empty(0, dtype=x.dtype)
+    with single_threaded_blas():
+        conv2d_forward_kernel(_flat(x), _flat(weight), _flat(bias),
+                              y.reshape(-1), g, tile_rows, n_chunks, direct)
+    return y
+
+
+def conv2d_backward(grad_output, x, weight, g, need_input_grad):
+    """(grad_input or None, grad_weight, grad_bias), each in x's dtype."""
+    g = _as_ints(g)
+    dtype = x.dtype
+    direct = _is_pointwise(g)
+    need_input_grad = bool(need_input_grad)
+    n_chunks = min(numba.get_num_threads(), g.batch)
+    if direct:
+        tile_rows = g.out_height
+    else:
+        buffers = 2 if need_input_grad else 1
+        tile_rows = _tile_rows(g, x.itemsize, n_chunks, buffers)
+    if not need_input_grad:
+        grad_input = np.empty(0, dtype=dtype)
+    elif direct:  # written by a GEMM, not accumulated
+        grad_input = np.empty(g.input_shape, dtype=dtype)
+    else:
+        grad_input = np.zeros(g.input_shape, dtype=dtype)
+    grad_weight_parts = np.zeros((n_chunks, weight.size), dtype=dtype)
+    grad_bias_parts = np.zeros((n_chunks, g.out_channels), dtype=np.float64)
+    with single_threaded_blas():
+        conv2d_backward_kernel(
+            _flat(grad_output), _flat(x), _flat(weight), grad_input.reshape(-1),
+            grad_weight_parts, grad_bias_parts, g, tile_rows, n_chunks, direct,
+            need_input_grad)
+    grad_weight = grad_weight_parts.sum(axis=0).reshape(weight.shape)
+    grad_bias = grad_bias_parts.sum(axis=0).astype(dtype)
+    return (grad_input if need_input_grad else None), grad_weight, grad_bias
+
+
+# ------------------------------------------------------------------- pooling
+
+def max_pool2d_forward(x, g):
+    """(y, indices): window maxima (x's dtype) and their int64 flat positions
+    inside each input H*W plane, both (N, C, OH, OW)."""
+    g = _as_ints(g)
+    y = np.empty(g.output_shape, dtype=x.dtype)
+    indices = np.empty(g.output_shape, dtype=np.int64)
+    max_pool2d_forward_kernel(_flat(x), y.reshape(-1), indices.reshape(-1), g)
+    return y, indices
+
+
+def max_pool2d_backward(grad_output, indices, g):
+    """grad_input (N, C, H, W): grad_output scatter-added to ``indices``."""
+    g = _as_ints(g)
+    grad_input = np.empty(g.input_shape, dtype=grad_output.dtype)
+    max_pool2d_backward_kernel(_flat(grad_output),
+                               _flat(indices.astype(np.int64, copy=False)),
+                               grad_input.reshape(-1), g)
+    return grad_input
+
+
+def avg_pool2d_forward(x, g, divisors):
+    """y (N, C, OH, OW): window sums over the in-bounds taps / divisors."""
+    g = _as_ints(g)
+    y = np.empty(g.output_shape, dtype=x.dtype)
+    avg_pool2d_forward_kernel(_flat(x), y.reshape(-1),
+                              np.ascontiguousarray(divisors, dtype=np.float64),
+                              g)
+    return y
+
+
+def avg_pool2d_backward(grad_output, g, divisors):
+    """grad_input (N, C, H, W): each output's gradient / divisor, spread over
+    its window's in-bounds taps."""
+    g = _as_ints(g)
+    grad_input = np.empty(g.input_shape, dtype=grad_output.dtype)
+    avg_pool2d_backward_kernel(_flat(grad_output), grad_input.reshape(-1),
+                               np.ascontiguousarray(divisors, dtype=np.float64),
+                               g)
+    return grad_input
+
+
+# ------------------------------------------------------------------- dropout
+
+def dropout_mask(size, threshold, seed):
+    """bool (size,): element i kept iff keep_bits(seed_key(seed), i) >=
+    threshold (``fastconv._dropout_hash``)."""
+    mask = np.empty(int(size), dtype=np.bool_)
+    dropout_mask_kernel(mask, np.uint64(_dropout_hash.seed_key(seed)),
+                        np.uint64(threshold))
+    return mask
+
+
+def dropout_apply(x, mask, scale):
+    """x * mask * scale in x's dtype and shape (0 where dropped)."""
+    y = np.empty(x.shape, dtype=x.dtype)
+    dropout_apply_kernel(_flat(x), _flat(mask), x.dtype.type(scale),
+                         y.reshape(-1))
+    return y
