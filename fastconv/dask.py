@@ -1,0 +1,279 @@
+"""fastconv on Dask arrays: filtering images larger than memory, batched inference.
+
+``filter2d(darr, kernel, ...)`` returns a lazy dask array equal to
+``fastconv.filter2d`` on the whole image (to the last bit for the direct and
+separable methods; to float rounding for the FFT method, whose sums depend on
+the block size). ``predict(model, images, batch_size=...)`` runs a model over
+a dask array of images chunked along N. Both run on any Dask scheduler: the
+local threaded one, or a ``dask.distributed`` cluster.
+
+Requires the ``dask`` extra: ``pip install fastconv[dask]``.
+
+How ``filter2d`` splits the work: the boundary is applied lazily first (the
+padded array is built from slices of the image, following ``numpy.pad``'s
+rule exactly, so every boundary mode and any pad width works). Output chunk
+``j`` covers output rows ``[o_j, o_j+1)``; it reads padded rows from
+``o_j * stride`` on, so the padded array is rechunked to start its chunks at
+those multiples of the stride, and each block borrows the ``R - stride`` rows
+(``S - stride`` columns) of halo it needs from its neighbour below (right)
+through ``map_overlap``. Each block is then one in-memory
+``fastconv.filter2d(block, padding='valid')``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fastconv import _shapes, _validate
+from fastconv import filters as _filters
+
+__all__ = ["filter2d", "predict"]
+
+
+def _dask_array_module():
+    try:
+        import dask.array as dask_array
+    except ImportError as exc:  # pragma: no cover - exercised without dask
+        raise ImportError(
+            "fastconv.dask needs Dask: pip install fastconv[dask] "
+            f"({exc})") from exc
+    return dask_array
+
+
+# ------------------------------------------------------------------ filter2d
+
+def _runs(index_map):
+    """Split an index map into runs: (first, length, step) with step in
+    {+1, -1, 0}; first == -1 marks a run of zeros."""
+    runs = []
+    start = 0
+    size = index_map.size
+    while start < size:
+        first = int(index_map[start])
+        if first < 0:
+            stop = start + 1
+            while stop < size and index_map[stop] < 0:
+                stop += 1
+            runs.append((-1, stop - start, 0))
+            start = stop
+            continue
+        step = 0
+        if start + 1 < size and index_map[start + 1] >= 0:
+            step = int(index_map[start + 1]) - first
+            if step not in (-1, 0, 1):
+                step = 0
+        stop = start + 1
+        while stop < size and index_map[stop] >= 0 and (
+                int(index_map[stop]) - int(index_map[stop - 1]) == step):
+            if step == 0 and int(index_map[stop]) != first:
+                break
+            stop += 1
+        runs.append((first, stop - start, step))
+        start = stop
+    return runs
+
+
+def _pad_axis(dask_array, array, axis, before, after, mode):
+    """``array`` padded along ``axis`` as numpy.pad(mode) would, lazily."""
+    if before == 0 and after == 0:
+        return array
+    index_map = _filters._index_map(array.shape[axis], before, after, mode)
+    pieces = []
+    for first, length, step in _runs(index_map):
+        if first < 0:
+            shape = list(array.shape)
+            shape[axis] = length
+            pieces.append(dask_array.zeros(shape, dtype=array.dtype,
+                                           chunks=tuple(
+                                               -1 if a == axis else array.chunks[a]
+                                               for a in range(array.ndim))))
+            continue
+        if step == 0:
+            index = [slice(None)] * array.ndim
+            index[axis] = slice(first, first + 1)
+            pieces.append(dask_array.repeat(array[tuple(index)], length,
+                                            axis=axis))
+            continue
+        index = [slice(None)] * array.ndim
+        if step == 1:
+            index[axis] = slice(first, first + length)
+        else:
+            stop = first - length
+            index[axis] = slice(first, None if stop < 0 else stop, -1)
+        pieces.append(array[tuple(index)])
+    return dask_array.concatenate(pieces, axis=axis)
+
+
+def _output_chunks(image_chunks, out_size, stride, halo):
+    """Output chunk sizes along one axis.
+
+    An output chunk starts where an image chunk starts (divided by the
+    stride, rounded up), so output blocks line up with input blocks; chunks
+    too small to lend the next-to-last block its halo are merged.
+    """
+    boundaries = sorted({-(-offset // stride) for offset in
+                         np.cumsum((0,) + tuple(image_chunks))[:-1]}
+                        | {0})
+    boundaries = [b for b in boundaries if b < out_size] + [out_size]
+    # A non-last chunk of n outputs holds n * stride padded rows; a block's
+    # halo comes from the next chunk, so those must be at least ``halo``.
+    minimum_outputs = max(1, -(-halo // stride))
+    sizes = np.diff(boundaries).tolist()
+    merged = []
+    for index, size in enumerate(sizes):
+        is_last = index == len(sizes) - 1
+        if merged and not is_last and merged[-1] < minimum_outputs:
+            merged[-1] += size
+        else:
+            merged.append(size)
+    # the second-to-last chunk also lends to the last: check it too
+    while len(merged) > 1 and merged[-2] < minimum_outputs:
+        last = merged.pop()
+        merged[-1] += last
+    return tuple(merged)
+
+
+def _filter_block(block, kernel, stride, method, backend):
+    return _filters.filter2d(block, kernel, stride=stride, padding="valid",
+                             method=method, backend=backend)
+
+
+def filter2d(darr, kernel, *, stride=1, padding="same", boundary="zero",
+             backend=None, method="auto"):
+    """``fastconv.filter2d`` on a chunked dask array, lazily.
+
+    darr: dask array ``(H, W)`` or ``(H, W, C)`` (channels last; a NumPy
+    array is wrapped with one chunk). Every other argument means what it
+    means for ``fastconv.filter2d``; ``backend`` is the fastconv backend the
+    workers use. Returns a dask array ``(H_out, W_out[, C])``, float32 for
+    integer input, the input's float dtype otherwise; nothing is computed
+    until you ask (``.compute()``, ``.to_zarr(...)``, ``da.store(...)``).
+    """
+    dask_array = _dask_array_module()
+    if isinstance(darr, np.ndarray):
+        darr = dask_array.from_array(darr, chunks=darr.shape)
+    if not isinstance(darr, dask_array.Array):
+        raise TypeError(
+            f"darr must be a dask.array.Array (or numpy.ndarray), got "
+            f"{type(darr).__name__}")
+    if darr.ndim not in (2, 3) or min(darr.shape) < 1:
+        raise ValueError(
+            f"darr must be a non-empty (H, W) or (H, W, C) array, got shape "
+            f"{darr.shape}")
+    # Check dtype and every argument once, here, not in the workers.
+    probe = np.zeros((1,) * darr.ndim, dtype=darr.dtype)
+    _, compute_dtype, result_dtype, _ = _filters._float_image(probe)
+    kernel = _filters._float_kernel(kernel, compute_dtype)
+    stride = _validate.pair(stride, "stride", minimum=1)
+    top, left, bottom, right = _filters._padding(padding, kernel.shape)
+    mode = _filters._boundary_mode(boundary)
+    method = _filters._method(method)
+    if method == "separable" and _filters._separable_factors(kernel) is None:
+        _filters._choose_method(method, kernel, None)  # raises the error
+    if backend is not None:
+        from fastconv.backends import resolve
+
+        resolve("conv2d_forward", backend)
+    height, width = darr.shape[:2]
+    kernel_height, kernel_width = kernel.shape
+    out_height = _shapes.conv_output_size(height, kernel_height, stride[0],
+                                          top, bottom, 1)
+    out_width = _shapes.conv_output_size(width, kernel_width, stride[1], left,
+                                         right, 1)
+    _validate.nonempty_output(out_height, out_width, "filter2d")
+
+    image = darr.astype(compute_dtype) if darr.dtype != compute_dtype else darr
+    padded = _pad_axis(dask_array, image, 0, top, bottom, mode)
+    padded = _pad_axis(dask_array, padded, 1, left, right, mode)
+    # Only the padded rows/columns some output reads.
+    used_height = (out_height - 1) * stride[0] + kernel_height
+    used_width = (out_width - 1) * stride[1] + kernel_width
+    padded = padded[:used_height, :used_width]
+
+    halo = (max(kernel_height - stride[0], 0), max(kernel_width - stride[1], 0))
+    out_chunks = (
+        _output_chunks(darr.chunks[0], out_height, stride[0], halo[0]),
+        _output_chunks(darr.chunks[1], out_width, stride[1], halo[1]))
+    core_chunks = []
+    for axis in range(2):
+        sizes = [n * stride[axis] for n in out_chunks[axis][:-1]]
+        sizes.append(padded.shape[axis] - sum(sizes))
+        core_chunks.append(tuple(sizes))
+    padded = padded.rechunk(tuple(core_chunks) + padded.chunks[2:])
+
+    depth = {0: (0, halo[0]), 1: (0, halo[1])}
+    if darr.ndim == 3:
+        depth[2] = (0, 0)
+    result = dask_array.map_overlap(
+        _filter_block, padded, depth=depth, boundary="none", trim=False,
+        chunks=out_chunks + padded.chunks[2:], dtype=compute_dtype,
+        meta=np.empty((0,) * darr.ndim, dtype=compute_dtype),
+        kernel=kernel, stride=stride, method=method, backend=backend)
+    return result if result_dtype == compute_dtype else result.astype(
+        result_dtype)
+
+
+# ------------------------------------------------------------------- predict
+
+def _predict_block(images, model, batch_size, out_dtype):
+    outputs = [np.asarray(model(np.ascontiguousarray(
+        images[start:start + batch_size])))
+        for start in range(0, images.shape[0], batch_size)]
+    if not outputs:
+        return np.empty((0, 0), dtype=out_dtype)
+    return np.concatenate(outputs).astype(out_dtype, copy=False)
+
+
+def predict(model, images, batch_size=256, *, num_classes=None):
+    """Batched inference of ``model`` over a dask array of images, lazily.
+
+    model: a callable taking a float ``(n, C, H, W)`` NumPy array and
+    returning ``(n, classes)`` logits, such as a ``fastconv.nn`` module
+    (``model.eval()`` is called first when the model has it, so dropout and
+    batch norm run in inference mode). It must pickle when the scheduler is a
+    distributed cluster. images: dask array ``(N, C, H, W)`` (a NumPy array is
+    wrapped), float32/float64 (integers are converted to float32); it is
+    rechunked to whole images, chunked along N only. batch_size: images per
+    model call inside a block. num_classes: the width of the logits; None
+    runs the model once on one zero image to find it (and the dtype).
+
+    Returns a dask array ``(N, classes)`` of logits, chunked along N as the
+    images are.
+    """
+    dask_array = _dask_array_module()
+    if not callable(model):
+        raise TypeError(f"model must be callable, got {type(model).__name__}")
+    if isinstance(images, np.ndarray):
+        images = dask_array.from_array(images, chunks=(batch_size,) + tuple(
+            images.shape[1:]) if images.ndim == 4 else images.shape)
+    if not isinstance(images, dask_array.Array):
+        raise TypeError(
+            f"images must be a dask.array.Array, got {type(images).__name__}")
+    if images.ndim != 4:
+        raise ValueError(
+            f"images must be 4-D (N, C, H, W), got shape {images.shape}")
+    batch_size = _validate.positive_int(batch_size, "batch_size")
+    if images.dtype.kind in "uib":
+        images = images.astype(np.float32)
+    elif images.dtype.kind != "f":
+        raise TypeError(f"images must have a real numeric dtype, got "
+                        f"{images.dtype}")
+    if hasattr(model, "eval"):
+        model.eval()
+    images = images.rechunk({1: -1, 2: -1, 3: -1})
+
+    probe = np.asarray(model(np.zeros((1,) + images.shape[1:],
+                                      dtype=images.dtype)))
+    if probe.ndim != 2 or probe.shape[0] != 1:
+        raise ValueError(
+            f"model must return (n, classes) logits; on one image it returned "
+            f"shape {probe.shape}")
+    if num_classes is None:
+        num_classes = probe.shape[1]
+    num_classes = _validate.positive_int(num_classes, "num_classes")
+    out_dtype = probe.dtype if probe.dtype.kind == "f" else np.dtype(
+        np.float32)
+    return images.map_blocks(
+        _predict_block, model, batch_size, out_dtype,
+        chunks=(images.chunks[0], (num_classes,)), drop_axis=(2, 3),
+        dtype=out_dtype, meta=np.empty((0, 0), dtype=out_dtype))
