@@ -13,9 +13,54 @@ import numpy as np
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def float_array(value, name: str, ndim: int | None = None) -> np.ndarray:
-    """A float32/float64 ndarray of the given ndim, C-contiguous (copied if not)."""
+def is_device_array(value) -> bool:
+    """True for a GPU array: anything with ``__cuda_array_interface__`` (Numba,
+    CuPy, PyTorch CUDA) or a Numba device array (the simulator's have no
+    interface, only Numba's ``__cuda_ndarray__`` mark)."""
+    return (not isinstance(value, np.ndarray)
+            and (getattr(value, "__cuda_ndarray__", False) is True
+                 or hasattr(value, "__cuda_array_interface__")))
+
+
+def dtype_of(value) -> np.dtype:
+    """The NumPy dtype of an ndarray or of a device array."""
+    if isinstance(value, np.ndarray):
+        return value.dtype
+    interface = getattr(value, "__cuda_array_interface__", None)
+    if interface is not None:
+        return np.dtype(interface["typestr"])
+    return np.dtype(value.dtype)
+
+
+def device_float_array(value, name: str, ndim: int | None = None):
+    """A device array checked like ``float_array`` and returned as is (the
+    backend that takes device arrays makes it contiguous on the device)."""
+    dtype = dtype_of(value)
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must have dtype float32 or float64, got {dtype}")
+    if ndim is not None and len(value.shape) != ndim:
+        raise ValueError(
+            f"{name} must be {ndim}-D, got shape {tuple(value.shape)} "
+            f"({len(value.shape)}-D)")
+    return value
+
+
+def float_array(value, name: str, ndim: int | None = None,
+                device: bool = False) -> np.ndarray:
+    """A float32/float64 ndarray of the given ndim, C-contiguous (copied if not).
+
+    With ``device=True`` (the call runs on a backend that takes GPU arrays) a
+    device array passes too, see ``device_float_array``.
+    """
+    if device and is_device_array(value):
+        return device_float_array(value, name, ndim)
     if not isinstance(value, np.ndarray):
+        if is_device_array(value):
+            raise TypeError(
+                f"{name} is a GPU array ({type(value).__name__}); only "
+                f"backend='cuda' takes those, other backends need a "
+                f"numpy.ndarray")
         raise TypeError(
             f"{name} must be a numpy.ndarray, got {type(value).__name__}")
     if value.dtype not in FLOAT_DTYPES:
@@ -29,10 +74,11 @@ def float_array(value, name: str, ndim: int | None = None) -> np.ndarray:
 
 def same_dtype(first: np.ndarray, first_name: str, second: np.ndarray,
                second_name: str) -> None:
-    if first.dtype != second.dtype:
+    first_dtype, second_dtype = dtype_of(first), dtype_of(second)
+    if first_dtype != second_dtype:
         raise TypeError(
             f"{first_name} and {second_name} must share a dtype, got "
-            f"{first.dtype} and {second.dtype}")
+            f"{first_dtype} and {second_dtype}")
 
 
 def _int(value, name: str) -> int:
@@ -104,4 +150,4 @@ def grad_shape(grad_output: np.ndarray, expected, name: str = "grad_output"):
     if tuple(grad_output.shape) != tuple(expected):
         raise ValueError(
             f"{name} must have shape {tuple(expected)} (the forward output), "
-            f"got {grad_output.shape}")
+            f"got {tuple(grad_output.shape)}")

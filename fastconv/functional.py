@@ -3,7 +3,8 @@
 Conventions follow PyTorch: NCHW arrays, weights ``(K, C // groups, R, S)``,
 the same argument names and output-size rules. Arrays are NumPy float32 or
 float64; results have the input's dtype. Inputs are never modified and may be
-non-contiguous.
+non-contiguous. On ``backend='cuda'`` GPU arrays (``__cuda_array_interface__``)
+pass too; see ``fastconv.backends.cuda`` for where results then live.
 """
 
 from __future__ import annotations
@@ -20,6 +21,15 @@ __all__ = [
     "avg_pool2d", "avg_pool2d_backward", "dropout_mask", "dropout",
     "dropout_backward",
 ]
+
+
+def _takes_device_arrays(primitive, backend, *values) -> bool:
+    """Whether GPU arrays may pass validation in this call: only when one was
+    given and the backend the call resolves to accepts them (cuda). Calls on
+    NumPy arrays never get here past the first check."""
+    if not any(_validate.is_device_array(value) for value in values):
+        return False
+    return getattr(resolve(primitive, backend), "ACCEPTS_DEVICE_ARRAYS", False)
 
 
 # --------------------------------------------------------------- convolution
@@ -42,9 +52,9 @@ def _conv_padding(padding, kernel, dilation, stride):
     return (pad_h, pad_w, pad_h, pad_w)
 
 
-def _conv_setup(x, weight, stride, padding, dilation, groups):
-    x = _validate.float_array(x, "x", ndim=4)
-    weight = _validate.float_array(weight, "weight", ndim=4)
+def _conv_setup(x, weight, stride, padding, dilation, groups, device=False):
+    x = _validate.float_array(x, "x", ndim=4, device=device)
+    weight = _validate.float_array(weight, "weight", ndim=4, device=device)
     _validate.same_dtype(x, "x", weight, "weight")
     groups = _validate.positive_int(groups, "groups")
     stride = _validate.pair(stride, "stride", minimum=1)
@@ -81,10 +91,11 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
     padding: int, pair, ``'valid'`` or ``'same'`` (stride 1 only).
     Returns y: (N, K, H_out, W_out) in x's dtype.
     """
+    device = _takes_device_arrays("conv2d_forward", backend, x, weight, bias)
     x, weight, geometry = _conv_setup(x, weight, stride, padding, dilation,
-                                      groups)
+                                      groups, device)
     if bias is not None:
-        bias = _validate.float_array(bias, "bias", ndim=1)
+        bias = _validate.float_array(bias, "bias", ndim=1, device=device)
         _validate.same_dtype(x, "x", bias, "bias")
         if bias.shape[0] != geometry.out_channels:
             raise ValueError(
@@ -102,9 +113,12 @@ def conv2d_backward(grad_output, x, weight, stride=1, padding=0, dilation=1,
     weight and (K,). ``need_input_grad=False`` skips grad_input (returned as
     None), which a network's first layer does not need.
     """
+    device = _takes_device_arrays("conv2d_backward", backend, grad_output, x,
+                                  weight)
     x, weight, geometry = _conv_setup(x, weight, stride, padding, dilation,
-                                      groups)
-    grad_output = _validate.float_array(grad_output, "grad_output", ndim=4)
+                                      groups, device)
+    grad_output = _validate.float_array(grad_output, "grad_output", ndim=4,
+                                        device=device)
     _validate.same_dtype(x, "x", grad_output, "grad_output")
     _validate.grad_shape(grad_output, geometry.output_shape)
     return resolve("conv2d_backward", backend).conv2d_backward(
@@ -138,9 +152,10 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1,
     With ``return_indices`` also returns int64 indices, each the flat position
     of the maximum inside its input H*W plane (PyTorch's convention).
     """
-    x = _validate.float_array(x, "x", ndim=4)
-    geometry = _pool_setup(x.shape, kernel_size, stride, padding, dilation,
-                           ceil_mode, "max_pool2d")
+    device = _takes_device_arrays("max_pool2d_forward", backend, x)
+    x = _validate.float_array(x, "x", ndim=4, device=device)
+    geometry = _pool_setup(tuple(x.shape), kernel_size, stride, padding,
+                           dilation, ceil_mode, "max_pool2d")
     y, indices = resolve("max_pool2d_forward", backend).max_pool2d_forward(
         x, geometry)
     return (y, indices) if return_indices else y
@@ -151,25 +166,35 @@ def max_pool2d_backward(grad_output, indices, input_shape, *, backend=None):
 
     Where windows overlap, gradients landing on one input element add up.
     """
-    grad_output = _validate.float_array(grad_output, "grad_output", ndim=4)
+    device = _takes_device_arrays("max_pool2d_backward", backend, grad_output,
+                                  indices)
+    grad_output = _validate.float_array(grad_output, "grad_output", ndim=4,
+                                        device=device)
     input_shape = _validate.shape4(input_shape, "input_shape")
-    if not isinstance(indices, np.ndarray) or indices.dtype.kind not in "iu":
+    if device and _validate.is_device_array(indices):
+        # Range-checked by the backend: a host check would copy them back.
+        if _validate.dtype_of(indices) != np.int64:
+            raise TypeError(
+                "indices on the GPU must be int64 (from max_pool2d(..., "
+                f"return_indices=True)), got {_validate.dtype_of(indices)}")
+    elif not isinstance(indices, np.ndarray) or indices.dtype.kind not in "iu":
         raise TypeError("indices must be an integer numpy.ndarray (from "
                         "max_pool2d(..., return_indices=True))")
-    if indices.shape != grad_output.shape:
+    if tuple(indices.shape) != tuple(grad_output.shape):
         raise ValueError(
-            f"indices must have grad_output's shape {grad_output.shape}, got "
-            f"{indices.shape}")
-    if grad_output.shape[:2] != input_shape[:2]:
+            f"indices must have grad_output's shape {tuple(grad_output.shape)}"
+            f", got {tuple(indices.shape)}")
+    if tuple(grad_output.shape[:2]) != input_shape[:2]:
         raise ValueError(
             f"input_shape {input_shape} must match grad_output's N and C "
-            f"{grad_output.shape[:2]}")
+            f"{tuple(grad_output.shape[:2])}")
     plane = input_shape[2] * input_shape[3]
-    if indices.size and (indices.min() < 0 or indices.max() >= plane):
-        raise ValueError(
-            f"indices must lie in [0, H*W = {plane}) for input_shape "
-            f"{input_shape}")
-    indices = np.ascontiguousarray(indices, dtype=np.int64)
+    if isinstance(indices, np.ndarray):
+        if indices.size and (indices.min() < 0 or indices.max() >= plane):
+            raise ValueError(
+                f"indices must lie in [0, H*W = {plane}) for input_shape "
+                f"{input_shape}")
+        indices = np.ascontiguousarray(indices, dtype=np.int64)
     # Only the shapes matter to the scatter; stride etc. are not needed.
     geometry = _shapes.PoolGeometry(
         *input_shape, 1, 1, 1, 1, 0, 0, 1, 1, *grad_output.shape[2:])
@@ -188,9 +213,10 @@ def _avg_setup(input_shape, kernel_size, stride, padding, ceil_mode,
 def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
                count_include_pad=True, *, backend=None):
     """Average pooling, as ``torch.nn.functional.avg_pool2d``."""
-    x = _validate.float_array(x, "x", ndim=4)
-    geometry, divisors = _avg_setup(x.shape, kernel_size, stride, padding,
-                                    ceil_mode, count_include_pad)
+    device = _takes_device_arrays("avg_pool2d_forward", backend, x)
+    x = _validate.float_array(x, "x", ndim=4, device=device)
+    geometry, divisors = _avg_setup(tuple(x.shape), kernel_size, stride,
+                                    padding, ceil_mode, count_include_pad)
     return resolve("avg_pool2d_forward", backend).avg_pool2d_forward(
         x, geometry, divisors)
 
@@ -199,7 +225,9 @@ def avg_pool2d_backward(grad_output, input_shape, kernel_size, stride=None,
                         padding=0, ceil_mode=False, count_include_pad=True, *,
                         backend=None):
     """Gradient of ``avg_pool2d`` with respect to its input."""
-    grad_output = _validate.float_array(grad_output, "grad_output", ndim=4)
+    device = _takes_device_arrays("avg_pool2d_backward", backend, grad_output)
+    grad_output = _validate.float_array(grad_output, "grad_output", ndim=4,
+                                        device=device)
     input_shape = _validate.shape4(input_shape, "input_shape")
     geometry, divisors = _avg_setup(input_shape, kernel_size, stride, padding,
                                     ceil_mode, count_include_pad)
@@ -248,28 +276,37 @@ def dropout(x, p=0.5, *, seed=None, training=True, backend=None):
     ``seed=None`` draws a fresh seed.
     """
     p = _validate.probability(p)
-    contiguous_x = _validate.float_array(x, "x")
+    device = _takes_device_arrays("dropout_apply", backend, x)
+    contiguous_x = _validate.float_array(x, "x", device=device)
     if not training:
         return x, None
     x = contiguous_x
     seed = secrets.randbits(64) if seed is None else _validate.seed(seed)
     module = resolve("dropout_mask", backend)
-    mask = module.dropout_mask(x.size, _dropout_hash.threshold(p),
-                               seed).reshape(x.shape)
+    shape = tuple(x.shape)
+    mask = module.dropout_mask(_shapes.numel(shape), _dropout_hash.threshold(p),
+                               seed).reshape(shape)
     y = resolve("dropout_apply", backend).dropout_apply(x, mask, _keep_scale(p))
     return y, mask
 
 
 def dropout_backward(grad_output, mask, p, *, backend=None):
     """Gradient of ``dropout``: ``grad_output * mask / (1 - p)``."""
-    grad_output = _validate.float_array(grad_output, "grad_output")
+    device = _takes_device_arrays("dropout_apply", backend, grad_output, mask)
+    grad_output = _validate.float_array(grad_output, "grad_output",
+                                        device=device)
     p = _validate.probability(p)
-    if not isinstance(mask, np.ndarray) or mask.dtype != np.bool_:
+    if device and _validate.is_device_array(mask):
+        if _validate.dtype_of(mask) != np.bool_:
+            raise TypeError("mask must be a bool array (from dropout), got "
+                            f"dtype {_validate.dtype_of(mask)}")
+    elif not isinstance(mask, np.ndarray) or mask.dtype != np.bool_:
         raise TypeError("mask must be a bool numpy.ndarray (from dropout)")
-    if mask.shape != grad_output.shape:
+    if tuple(mask.shape) != tuple(grad_output.shape):
         raise ValueError(
-            f"mask must have grad_output's shape {grad_output.shape}, got "
-            f"{mask.shape}")
-    mask = np.ascontiguousarray(mask)
+            f"mask must have grad_output's shape {tuple(grad_output.shape)}, "
+            f"got {tuple(mask.shape)}")
+    if isinstance(mask, np.ndarray):
+        mask = np.ascontiguousarray(mask)
     return resolve("dropout_apply", backend).dropout_apply(
         grad_output, mask, _keep_scale(p))

@@ -1,0 +1,104 @@
+"""Fixtures of the CUDA backend's tests: simulator or GPU, and launch configs.
+
+These tests need numba-cuda and either a GPU or Numba's CUDA simulator, which
+must be switched on before numba is first imported, so from the shell:
+
+    NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/cuda
+
+Without either, every test here is skipped with the reason (a plain
+``pytest`` run on a machine without a GPU). Under the simulator the kernels
+run with tiny tiles and blocks (the simulator starts one Python thread per
+CUDA thread); on a real GPU the module runs twice, with those tiny tiles and
+with the default launch configuration of ``fastconv.config``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM", "") == "1"
+
+# Launch configuration of the simulator runs: 8-thread conv blocks with
+# 4 x 8 output tiles (so test shapes span several ragged tiles and the
+# shared-memory loads take several rounds), 16-thread elementwise blocks
+# capped at 3 blocks (so the grid-stride loops go round several times).
+TINY_LAUNCH = {
+    "CUDA_THREADS_PER_BLOCK": 16,
+    "CUDA_MAX_BLOCKS": 3,
+    "CUDA_CONV_TILE_M": 4,
+    "CUDA_CONV_TILE_N": 8,
+    "CUDA_CONV_TILE_K": 4,
+    "CUDA_CONV_MICRO_M": 2,
+    "CUDA_CONV_MICRO_N": 2,
+    "CUDA_GRAD_WEIGHT_BLOCKS": 6,
+    "CUDA_REDUCE_THREADS": 4,
+}
+
+
+def _skip_reason() -> str | None:
+    try:
+        from fastconv.backends import cuda as cuda_backend
+    except Exception as exc:  # pragma: no cover - the module always imports
+        return f"fastconv.backends.cuda does not import: {exc}"
+    reason = cuda_backend.unavailable_reason()
+    if reason is None:
+        return None
+    return (f"CUDA backend unavailable ({reason}); run these tests under "
+            "Numba's simulator with NUMBA_ENABLE_CUDASIM=1 python -m pytest "
+            "tests/cuda")
+
+
+SKIP_REASON = _skip_reason()
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "without_cuda: runs without a GPU or the simulator (it "
+        "checks the build or the error paths in a subprocess)")
+
+
+@pytest.fixture(autouse=True)
+def _require_cuda_backend(request):
+    if SKIP_REASON is not None and request.node.get_closest_marker(
+            "without_cuda") is None:
+        pytest.skip(SKIP_REASON)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fast_simulator_switching():
+    """The simulator's scheduler busy-polls its block threads; switching the
+    GIL more often than every 5 ms makes the module several times faster."""
+    if not SIMULATOR:
+        yield
+        return
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(2e-4)
+    yield
+    sys.setswitchinterval(before)
+
+
+LAUNCH_CONFIGS = ["tiny"] if SIMULATOR else ["tiny", "default"]
+
+
+@pytest.fixture(scope="module", params=LAUNCH_CONFIGS)
+def launch(request):
+    """The launch configuration in force ('tiny' or 'default') for a module
+    that asks for it (``pytestmark = pytest.mark.usefixtures("launch")``)."""
+    from fastconv import config
+
+    with pytest.MonkeyPatch.context() as patch:
+        if request.param == "tiny":
+            for name, value in TINY_LAUNCH.items():
+                patch.setattr(config, name, value)
+        yield request.param
+
+
+@pytest.fixture
+def device():
+    """numba.cuda (real or simulated), for making device arrays."""
+    from numba import cuda
+
+    return cuda
