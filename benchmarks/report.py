@@ -9,8 +9,9 @@ and on PyTorch, all on the same number of threads. The implementations take
 turns: each repeat times every one of them once, in a rotated order, so that
 a burst of load on the (shared) machine hits all of them alike. A sample
 runs the op enough times to last about ``--sample-ms``; the table shows the
-median over the repeats, in ms per call, and the ratio
-``PyTorch time / fastconv time`` (above 1: fastconv is faster).
+median over the repeats (``--stat min``: the fastest sample), in ms per
+call, and the ratio ``PyTorch time / fastconv time`` (above 1: fastconv is
+faster).
 
 The summary checks the issue's performance floors on ``'auto'`` (what a user
 gets by default); the naive table shows how much faster the compiled backends
@@ -31,6 +32,7 @@ import platform
 import statistics
 import sys
 import time
+from typing import Callable, NamedTuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -69,26 +71,35 @@ def _calls_per_sample(function, sample_seconds: float) -> int:
     return max(1, math.ceil(sample_seconds / max(once, 1e-7)))
 
 
-def measure(contenders: dict, repeats: int, sample_seconds: float) -> dict:
-    """Median seconds per call of each contender, timed in alternation.
+class Timer(NamedTuple):
+    """How to time: samples per contender, sample length, and the statistic
+    (``statistics.median``, or ``min`` on a badly loaded machine)."""
 
-    ``contenders`` maps a name to a zero-argument callable. Each is called
-    once to warm up (and to size its samples); then every repeat times each
-    contender once, starting with a different one each time.
-    """
-    names = list(contenders)
-    calls = {name: _calls_per_sample(contenders[name], sample_seconds)
-             for name in names}
-    samples = {name: [] for name in names}
-    for repeat in range(repeats):
-        shift = repeat % len(names)
-        for name in names[shift:] + names[:shift]:
-            function, count = contenders[name], calls[name]
-            start = time.perf_counter()
-            for _ in range(count):
-                function()
-            samples[name].append((time.perf_counter() - start) / count)
-    return {name: statistics.median(values) for name, values in samples.items()}
+    repeats: int
+    sample_seconds: float
+    statistic: Callable = statistics.median
+
+    def measure(self, contenders: dict) -> dict:
+        """Seconds per call of each contender, timed in alternation.
+
+        ``contenders`` maps a name to a zero-argument callable. Each is
+        called once to warm up (and to size its samples); then every repeat
+        times each contender once, starting with a different one each time.
+        """
+        names = list(contenders)
+        calls = {name: _calls_per_sample(contenders[name], self.sample_seconds)
+                 for name in names}
+        samples = {name: [] for name in names}
+        for repeat in range(self.repeats):
+            shift = repeat % len(names)
+            for name in names[shift:] + names[:shift]:
+                function, count = contenders[name], calls[name]
+                start = time.perf_counter()
+                for _ in range(count):
+                    function()
+                samples[name].append((time.perf_counter() - start) / count)
+        return {name: self.statistic(values)
+                for name, values in samples.items()}
 
 
 def geometric_mean(values) -> float:
@@ -114,9 +125,10 @@ def _ratio(value: float) -> str:
         f"{value:.1f}x" if value >= 10 else f"{value:.2f}x")
 
 
-def _table(header, rows) -> str:
+def _table(header, rows, text_columns=(0, 1)) -> str:
+    """A Markdown table; columns other than ``text_columns`` align right."""
     lines = ["| " + " | ".join(header) + " |",
-             "|" + "|".join("---" if i < 2 else "---:"
+             "|" + "|".join("---" if i in text_columns else "---:"
                             for i in range(len(header))) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
@@ -138,7 +150,7 @@ def _environment(threads: int, torch) -> str:
 
 # ---------------------------------------------------------------- sections
 
-def compare_with_torch(torch, fastconv_names, repeats, sample_seconds):
+def compare_with_torch(torch, fastconv_names, timer):
     """Time every op and shape; returns {(op, shape): {name: seconds}}."""
     timings = {}
     for op in cases.TORCH_OPS:
@@ -148,7 +160,7 @@ def compare_with_torch(torch, fastconv_names, repeats, sample_seconds):
                           for name in fastconv_names}
             if torch is not None:
                 contenders["torch"] = cases.torch_call(op, shape, arrays, torch)
-            timings[op, shape] = measure(contenders, repeats, sample_seconds)
+            timings[op, shape] = timer.measure(contenders)
             print(f"  {op} {shape.label}", file=sys.stderr, flush=True)
     return timings
 
@@ -194,7 +206,7 @@ def summary_table(timings, fastconv_names) -> tuple[str, bool]:
     return _table(header, rows), all_pass
 
 
-def naive_table(compiled_names, repeats, sample_seconds) -> str:
+def naive_table(compiled_names, timer) -> str:
     """Naive time / compiled time, both on the scaled-down shapes."""
     header = ["op", "shape", "naive ms"]
     for name in compiled_names:
@@ -205,7 +217,7 @@ def naive_table(compiled_names, repeats, sample_seconds) -> str:
             arrays = cases.make_arrays(shape)
             contenders = {name: cases.fastconv_call(op, shape, arrays, name)
                           for name in ("naive",) + tuple(compiled_names)}
-            seconds = measure(contenders, repeats, sample_seconds)
+            seconds = timer.measure(contenders)
             row = [op, shape.label, _ms(seconds["naive"])]
             for name in compiled_names:
                 row += [_ms(seconds[name]),
@@ -215,7 +227,7 @@ def naive_table(compiled_names, repeats, sample_seconds) -> str:
     return _table(header, rows)
 
 
-def fastest_backends(compiled_names, repeats, sample_seconds):
+def fastest_backends(compiled_names, timer):
     """Per primitive: geometric-mean time of each backend over its shapes.
 
     Returns the Markdown table and {primitive: backends fastest first}.
@@ -231,7 +243,7 @@ def fastest_backends(compiled_names, repeats, sample_seconds):
             contenders = {name: cases.fastconv_call(primitive, shape, arrays,
                                                     name)
                           for name in compiled_names}
-            per_shape.append(measure(contenders, repeats, sample_seconds))
+            per_shape.append(timer.measure(contenders))
             print(f"  {primitive} {shape.label}", file=sys.stderr, flush=True)
         means = {name: geometric_mean(s[name] for s in per_shape)
                  for name in compiled_names}
@@ -243,7 +255,8 @@ def fastest_backends(compiled_names, repeats, sample_seconds):
                     + [_ms(means[name]) for name in compiled_names]
                     + [", ".join(f"{name} {wins[name]}" for name in ranked),
                        " > ".join(ranked)])
-    return _table(header, rows), order
+    last = len(header) - 1
+    return _table(header, rows, text_columns=(0, last - 1, last)), order
 
 
 # -------------------------------------------------------------------- main
@@ -258,18 +271,23 @@ def main(argv=None) -> int:
     parser.add_argument("--sample-ms", type=float, default=None,
                         help="length of one sample in ms (default 50, or 10 "
                              "with --quick)")
+    parser.add_argument("--stat", choices=("median", "min"), default="median",
+                        help="statistic over the samples (default median; "
+                             "min resists a loaded machine better)")
     parser.add_argument("--quick", action="store_true",
-                        help="fewer, shorter samples: a rough table in about "
-                             "a minute")
+                        help="fewer, shorter samples: a rough table in a few "
+                             "minutes")
     parser.add_argument("--fastest", action="store_true",
                         help="only rank the compiled CPU backends per "
                              "primitive (for the registry's 'auto' order)")
     parser.add_argument("--no-naive", action="store_true",
                         help="skip the speedup-over-naive table")
     args = parser.parse_args(argv)
-    repeats = args.repeats or (3 if args.quick else 11)
-    sample_seconds = (args.sample_ms or (10 if args.quick else 50)) / 1e3
-    naive_repeats = 1 if args.quick else 3
+    statistic = statistics.median if args.stat == "median" else min
+    timer = Timer(args.repeats or (3 if args.quick else 11),
+                  (args.sample_ms or (10 if args.quick else 50)) / 1e3,
+                  statistic)
+    naive_timer = timer._replace(repeats=1 if args.quick else 3)
 
     compiled = cases.compiled_cpu_backends()
     if not compiled:
@@ -287,11 +305,13 @@ def main(argv=None) -> int:
     command = "python benchmarks/report.py " + " ".join(
         sys.argv[1:] if argv is None else argv)
     print(f"`{command.strip()}`\n")
-    print(_environment(args.threads, torch) + f"; median of {repeats} "
-          f"alternated samples of ~{sample_seconds * 1e3:.0f} ms each.\n")
+    print(_environment(args.threads, torch) + f"; {args.stat} of "
+          f"{timer.repeats} alternated samples of ~"
+          f"{timer.sample_seconds * 1e3:.0f} ms each (naive: "
+          f"{naive_timer.repeats}).\n")
 
     if args.fastest:
-        table, order = fastest_backends(compiled, repeats, sample_seconds)
+        table, order = fastest_backends(compiled, timer)
         print("Fastest compiled CPU backend per primitive:\n")
         print(table)
         print("\nSuggested registry order (fastconv/backends/__init__.py):\n")
@@ -303,8 +323,7 @@ def main(argv=None) -> int:
         return 0
 
     fastconv_names = compiled + ["auto"]
-    timings = compare_with_torch(torch, fastconv_names, repeats,
-                                 sample_seconds)
+    timings = compare_with_torch(torch, fastconv_names, timer)
     print(torch_table(timings, fastconv_names, torch is not None))
     all_pass = True
     if torch is not None:
@@ -316,7 +335,7 @@ def main(argv=None) -> int:
         print("\nPyTorch is not installed: no ratios, floors not checked.")
     if not args.no_naive:
         print("\nSpeedup over the naive reference loops (same small shapes):\n")
-        print(naive_table(compiled, naive_repeats, sample_seconds))
+        print(naive_table(compiled, naive_timer))
     return 0 if all_pass else 1
 
 
