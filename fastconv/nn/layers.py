@@ -1,0 +1,510 @@
+"""Layers with PyTorch's constructor signatures and ``state_dict`` keys.
+
+Convolution, pooling and dropout run on fastconv's kernels
+(``fastconv.functional``) on the process's current backend; the cheap glue
+(ReLU, the dense layer through BLAS, batch norm) is NumPy. Every layer keeps,
+from its latest ``forward``, what its ``backward`` needs.
+
+Arrays are NCHW float32 or float64; a layer with parameters computes in its
+parameters' dtype (inputs of another dtype are cast), a layer without
+parameters in its input's dtype.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from fastconv import _validate
+from fastconv import functional as F
+from fastconv.nn import init
+from fastconv.nn.module import FLOAT_DTYPES, Module, Parameter
+
+__all__ = [
+    "Conv2d", "Linear", "ReLU", "Flatten", "Identity", "MaxPool2d",
+    "AvgPool2d", "AdaptiveAvgPool2d", "Dropout", "BatchNorm2d",
+]
+
+
+def _param_dtype(dtype) -> np.dtype:
+    dtype = np.dtype(np.float32 if dtype is None else dtype)
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+    return dtype
+
+
+def _check_device(device) -> None:
+    if device not in (None, "cpu"):
+        raise ValueError(
+            f"device must be None or 'cpu' (fastconv layers hold NumPy "
+            f"arrays), got {device!r}")
+
+
+def _as_float_array(x, dtype=None) -> np.ndarray:
+    """x as an ndarray of ``dtype`` (or of its own float dtype)."""
+    x = np.asarray(x)
+    if dtype is not None:
+        return x.astype(dtype, copy=False)
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"input must be float32 or float64, got {x.dtype}")
+    return x
+
+
+def _saved(value, layer):
+    if value is None:
+        raise RuntimeError(
+            f"{type(layer).__name__}.backward called before forward")
+    return value
+
+
+def _positive_count(value, name) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) \
+            or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+# --------------------------------------------------------------- convolution
+
+class Conv2d(Module):
+    """2-D convolution, as ``torch.nn.Conv2d``.
+
+    weight: (out_channels, in_channels // groups, kH, kW); bias:
+    (out_channels,). Initialised like PyTorch (uniform in +-1/sqrt(fan_in))
+    from ``generator`` (None: ``fastconv.nn.init``'s default generator).
+
+    ``need_input_grad`` (default True) may be set False on a network's first
+    layer: ``backward`` then skips the input gradient and returns None.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1,
+                 padding=0, dilation=1, groups=1, bias=True,
+                 padding_mode="zeros", device=None, dtype=None, *,
+                 generator=None):
+        super().__init__()
+        _check_device(device)
+        if padding_mode != "zeros":
+            raise ValueError(
+                f"padding_mode must be 'zeros' (the only mode fastconv's "
+                f"kernels implement), got {padding_mode!r}")
+        in_channels = _positive_count(in_channels, "in_channels")
+        out_channels = _positive_count(out_channels, "out_channels")
+        groups = _positive_count(groups, "groups")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"groups={groups} must divide in_channels={in_channels} and "
+                f"out_channels={out_channels}")
+        kernel = _validate.pair(kernel_size, "kernel_size", minimum=1)
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = kernel
+        self.stride = _validate.pair(stride, "stride", minimum=1)
+        self.padding = padding if isinstance(padding, str) else \
+            _validate.pair(padding, "padding", minimum=0)
+        self.dilation = _validate.pair(dilation, "dilation", minimum=1)
+        self.groups = groups
+        self.padding_mode = padding_mode
+        self.need_input_grad = True
+        weight, bias_values = init.default_weight_and_bias(
+            (out_channels, in_channels // groups) + kernel,
+            out_channels if bias else None, _param_dtype(dtype), generator)
+        self.weight = Parameter(weight)
+        self.bias = Parameter(bias_values) if bias else None
+        self._input = None
+
+    def _bias_array(self):
+        return None if self.bias is None else self.bias.data
+
+    def forward(self, x):
+        x = _as_float_array(x, self.weight.dtype)
+        self._input = x
+        return F.conv2d(x, self.weight.data, self._bias_array(), self.stride,
+                        self.padding, self.dilation, self.groups)
+
+    def backward(self, grad_output):
+        x = _saved(self._input, self)
+        grad_output = _as_float_array(grad_output, self.weight.dtype)
+        grad_input, grad_weight, grad_bias = F.conv2d_backward(
+            grad_output, x, self.weight.data, self.stride, self.padding,
+            self.dilation, self.groups, need_input_grad=self.need_input_grad)
+        self.weight.accumulate_grad(grad_weight)
+        if self.bias is not None:
+            self.bias.accumulate_grad(grad_bias)
+        return grad_input
+
+    def extra_repr(self):
+        text = (f"{self.in_channels}, {self.out_channels}, kernel_size="
+                f"{self.kernel_size}, stride={self.stride}")
+        if self.padding not in ((0, 0), "valid"):
+            text += f", padding={self.padding}"
+        if self.dilation != (1, 1):
+            text += f", dilation={self.dilation}"
+        if self.groups != 1:
+            text += f", groups={self.groups}"
+        if self.bias is None:
+            text += ", bias=False"
+        return text
+
+
+class Linear(Module):
+    """Dense layer ``y = x @ weight.T + bias``, as ``torch.nn.Linear``.
+
+    x: (..., in_features); weight: (out_features, in_features); bias:
+    (out_features,). Runs on BLAS through NumPy.
+    """
+
+    def __init__(self, in_features, out_features, bias=True, device=None,
+                 dtype=None, *, generator=None):
+        super().__init__()
+        _check_device(device)
+        self.in_features = _positive_count(in_features, "in_features")
+        self.out_features = _positive_count(out_features, "out_features")
+        weight, bias_values = init.default_weight_and_bias(
+            (self.out_features, self.in_features),
+            self.out_features if bias else None, _param_dtype(dtype),
+            generator)
+        self.weight = Parameter(weight)
+        self.bias = Parameter(bias_values) if bias else None
+        self._input = None
+
+    def forward(self, x):
+        x = _as_float_array(x, self.weight.dtype)
+        if x.ndim < 1 or x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"Linear expects (..., {self.in_features}), got {x.shape}")
+        self._input = x
+        y = x @ self.weight.data.T
+        if self.bias is not None:
+            y += self.bias.data
+        return y
+
+    def backward(self, grad_output):
+        x = _saved(self._input, self)
+        grad_output = _as_float_array(grad_output, self.weight.dtype)
+        flat_x = x.reshape(-1, self.in_features)
+        flat_grad = grad_output.reshape(-1, self.out_features)
+        self.weight.accumulate_grad(flat_grad.T @ flat_x)
+        if self.bias is not None:
+            self.bias.accumulate_grad(flat_grad.sum(axis=0))
+        return (flat_grad @ self.weight.data).reshape(x.shape)
+
+    def extra_repr(self):
+        return (f"in_features={self.in_features}, out_features="
+                f"{self.out_features}, bias={self.bias is not None}")
+
+
+# -------------------------------------------------------------- elementwise
+
+class ReLU(Module):
+    """max(x, 0); the gradient passes where x > 0."""
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.inplace = inplace  # accepted for PyTorch's signature; never in place
+        self._positive = None
+
+    def forward(self, x):
+        x = _as_float_array(x)
+        self._positive = x > 0
+        return np.maximum(x, 0, dtype=x.dtype)
+
+    def backward(self, grad_output):
+        return grad_output * _saved(self._positive, self)
+
+
+class Identity(Module):
+    def forward(self, x):
+        return x
+
+    def backward(self, grad_output):
+        return grad_output
+
+
+class Flatten(Module):
+    """Flatten dims ``start_dim..end_dim`` into one, as ``torch.nn.Flatten``."""
+
+    def __init__(self, start_dim=1, end_dim=-1):
+        super().__init__()
+        self.start_dim = start_dim
+        self.end_dim = end_dim
+        self._input_shape = None
+
+    def forward(self, x):
+        x = np.asarray(x)
+        self._input_shape = x.shape
+        start = self.start_dim % x.ndim
+        end = self.end_dim % x.ndim
+        return x.reshape(x.shape[:start] + (-1,) + x.shape[end + 1:])
+
+    def backward(self, grad_output):
+        return grad_output.reshape(_saved(self._input_shape, self))
+
+    def extra_repr(self):
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
+
+
+# ------------------------------------------------------------------ pooling
+
+class MaxPool2d(Module):
+    """Max pooling, as ``torch.nn.MaxPool2d``; keeps indices for backward."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1,
+                 return_indices=False, ceil_mode=False):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.stride = kernel_size if stride is None else stride
+        self.padding = padding
+        self.dilation = dilation
+        self.return_indices = return_indices
+        self.ceil_mode = ceil_mode
+        self._indices = None
+        self._input_shape = None
+
+    def forward(self, x):
+        x = _as_float_array(x)
+        y, indices = F.max_pool2d(x, self.kernel_size, self.stride,
+                                  self.padding, self.dilation, self.ceil_mode,
+                                  return_indices=True)
+        self._indices = indices
+        self._input_shape = x.shape
+        return (y, indices) if self.return_indices else y
+
+    def backward(self, grad_output):
+        indices = _saved(self._indices, self)
+        return F.max_pool2d_backward(grad_output, indices, self._input_shape)
+
+    def extra_repr(self):
+        return (f"kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, dilation={self.dilation}, "
+                f"ceil_mode={self.ceil_mode}")
+
+
+class AvgPool2d(Module):
+    """Average pooling, as ``torch.nn.AvgPool2d`` (no ``divisor_override``)."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False,
+                 count_include_pad=True, divisor_override=None):
+        super().__init__()
+        if divisor_override is not None:
+            raise ValueError("divisor_override is not supported")
+        self.kernel_size = kernel_size
+        self.stride = kernel_size if stride is None else stride
+        self.padding = padding
+        self.ceil_mode = ceil_mode
+        self.count_include_pad = count_include_pad
+        self._input_shape = None
+
+    def forward(self, x):
+        x = _as_float_array(x)
+        self._input_shape = x.shape
+        return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding,
+                            self.ceil_mode, self.count_include_pad)
+
+    def backward(self, grad_output):
+        return F.avg_pool2d_backward(
+            grad_output, _saved(self._input_shape, self), self.kernel_size,
+            self.stride, self.padding, self.ceil_mode, self.count_include_pad)
+
+    def extra_repr(self):
+        return (f"kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}")
+
+
+class AdaptiveAvgPool2d(Module):
+    """``torch.nn.AdaptiveAvgPool2d`` where the input size is a multiple of
+    ``output_size`` (``output_size=1`` is global average pooling); it is then
+    an ``avg_pool2d`` with kernel = stride = input size // output size.
+    """
+
+    def __init__(self, output_size):
+        super().__init__()
+        self.output_size = _validate.pair(output_size, "output_size",
+                                          minimum=1)
+        self._pool_args = None
+
+    def forward(self, x):
+        x = _as_float_array(x)
+        if x.ndim != 4:
+            raise ValueError(f"AdaptiveAvgPool2d expects (N, C, H, W), got "
+                             f"{x.shape}")
+        (out_h, out_w), (height, width) = self.output_size, x.shape[2:]
+        if height % out_h or width % out_w:
+            raise ValueError(
+                f"AdaptiveAvgPool2d here needs the input size {height}x{width}"
+                f" to be a multiple of output_size {out_h}x{out_w}")
+        kernel = (height // out_h, width // out_w)
+        self._pool_args = (x.shape, kernel)
+        return F.avg_pool2d(x, kernel, kernel)
+
+    def backward(self, grad_output):
+        input_shape, kernel = _saved(self._pool_args, self)
+        return F.avg_pool2d_backward(grad_output, input_shape, kernel, kernel)
+
+    def extra_repr(self):
+        return f"output_size={self.output_size}"
+
+
+# ------------------------------------------------------------------ dropout
+
+class Dropout(Module):
+    """Inverted dropout on fastconv's counter-based masks.
+
+    Each training-mode call draws a fresh 63-bit seed from the module's own
+    generator (a child of ``generator``, or of ``fastconv.nn.init``'s default
+    generator), so a seeded run repeats exactly; ``manual_seed`` resets it.
+    In eval mode it is the identity.
+    """
+
+    def __init__(self, p=0.5, inplace=False, *, generator=None):
+        super().__init__()
+        self.p = _validate.probability(p)
+        self.inplace = inplace  # accepted for PyTorch's signature
+        self._generator = np.random.default_rng(
+            init.as_generator(generator).integers(2**63))
+        self._mask = None
+
+    def manual_seed(self, seed: int) -> None:
+        self._generator = np.random.default_rng(seed)
+
+    def forward(self, x):
+        x = _as_float_array(x)
+        if not self.training or self.p == 0.0:
+            self._mask = None
+            return x
+        seed = int(self._generator.integers(2**63))
+        y, self._mask = F.dropout(x, self.p, seed=seed)
+        return y
+
+    def backward(self, grad_output):
+        if self._mask is None:
+            return grad_output
+        return F.dropout_backward(grad_output, self._mask, self.p)
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+# --------------------------------------------------------------- batch norm
+
+class BatchNorm2d(Module):
+    """Batch normalisation over (N, H, W) per channel, as ``torch.nn.BatchNorm2d``.
+
+    Training mode normalises with the batch statistics (biased variance) and
+    updates ``running_mean`` / ``running_var`` (unbiased variance) with
+    ``momentum`` (None: cumulative average), counting ``num_batches_tracked``
+    (an int64 scalar array). Eval mode uses the running statistics.
+    """
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, device=None, dtype=None):
+        super().__init__()
+        _check_device(device)
+        self.num_features = _positive_count(num_features, "num_features")
+        self.eps = float(eps)
+        self.momentum = momentum
+        self.affine = affine
+        self.track_running_stats = track_running_stats
+        dtype = _param_dtype(dtype)
+        if affine:
+            self.weight = Parameter(np.ones(self.num_features, dtype))
+            self.bias = Parameter(np.zeros(self.num_features, dtype))
+        else:
+            self.weight = None
+            self.bias = None
+        if track_running_stats:
+            self.register_buffer("running_mean",
+                                 np.zeros(self.num_features, dtype))
+            self.register_buffer("running_var",
+                                 np.ones(self.num_features, dtype))
+            self.register_buffer("num_batches_tracked",
+                                 np.array(0, dtype=np.int64))
+        else:
+            self.running_mean = None
+            self.running_var = None
+            self.num_batches_tracked = None
+        self._saved = None
+
+    def _compute_dtype(self, x):
+        if self.weight is not None:
+            return self.weight.dtype
+        if self.running_mean is not None:
+            return self.running_mean.dtype
+        return None
+
+    def reset_running_stats(self):
+        if self.track_running_stats:
+            self.running_mean[...] = 0
+            self.running_var[...] = 1
+            self.num_batches_tracked = np.array(0, dtype=np.int64)
+
+    def forward(self, x):
+        x = _as_float_array(x, self._compute_dtype(x))
+        if x.ndim != 4 or x.shape[1] != self.num_features:
+            raise ValueError(
+                f"BatchNorm2d({self.num_features}) expects (N, "
+                f"{self.num_features}, H, W), got {x.shape}")
+        use_batch_stats = self.training or not self.track_running_stats
+        shape = (1, -1, 1, 1)
+        if use_batch_stats:
+            count = x.shape[0] * x.shape[2] * x.shape[3]
+            if count < 2 and self.training:
+                raise ValueError(
+                    "BatchNorm2d needs more than one value per channel in "
+                    f"training mode, got input of shape {x.shape}")
+            mean = x.mean(axis=(0, 2, 3))
+            centered = x - mean.reshape(shape)
+            variance = np.square(centered).mean(axis=(0, 2, 3))
+            if self.training and self.track_running_stats:
+                self._update_running_stats(mean, variance, count)
+        else:
+            mean, variance = self.running_mean, self.running_var
+            centered = x - mean.reshape(shape)
+        inv_std = (1.0 / np.sqrt(variance + self.eps)).astype(x.dtype)
+        normalized = centered * inv_std.reshape(shape)
+        self._saved = (normalized, inv_std, use_batch_stats)
+        if self.weight is None:
+            return normalized
+        return normalized * self.weight.data.reshape(shape) + \
+            self.bias.data.reshape(shape)
+
+    def _update_running_stats(self, mean, variance, count):
+        self.num_batches_tracked = np.array(self.num_batches_tracked + 1,
+                                            dtype=np.int64)
+        factor = (1.0 / float(self.num_batches_tracked)
+                  if self.momentum is None else self.momentum)
+        unbiased = variance * (count / (count - 1))
+        self.running_mean = ((1 - factor) * self.running_mean
+                             + factor * mean).astype(self.running_mean.dtype)
+        self.running_var = ((1 - factor) * self.running_var
+                            + factor * unbiased).astype(self.running_var.dtype)
+
+    def backward(self, grad_output):
+        normalized, inv_std, used_batch_stats = _saved(self._saved, self)
+        grad_output = _as_float_array(grad_output, normalized.dtype)
+        shape = (1, -1, 1, 1)
+        if self.weight is not None:
+            self.weight.accumulate_grad(
+                np.einsum("nchw,nchw->c", grad_output, normalized))
+            self.bias.accumulate_grad(grad_output.sum(axis=(0, 2, 3)))
+            scale = self.weight.data * inv_std
+        else:
+            scale = inv_std
+        if not used_batch_stats:
+            return grad_output * scale.reshape(shape)
+        # The batch mean and variance depend on every element: subtract the
+        # gradient's per-channel mean and its projection on the normalized x.
+        count = grad_output.shape[0] * grad_output.shape[2] * \
+            grad_output.shape[3]
+        mean_grad = grad_output.sum(axis=(0, 2, 3)) / count
+        mean_grad_dot = np.einsum("nchw,nchw->c", grad_output,
+                                  normalized) / count
+        grad_input = grad_output - mean_grad.reshape(shape) \
+            - normalized * mean_grad_dot.reshape(shape)
+        grad_input *= scale.reshape(shape)
+        return grad_input
+
+    def extra_repr(self):
+        return (f"{self.num_features}, eps={self.eps}, momentum="
+                f"{self.momentum}, affine={self.affine}, track_running_stats="
+                f"{self.track_running_stats}")
