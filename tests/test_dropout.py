@@ -277,3 +277,27 @@ def test_backward_matches_finite_differences(backend, finite_difference,
         lambda v: np.sum(fastconv.dropout(v, p, seed=seed, backend=backend)[0]
                          * grad_output), x)
     assert_close(grad, numeric, rtol=1e-6)
+
+
+def test_dropped_non_finite_values_become_zero(backend):
+    """A dropped inf or NaN gives 0 (not inf * 0 = NaN) on every backend."""
+    x = np.array([np.inf, -np.inf, np.nan, 1.0] * 8)
+    for p in (0.5, 1.0):
+        y, mask = fastconv.dropout(x, p, seed=3, backend=backend)
+        assert (~mask).any()
+        np.testing.assert_array_equal(y[~mask], 0.0)
+        np.testing.assert_array_equal(
+            fastconv.dropout_backward(x, mask, p, backend=backend)[~mask], 0.0)
+        kept = mask & np.isfinite(x)
+        np.testing.assert_array_equal(y[kept], x[kept] / (1.0 - p))
+        assert np.isnan(y[mask & np.isnan(x)]).all()
+
+
+def test_numpy_integer_seed_equals_python_int(backend):
+    expected = fastconv.dropout_mask(50, 0.5, 2**63 + 5, backend=backend)
+    np.testing.assert_array_equal(
+        fastconv.dropout_mask(50, 0.5, np.uint64(2**63 + 5), backend=backend),
+        expected)
+    np.testing.assert_array_equal(
+        fastconv.dropout_mask((5, 10), np.float32(0.5), 2**63 + 5,
+                              backend=backend).reshape(-1), expected)

@@ -215,6 +215,20 @@ def test_max_pool_backward_accumulates_overlaps(backend):
     assert grad.sum() == y.size
 
 
+def test_max_pool_backward_accepts_any_integer_indices(backend):
+    x = np.random.default_rng(0).standard_normal((2, 3, 6, 5))
+    y, indices = fastconv.max_pool2d(x, 2, return_indices=True, backend=backend)
+    expected = fastconv.max_pool2d_backward(y, indices, x.shape, backend=backend)
+    for dtype in (np.int32, np.uint16, np.intp):
+        np.testing.assert_array_equal(
+            fastconv.max_pool2d_backward(y, indices.astype(dtype), x.shape,
+                                         backend=backend), expected)
+    # input_shape as a list works like a tuple.
+    np.testing.assert_array_equal(
+        fastconv.max_pool2d_backward(y, indices, list(x.shape),
+                                     backend=backend), expected)
+
+
 # ------------------------------------------------------------------ avg pool
 
 def avg_case(case_id, count_include_pad, dtype, random_array, naive_cache):
