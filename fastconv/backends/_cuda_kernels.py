@@ -130,6 +130,11 @@ def _make_conv_gemm(role, dtype, launch: LaunchConfig):
     # the reduction in every role; B along its columns, except for
     # GRAD_WEIGHT, whose reduction runs along output pixels.
     b_depth_fastest = role == GRAD_WEIGHT
+    # +1 column of padding: the depth-fastest stores hit distinct banks.
+    # (Shapes must be compile-time constants, hence computed out here.)
+    a_tile_shape = (tile_k, tile_m + 1)
+    b_tile_shape = (tile_k, tile_n + 1)
+    micro_shape = (micro_m, micro_n)
     zero = dtype.type(0)
 
     def conv_gemm(a, b, out, bias, has_bias, geometry, rows, cols, depth,
@@ -152,10 +157,9 @@ def _make_conv_gemm(role, dtype, launch: LaunchConfig):
         depth_begin = split * depth_per_split
         depth_end = min(depth, depth_begin + depth_per_split)
 
-        # +1 column of padding: the depth-fastest stores hit distinct banks.
-        a_tile = cuda.shared.array((tile_k, tile_m + 1), acc_type)
-        b_tile = cuda.shared.array((tile_k, tile_n + 1), acc_type)
-        acc = cuda.local.array((micro_m, micro_n), acc_type)
+        a_tile = cuda.shared.array(a_tile_shape, acc_type)
+        b_tile = cuda.shared.array(b_tile_shape, acc_type)
+        acc = cuda.local.array(micro_shape, acc_type)
         a_frag = cuda.local.array(micro_m, acc_type)
         b_frag = cuda.local.array(micro_n, acc_type)
         for i in range(micro_m):

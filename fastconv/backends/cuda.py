@@ -146,9 +146,16 @@ def _grid(size: int, launch) -> int:
                       -(-size // launch.threads_per_block)))
 
 
+_DUMMIES: dict = {}
+
+
 def _dummy(dtype):
-    """A one-element device array for a kernel argument that goes unused."""
-    return cuda.device_array(1, dtype=dtype)
+    """A one-element device array for a kernel argument that goes unused
+    (made once per dtype: an allocation costs more than some kernels)."""
+    dtype = np.dtype(dtype)
+    if dtype not in _DUMMIES:
+        _DUMMIES[dtype] = cuda.device_array(1, dtype=dtype)
+    return _DUMMIES[dtype]
 
 
 # --------------------------------------------------------------- convolution
@@ -284,7 +291,10 @@ def max_pool2d_backward(grad_output, indices, g):
     in_size = math.prod(g.input_shape)
     kernel("fill_zero")[_grid(in_size, launch), launch.threads_per_block](
         _flat(grad_input), in_size)
-    error = cuda.to_device(np.zeros(1, dtype=np.int32))
+    # NumPy indices were range-checked by the functional layer, so their
+    # flag is never read; device ones get a fresh flag, read back below.
+    error = cuda.to_device(np.zeros(1, dtype=np.int32)) if (
+        indices_on_device) else _dummy(np.int32)
     size = math.prod(g.output_shape)
     kernel("max_pool_backward")[_grid(size, launch), launch.threads_per_block](
         _flat(grad_output), _flat(indices), _flat(grad_input),

@@ -5,11 +5,12 @@ must be switched on before numba is first imported, so from the shell:
 
     NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/cuda
 
-Without either, every test here is skipped with the reason (a plain
-``pytest`` run on a machine without a GPU). Under the simulator the kernels
-run with tiny tiles and blocks (the simulator starts one Python thread per
-CUDA thread); on a real GPU the module runs twice, with those tiny tiles and
-with the default launch configuration of ``fastconv.config``.
+Without either, ``test_cuda_ops.py`` skips itself with the reason (a plain
+``pytest`` run on a machine without a GPU); ``test_cuda_build.py`` runs
+anyway (it needs neither). Under the simulator the kernels run with tiny
+tiles and blocks (the simulator starts one Python thread per CUDA thread);
+on a real GPU the ops module runs twice, with those tiny tiles and with the
+default launch configuration of ``fastconv.config``.
 """
 
 from __future__ import annotations
@@ -36,35 +37,6 @@ TINY_LAUNCH = {
     "CUDA_GRAD_WEIGHT_BLOCKS": 6,
     "CUDA_REDUCE_THREADS": 4,
 }
-
-
-def _skip_reason() -> str | None:
-    try:
-        from fastconv.backends import cuda as cuda_backend
-    except Exception as exc:  # pragma: no cover - the module always imports
-        return f"fastconv.backends.cuda does not import: {exc}"
-    reason = cuda_backend.unavailable_reason()
-    if reason is None:
-        return None
-    return (f"CUDA backend unavailable ({reason}); run these tests under "
-            "Numba's simulator with NUMBA_ENABLE_CUDASIM=1 python -m pytest "
-            "tests/cuda")
-
-
-SKIP_REASON = _skip_reason()
-
-
-def pytest_configure(config):
-    config.addinivalue_line(
-        "markers", "without_cuda: runs without a GPU or the simulator (it "
-        "checks the build or the error paths in a subprocess)")
-
-
-@pytest.fixture(autouse=True)
-def _require_cuda_backend(request):
-    if SKIP_REASON is not None and request.node.get_closest_marker(
-            "without_cuda") is None:
-        pytest.skip(SKIP_REASON)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -14,6 +14,13 @@ import fastconv
 from fastconv import _dropout_hash, config, functional
 from fastconv.backends import cuda as cuda_backend
 
+_UNAVAILABLE = cuda_backend.unavailable_reason()
+if _UNAVAILABLE is not None:
+    pytest.skip(
+        f"CUDA backend unavailable: {_UNAVAILABLE}. Run these tests under "
+        "Numba's simulator: NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/cuda",
+        allow_module_level=True)
+
 pytestmark = [
     pytest.mark.usefixtures("launch"),
     # The simulator runs the dropout hash on NumPy uint64 scalars, which warn
