@@ -20,7 +20,7 @@ class SmallCNN(nn.Module):
     """
 
     def __init__(self, in_channels=1, num_classes=10, image_size=28,
-                 channels=(32, 64), hidden=128, dropout=0.25, *,
+                 channels=(32, 64), hidden=0, dropout=0.25, *,
                  generator=None):
         super().__init__()
         if image_size % 4:
