@@ -151,6 +151,29 @@ def pool_geometry(input_shape, kernel_size, stride, padding, dilation,
                         out_width)
 
 
+def pool_window_misses_input(geometry: PoolGeometry) -> bool:
+    """Whether some pooling window has no tap inside the input.
+
+    Only dilation makes this possible (padding is at most half the kernel):
+    e.g. height 1, kernel 2, dilation 2, padding 1 puts the taps at rows -1
+    and 1. Such a window has no maximum to point an index at.
+    """
+    import numpy as np
+
+    g = geometry
+
+    def axis_misses(out_size, stride, pad, kernel, dilation, size):
+        starts = np.arange(out_size)[:, None] * stride - pad
+        taps = starts + np.arange(kernel)[None, :] * dilation
+        inside = (taps >= 0) & (taps < size)
+        return not inside.any(axis=1).all()
+
+    return (axis_misses(g.out_height, g.stride_h, g.pad_h, g.kernel_height,
+                        g.dilation_h, g.in_height)
+            or axis_misses(g.out_width, g.stride_w, g.pad_w, g.kernel_width,
+                           g.dilation_w, g.in_width))
+
+
 def avg_pool_divisors(geometry: PoolGeometry, count_include_pad: bool):
     """Per-output-position divisor of avg_pool2d, shape (out_height, out_width).
 

@@ -141,6 +141,11 @@ def _pool_setup(input_shape, kernel_size, stride, padding, dilation,
     geometry = _shapes.pool_geometry(input_shape, kernel, stride, pads,
                                      dilation, bool(ceil_mode))
     _validate.nonempty_output(geometry.out_height, geometry.out_width, what)
+    if _shapes.pool_window_misses_input(geometry):
+        raise ValueError(
+            f"{what}: with dilation={dilation} and padding={padding} some "
+            f"window has no element inside the {input_shape[2]}x"
+            f"{input_shape[3]} input")
     return geometry
 
 
