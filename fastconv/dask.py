@@ -168,8 +168,6 @@ def filter2d(darr, kernel, *, stride=1, padding="same", boundary="zero",
     top, left, bottom, right = _filters._padding(padding, kernel.shape)
     mode = _filters._boundary_mode(boundary)
     method = _filters._method(method)
-    if method == "separable" and _filters._separable_factors(kernel) is None:
-        _filters._choose_method(method, kernel, None)  # raises the error
     if backend is not None:
         from fastconv.backends import resolve
 

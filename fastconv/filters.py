@@ -21,21 +21,31 @@ boundary      numpy.pad mode    a row ``a b c d`` extended by 2
 'wrap'        'wrap'            ``c d | a b c d | a b``
 ============  ================  ====================================
 
-How the work is done: the image is cut into horizontal bands of output rows;
-each band's input rows (with the kernel's halo, and the boundary filled in
-from the padding rule) are gathered into a small batch, and the batch goes
-through one depthwise ``fastconv.functional.conv2d`` (channels as C, groups =
-C) on the selected backend, so scratch memory stays within
-``fastconv.config.WORKSPACE_BYTES`` whatever the image size. A kernel of rank
-one (box, Gaussian, Sobel, Prewitt) is run as a column pass then a row pass
-(R + S taps instead of R * S); a large kernel that is not separable goes
-through an FFT of each band (``scipy.fft``), whose cost does not grow with the
-kernel. ``method=`` forces one of the three.
+How the work is done: the output is cut into horizontal bands; each band's
+input rows (with the kernel's halo, and the boundary filled in by the padding
+rule) are gathered into a small batch, and the batch goes through one
+``fastconv.functional.conv2d`` on the selected backend, so scratch memory
+stays within about ``fastconv.config.WORKSPACE_BYTES`` whatever the image
+size. Methods (``method=``):
+
+``'direct'``
+    A band of T output rows is one grouped conv2d (groups = channels) whose
+    "channels" are the band's input rows and whose 1 x S weight is the kernel
+    laid out as a banded matrix: one BLAS GEMM per band and channel. The
+    default for small and medium kernels.
+``'depthwise'``
+    The textbook depthwise conv2d: channels as C, an R x S kernel, groups = C.
+    Several times slower than 'direct' on the compiled backends (R * S
+    one-row GEMMs), but the only method that keeps an inf or NaN pixel
+    confined to the windows that contain it, so non-finite data always uses
+    it.
+``'fft'``
+    Each band through a real FFT (``scipy.fft``) times the kernel's
+    spectrum: a cost that does not grow with the kernel. The default from
+    ``FFT_MIN_TAPS`` taps up (chosen by ``benchmarks/bench_filters.py``).
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 
@@ -53,20 +63,23 @@ BOUNDARIES = {
     "wrap": "wrap",
 }
 
-METHODS = ("auto", "direct", "separable", "fft")
+METHODS = ("auto", "direct", "depthwise", "fft")
 
-#: With ``method='auto'``, a kernel that is not separable and has at least
-#: this many taps (R * S) goes through the FFT path. Chosen by
-#: ``benchmarks/bench_filters.py`` (see docs/filtering.md).
-FFT_MIN_TAPS = 15 * 15
+#: With ``method='auto'``, a kernel with at least this many taps (R * S) goes
+#: through the FFT path. Chosen by ``benchmarks/bench_filters.py`` (see
+#: docs/filtering.md).
+FFT_MIN_TAPS = 11 * 11
 
-#: With ``method='auto'``, a rank-one kernel with at least this many taps runs
-#: as a column pass then a row pass.
-SEPARABLE_MIN_TAPS = 5 * 5
+#: Output rows per band of the 'direct' method, for kernels up to 15 rows
+#: tall and above (see ``row_block``).
+ROW_BLOCK = 16
+ROW_BLOCK_LARGE = 32
 
-#: Output rows per band (fewer for small images, so that every thread gets a
-#: band); a band's scratch stays in cache while the backend works on it.
+#: Output rows per band of the 'depthwise' method.
 BAND_ROWS = 64
+
+#: Output rows per band of the 'fft' method, at least (4 R if taller).
+FFT_BAND_ROWS = 256
 
 
 # ------------------------------------------------------------------ checks
@@ -163,58 +176,96 @@ def _index_map(size, before, after, mode):
     return np.pad(positions, (before, after), mode=mode)
 
 
-def _separable_factors(kernel):
-    """(column (R,), row (S,)) with outer(column, row) == kernel, or None.
+def _choose_method(method, kernel, image):
+    """The method that will run: 'auto' resolved, non-finite data routed.
 
-    A kernel counts as separable when its rank-one approximation is exact to
-    the rounding of its dtype.
+    The row-blocked and FFT methods multiply every pixel of a band by some
+    weight, zeros included, and 0 * inf is NaN: with an infinite or NaN pixel
+    or weight only the depthwise method gives the per-window answer.
     """
-    if min(kernel.shape) < 2:
-        return None
-    work = kernel.astype(np.float64)
-    if not np.all(np.isfinite(work)):
-        return None
-    u, singular, vt = np.linalg.svd(work)
-    if singular[0] == 0.0:
-        return None
-    tolerance = 4 * np.finfo(kernel.dtype).eps * singular[0]
-    if singular[1] > tolerance:
-        return None
-    scale = math.sqrt(singular[0])
-    column, row = u[:, 0] * scale, vt[0] * scale
-    if np.abs(np.outer(column, row) - work).max() > tolerance * max(
-            kernel.shape):
-        return None
-    return column.astype(kernel.dtype), row.astype(kernel.dtype)
-
-
-def _choose_method(method, kernel, factors):
-    taps = kernel.size
     if method == "auto":
-        if factors is not None and taps >= SEPARABLE_MIN_TAPS:
-            return "separable"
-        return "fft" if taps >= FFT_MIN_TAPS else "direct"
-    if method == "separable" and factors is None:
-        raise ValueError(
-            "method='separable' needs a rank-one kernel (an outer product of "
-            "a column and a row), and this kernel is not one")
+        method = "fft" if kernel.size >= FFT_MIN_TAPS else "direct"
+    if method != "depthwise" and not (np.isfinite(kernel).all()
+                                      and _all_finite(image)):
+        method = "depthwise"
     return method
 
 
+def _all_finite(image):
+    """np.isfinite(image).all() without a full-size boolean temporary."""
+    if image.dtype.kind != "f":
+        return True
+    rows_per_step = max(1, (1 << 22) // max(1, image[0].size))
+    return all(np.isfinite(image[start:start + rows_per_step]).all()
+               for start in range(0, image.shape[0], rows_per_step))
+
+
+def row_block(kernel_height, stride_h):
+    """Output rows per band of the 'direct' method.
+
+    Each band is one GEMM row block: T output rows read (T - 1) * stride + R
+    input rows, so a taller block wastes more multiplications by zero but
+    feeds BLAS a bigger matrix. Chosen by benchmarks/bench_filters.py.
+    """
+    block = ROW_BLOCK_LARGE if kernel_height > 15 else ROW_BLOCK
+    return max(1, block // stride_h)
+
+
 # ---------------------------------------------------------- band kernels
+#
+# Each takes a batch of bands ``(n, C, band_input_rows, padded_width)`` and
+# returns ``(n, C, band_rows, out_width)``, the 'valid' strided correlation
+# of each band.
 
-class _DirectBands:
-    """A batch of bands through one depthwise conv2d."""
+class _RowBlockBands:
+    """A band of T output rows as one grouped conv2d with a 1 x S kernel.
 
-    def __init__(self, kernel, channels, stride, backend):
+    The band's input rows become channels: output row t of channel c is
+    ``sum_i sum_s band[c, i, j * stride_w + s] * W[c * T + t, i, s]`` with
+    ``W[c * T + t, i, s] = kernel[i - t * stride_h, s]`` inside the window and
+    0 outside it (a banded, Toeplitz-like weight), groups = C. conv2d turns
+    this into one GEMM of (T x rows * S) by (rows * S x out_width) per band
+    and channel, which BLAS runs far faster than the R * S one-row GEMMs of a
+    plain depthwise convolution, multiplications by zero included.
+    """
+
+    def __init__(self, kernel, channels, stride, backend, out_height):
+        kernel_height, kernel_width = kernel.shape
+        self.band_rows = min(out_height, row_block(kernel_height, stride[0]))
+        input_rows = (self.band_rows - 1) * stride[0] + kernel_height
+        block = np.zeros((self.band_rows, input_rows, 1, kernel_width),
+                         dtype=kernel.dtype)
+        for t in range(self.band_rows):
+            first = t * stride[0]
+            block[t, first:first + kernel_height, 0, :] = kernel
+        self.weight = np.ascontiguousarray(np.broadcast_to(
+            block, (channels,) + block.shape).reshape(
+                (channels * self.band_rows,) + block.shape[1:]))
+        self.channels, self.stride, self.backend = channels, stride, backend
+
+    def __call__(self, batch):
+        from fastconv.functional import conv2d
+
+        count, channels, input_rows, padded_width = batch.shape
+        y = conv2d(batch.reshape(count, channels * input_rows, 1,
+                                 padded_width),
+                   self.weight, stride=(1, self.stride[1]), groups=channels,
+                   backend=self.backend)
+        return y.reshape(count, channels, self.band_rows, y.shape[-1])
+
+
+class _DepthwiseBands:
+    """A batch of bands through one depthwise conv2d (R x S, groups = C).
+
+    The textbook formulation; kept for non-finite data, where it alone
+    leaves an inf or NaN confined to the windows that hold it.
+    """
+
+    def __init__(self, kernel, channels, stride, backend, out_height):
+        self.band_rows = min(out_height, BAND_ROWS)
         self.weight = np.ascontiguousarray(
             np.broadcast_to(kernel, (channels, 1) + kernel.shape))
         self.channels, self.stride, self.backend = channels, stride, backend
-
-    def scratch_per_output_row(self, out_width, padded_width, itemsize):
-        # the backend's im2col columns for one output row
-        return self.weight.shape[2] * self.weight.shape[3] * out_width * \
-            itemsize * self.channels
 
     def __call__(self, batch):
         from fastconv.functional import conv2d
@@ -223,46 +274,15 @@ class _DirectBands:
                       groups=self.channels, backend=self.backend)
 
 
-class _SeparableBands:
-    """A column pass (R x 1) then a row pass (1 x S), both depthwise conv2d."""
-
-    def __init__(self, factors, channels, stride, backend):
-        column, row = factors
-        self.column_weight = np.ascontiguousarray(np.broadcast_to(
-            column[:, None], (channels, 1, column.size, 1)))
-        self.row_weight = np.ascontiguousarray(np.broadcast_to(
-            row[None, :], (channels, 1, 1, row.size)))
-        self.channels, self.stride, self.backend = channels, stride, backend
-
-    def scratch_per_output_row(self, out_width, padded_width, itemsize):
-        # the intermediate row plus both passes' im2col columns
-        taps = self.column_weight.shape[2] + self.row_weight.shape[3]
-        return (padded_width * (1 + taps)) * itemsize * self.channels
-
-    def __call__(self, batch):
-        from fastconv.functional import conv2d
-
-        columns_done = conv2d(batch, self.column_weight,
-                              stride=(self.stride[0], 1),
-                              groups=self.channels, backend=self.backend)
-        return conv2d(columns_done, self.row_weight,
-                      stride=(1, self.stride[1]), groups=self.channels,
-                      backend=self.backend)
-
-
 class _FFTBands:
     """Each band correlated through a real FFT of the band (overlap-save)."""
 
-    def __init__(self, kernel, channels, stride):
+    def __init__(self, kernel, channels, stride, out_height):
+        # Tall bands: the halo of R - 1 rows is recomputed per band.
+        self.band_rows = min(out_height, max(FFT_BAND_ROWS,
+                                             4 * kernel.shape[0]))
         self.kernel, self.stride = kernel, stride
         self._spectrum_key, self._spectrum = None, None
-
-    def scratch_per_output_row(self, out_width, padded_width, itemsize):
-        # a complex half-spectrum row and a real result row, per channel
-        from scipy import fft
-
-        width = fft.next_fast_len(padded_width, real=True)
-        return (width // 2 + 1) * 2 * itemsize * 3 + width * itemsize
 
     def __call__(self, batch):
         from scipy import fft
@@ -329,11 +349,12 @@ def filter2d(image, kernel, *, stride=1, padding="same", boundary="zero",
     boundary: what the padding holds (``'zero'``, ``'reflect'``,
     ``'symmetric'``, ``'replicate'``, ``'wrap'``; see the module docstring).
     backend: the fastconv backend the convolutions run on (None: the current
-    default). method: ``'auto'``, ``'direct'``, ``'separable'`` (rank-one
-    kernels only) or ``'fft'``.
+    default). method: ``'auto'``, ``'direct'``, ``'depthwise'`` or ``'fft'``
+    (see the module docstring; non-finite data always runs 'depthwise').
 
     Returns ``(H_out, W_out)`` or ``(H_out, W_out, C)``: float32 for integer
-    input, the input's float dtype otherwise.
+    input, the input's float dtype otherwise (float16 is computed in
+    float32). The input is never modified.
     """
     image3, compute_dtype, result_dtype, was_2d = _float_image(image)
     kernel = _float_kernel(kernel, compute_dtype)
@@ -352,54 +373,41 @@ def filter2d(image, kernel, *, stride=1, padding="same", boundary="zero",
                                          right, 1)
     _validate.nonempty_output(out_height, out_width, "filter2d")
 
-    factors = _separable_factors(kernel) if method in (
-        "auto", "separable") else None
-    method = _choose_method(method, kernel, factors)
-    if method == "fft":
-        bands = _FFTBands(kernel, channels, stride)
-    elif method == "separable":
-        bands = _SeparableBands(factors, channels, stride, backend)
-    else:
-        bands = _DirectBands(kernel, channels, stride, backend)
-
     if image3.dtype != compute_dtype:
         # one conversion of the whole image is cheaper than one per band
         image3 = image3.astype(compute_dtype)
+    method = _choose_method(method, kernel, image3)
+    if method == "fft":
+        bands = _FFTBands(kernel, channels, stride, out_height)
+    elif method == "depthwise":
+        bands = _DepthwiseBands(kernel, channels, stride, backend, out_height)
+    else:
+        bands = _RowBlockBands(kernel, channels, stride, backend, out_height)
     out = _run_bands(image3, bands, stride, (top, left, bottom, right), mode,
-                     (kernel_height, kernel_width), (out_height, out_width))
+                     kernel_height, (out_height, out_width))
     if was_2d:
         out = out[:, :, 0]
     return out if out.dtype == result_dtype else out.astype(result_dtype)
 
 
-def _run_bands(image, bands, stride, pads, mode, kernel_shape, out_shape):
+def _run_bands(image, bands, stride, pads, mode, kernel_height, out_shape):
     """Filter ``image`` (H, W, C) band by band into a new (H_out, W_out, C)."""
     top, left, bottom, right = pads
     height, width, channels = image.shape
-    kernel_height, _ = kernel_shape
     out_height, out_width = out_shape
-    itemsize = image.dtype.itemsize
     row_map = _index_map(height, top, bottom, mode)
     col_map = _index_map(width, left, right, mode)
     padded_width = col_map.size
 
-    # Output rows per band and bands per backend call, so that one call's
-    # gathered input, result and scratch stay within WORKSPACE_BYTES.
-    from fastconv._threads import get_num_threads
-
-    per_output_row = channels * itemsize * (
-        stride[0] * padded_width + out_width) + bands.scratch_per_output_row(
-            out_width, padded_width, itemsize)
-    rows_per_call = max(1, config.WORKSPACE_BYTES // per_output_row)
-    band_rows = max(1, min(BAND_ROWS, rows_per_call,
-                           -(-out_height // get_num_threads())))
-    if isinstance(bands, _FFTBands):
-        # FFT bands are as tall as the budget allows: the halo is overhead.
-        band_rows = max(1, min(out_height, rows_per_call,
-                               max(BAND_ROWS, 4 * kernel_height)))
-    bands_per_call = max(1, rows_per_call // band_rows)
-    band_count = -(-out_height // band_rows)
+    band_rows = bands.band_rows
     band_input_rows = (band_rows - 1) * stride[0] + kernel_height
+    band_count = -(-out_height // band_rows)
+    # Bands per backend call: one call's gathered input and result stay
+    # within WORKSPACE_BYTES (the backend bounds its own scratch likewise).
+    band_bytes = channels * image.dtype.itemsize * (
+        band_input_rows * padded_width + band_rows * out_width)
+    bands_per_call = max(1, min(band_count,
+                                config.WORKSPACE_BYTES // band_bytes))
 
     # The last band may run past the image: its extra rows read zeros and
     # their results are dropped, so that every band has one shape.
@@ -409,8 +417,8 @@ def _run_bands(image, bands, stride, pads, mode, kernel_shape, out_shape):
             [row_map, np.full(needed - row_map.size, -1, np.int64)])
 
     out = np.empty((out_height, out_width, channels), dtype=image.dtype)
-    batch = np.empty((min(bands_per_call, band_count), channels,
-                      band_input_rows, padded_width), dtype=image.dtype)
+    batch = np.empty((bands_per_call, channels, band_input_rows,
+                      padded_width), dtype=image.dtype)
     for first_band in range(0, band_count, bands_per_call):
         count = min(bands_per_call, band_count - first_band)
         for i in range(count):
