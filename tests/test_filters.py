@@ -1,0 +1,429 @@
+"""fastconv.filters: filter2d / convolve2d against independent references.
+
+References:
+
+* ``numpy_reference``: ``numpy.pad`` with the boundary's mode, then every
+  window summed with ``sliding_window_view`` and ``einsum``, then ``[::s]``:
+  the definition in the docstring, written a second way;
+* ``scipy.ndimage.correlate`` on a real photograph (scikit-learn's
+  ``china.jpg``), with the mode names translated and ``origin`` set so that
+  an even kernel is centred as PyTorch's ``padding='same'`` centres it;
+* PyTorch's ``conv2d(padding='same')`` when installed.
+
+The photograph cases need a compiled backend (the naive loops would take
+minutes); while none is available they skip, and the same comparisons run on
+a small crop with the naive backend.
+"""
+
+from __future__ import annotations
+
+import itertools
+import tracemalloc
+import zlib
+
+import numpy as np
+import pytest
+from numpy.lib.stride_tricks import sliding_window_view
+
+import fastconv
+from fastconv import filters, kernels
+from fastconv.filters import convolve2d, filter2d
+
+BOUNDARIES = list(filters.BOUNDARIES)
+SCIPY_MODE = {"zero": "constant", "reflect": "mirror", "symmetric": "reflect",
+              "replicate": "nearest", "wrap": "wrap"}
+COMPILED = [name for name in fastconv.available_backends()
+            if name not in ("naive", "cuda")]
+needs_compiled = pytest.mark.skipif(
+    not COMPILED, reason="no compiled CPU backend (numba/cython) is available "
+                         "yet; the naive-backend crop tests cover the logic")
+
+# every named kernel, with its parameters spelled as the CLI spells them
+KERNEL_SPECS = kernels.names() + ["gaussian:7,1.5", "box_blur:4",
+                                  "gaussian:15,3"]
+
+
+# ----------------------------------------------------------------- references
+
+def numpy_reference(image, kernel, stride=(1, 1), pads=None,
+                    boundary="zero"):
+    """filter2d by definition: numpy.pad, every window summed, subsampled."""
+    image = np.asarray(image, dtype=np.float64)
+    kernel = np.asarray(kernel, dtype=np.float64)
+    rows, cols = kernel.shape
+    if pads is None:  # 'same', PyTorch's centring
+        pads = ((rows - 1) // 2, (cols - 1) // 2, rows // 2, cols // 2)
+    top, left, bottom, right = pads
+    width = [(top, bottom), (left, right)] + [(0, 0)] * (image.ndim - 2)
+    padded = np.pad(image, width, mode=filters.BOUNDARIES[boundary])
+    windows = sliding_window_view(padded, kernel.shape, axis=(0, 1))
+    subscripts = "ijrs,rs->ij" if image.ndim == 2 else "ijcrs,rs->ijc"
+    return np.einsum(subscripts, windows, kernel)[::stride[0], ::stride[1]]
+
+
+def scipy_same(image, kernel, boundary):
+    """scipy.ndimage.correlate, centred like PyTorch's padding='same'."""
+    ndimage = pytest.importorskip("scipy.ndimage")
+    image = np.asarray(image, dtype=np.float64)
+    # scipy centres a kernel of n taps on tap n // 2, PyTorch on (n - 1) // 2
+    origin = [(n - 1) // 2 - n // 2 for n in kernel.shape]
+    if image.ndim == 2:
+        return ndimage.correlate(image, kernel, mode=SCIPY_MODE[boundary],
+                                 origin=origin)
+    return np.stack([ndimage.correlate(image[..., c], kernel,
+                                       mode=SCIPY_MODE[boundary],
+                                       origin=origin)
+                     for c in range(image.shape[2])], axis=-1)
+
+
+def close(actual, expected, dtype=np.float64):
+    """Equal to rounding, relative to the largest value."""
+    rtol = 2e-5 if np.dtype(dtype) == np.float32 else 1e-10
+    scale = max(1.0, float(np.abs(expected).max()))
+    assert actual.shape == expected.shape
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale)
+
+
+# ------------------------------------------------------------------- photos
+
+@pytest.fixture(scope="module")
+def photo():
+    """The real photograph scikit-learn ships: (427, 640, 3) uint8."""
+    datasets = pytest.importorskip("sklearn.datasets")
+    return datasets.load_sample_image("china.jpg")
+
+
+@pytest.fixture(scope="module")
+def photo_small(photo):
+    """Every third pixel: (143, 214, 3) uint8, for the compiled backends."""
+    return np.ascontiguousarray(photo[::3, ::3])
+
+
+@pytest.fixture(scope="module")
+def photo_crop(photo):
+    """A 14 x 18 crop with detail (roof edges), for the naive backend."""
+    return np.ascontiguousarray(photo[100:114, 300:318])
+
+
+def gray(image):
+    return image.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+
+
+@needs_compiled
+@pytest.mark.parametrize("boundary", BOUNDARIES)
+@pytest.mark.parametrize("spec", KERNEL_SPECS)
+def test_named_kernels_on_photo_match_scipy(photo_small, spec, boundary):
+    kernel = kernels.get(spec)
+    colour = filter2d(photo_small, kernel, boundary=boundary, backend="auto")
+    assert colour.dtype == np.float32 and colour.shape == photo_small.shape
+    close(colour, scipy_same(photo_small, kernel, boundary), np.float32)
+    luminance = gray(photo_small)
+    result = filter2d(luminance, kernel, boundary=boundary, backend="auto")
+    assert result.dtype == np.float64
+    close(result, scipy_same(luminance, kernel, boundary))
+
+
+@pytest.mark.parametrize("boundary", BOUNDARIES)
+@pytest.mark.parametrize("spec", kernels.names() + ["box_blur:4"])
+def test_named_kernels_on_photo_crop_match_scipy_on_naive(photo_crop, spec,
+                                                          boundary):
+    kernel = kernels.get(spec)
+    result = filter2d(photo_crop, kernel, boundary=boundary, backend="naive")
+    close(result, scipy_same(photo_crop, kernel, boundary), np.float32)
+
+
+@needs_compiled
+@pytest.mark.parametrize("stride", [2, (2, 3), 3])
+@pytest.mark.parametrize("boundary", BOUNDARIES)
+def test_strided_photo_is_the_subsampled_result(photo_small, stride, boundary):
+    kernel = kernels.get("gaussian:6,1.2")  # even: the asymmetric centring
+    step = stride if isinstance(stride, tuple) else (stride, stride)
+    full = filter2d(photo_small, kernel, boundary=boundary)
+    strided = filter2d(photo_small, kernel, stride=stride, boundary=boundary)
+    # equal to float32 rounding (the GEMMs differ in shape, so sum in a
+    # different order)
+    close(strided, full[::step[0], ::step[1]], np.float32)
+    close(strided, scipy_same(photo_small, kernel,
+                              boundary)[::step[0], ::step[1]], np.float32)
+
+
+@needs_compiled
+@pytest.mark.parametrize("spec", ["sharpen", "sobel_x", "box_blur:4",
+                                  "gaussian:7,1.5"])
+def test_valid_photo_is_the_interior_of_same(photo_small, spec):
+    kernel = kernels.get(spec)
+    rows, cols = kernel.shape
+    top, left = (rows - 1) // 2, (cols - 1) // 2
+    height, width = photo_small.shape[:2]
+    valid = filter2d(photo_small, kernel, padding="valid")
+    assert valid.shape == (height - rows + 1, width - cols + 1, 3)
+    expected = scipy_same(photo_small, kernel, "zero")[
+        top:top + valid.shape[0], left:left + valid.shape[1]]
+    close(valid, expected, np.float32)
+    # and strided 'valid' subsamples it
+    close(filter2d(photo_small, kernel, padding="valid", stride=(3, 2)),
+          valid[::3, ::2], np.float32)
+
+
+@needs_compiled
+def test_colour_channels_are_filtered_independently(photo_small):
+    kernel = kernels.sharpen()
+    colour = filter2d(photo_small, kernel, boundary="reflect")
+    for channel in range(3):
+        np.testing.assert_array_equal(
+            colour[..., channel],
+            filter2d(photo_small[..., channel], kernel, boundary="reflect"))
+
+
+# ---------------------------------------------- every backend, every option
+
+SMALL_CASES = [
+    # (image shape, kernel shape, stride, padding)
+    ((9, 11), (3, 3), 1, "same"),
+    ((10, 8, 2), (4, 4), 1, "same"),
+    ((7, 12), (2, 5), (2, 3), "same"),
+    ((12, 7, 3), (5, 2), 2, "valid"),
+    ((8, 9), (1, 1), 1, "same"),
+    ((6, 10), (3, 4), (1, 2), (2, 1)),
+    ((5, 6), (7, 3), 1, 4),      # pads wider than the image (reflect twice)
+    ((11, 9), (6, 6), 3, (0, 2)),
+]
+
+
+@pytest.mark.parametrize("method", ["direct", "depthwise", "fft"])
+@pytest.mark.parametrize("case", SMALL_CASES, ids=str)
+def test_every_backend_and_method_matches_the_definition(backend, dtype,
+                                                         case, method):
+    image_shape, kernel_shape, stride, padding = case
+    rng = np.random.default_rng(zlib.crc32(repr(case).encode()))
+    image = rng.standard_normal(image_shape).astype(dtype)
+    kernel = rng.standard_normal(kernel_shape)
+    step = stride if isinstance(stride, tuple) else (stride, stride)
+    rows, cols = kernel_shape
+    if padding == "same":
+        pads = ((rows - 1) // 2, (cols - 1) // 2, rows // 2, cols // 2)
+    elif padding == "valid":
+        pads = (0, 0, 0, 0)
+    else:
+        pad_h, pad_w = padding if isinstance(padding, tuple) else (padding,) * 2
+        pads = (pad_h, pad_w, pad_h, pad_w)
+    for boundary in BOUNDARIES:
+        result = filter2d(image, kernel, stride=stride, padding=padding,
+                          boundary=boundary, backend=backend, method=method)
+        assert result.dtype == dtype
+        close(result, numpy_reference(image, kernel, step, pads, boundary),
+              dtype)
+
+
+@pytest.mark.filterwarnings("ignore:Using padding=.same. with even kernel")
+def test_same_matches_torch_for_odd_and_even_kernels(torch):
+    rng = np.random.default_rng(7)
+    image = rng.standard_normal((13, 10))
+    for shape in [(3, 3), (4, 4), (2, 5), (6, 3)]:
+        kernel = rng.standard_normal(shape)
+        expected = torch.nn.functional.conv2d(
+            torch.from_numpy(image)[None, None],
+            torch.from_numpy(kernel)[None, None], padding="same")[0, 0].numpy()
+        close(filter2d(image, kernel), expected)
+
+
+@pytest.mark.parametrize("method", ["direct", "depthwise", "fft"])
+def test_methods_agree_on_a_larger_image(method):
+    backend = COMPILED[0] if COMPILED else "naive"
+    size = (61, 47) if COMPILED else (19, 13)
+    rng = np.random.default_rng(3)
+    image = rng.standard_normal(size + (2,)).astype(np.float32)
+    kernel = rng.standard_normal((9, 8))
+    reference = numpy_reference(image, kernel, boundary="reflect")
+    close(filter2d(image, kernel, boundary="reflect", method=method,
+                   backend=backend), reference, np.float32)
+
+
+@needs_compiled
+@pytest.mark.parametrize("size", [31, 33])
+def test_large_kernels_take_the_fft_path_and_stay_accurate(photo_small, size,
+                                                           monkeypatch):
+    kernel = kernels.gaussian(size, size / 5)
+    luminance = gray(photo_small)
+    chosen = []
+    original = filters._FFTBands.__call__
+
+    def spy(self, batch):
+        chosen.append(batch.shape)
+        return original(self, batch)
+
+    monkeypatch.setattr(filters._FFTBands, "__call__", spy)
+    result = filter2d(luminance, kernel, boundary="symmetric")
+    assert chosen, "a 31x31 kernel should run through the FFT path"
+    close(result, scipy_same(luminance, kernel, "symmetric"))
+
+
+def test_tiny_workspace_and_bands_change_nothing(monkeypatch):
+    """Many bands, many backend calls, a last band past the image."""
+    rng = np.random.default_rng(11)
+    image = rng.standard_normal((29, 17, 2))
+    kernel = rng.standard_normal((4, 3))
+    backend = COMPILED[0] if COMPILED else "naive"
+    expected = {method: filter2d(image, kernel, stride=(2, 1),
+                                 boundary="wrap", method=method,
+                                 backend=backend)
+                for method in ("direct", "depthwise", "fft")}
+    monkeypatch.setattr(fastconv.config, "WORKSPACE_BYTES", 1)
+    monkeypatch.setattr(filters, "ROW_BLOCK", 3)
+    monkeypatch.setattr(filters, "BAND_ROWS", 2)
+    monkeypatch.setattr(filters, "FFT_BAND_ROWS", 5)
+    for method, before in expected.items():
+        after = filter2d(image, kernel, stride=(2, 1), boundary="wrap",
+                         method=method, backend=backend)
+        close(after, before)
+        close(after, numpy_reference(image, kernel, (2, 1), boundary="wrap"))
+
+
+def test_convolve2d_flips_the_kernel():
+    ndimage = pytest.importorskip("scipy.ndimage")
+    signal = pytest.importorskip("scipy.signal")
+    rng = np.random.default_rng(5)
+    image = rng.standard_normal((12, 15))
+    kernel = rng.standard_normal((3, 5))
+    result = convolve2d(image, kernel, boundary="replicate")
+    close(result, filter2d(image, kernel[::-1, ::-1], boundary="replicate"))
+    close(result, ndimage.convolve(image, kernel, mode="nearest"))
+    close(convolve2d(image, kernel),
+          signal.convolve2d(image, kernel, mode="same"))
+    close(convolve2d(image, kernel, padding="valid"),
+          signal.convolve2d(image, kernel, mode="valid"))
+    even = rng.standard_normal((4, 4))
+    close(convolve2d(image, even, stride=2),
+          filter2d(image, even[::-1, ::-1], stride=2))
+
+
+def test_symmetric_kernels_give_the_same_result_both_ways():
+    image = np.random.default_rng(2).standard_normal((10, 10))
+    for spec in ["gaussian:5,1", "sharpen", "laplacian", "box_blur:3"]:
+        kernel = kernels.get(spec)
+        close(convolve2d(image, kernel), filter2d(image, kernel))
+
+
+# ---------------------------------------------------------------- dtypes
+
+@pytest.mark.parametrize("dtype_in, dtype_out", [
+    (np.uint8, np.float32), (np.int16, np.float32), (np.int64, np.float32),
+    (np.bool_, np.float32), (np.float32, np.float32),
+    (np.float64, np.float64), (np.float16, np.float16)])
+def test_result_dtype(dtype_in, dtype_out):
+    image = (np.arange(30).reshape(5, 6) % 7).astype(dtype_in)
+    result = filter2d(image, kernels.box_blur(3), backend="naive")
+    assert result.dtype == dtype_out
+    expected = numpy_reference(image.astype(np.float64), kernels.box_blur(3))
+    rtol = 2e-3 if dtype_out == np.float16 else 2e-6
+    np.testing.assert_allclose(result, expected, rtol=rtol, atol=rtol)
+
+
+def test_input_is_unchanged_and_may_be_a_strided_view():
+    rng = np.random.default_rng(4)
+    base = rng.standard_normal((20, 18, 3)).astype(np.float32)
+    before = base.copy()
+    view = base[::2, ::-1, 1:]
+    kernel = [[1, 2], [3, 4], [5, 6]]  # a list is accepted too
+    result = filter2d(view, kernel, boundary="symmetric", backend="naive")
+    np.testing.assert_array_equal(base, before)
+    close(result, numpy_reference(view, np.array(kernel, float),
+                                  boundary="symmetric"), np.float32)
+
+
+def test_uint8_photo_values_are_not_wrapped_or_clipped(photo_crop):
+    # sharpen overshoots 0..255; the float32 result must keep it
+    result = filter2d(photo_crop, kernels.sharpen(), backend="naive")
+    reference = numpy_reference(photo_crop, kernels.sharpen())
+    close(result, reference, np.float32)
+    assert result.min() < 0 or result.max() > 255
+
+
+# ------------------------------------------------------------- non-finite
+
+@pytest.mark.parametrize("bad_value", [np.nan, np.inf])
+def test_a_non_finite_pixel_stays_in_its_windows(bad_value):
+    ndimage = pytest.importorskip("scipy.ndimage")
+    image = np.ones((16, 16))
+    image[7, 9] = bad_value
+    kernel = np.full((3, 3), 1.0)
+    for method in ("auto", "direct", "fft"):
+        result = filter2d(image, kernel, method=method)
+        expected = ndimage.correlate(image, kernel, mode="constant")
+        np.testing.assert_array_equal(np.isfinite(result),
+                                      np.isfinite(expected))
+        finite = np.isfinite(expected)
+        close(result[finite], expected[finite])
+
+
+# ---------------------------------------------------------------- memory
+
+@needs_compiled
+@pytest.mark.parametrize("size, method", [(9, "auto"), (31, "auto")])
+def test_large_image_runs_in_about_input_plus_output(size, method):
+    """4096 x 4096 float32: peak Python-visible memory <= in + out + 2 work."""
+    image = np.random.default_rng(0).random((4096, 4096), dtype=np.float32)
+    kernel = kernels.gaussian(size, size / 4)
+    image_bytes = image.nbytes
+    filter2d(image[:64, :64], kernel, method=method)  # compile outside
+    tracemalloc.start()
+    try:
+        result = filter2d(image, kernel, method=method)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result.shape == image.shape
+    extra = peak - result.nbytes
+    assert extra <= 2 * fastconv.config.WORKSPACE_BYTES + 16 * 2**20, (
+        f"scratch peaked at {extra / 2**20:.0f} MiB beyond the output for a "
+        f"{image_bytes / 2**20:.0f} MiB image")
+
+
+# ---------------------------------------------------------------- errors
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: filter2d([[1.0, 2.0]], np.ones((1, 1))), TypeError,
+     "image must be a numpy.ndarray"),
+    (lambda: filter2d(np.ones((2, 2, 2, 2)), np.ones((1, 1))), ValueError,
+     "image must be 2-D"),
+    (lambda: filter2d(np.ones(5), np.ones((1, 1))), ValueError,
+     "image must be 2-D"),
+    (lambda: filter2d(np.ones((0, 4)), np.ones((1, 1))), ValueError,
+     "image must have no empty axis"),
+    (lambda: filter2d(np.ones((3, 3), complex), np.ones((1, 1))), TypeError,
+     "image must have a real numeric dtype"),
+    (lambda: filter2d(np.ones((3, 3)), np.ones((1, 1, 1))), ValueError,
+     r"kernel must be 2-D \(R, S\)"),
+    (lambda: filter2d(np.ones((3, 3)), np.ones((0, 3))), ValueError,
+     "kernel must be non-empty"),
+    (lambda: filter2d(np.ones((3, 3)), [["a"]]), TypeError,
+     "kernel must be a 2-D array of real numbers"),
+    (lambda: filter2d(np.ones((3, 3)), np.ones((1, 1)), stride=0),
+     ValueError, "stride must be positive"),
+    (lambda: filter2d(np.ones((3, 3)), np.ones((1, 1)), stride=1.5),
+     TypeError, "stride must be an int"),
+    (lambda: filter2d(np.ones((3, 3)), np.ones((1, 1)), padding="full"),
+     ValueError, "padding must be 'same', 'valid', an int or a pair"),
+    (lambda: filter2d(np.ones((3, 3)), np.ones((1, 1)), padding=-1),
+     ValueError, "padding must be >= 0"),
+    (lambda: filter2d(np.ones((3, 3)), np.ones((1, 1)), boundary="mirror"),
+     ValueError, "boundary must be one of"),
+    (lambda: filter2d(np.ones((3, 3)), np.ones((1, 1)), method="magic"),
+     ValueError, "method must be one of"),
+    (lambda: filter2d(np.ones((3, 3)), np.ones((1, 1)), backend="gpu9"),
+     ValueError, "unknown backend 'gpu9'"),
+    (lambda: filter2d(np.ones((3, 3)), np.ones((5, 5)), padding="valid"),
+     ValueError, "filter2d: the output would be empty"),
+    (lambda: convolve2d(np.ones((3, 3)), np.ones((2,))), ValueError,
+     "kernel must be 2-D"),
+])
+def test_bad_arguments_raise_clear_errors(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_every_boundary_name_is_documented():
+    for name in BOUNDARIES:
+        assert f"'{name}'" in filters.__doc__
+    assert list(itertools.chain(BOUNDARIES)) == [
+        "zero", "reflect", "symmetric", "replicate", "wrap"]
