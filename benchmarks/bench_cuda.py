@@ -24,6 +24,11 @@ What is compared (shapes from ``cases.py``; float32):
 Every timed call synchronises the device at the end of its batch of
 repetitions, so asynchronous launches are not under-counted.
 
+``--caching-allocator`` runs fastconv on the opt-in caching device allocator
+(``NUMBA_CUDA_MEMORY_MANAGER=fastconv.backends._cuda_memory``) instead of
+Numba's default, which allocates and frees (synchronising the device) per
+array; PyTorch always uses its own caching allocator.
+
 ``--smoke`` runs the script's code paths on tiny shapes without a GPU
 (fastconv under ``NUMBA_ENABLE_CUDASIM=1``, PyTorch on the CPU): a check of
 the script, not a measurement.
@@ -238,7 +243,9 @@ def _geometric_mean(values):
 
 def environment(torch, cuda) -> dict:
     facts = {"python": platform.python_version(),
-             "numpy": np.__version__, "fastconv": fastconv.__version__}
+             "numpy": np.__version__, "fastconv": fastconv.__version__,
+             "numba allocator": os.environ.get("NUMBA_CUDA_MEMORY_MANAGER",
+                                               "default")}
     try:
         import numba
         facts["numba"] = numba.__version__
@@ -410,11 +417,20 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--ops", nargs="*",
                         help="only ops whose name contains one of these")
+    parser.add_argument("--caching-allocator", action="store_true",
+                        help="use fastconv.backends._cuda_memory as Numba's "
+                             "device allocator")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny shapes, PyTorch on the CPU, fastconv under "
                              "the simulator: checks the script, measures "
                              "nothing")
     args = parser.parse_args(argv)
+    if args.caching_allocator:  # read when numba.cuda is first imported
+        if "numba.cuda" in sys.modules:
+            raise SystemExit("--caching-allocator: numba.cuda is already "
+                             "imported")
+        os.environ["NUMBA_CUDA_MEMORY_MANAGER"] = (
+            "fastconv.backends._cuda_memory")
     report = run(1 if args.smoke else args.rounds, args.smoke, args.ops)
     text = markdown(report)
     print()

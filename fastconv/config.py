@@ -57,3 +57,12 @@ CUDA_GRAD_WEIGHT_BLOCKS = 512
 
 #: Threads per block of the grad_bias tree reduction (a power of two).
 CUDA_REDUCE_THREADS = 256
+
+#: A convolution GEMM with at most CUDA_CONV_NARROW_ROWS rows (grad_input of
+#: a 1- or 3-channel input, depthwise convolutions) runs with this flat tile
+#: instead, rather than leave most of a 64-row tile empty.
+CUDA_CONV_NARROW_ROWS = 8
+CUDA_CONV_NARROW_TILE_M = 4
+CUDA_CONV_NARROW_TILE_N = 256
+CUDA_CONV_NARROW_MICRO_M = 1
+CUDA_CONV_NARROW_MICRO_N = 4

@@ -61,15 +61,22 @@ class LaunchConfig(NamedTuple):
     conv_micro_m: int
     conv_micro_n: int
     reduce_threads: int
+    narrow_rows: int
+    narrow_tile_m: int
+    narrow_tile_n: int
+    narrow_micro_m: int
+    narrow_micro_n: int
 
     def check(self) -> None:
         if self.conv_tile_m % self.conv_micro_m or (
-                self.conv_tile_n % self.conv_micro_n):
+                self.conv_tile_n % self.conv_micro_n) or (
+                self.narrow_tile_m % self.narrow_micro_m) or (
+                self.narrow_tile_n % self.narrow_micro_n):
             raise ValueError(
-                "CUDA_CONV_TILE_M/N must be multiples of CUDA_CONV_MICRO_M/N, "
-                f"got {self}")
-        if self.conv_threads > 1024 or self.threads_per_block > 1024 or (
-                self.reduce_threads > 1024):
+                "CUDA_CONV_[NARROW_]TILE_M/N must be multiples of "
+                f"CUDA_CONV_[NARROW_]MICRO_M/N, got {self}")
+        if max(self.conv_threads, self.for_rows(0).conv_threads,
+               self.threads_per_block, self.reduce_threads) > 1024:
             raise ValueError(f"more than 1024 threads per block: {self}")
         if self.reduce_threads & (self.reduce_threads - 1):
             raise ValueError(
@@ -77,6 +84,16 @@ class LaunchConfig(NamedTuple):
                 f"{self.reduce_threads}")
         if min(self) < 1:
             raise ValueError(f"launch configuration values must be >= 1: {self}")
+
+    def for_rows(self, rows: int) -> "LaunchConfig":
+        """The configuration a convolution GEMM of ``rows`` rows runs with:
+        the narrow tile when rows are few (first layers, depthwise), so that
+        threads are not spent on rows that do not exist."""
+        if rows > self.narrow_rows:
+            return self
+        return self._replace(
+            conv_tile_m=self.narrow_tile_m, conv_tile_n=self.narrow_tile_n,
+            conv_micro_m=self.narrow_micro_m, conv_micro_n=self.narrow_micro_n)
 
     @property
     def conv_threads(self) -> int:
@@ -562,8 +579,14 @@ def compile_all_ptx(cc=(9, 0), launch: LaunchConfig | None = None) -> dict:
     for name in KERNEL_NAMES:
         dtypes = ("float32",) if name == "dropout_mask" else ("float32",
                                                                "float64")
+        # The convolution GEMMs also run with the narrow tile.
+        variants = {"": launch}
+        if name.startswith("conv_"):
+            variants["narrow"] = launch.for_rows(0)
         for dtype in dtypes:
-            function, argtypes = kernel_source(name, dtype, launch)
-            ptx, _ = cuda.compile_ptx(function, argtypes, cc=cc)
-            result[(name, dtype)] = ptx
+            for variant, config in variants.items():
+                function, argtypes = kernel_source(name, dtype, config)
+                ptx, _ = cuda.compile_ptx(function, argtypes, cc=cc)
+                result[(name + (f"[{variant}]" if variant else ""),
+                        dtype)] = ptx
     return result

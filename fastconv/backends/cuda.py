@@ -18,6 +18,14 @@ Where arrays live
   on the device are not synchronised: read them through a copy or a
   framework call that waits.
 
+Speed
+-----
+Numba allocates every device array with ``cuMemAlloc`` and frees it with a
+device-synchronising ``cuMemFree``; on small ops that costs more than the
+kernels. ``NUMBA_CUDA_MEMORY_MANAGER=fastconv.backends._cuda_memory`` (set
+before numba.cuda is imported) switches Numba to a caching allocator, as
+PyTorch and CuPy have; see that module for when reuse is safe.
+
 Requirements and errors
 -----------------------
 Needs the ``numba-cuda`` package (``pip install fastconv[cuda]``) and either
@@ -86,19 +94,25 @@ def launch_config():
         config.CUDA_THREADS_PER_BLOCK, config.CUDA_MAX_BLOCKS,
         config.CUDA_CONV_TILE_M, config.CUDA_CONV_TILE_N,
         config.CUDA_CONV_TILE_K, config.CUDA_CONV_MICRO_M,
-        config.CUDA_CONV_MICRO_N, config.CUDA_REDUCE_THREADS)
+        config.CUDA_CONV_MICRO_N, config.CUDA_REDUCE_THREADS,
+        config.CUDA_CONV_NARROW_ROWS, config.CUDA_CONV_NARROW_TILE_M,
+        config.CUDA_CONV_NARROW_TILE_N, config.CUDA_CONV_NARROW_MICRO_M,
+        config.CUDA_CONV_NARROW_MICRO_N)
     launch.check()
     return launch
 
 
 def _kernels(dtype):
-    """A getter ``name -> compiled kernel`` for ``dtype`` under today's config."""
+    """A getter ``(name, launch=today's config) -> compiled kernel`` for
+    ``dtype``."""
     if cuda is None:
         raise RuntimeError(unavailable_reason())
     from fastconv.backends import _cuda_kernels
 
-    launch = launch_config()
-    return lambda name: _cuda_kernels.kernel(name, np.dtype(dtype), launch)
+    default = launch_config()
+    dtype = np.dtype(dtype)
+    return lambda name, launch=default: _cuda_kernels.kernel(name, dtype,
+                                                             launch)
 
 
 # -------------------------------------------------------- host/device arrays
@@ -171,9 +185,10 @@ def conv2d_forward(x, weight, bias, g):
     rows = g.out_channels // g.groups
     cols = g.batch * g.out_height * g.out_width
     depth = (g.in_channels // g.groups) * g.kernel_height * g.kernel_width
-    grid = (-(-cols // launch.conv_tile_n), -(-rows // launch.conv_tile_m),
+    tiles = launch.for_rows(rows)
+    grid = (-(-cols // tiles.conv_tile_n), -(-rows // tiles.conv_tile_m),
             g.groups)
-    kernel("conv_forward")[grid, launch.conv_threads](
+    kernel("conv_forward", tiles)[grid, tiles.conv_threads](
         _flat(weight), _flat(x), _flat(y),
         _dummy(dtype) if bias is None else bias, int(bias is not None),
         _geometry(g), rows, cols, depth, depth, 1)
@@ -222,9 +237,10 @@ def conv2d_backward(grad_output, x, weight, g, need_input_grad=True):
         rows = channels_per_group
         cols = g.batch * g.in_height * g.in_width
         depth = filters_per_group * kernel_area
-        grid = (-(-cols // launch.conv_tile_n), -(-rows // launch.conv_tile_m),
+        tiles = launch.for_rows(rows)
+        grid = (-(-cols // tiles.conv_tile_n), -(-rows // tiles.conv_tile_m),
                 g.groups)
-        kernel("conv_grad_input")[grid, launch.conv_threads](
+        kernel("conv_grad_input", tiles)[grid, tiles.conv_threads](
             _flat(weight), flat_grad_output, _flat(grad_input), unused, 0,
             geometry, rows, cols, depth, depth, 1)
 
@@ -232,17 +248,18 @@ def conv2d_backward(grad_output, x, weight, g, need_input_grad=True):
     rows = filters_per_group
     cols = channels_per_group * kernel_area
     depth = g.batch * out_plane
-    splits = _grad_weight_splits(g, rows, cols, depth, dtype.itemsize, launch)
+    tiles = launch.for_rows(rows)
+    splits = _grad_weight_splits(g, rows, cols, depth, dtype.itemsize, tiles)
     # Slices start on tile boundaries, so only the last one is ragged.
     depth_per_split = -(-depth // splits)
-    depth_per_split = -(-depth_per_split // launch.conv_tile_k) * (
-        launch.conv_tile_k)
+    depth_per_split = -(-depth_per_split // tiles.conv_tile_k) * (
+        tiles.conv_tile_k)
     splits = -(-depth // depth_per_split)
     target = grad_weight if splits == 1 else cuda.device_array(
         splits * g.out_channels * cols, dtype=dtype)
-    grid = (-(-cols // launch.conv_tile_n), -(-rows // launch.conv_tile_m),
+    grid = (-(-cols // tiles.conv_tile_n), -(-rows // tiles.conv_tile_m),
             g.groups * splits)
-    kernel("conv_grad_weight")[grid, launch.conv_threads](
+    kernel("conv_grad_weight", tiles)[grid, tiles.conv_threads](
         flat_grad_output, _flat(x), _flat(target), unused, 0, geometry, rows,
         cols, depth, depth_per_split, splits)
     if splits > 1:

@@ -36,6 +36,12 @@ TINY_LAUNCH = {
     "CUDA_CONV_MICRO_N": 2,
     "CUDA_GRAD_WEIGHT_BLOCKS": 6,
     "CUDA_REDUCE_THREADS": 4,
+    # GEMMs of <= 2 rows (depthwise, 1-channel grad_input) take a 2 x 16 tile.
+    "CUDA_CONV_NARROW_ROWS": 2,
+    "CUDA_CONV_NARROW_TILE_M": 2,
+    "CUDA_CONV_NARROW_TILE_N": 16,
+    "CUDA_CONV_NARROW_MICRO_M": 1,
+    "CUDA_CONV_NARROW_MICRO_N": 2,
 }
 
 

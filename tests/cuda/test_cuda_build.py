@@ -75,9 +75,11 @@ def test_every_kernel_compiles_to_ptx():
     report = json.loads(result.stdout.strip().splitlines()[-1])
     from fastconv.backends._cuda_kernels import KERNEL_NAMES
 
-    expected = {f"{name}/{dtype}" for name in KERNEL_NAMES
+    expected = {f"{name}{variant}/{dtype}" for name in KERNEL_NAMES
                 for dtype in (("float32",) if name == "dropout_mask" else
-                              ("float32", "float64"))}
+                              ("float32", "float64"))
+                for variant in (("", "[narrow]") if name.startswith("conv_")
+                                else ("",))}
     assert set(report) == expected
     for name, facts in report.items():
         assert facts["target"].startswith(".target sm_90"), (name, facts)
