@@ -25,23 +25,10 @@ from numba import prange
 
 from fastconv import config
 from fastconv.backends._numba_gemm import gemm
+from fastconv.backends._numba_windows import uindex, valid_out_range
 
 _CACHE = config.NUMBA_CACHE
-
-
-@numba.njit(cache=_CACHE, nogil=True)
-def _valid_out_range(out_size, in_size, stride, pad_before, tap_offset):
-    """[lo, hi) of output positions whose input ``o*stride - pad + tap_offset``
-    lies inside ``[0, in_size)``."""
-    first = pad_before - tap_offset  # need o * stride >= first
-    lo = 0 if first <= 0 else (first + stride - 1) // stride
-    last = in_size - 1 + pad_before - tap_offset  # need o * stride <= last
-    hi = 0 if last < 0 else last // stride + 1
-    if hi > out_size:
-        hi = out_size
-    if lo > hi:
-        lo = hi
-    return lo, hi
+_u = uindex  # unsigned: no negative-index checks in hot loops
 
 
 @numba.njit(cache=_CACHE, nogil=True)
@@ -49,6 +36,7 @@ def im2col_tile(x, image, oh_start, oh_stop, g, cols):
     """Fill ``cols`` (flat, ``(C*R*S, (oh_stop-oh_start)*OW)``) for one tile."""
     in_h, in_w = g.in_height, g.in_width
     out_w = g.out_width
+    stride_w = g.stride_w
     tile_pixels = (oh_stop - oh_start) * out_w
     for c in range(g.in_channels):
         plane = (image * g.in_channels + c) * in_h * in_w
@@ -56,26 +44,26 @@ def im2col_tile(x, image, oh_start, oh_stop, g, cols):
             for s in range(g.kernel_width):
                 row = (c * g.kernel_height + r) * g.kernel_width + s
                 tap_w = s * g.dilation_w - g.pad_left
-                ow_lo, ow_hi = _valid_out_range(out_w, in_w, g.stride_w,
+                ow_lo, ow_hi = valid_out_range(out_w, in_w, g.stride_w,
                                                 g.pad_left, s * g.dilation_w)
                 for oh in range(oh_start, oh_stop):
                     dst = row * tile_pixels + (oh - oh_start) * out_w
                     ih = oh * g.stride_h - g.pad_top + r * g.dilation_h
                     if ih < 0 or ih >= in_h:
                         for ow in range(out_w):
-                            cols[dst + ow] = 0
+                            cols[_u(dst + ow)] = 0
                         continue
                     src = plane + ih * in_w + tap_w
                     for ow in range(ow_lo):
-                        cols[dst + ow] = 0
-                    if g.stride_w == 1:
+                        cols[_u(dst + ow)] = 0
+                    if stride_w == 1:
                         for ow in range(ow_lo, ow_hi):
-                            cols[dst + ow] = x[src + ow]
+                            cols[_u(dst + ow)] = x[_u(src + ow)]
                     else:
                         for ow in range(ow_lo, ow_hi):
-                            cols[dst + ow] = x[src + ow * g.stride_w]
+                            cols[_u(dst + ow)] = x[_u(src + ow * stride_w)]
                     for ow in range(ow_hi, out_w):
-                        cols[dst + ow] = 0
+                        cols[_u(dst + ow)] = 0
 
 
 @numba.njit(cache=_CACHE, nogil=True)
@@ -83,6 +71,7 @@ def col2im_tile(cols, image, oh_start, oh_stop, g, grad_input):
     """Scatter-add a tile's column gradients back onto image ``image``."""
     in_h, in_w = g.in_height, g.in_width
     out_w = g.out_width
+    stride_w = g.stride_w
     tile_pixels = (oh_stop - oh_start) * out_w
     for c in range(g.in_channels):
         plane = (image * g.in_channels + c) * in_h * in_w
@@ -90,7 +79,7 @@ def col2im_tile(cols, image, oh_start, oh_stop, g, grad_input):
             for s in range(g.kernel_width):
                 row = (c * g.kernel_height + r) * g.kernel_width + s
                 tap_w = s * g.dilation_w - g.pad_left
-                ow_lo, ow_hi = _valid_out_range(out_w, in_w, g.stride_w,
+                ow_lo, ow_hi = valid_out_range(out_w, in_w, g.stride_w,
                                                 g.pad_left, s * g.dilation_w)
                 for oh in range(oh_start, oh_stop):
                     ih = oh * g.stride_h - g.pad_top + r * g.dilation_h
@@ -98,12 +87,13 @@ def col2im_tile(cols, image, oh_start, oh_stop, g, grad_input):
                         continue
                     src = row * tile_pixels + (oh - oh_start) * out_w
                     dst = plane + ih * in_w + tap_w
-                    if g.stride_w == 1:
+                    if stride_w == 1:
                         for ow in range(ow_lo, ow_hi):
-                            grad_input[dst + ow] += cols[src + ow]
+                            grad_input[_u(dst + ow)] += cols[_u(src + ow)]
                     else:
                         for ow in range(ow_lo, ow_hi):
-                            grad_input[dst + ow * g.stride_w] += cols[src + ow]
+                            grad_input[_u(dst + ow * stride_w)] += cols[
+                                _u(src + ow)]
 
 
 @numba.njit(parallel=True, cache=_CACHE)
@@ -158,7 +148,7 @@ def conv2d_forward_kernel(x, weight, bias, y, g, tile_rows, n_chunks, direct):
                     start = (image * out_channels + k) * out_pixels + pixel_offset
                     value = bias[k]
                     for p in range(start, start + tile_pixels):
-                        y[p] += value
+                        y[_u(p)] += value
 
 
 @numba.njit(parallel=True, cache=_CACHE)
@@ -197,7 +187,7 @@ def conv2d_backward_kernel(grad_output, x, weight, grad_input,
                 start = (image * out_channels + k) * out_pixels
                 total = 0.0
                 for p in range(start, start + out_pixels):
-                    total += grad_output[p]
+                    total += grad_output[_u(p)]
                 grad_bias_parts[chunk, k] += total
             for tile in range(tiles_per_image):
                 oh_start = tile * tile_rows

@@ -34,7 +34,7 @@ def dropout_mask_kernel(mask, key, threshold):
         z = (z ^ (z >> _SHIFT_30)) * _MIX_MULT_1
         z = (z ^ (z >> _SHIFT_27)) * _MIX_MULT_2
         z = z ^ (z >> _SHIFT_31)
-        mask[i] = (z >> _SHIFT_32) >= threshold
+        mask[np.uintp(i)] = (z >> _SHIFT_32) >= threshold
 
 
 @numba.njit(parallel=True, cache=_CACHE)
@@ -44,4 +44,6 @@ def dropout_apply_kernel(x, mask, scale, y):
     inf still gives 0 as in the reference."""
     zero = scale - scale  # a 0 of x's dtype (scale is finite)
     for i in prange(x.size):
-        y[i] = x[i] * scale if mask[i] else zero
+        # unsigned index: no negative-index wrap check, so it vectorises
+        index = np.uintp(i)
+        y[index] = x[index] * scale if mask[index] else zero

@@ -137,7 +137,9 @@ def max_pool2d_forward(x, g):
     g = _as_ints(g)
     y = np.empty(g.output_shape, dtype=x.dtype)
     indices = np.empty(g.output_shape, dtype=np.int64)
-    max_pool2d_forward_kernel(_flat(x), y.reshape(-1), indices.reshape(-1), g)
+    n_chunks = max(1, min(numba.get_num_threads(), g.batch * g.channels))
+    max_pool2d_forward_kernel(_flat(x), y.reshape(-1), indices.reshape(-1), g,
+                              n_chunks)
     return y, indices
 
 
