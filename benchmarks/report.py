@@ -145,15 +145,28 @@ def _environment(threads: int, torch) -> str:
     return (f"{datetime.date.today()}, {platform.python_implementation()} "
             f"{platform.python_version()}, {', '.join(parts)}; "
             f"{threads} threads on {os.cpu_count()} cores "
-            f"({platform.machine()}); float32")
+            f"({platform.machine()}, {_load_average()}); float32")
+
+
+def _load_average() -> str:
+    """The machine's 1-minute load average: how shared it was while timing."""
+    try:
+        return f"load average {os.getloadavg()[0]:.1f}"
+    except (AttributeError, OSError):  # not on every platform
+        return "load average unknown"
 
 
 # ---------------------------------------------------------------- sections
 
-def compare_with_torch(torch, fastconv_names, timer):
-    """Time every op and shape; returns {(op, shape): {name: seconds}}."""
+def _selected(ops, prefixes):
+    """The ops that start with one of ``prefixes`` (all when it is empty)."""
+    return [op for op in ops if not prefixes or op.startswith(tuple(prefixes))]
+
+
+def compare_with_torch(torch, fastconv_names, timer, prefixes=()):
+    """Time each op and shape; returns {(op, shape): {name: seconds}}."""
     timings = {}
-    for op in cases.TORCH_OPS:
+    for op in _selected(cases.TORCH_OPS, prefixes):
         for shape in cases.shapes_for(op):
             arrays = cases.make_arrays(shape)
             contenders = {name: cases.fastconv_call(op, shape, arrays, name)
@@ -191,6 +204,8 @@ def summary_table(timings, fastconv_names) -> tuple[str, bool]:
     entries = [(what, op, shapes, floor) for what, op, shapes, floor in FLOORS]
     entries += [(what, op, shapes, None) for what, op, shapes in UNFLOORED]
     for what, op, shapes, floor in entries:
+        if any((op, shape) not in timings for shape in shapes):
+            continue  # not measured in this run (--ops)
         ratios = {name: geometric_mean(
             timings[op, shape]["torch"] / timings[op, shape][name]
             for shape in shapes) for name in fastconv_names}
@@ -206,13 +221,13 @@ def summary_table(timings, fastconv_names) -> tuple[str, bool]:
     return _table(header, rows), all_pass
 
 
-def naive_table(compiled_names, timer) -> str:
+def naive_table(compiled_names, timer, prefixes=()) -> str:
     """Naive time / compiled time, both on the scaled-down shapes."""
     header = ["op", "shape", "naive ms"]
     for name in compiled_names:
         header += [f"{name} ms", f"naive/{name}"]
     rows = []
-    for op in NAIVE_OPS:
+    for op in _selected(NAIVE_OPS, prefixes):
         for shape in cases.shapes_for(op, naive=True):
             arrays = cases.make_arrays(shape)
             contenders = {name: cases.fastconv_call(op, shape, arrays, name)
@@ -227,7 +242,7 @@ def naive_table(compiled_names, timer) -> str:
     return _table(header, rows)
 
 
-def fastest_backends(compiled_names, timer):
+def fastest_backends(compiled_names, timer, prefixes=()):
     """Per primitive: geometric-mean time of each backend over its shapes.
 
     Returns the Markdown table and {primitive: backends fastest first}.
@@ -236,7 +251,7 @@ def fastest_backends(compiled_names, timer):
               + [f"{name} ms (geomean)" for name in compiled_names]
               + ["wins per shape", "fastest first"])
     rows, order = [], {}
-    for primitive in PRIMITIVES:
+    for primitive in _selected(PRIMITIVES, prefixes):
         per_shape = []
         for shape in cases.shapes_for(primitive):
             arrays = cases.make_arrays(shape)
@@ -280,6 +295,9 @@ def main(argv=None) -> int:
     parser.add_argument("--fastest", action="store_true",
                         help="only rank the compiled CPU backends per "
                              "primitive (for the registry's 'auto' order)")
+    parser.add_argument("--ops", nargs="+", default=(), metavar="PREFIX",
+                        help="time only the ops whose name starts with one "
+                             "of these (e.g. conv2d max_pool2d dropout)")
     parser.add_argument("--no-naive", action="store_true",
                         help="skip the speedup-over-naive table")
     args = parser.parse_args(argv)
@@ -311,7 +329,7 @@ def main(argv=None) -> int:
           f"{naive_timer.repeats}).\n")
 
     if args.fastest:
-        table, order = fastest_backends(compiled, timer)
+        table, order = fastest_backends(compiled, timer, args.ops)
         print("Fastest compiled CPU backend per primitive:\n")
         print(table)
         print("\nSuggested registry order (fastconv/backends/__init__.py):\n")
@@ -323,7 +341,7 @@ def main(argv=None) -> int:
         return 0
 
     fastconv_names = compiled + ["auto"]
-    timings = compare_with_torch(torch, fastconv_names, timer)
+    timings = compare_with_torch(torch, fastconv_names, timer, args.ops)
     print(torch_table(timings, fastconv_names, torch is not None))
     all_pass = True
     if torch is not None:
@@ -335,7 +353,8 @@ def main(argv=None) -> int:
         print("\nPyTorch is not installed: no ratios, floors not checked.")
     if not args.no_naive:
         print("\nSpeedup over the naive reference loops (same small shapes):\n")
-        print(naive_table(compiled, naive_timer))
+        print(naive_table(compiled, naive_timer, args.ops))
+    print(f"\nFinished with {_load_average()}.")
     return 0 if all_pass else 1
 
 
