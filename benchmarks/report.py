@@ -338,6 +338,7 @@ def main(argv=None) -> int:
             names = ", ".join(repr(name) for name in ranked + ("naive",))
             print(f"    {primitive!r}: ({names}),")
         print("}\n```")
+        print(f"\nFinished with {_load_average()}.")
         return 0
 
     fastconv_names = compiled + ["auto"]
