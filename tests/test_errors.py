@@ -179,6 +179,9 @@ ERROR_CASES = [
     ("max_output_empty", max_pool(kernel_size=7), ValueError, r"empty"),
     ("max_output_empty_dilated", max_pool(kernel_size=3, dilation=3),
      ValueError, r"empty"),
+    ("max_window_misses_input",
+     max_pool(x=np.zeros((1, 1, 1, 3)), kernel_size=2, stride=1, padding=1,
+              dilation=2), ValueError, r"\bdilation\b"),
     # ---- max_pool2d_backward
     ("max_backward_grad_3d", max_pool_backward(grad_output=POOLED[0]),
      ValueError, r"\bgrad_output\b"),

@@ -405,7 +405,8 @@ def pool_geometries(draw, with_dilation):
 
 
 def _windows_reach_input(shape, kwargs):
-    """False for the corner case where a dilated window skips the input."""
+    """False where max_pool2d rejects the geometry (a dilated window skips
+    the input; see test_max_pool_window_missing_input_is_rejected)."""
     x = np.ones(shape)
     try:
         _, indices = fastconv.max_pool2d(x, **kwargs, return_indices=True,
@@ -476,6 +477,10 @@ def test_random_pools_naive_matches_torch(geometry, count_include_pad, seed,
     functional = torch.nn.functional
     shape, kwargs = geometry
     if not _windows_reach_input(shape, kwargs):
+        # Rejected: right only if some window has no element (PyTorch: -inf).
+        y_t = functional.max_pool2d(torch.ones(shape, dtype=torch.float64),
+                                    **kwargs)
+        assert torch.isinf(y_t).any()
         return
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(shape)
@@ -504,14 +509,13 @@ def test_random_pools_naive_matches_torch(geometry, count_include_pad, seed,
                  x_t.grad.numpy(), what="avg grad")
 
 
-# ----------------------------------------------------------- known problems
+# ------------------------------------------------- windows that miss the input
 
 # A dilated window can step over the whole input: x of height 1, kernel 2,
 # dilation 2, padding 1 puts the taps at rows -1 and 1, both outside. The
-# output size is positive, so the call is accepted, but the window has no
-# element: naive returns -inf with index -1, which max_pool2d_backward then
-# rejects (PyTorch returns -inf with an out-of-range index). Such a geometry
-# should be a ValueError (or at least give indices that backward accepts).
+# output size is positive, but such a window has no element to be its max
+# (PyTorch returns -inf with an out-of-range index there); fastconv rejects
+# the geometry instead.
 WINDOW_MISSES_INPUT = [
     ((1, 1, 1, 1), dict(kernel_size=2, stride=1, padding=1, dilation=2)),
     ((1, 1, 3, 3), dict(kernel_size=2, stride=2, padding=1, dilation=5,
@@ -520,17 +524,8 @@ WINDOW_MISSES_INPUT = [
 ]
 
 
-@pytest.mark.xfail(strict=True, reason="max_pool2d accepts windows that miss "
-                   "the input and returns index -1 (see report)")
 @pytest.mark.parametrize("shape, kwargs", WINDOW_MISSES_INPUT)
-def test_max_pool_window_missing_input_is_rejected_or_consistent(
-        shape, kwargs, backend):
-    x = np.ones(shape)
-    try:
-        y, indices = fastconv.max_pool2d(x, **kwargs, return_indices=True,
-                                         backend=backend)
-    except ValueError:
-        return
-    assert indices.min() >= 0, "an index outside the input plane"
-    fastconv.max_pool2d_backward(np.ones_like(y), indices, shape,
-                                 backend=backend)
+def test_max_pool_window_missing_input_is_rejected(shape, kwargs, backend):
+    with pytest.raises(ValueError, match=r"\bdilation\b"):
+        fastconv.max_pool2d(np.ones(shape), **kwargs, return_indices=True,
+                            backend=backend)
