@@ -22,6 +22,15 @@ import os
 import sys
 import time
 
+# OpenMP (Numba's threading layer and the Cython kernels) keeps its threads
+# spinning after each parallel region. On a busy machine a spinning thread
+# holds a core that the region's other thread needs: a SmallCNN training step
+# on 2 threads took 320 ms spinning and 156 ms passive here, with the load
+# average at 8 (benchmarks/bench_training.py). Passive waiting costs a few
+# microseconds per region when the machine is idle. It must be set before
+# the OpenMP runtime loads; a user's own setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 try:
     from fastconv._filter_cli import add_filter_parser
 except ImportError:
@@ -212,7 +221,7 @@ def cmd_train(args) -> int:
     import fastconv
     from fastconv.data import load_dataset
     from fastconv.models import save_checkpoint
-    from fastconv.models.training import TrainConfig, evaluate, fit
+    from fastconv.models.training import TrainConfig, fit
 
     started = time.perf_counter()
     family = "small-cnn" if args.model == "small-cnn" else "resnet"
@@ -244,8 +253,8 @@ def cmd_train(args) -> int:
 
     history = fit(model, dataset, config, progress=not args.quiet,
                   log=lambda line: print(line, flush=True))
-    test_loss, test_accuracy, _ = evaluate(model, dataset.test_images,
-                                           dataset.test_labels)
+    # fit evaluated the final model on the test set after the last epoch.
+    test_loss, test_accuracy = history.test_loss[-1], history.test_accuracy[-1]
     full_config = {key: value for key, value in vars(args).items()
                    if key != "func"}
     full_config.update(

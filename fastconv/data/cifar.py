@@ -33,8 +33,17 @@ LABEL_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
 __all__ = ["read_cifar_batch", "load_cifar10", "LABEL_NAMES"]
 
 
+def _latin1_encode(text, encoding="latin1"):
+    """What a protocol-2 pickle written by Python 3 calls to rebuild bytes
+    (``_codecs.encode(text, 'latin1')``); no other codec is allowed."""
+    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
+        raise pickle.UnpicklingError(f"refusing codec {encoding!r}")
+    return text.encode("latin1")
+
+
 def _numpy_globals():
-    allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+    allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+               ("_codecs", "encode"): _latin1_encode}
     for module_name in ("numpy.core.multiarray", "numpy._core.multiarray"):
         allowed[(module_name, "_reconstruct")] = np.ndarray.__reduce__(
             np.zeros(1))[0]

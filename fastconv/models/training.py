@@ -157,11 +157,9 @@ def fit(model, dataset, config: TrainConfig, *, progress: bool = True,
                 loss_sum += loss * count
                 correct += int(np.sum(logits.argmax(axis=1) == labels))
                 seen += count
-                elapsed = time.perf_counter() - start
+                # tqdm shows the rate (img/s) itself.
                 bar.set_postfix(loss=f"{loss_sum / seen:.4f}",
-                                acc=f"{correct / seen:.4f}",
-                                img_s=f"{seen / max(elapsed, 1e-9):.0f}",
-                                refresh=False)
+                                acc=f"{correct / seen:.4f}", refresh=False)
                 bar.update(count)
         epoch_seconds = time.perf_counter() - start
         bar.close()
