@@ -10,7 +10,7 @@ def warmup(backends=("numba",)) -> float:
 
     Compiles (or loads from Numba's cache) every kernel of the named
     backends, so the first real call does not pay for it. Returns the
-    seconds it took.
+    seconds it took. An unavailable backend name is a ValueError.
     """
     import numpy as np
 
@@ -18,9 +18,11 @@ def warmup(backends=("numba",)) -> float:
     from fastconv.backends import available_backends
 
     start = time.perf_counter()
+    usable = available_backends()
     for name in backends:
-        if name not in available_backends():
-            continue
+        if name not in usable:
+            raise ValueError(
+                f"backends must name available backends {usable}, got {name!r}")
         for dtype in (np.float32, np.float64):
             x = np.ones((1, 2, 5, 5), dtype=dtype)
             weight = np.ones((2, 2, 3, 3), dtype=dtype)

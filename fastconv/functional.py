@@ -248,9 +248,11 @@ def _mask_shape(shape):
         shape = (int(shape),)
     if not isinstance(shape, (tuple, list)) or any(
             isinstance(s, bool) or not isinstance(s, (int, np.integer))
-            or s < 0 for s in shape):
-        raise TypeError(
-            f"shape must be a tuple of non-negative ints, got {shape!r}")
+            for s in shape):
+        raise TypeError(f"shape must be a tuple of ints, got {shape!r}")
+    if any(s < 0 for s in shape):
+        raise ValueError(
+            f"shape must have non-negative sizes, got {tuple(shape)}")
     return tuple(int(s) for s in shape)
 
 

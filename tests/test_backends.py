@@ -432,3 +432,8 @@ def test_warmup_every_cpu_backend():
     names = tuple(name for name in fastconv.available_backends()
                   if name != "cuda")
     assert fastconv.warmup(names) >= 0.0
+
+
+def test_warmup_rejects_unknown_backend():
+    with pytest.raises(ValueError, match="backends"):
+        fastconv.warmup(("bogus",))
