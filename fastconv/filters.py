@@ -37,8 +37,9 @@ size. Methods (``method=``):
     The textbook depthwise conv2d: channels as C, an R x S kernel, groups = C.
     Several times slower than 'direct' on the compiled backends (R * S
     one-row GEMMs), but the only method that keeps an inf or NaN pixel
-    confined to the windows that contain it, so non-finite data always uses
-    it.
+    confined to the windows that contain it: a band whose 'direct' or 'fft'
+    result is not finite is recomputed with it, and a non-finite kernel
+    always uses it.
 ``'fft'``
     Each band through a real FFT (``scipy.fft``) times the kernel's
     spectrum: a cost that does not grow with the kernel. The default from
@@ -176,28 +177,20 @@ def _index_map(size, before, after, mode):
     return np.pad(positions, (before, after), mode=mode)
 
 
-def _choose_method(method, kernel, image):
-    """The method that will run: 'auto' resolved, non-finite data routed.
+def _choose_method(method, kernel):
+    """The method that will run: 'auto' resolved, a non-finite kernel routed.
 
-    The row-blocked and FFT methods multiply every pixel of a band by some
-    weight, zeros included, and 0 * inf is NaN: with an infinite or NaN pixel
-    or weight only the depthwise method gives the per-window answer.
+    The 'direct' and 'fft' methods multiply every pixel of a band by some
+    weight, zeros included, and 0 * inf is NaN: only the depthwise method
+    keeps an inf or NaN confined to the windows that hold it. A non-finite
+    kernel therefore always runs depthwise; a non-finite pixel is caught per
+    band, from the band's result (see ``_run_bands``).
     """
     if method == "auto":
         method = "fft" if kernel.size >= FFT_MIN_TAPS else "direct"
-    if method != "depthwise" and not (np.isfinite(kernel).all()
-                                      and _all_finite(image)):
+    if not np.isfinite(kernel).all():
         method = "depthwise"
     return method
-
-
-def _all_finite(image):
-    """np.isfinite(image).all() without a full-size boolean temporary."""
-    if image.dtype.kind != "f":
-        return True
-    rows_per_step = max(1, (1 << 22) // max(1, image[0].size))
-    return all(np.isfinite(image[start:start + rows_per_step]).all()
-               for start in range(0, image.shape[0], rows_per_step))
 
 
 def row_block(kernel_height, stride_h):
@@ -261,8 +254,8 @@ class _DepthwiseBands:
     leaves an inf or NaN confined to the windows that hold it.
     """
 
-    def __init__(self, kernel, channels, stride, backend, out_height):
-        self.band_rows = min(out_height, BAND_ROWS)
+    def __init__(self, kernel, channels, stride, backend, band_rows):
+        self.band_rows = band_rows
         self.weight = np.ascontiguousarray(
             np.broadcast_to(kernel, (channels, 1) + kernel.shape))
         self.channels, self.stride, self.backend = channels, stride, backend
@@ -299,7 +292,9 @@ class _FFTBands:
             self._spectrum_key = shape
         workers = get_num_threads()
         spectrum = fft.rfft2(batch, s=shape, workers=workers)
-        spectrum *= self._spectrum
+        with np.errstate(invalid="ignore", over="ignore"):
+            # non-finite bands are recomputed by the caller
+            spectrum *= self._spectrum
         full = fft.irfft2(spectrum, s=shape, workers=workers)
         # An FFT at least as long as the band leaves the 'valid' part free of
         # wrap-around.
@@ -350,7 +345,7 @@ def filter2d(image, kernel, *, stride=1, padding="same", boundary="zero",
     ``'symmetric'``, ``'replicate'``, ``'wrap'``; see the module docstring).
     backend: the fastconv backend the convolutions run on (None: the current
     default). method: ``'auto'``, ``'direct'``, ``'depthwise'`` or ``'fft'``
-    (see the module docstring; non-finite data always runs 'depthwise').
+    (see the module docstring; non-finite data runs 'depthwise').
 
     Returns ``(H_out, W_out)`` or ``(H_out, W_out, C)``: float32 for integer
     input, the input's float dtype otherwise (float16 is computed in
@@ -376,22 +371,33 @@ def filter2d(image, kernel, *, stride=1, padding="same", boundary="zero",
     if image3.dtype != compute_dtype:
         # one conversion of the whole image is cheaper than one per band
         image3 = image3.astype(compute_dtype)
-    method = _choose_method(method, kernel, image3)
+    method = _choose_method(method, kernel)
     if method == "fft":
         bands = _FFTBands(kernel, channels, stride, out_height)
     elif method == "depthwise":
-        bands = _DepthwiseBands(kernel, channels, stride, backend, out_height)
+        bands = _DepthwiseBands(kernel, channels, stride, backend,
+                                min(out_height, BAND_ROWS))
     else:
         bands = _RowBlockBands(kernel, channels, stride, backend, out_height)
-    out = _run_bands(image3, bands, stride, (top, left, bottom, right), mode,
-                     kernel_height, (out_height, out_width))
+    # Bands whose result is not finite are redone depthwise (see
+    # _choose_method): rare, and then only where the data is not finite.
+    fallback = None if method == "depthwise" else _DepthwiseBands(
+        kernel, channels, stride, backend, bands.band_rows)
+    out = _run_bands(image3, bands, fallback, stride,
+                     (top, left, bottom, right), mode, kernel_height,
+                     (out_height, out_width))
     if was_2d:
         out = out[:, :, 0]
     return out if out.dtype == result_dtype else out.astype(result_dtype)
 
 
-def _run_bands(image, bands, stride, pads, mode, kernel_height, out_shape):
-    """Filter ``image`` (H, W, C) band by band into a new (H_out, W_out, C)."""
+def _run_bands(image, bands, fallback, stride, pads, mode, kernel_height,
+               out_shape):
+    """Filter ``image`` (H, W, C) band by band into a new (H_out, W_out, C).
+
+    ``bands`` computes a batch of bands; ``fallback`` (or None) recomputes a
+    batch whose result from ``bands`` holds an inf or NaN.
+    """
     top, left, bottom, right = pads
     height, width, channels = image.shape
     out_height, out_width = out_shape
@@ -426,6 +432,12 @@ def _run_bands(image, bands, stride, pads, mode, kernel_height, out_shape):
             _gather_band(image, row_map[start:start + band_input_rows],
                          col_map, left, batch[i])
         result = bands(batch[:count])       # (count, C, band_rows, out_width)
+        # One sum finds any inf or NaN (or an overflow, which the fallback
+        # reproduces) without a boolean temporary.
+        with np.errstate(invalid="ignore", over="ignore"):
+            finite = np.isfinite(result.sum())
+        if fallback is not None and not finite:
+            result = fallback(batch[:count])
         for i in range(count):
             row = (first_band + i) * band_rows
             rows = min(band_rows, out_height - row)

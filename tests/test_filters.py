@@ -356,6 +356,18 @@ def test_a_non_finite_pixel_stays_in_its_windows(bad_value):
         close(result[finite], expected[finite])
 
 
+def test_a_non_finite_kernel_weight_runs_depthwise():
+    ndimage = pytest.importorskip("scipy.ndimage")
+    image = np.random.default_rng(1).random((12, 14))
+    kernel = np.ones((3, 3))
+    kernel[0, 2] = np.inf
+    expected = ndimage.correlate(image, kernel, mode="reflect")
+    for method in ("direct", "fft"):
+        np.testing.assert_array_equal(
+            filter2d(image, kernel, boundary="symmetric", method=method),
+            expected)
+
+
 # ---------------------------------------------------------------- memory
 
 @needs_compiled
