@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastconv import nn
+from fastconv.nn import init
 
 
 class SmallCNN(nn.Module):
@@ -27,6 +28,9 @@ class SmallCNN(nn.Module):
             raise ValueError(
                 f"SmallCNN needs image_size divisible by 4, got {image_size}")
         channels = tuple(int(c) for c in channels)
+        # One stream for all layers (a seed given to each layer would make
+        # them draw the same numbers).
+        generator = init.as_generator(generator)
         if len(channels) != 2:
             raise ValueError(f"channels must be a pair, got {channels!r}")
         self.config = dict(

@@ -387,6 +387,21 @@ class Dropout(Module):
 
 # --------------------------------------------------------------- batch norm
 
+def _channel_sum(x: np.ndarray) -> np.ndarray:
+    """Per-channel sum of a C-contiguous (N, C, H, W) array: (C,)."""
+    batch, channels = x.shape[:2]
+    return x.reshape(batch, channels, -1).sum(axis=2).sum(axis=0)
+
+
+def _channel_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-channel sum of a * b for C-contiguous (N, C, H, W) arrays: (C,),
+    as N*C BLAS dot products (no (N, C, H, W) temporary)."""
+    batch, channels = a.shape[:2]
+    products = a.reshape(batch, channels, 1, -1) @ b.reshape(
+        batch, channels, -1, 1)
+    return products.reshape(batch, channels).sum(axis=0)
+
+
 class BatchNorm2d(Module):
     """Batch normalisation over (N, H, W) per channel, as ``torch.nn.BatchNorm2d``.
 
@@ -439,7 +454,7 @@ class BatchNorm2d(Module):
             self.num_batches_tracked = np.array(0, dtype=np.int64)
 
     def forward(self, x):
-        x = _as_float_array(x, self._compute_dtype(x))
+        x = np.ascontiguousarray(_as_float_array(x, self._compute_dtype(x)))
         if x.ndim != 4 or x.shape[1] != self.num_features:
             raise ValueError(
                 f"BatchNorm2d({self.num_features}) expects (N, "
@@ -452,21 +467,22 @@ class BatchNorm2d(Module):
                 raise ValueError(
                     "BatchNorm2d needs more than one value per channel in "
                     f"training mode, got input of shape {x.shape}")
-            mean = x.mean(axis=(0, 2, 3))
+            mean = _channel_sum(x) / count
             centered = x - mean.reshape(shape)
-            variance = np.square(centered).mean(axis=(0, 2, 3))
+            variance = _channel_dot(centered, centered) / count
             if self.training and self.track_running_stats:
                 self._update_running_stats(mean, variance, count)
         else:
-            mean, variance = self.running_mean, self.running_var
-            centered = x - mean.reshape(shape)
+            centered = x - self.running_mean.reshape(shape)
+            variance = self.running_var
         inv_std = (1.0 / np.sqrt(variance + self.eps)).astype(x.dtype)
-        normalized = centered * inv_std.reshape(shape)
-        self._saved = (normalized, inv_std, use_batch_stats)
+        # Keep x - mean and 1/std; backward rebuilds normalized x from them.
+        self._saved = (centered, inv_std, use_batch_stats)
         if self.weight is None:
-            return normalized
-        return normalized * self.weight.data.reshape(shape) + \
-            self.bias.data.reshape(shape)
+            return centered * inv_std.reshape(shape)
+        output = centered * (self.weight.data * inv_std).reshape(shape)
+        output += self.bias.data.reshape(shape)
+        return output
 
     def _update_running_stats(self, mean, variance, count):
         self.num_batches_tracked = np.array(self.num_batches_tracked + 1,
@@ -480,28 +496,29 @@ class BatchNorm2d(Module):
                             + factor * unbiased).astype(self.running_var.dtype)
 
     def backward(self, grad_output):
-        normalized, inv_std, used_batch_stats = _saved(self._saved, self)
-        grad_output = _as_float_array(grad_output, normalized.dtype)
+        centered, inv_std, used_batch_stats = _saved(self._saved, self)
+        grad_output = np.ascontiguousarray(
+            _as_float_array(grad_output, centered.dtype))
         shape = (1, -1, 1, 1)
+        grad_sum = _channel_sum(grad_output)
+        # sum(grad * normalized) per channel, normalized = centered * inv_std
+        grad_dot_normalized = _channel_dot(grad_output, centered) * inv_std
         if self.weight is not None:
-            self.weight.accumulate_grad(
-                np.einsum("nchw,nchw->c", grad_output, normalized))
-            self.bias.accumulate_grad(grad_output.sum(axis=(0, 2, 3)))
+            self.weight.accumulate_grad(grad_dot_normalized)
+            self.bias.accumulate_grad(grad_sum)
             scale = self.weight.data * inv_std
         else:
             scale = inv_std
+        grad_input = grad_output * scale.reshape(shape)
         if not used_batch_stats:
-            return grad_output * scale.reshape(shape)
-        # The batch mean and variance depend on every element: subtract the
-        # gradient's per-channel mean and its projection on the normalized x.
+            return grad_input
+        # The batch mean and variance depend on every element: remove the
+        # gradient's per-channel mean and its projection on normalized x.
         count = grad_output.shape[0] * grad_output.shape[2] * \
             grad_output.shape[3]
-        mean_grad = grad_output.sum(axis=(0, 2, 3)) / count
-        mean_grad_dot = np.einsum("nchw,nchw->c", grad_output,
-                                  normalized) / count
-        grad_input = grad_output - mean_grad.reshape(shape) \
-            - normalized * mean_grad_dot.reshape(shape)
-        grad_input *= scale.reshape(shape)
+        grad_input -= centered * (scale * inv_std * grad_dot_normalized
+                                  / count).reshape(shape)
+        grad_input -= (scale * grad_sum / count).reshape(shape)
         return grad_input
 
     def extra_repr(self):
