@@ -25,10 +25,15 @@ except ImportError as exc:  # not compiled (no C compiler at install time)
 else:
     _IMPORT_ERROR = None
 
-#: Preferred size in bytes of one thread's im2col tile: small enough to stay
-#: in a core's L2 cache between the unfolding and the GEMM that reads it, big
-#: enough that each GEMM is efficient. WORKSPACE_BYTES caps it as well.
-COL_TILE_BYTES = 512 * 1024
+#: Scratch bytes one thread may use for one convolution work item: the
+#: im2col matrices of several whole images side by side (so that one GEMM
+#: serves them all), or row tiles of one image too big for that.
+#: WORKSPACE_BYTES caps all threads' scratch together.
+THREAD_SCRATCH_BYTES = 8 * 1024 * 1024
+
+#: Several images share one GEMM when a group's im2col matrix has at least
+#: this many times more rows (Cg*R*S) than columns (OH*OW); see _chunk_images.
+CHUNK_ASPECT = 8
 
 
 def unavailable_reason() -> str | None:
@@ -50,16 +55,9 @@ def _num_threads() -> int:
 
 # --------------------------------------------------------------- convolution
 
-def _tile_rows(g, itemsize, buffers_per_thread, num_threads, reserved=0):
-    """Output rows per im2col tile: each thread's ``buffers_per_thread``
-    buffers of (Cg*R*S, rows*OW) fit COL_TILE_BYTES and, all threads together,
-    what is left of WORKSPACE_BYTES after ``reserved`` bytes (at least 1 row).
-    """
-    col_rows = (g.in_channels // g.groups) * g.kernel_height * g.kernel_width
-    row_bytes = buffers_per_thread * col_rows * g.out_width * itemsize
-    budget = max(0, config.WORKSPACE_BYTES - reserved) // num_threads
-    rows = min(budget, COL_TILE_BYTES) // row_bytes
-    return int(max(1, min(g.out_height, rows)))
+def _col_rows(g):
+    """Rows of one group's im2col matrix: Cg * R * S."""
+    return (g.in_channels // g.groups) * g.kernel_height * g.kernel_width
 
 
 def _is_direct(g):
@@ -69,27 +67,71 @@ def _is_direct(g):
             and g.pad_bottom == g.pad_right == 0)
 
 
+def _chunk_images(g, image_bytes, num_threads, budget):
+    """Whole images per work item, or 0 to sweep single images in row tiles.
+
+    Chunks pay where a group's im2col matrix has many more rows (Cg*R*S)
+    than columns (OH*OW), CHUNK_ASPECT times or more: each GEMM call packs
+    the group's weights (Kg, Cg*R*S) afresh, which then costs more than the
+    product of one image, and the grad_weight GEMM sums over too few
+    columns. Elsewhere single images measured as fast or faster (no copying
+    of outputs in and out of the chunk's buffers). ``image_bytes``, one
+    image's share of an item's scratch, must fit ``budget``; chunks are
+    capped so that every thread gets two items.
+    """
+    if (image_bytes > budget or _col_rows(g)
+            < CHUNK_ASPECT * g.out_height * g.out_width):
+        return 0
+    per_group = -(-2 * num_threads // g.groups)      # items wanted per group
+    return int(max(1, min(budget // image_bytes, -(-g.batch // per_group))))
+
+
+def _tile_rows(g, itemsize, buffers, budget):
+    """Output rows per tile when single images are swept in row tiles:
+    ``buffers`` (Cg*R*S, rows*OW) buffers fit ``budget`` (at least 1 row).
+    In the 1x1 stride-1 unpadded case nothing is unfolded: whole images."""
+    if _is_direct(g):
+        return g.out_height
+    row_bytes = buffers * _col_rows(g) * g.out_width * itemsize
+    return int(max(1, min(g.out_height, budget // row_bytes)))
+
+
+def _thread_budget(num_threads, reserved=0):
+    """Scratch bytes per thread: THREAD_SCRATCH_BYTES, and all threads'
+    together within WORKSPACE_BYTES less ``reserved``."""
+    shared = max(0, config.WORKSPACE_BYTES - reserved) // num_threads
+    return min(THREAD_SCRATCH_BYTES, shared)
+
+
 def conv2d_forward(x, weight, bias, g):
     """y (N, K, OH, OW) = conv2d(x, weight) + bias, in x's dtype."""
     num_threads = _num_threads()
     dtype = x.dtype
-    tile_rows = _tile_rows(g, dtype.itemsize, 1, num_threads)
-    # With fewer (image, group) pairs than threads, cut images into more
-    # tiles so that every thread has work.
-    pairs = g.batch * g.groups
-    if pairs < num_threads:
-        pieces = -(-num_threads // pairs)
-        tile_rows = max(1, min(tile_rows, -(-g.out_height // pieces)))
-    col_size = ((g.in_channels // g.groups) * g.kernel_height
-                * g.kernel_width * tile_rows * g.out_width)
-    workspace = np.empty((num_threads, 1 if _is_direct(g) else col_size),
-                         dtype=dtype)
+    budget = _thread_budget(num_threads)
+    col_rows, filters = _col_rows(g), g.out_channels // g.groups
+    plane_out = g.out_height * g.out_width
+    chunk_images = _chunk_images(
+        g, (col_rows + filters) * plane_out * dtype.itemsize, num_threads,
+        budget)
+    if chunk_images:
+        tile_rows = g.out_height
+        work_size = (col_rows + filters) * chunk_images * plane_out
+    else:
+        tile_rows = _tile_rows(g, dtype.itemsize, 1, budget)
+        # With fewer (image, group) pairs than threads, cut images into
+        # more tiles so that every thread has work.
+        pairs = g.batch * g.groups
+        if pairs < num_threads and not _is_direct(g):
+            pieces = -(-num_threads // pairs)
+            tile_rows = max(1, min(tile_rows, -(-g.out_height // pieces)))
+        work_size = 1 if _is_direct(g) else col_rows * tile_rows * g.out_width
+    workspace = np.empty((num_threads, work_size), dtype=dtype)
     y = np.empty(g.output_shape, dtype=dtype)
     has_bias = bias is not None
     bias_array = bias if has_bias else np.empty(1, dtype=dtype)
     with _threads.single_threaded_blas():
         _conv.conv2d_forward(x, weight, bias_array, has_bias, y, workspace, g,
-                             tile_rows, num_threads)
+                             tile_rows, chunk_images, num_threads)
     return y
 
 
@@ -97,20 +139,28 @@ def conv2d_backward(grad_output, x, weight, g, need_input_grad):
     """(grad_input or None, grad_weight, grad_bias), all in x's dtype."""
     num_threads = _num_threads()
     dtype = x.dtype
-    weight_size = weight.size
-    partials = np.zeros((num_threads, weight_size), dtype=dtype)
-    tile_rows = _tile_rows(g, dtype.itemsize, 2, num_threads,
-                           reserved=partials.nbytes)
-    col_size = ((g.in_channels // g.groups) * g.kernel_height
-                * g.kernel_width * tile_rows * g.out_width)
-    workspace = np.empty(
-        (num_threads, 2 if _is_direct(g) else 2 * col_size), dtype=dtype)
+    partials = np.zeros((num_threads, weight.size), dtype=dtype)
+    budget = _thread_budget(num_threads, reserved=partials.nbytes)
+    col_rows, filters = _col_rows(g), g.out_channels // g.groups
+    plane_out = g.out_height * g.out_width
+    # an item's scratch: col and col_grad, and its output gradients
+    chunk_images = _chunk_images(
+        g, (2 * col_rows + filters) * plane_out * dtype.itemsize,
+        num_threads, budget)
+    if chunk_images:
+        tile_rows = g.out_height
+        work_size = (2 * col_rows + filters) * chunk_images * plane_out
+    else:
+        tile_rows = _tile_rows(g, dtype.itemsize, 2, budget)
+        work_size = 2 if _is_direct(g) else (
+            2 * col_rows * tile_rows * g.out_width)
+    workspace = np.empty((num_threads, work_size), dtype=dtype)
     grad_input = np.empty(g.input_shape if need_input_grad else (1, 1, 1, 1),
                           dtype=dtype)
     with _threads.single_threaded_blas():
         _conv.conv2d_backward(grad_output, x, weight, grad_input,
                               bool(need_input_grad), partials, workspace, g,
-                              tile_rows, num_threads)
+                              tile_rows, chunk_images, num_threads)
     grad_weight = np.empty(g.weight_shape, dtype=dtype)
     _conv.sum_rows(partials, grad_weight.reshape(-1), num_threads)
     grad_bias = np.empty(g.out_channels, dtype=dtype)

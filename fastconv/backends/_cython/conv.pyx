@@ -153,13 +153,15 @@ cdef inline void _valid_columns(const ConvShape *cs, Py_ssize_t s,
 
 
 cdef void _im2col(const ConvShape *cs, const real *image, Py_ssize_t row_start,
-                  Py_ssize_t row_count, real *col) noexcept nogil:
+                  Py_ssize_t row_count, real *col,
+                  Py_ssize_t col_ld) noexcept nogil:
     """Unfold output rows [row_start, row_start + row_count) of one group.
 
-    image: the group's Cg input planes (Cg, H, W); col: (Cg*R*S, row_count*OW)
-    row-major, zeros where a tap falls in the padding.
+    image: the group's Cg input planes (Cg, H, W); col: (Cg*R*S,
+    row_count*OW) with row stride col_ld, zeros where a tap falls in the
+    padding.
     """
-    cdef Py_ssize_t width = cs.out_width, tile_width = row_count * width
+    cdef Py_ssize_t width = cs.out_width
     cdef Py_ssize_t c, r, s, i, ow, ih, offset, first, stop
     cdef Py_ssize_t stride_w = cs.stride_w
     cdef const real *plane
@@ -172,7 +174,7 @@ cdef void _im2col(const ConvShape *cs, const real *image, Py_ssize_t row_start,
             for s in range(cs.kernel_width):
                 _valid_columns(cs, s, &offset, &first, &stop)
                 for i in range(row_count):
-                    dst = col + row * tile_width + i * width
+                    dst = col + row * col_ld + i * width
                     ih = ((row_start + i) * cs.stride_h - cs.pad_top
                           + r * cs.dilation_h)
                     if ih < 0 or ih >= cs.in_height:
@@ -192,11 +194,12 @@ cdef void _im2col(const ConvShape *cs, const real *image, Py_ssize_t row_start,
                 row += 1
 
 
-cdef void _col2im_add(const ConvShape *cs, const real *col, Py_ssize_t row_start,
+cdef void _col2im_add(const ConvShape *cs, const real *col,
+                      Py_ssize_t col_ld, Py_ssize_t row_start,
                       Py_ssize_t row_count, real *image) noexcept nogil:
-    """The adjoint of ``_im2col``: add col's entries back onto the Cg input
-    planes ``image`` (padding taps are dropped)."""
-    cdef Py_ssize_t width = cs.out_width, tile_width = row_count * width
+    """The adjoint of ``_im2col``: add col's entries (row stride col_ld)
+    back onto the Cg input planes ``image`` (padding taps are dropped)."""
+    cdef Py_ssize_t width = cs.out_width
     cdef Py_ssize_t c, r, s, i, ow, ih, offset, first, stop
     cdef Py_ssize_t stride_w = cs.stride_w
     cdef real *plane
@@ -213,7 +216,7 @@ cdef void _col2im_add(const ConvShape *cs, const real *col, Py_ssize_t row_start
                           + r * cs.dilation_h)
                     if ih < 0 or ih >= cs.in_height:
                         continue
-                    src = col + row * tile_width + i * width
+                    src = col + row * col_ld + i * width
                     dst = plane + ih * cs.in_width + offset
                     if stride_w == 1:
                         for ow in range(first, stop):
@@ -255,7 +258,7 @@ cdef void _forward_tile(const ConvShape *cs, const real *x, const real *weight,
         columns = image + row_start * cs.out_width
         ld_columns = <int>plane_out
     else:
-        _im2col(cs, image, row_start, row_count, col)
+        _im2col(cs, image, row_start, row_count, col, tile_width)
         columns = col
         ld_columns = <int>tile_width
     gemm_row_major(c'N', c'N', <int>cs.group_filters, <int>tile_width,
@@ -271,18 +274,73 @@ cdef void _forward_tile(const ConvShape *cs, const real *x, const real *weight,
                 out_row[p] += bias_k
 
 
+cdef void _forward_images(const ConvShape *cs, const real *x,
+                          const real *weight, const real *bias, real *y,
+                          real *col, real *out_block, Py_ssize_t item,
+                          Py_ssize_t chunk_images) noexcept nogil:
+    """One work item: group g of up to chunk_images whole images at once.
+
+    Their unfoldings sit side by side in col (Cg*R*S, count*P), P = OH*OW,
+    so that one GEMM serves them all: BLAS packs the group's weights once
+    per call, which for small images costs as much as the product itself.
+    The product lands in out_block (Kg, count*P) and is copied out to y.
+    """
+    cdef Py_ssize_t group = item % cs.groups
+    cdef Py_ssize_t n0 = (item // cs.groups) * chunk_images
+    cdef Py_ssize_t count = cs.batch - n0
+    cdef Py_ssize_t plane_in = cs.in_height * cs.in_width
+    cdef Py_ssize_t plane_out = cs.out_height * cs.out_width
+    cdef Py_ssize_t width, i, k, p
+    cdef real *target
+    cdef const real *source
+    cdef real bias_k
+    if count > chunk_images:
+        count = chunk_images
+    if count == 1:
+        # one image: GEMM straight into y (the tile of the whole image)
+        _forward_tile(cs, x, weight, bias, y, col, n0 * cs.groups + group,
+                      cs.out_height, 1)
+        return
+    width = count * plane_out
+    for i in range(count):
+        _im2col(cs, x + ((n0 + i) * cs.in_channels
+                         + group * cs.group_channels) * plane_in,
+                0, cs.out_height, col + i * plane_out, width)
+    gemm_row_major(c'N', c'N', <int>cs.group_filters, <int>width,
+                   <int>cs.col_rows, <real>1,
+                   weight + group * cs.group_filters * cs.col_rows,
+                   <int>cs.col_rows, col, <int>width, <real>0, out_block,
+                   <int>width)
+    for i in range(count):
+        for k in range(cs.group_filters):
+            bias_k = bias[group * cs.group_filters + k] if bias != NULL \
+                else 0
+            source = out_block + k * width + i * plane_out
+            target = y + ((n0 + i) * cs.out_channels
+                          + group * cs.group_filters + k) * plane_out
+            for p in range(plane_out):
+                target[p] = source[p] + bias_k
+
+
 def conv2d_forward(const real[:, :, :, ::1] x, const real[:, :, :, ::1] weight,
                    const real[::1] bias, bint has_bias,
                    real[:, :, :, ::1] y, real[:, ::1] workspace, g,
-                   Py_ssize_t tile_rows, int num_threads):
+                   Py_ssize_t tile_rows, Py_ssize_t chunk_images,
+                   int num_threads):
     """y = conv2d(x, weight) (+ bias when has_bias), written into y.
 
-    workspace: (num_threads, Cg*R*S * tile_rows*OW), one unfolding buffer per
-    thread (unused, may be (num_threads, 1), for a 1x1 stride-1 unpadded conv).
+    Two schedules. With chunk_images >= 1, work items are (group, up to
+    chunk_images whole images) and workspace is (num_threads, col +
+    out_block) = (num_threads, (Cg*R*S + Kg) * chunk_images*OH*OW). With
+    chunk_images == 0, items are (image, group, tile of tile_rows output
+    rows) and workspace is (num_threads, Cg*R*S * tile_rows*OW). A 1x1
+    stride-1 unpadded conv reads a lone image in place (its col is x).
     """
     cdef ConvShape cs = _conv_shape(g)
     cdef Py_ssize_t tiles = (cs.out_height + tile_rows - 1) // tile_rows
-    cdef Py_ssize_t items = cs.batch * cs.groups * tiles
+    cdef Py_ssize_t chunks = (cs.batch + chunk_images - 1) // chunk_images \
+        if chunk_images > 0 else cs.batch * tiles
+    cdef Py_ssize_t items = chunks * cs.groups
     cdef Py_ssize_t item
     cdef const real *x_ptr = &x[0, 0, 0, 0]
     cdef const real *weight_ptr = &weight[0, 0, 0, 0]
@@ -290,12 +348,18 @@ def conv2d_forward(const real[:, :, :, ::1] x, const real[:, :, :, ::1] weight,
     cdef real *y_ptr = &y[0, 0, 0, 0]
     cdef real *work_ptr = &workspace[0, 0]
     cdef Py_ssize_t work_stride = workspace.shape[1]
+    cdef Py_ssize_t col_size = cs.col_rows * chunk_images * (
+        cs.out_height * cs.out_width)
     cdef real *col
     with nogil, parallel(num_threads=num_threads):
         col = work_ptr + threadid() * work_stride
         for item in prange(items, schedule="dynamic"):
-            _forward_tile(&cs, x_ptr, weight_ptr, bias_ptr, y_ptr, col, item,
-                          tile_rows, tiles)
+            if chunk_images > 0:
+                _forward_images(&cs, x_ptr, weight_ptr, bias_ptr, y_ptr, col,
+                                col + col_size, item, chunk_images)
+            else:
+                _forward_tile(&cs, x_ptr, weight_ptr, bias_ptr, y_ptr, col,
+                              item, tile_rows, tiles)
 
 
 # ------------------------------------------------------------ backward
@@ -343,7 +407,7 @@ cdef void _backward_image(const ConvShape *cs, const real *grad_output,
             columns = image + row_start * cs.out_width
             ld_columns = <int>plane_in
         else:
-            _im2col(cs, image, row_start, row_count, col)
+            _im2col(cs, image, row_start, row_count, col, tile_width)
             columns = col
             ld_columns = <int>tile_width
         # grad_weight[g] (Kg, CgRS) += grad_tile (Kg, P) @ columns^T (P, CgRS)
@@ -364,8 +428,67 @@ cdef void _backward_image(const ConvShape *cs, const real *grad_output,
                                <int>cs.group_filters, <real>1, weight_group,
                                <int>cs.col_rows, grad_tile, <int>plane_out,
                                <real>0, col_grad, <int>tile_width)
-                _col2im_add(cs, col_grad, row_start, row_count, image_grad)
+                _col2im_add(cs, col_grad, tile_width, row_start, row_count,
+                            image_grad)
         row_start += row_count
+
+
+cdef void _backward_images(const ConvShape *cs, const real *grad_output,
+                           const real *x, const real *weight,
+                           real *grad_input, real *grad_weight_partial,
+                           real *col, real *col_grad, real *grad_block,
+                           Py_ssize_t item, Py_ssize_t chunk_images,
+                           bint need_input_grad) noexcept nogil:
+    """One work item: group g of up to chunk_images whole images at once.
+
+    Their unfoldings sit side by side in col (Cg*R*S, count*P), P = OH*OW,
+    and their output gradients in grad_block (Kg, count*P), so that the
+    grad_weight GEMM sums over count*P columns in one call (per image, P
+    can be as small as 64, which BLAS runs slowly).
+    """
+    cdef Py_ssize_t group = item % cs.groups
+    cdef Py_ssize_t n0 = (item // cs.groups) * chunk_images
+    cdef Py_ssize_t count = cs.batch - n0
+    cdef Py_ssize_t plane_in = cs.in_height * cs.in_width
+    cdef Py_ssize_t plane_out = cs.out_height * cs.out_width
+    cdef Py_ssize_t width, i, k, p
+    cdef const real *weight_group = weight + group * cs.group_filters * (
+        cs.col_rows)
+    cdef real *partial_group = grad_weight_partial + group * (
+        cs.group_filters * cs.col_rows)
+    cdef const real *source
+    cdef real *target
+    cdef real *image_grad
+    if count > chunk_images:
+        count = chunk_images
+    width = count * plane_out
+    for i in range(count):
+        _im2col(cs, x + ((n0 + i) * cs.in_channels
+                         + group * cs.group_channels) * plane_in,
+                0, cs.out_height, col + i * plane_out, width)
+        for k in range(cs.group_filters):
+            source = grad_output + ((n0 + i) * cs.out_channels
+                                    + group * cs.group_filters + k) * plane_out
+            target = grad_block + k * width + i * plane_out
+            for p in range(plane_out):
+                target[p] = source[p]
+    # grad_weight[g] (Kg, CgRS) += grad_block (Kg, W) @ col^T (W, CgRS)
+    gemm_row_major(c'N', c'T', <int>cs.group_filters, <int>cs.col_rows,
+                   <int>width, <real>1, grad_block, <int>width, col,
+                   <int>width, <real>1, partial_group, <int>cs.col_rows)
+    if not need_input_grad:
+        return
+    # col_grad (CgRS, W) = weight[g]^T (CgRS, Kg) @ grad_block (Kg, W)
+    gemm_row_major(c'T', c'N', <int>cs.col_rows, <int>width,
+                   <int>cs.group_filters, <real>1, weight_group,
+                   <int>cs.col_rows, grad_block, <int>width, <real>0,
+                   col_grad, <int>width)
+    for i in range(count):
+        image_grad = grad_input + ((n0 + i) * cs.in_channels
+                                   + group * cs.group_channels) * plane_in
+        memset(image_grad, 0, cs.group_channels * plane_in * sizeof(real))
+        _col2im_add(cs, col_grad + i * plane_out, width, 0, cs.out_height,
+                    image_grad)
 
 
 def conv2d_backward(const real[:, :, :, ::1] grad_output,
@@ -374,17 +497,25 @@ def conv2d_backward(const real[:, :, :, ::1] grad_output,
                     real[:, :, :, ::1] grad_input, bint need_input_grad,
                     real[:, ::1] grad_weight_partials,
                     real[:, ::1] workspace, g, Py_ssize_t tile_rows,
-                    int num_threads):
+                    Py_ssize_t chunk_images, int num_threads):
     """Accumulate the input and weight gradients of conv2d.
 
-    grad_input: zeros-free output of x's shape (every element is written);
-    ignored, and may be any (1, 1, 1, 1) array, when need_input_grad is False.
+    Two schedules. With chunk_images >= 1, work items are (group, up to
+    chunk_images whole images) and workspace is (num_threads, col + col_grad
+    + grad_block) = (num_threads, (2*Cg*R*S + Kg) * chunk_images*OH*OW).
+    With chunk_images == 0, items are (image, group), each swept in tiles of
+    tile_rows output rows, and workspace is (num_threads, 2 * Cg*R*S *
+    tile_rows*OW).
+
+    grad_input: uninitialised, x's shape (every element is written); ignored,
+    and may be any (1, 1, 1, 1) array, when need_input_grad is False.
     grad_weight_partials: (num_threads, K*Cg*R*S) zeros; thread t adds its
-    images' contributions to row t (the caller sums the rows with
-    ``sum_rows``). workspace: (num_threads, 2 * Cg*R*S * tile_rows*OW).
+    items' contributions to row t (the caller sums the rows, ``sum_rows``).
     """
     cdef ConvShape cs = _conv_shape(g)
-    cdef Py_ssize_t items = cs.batch * cs.groups
+    cdef Py_ssize_t chunks = (cs.batch + chunk_images - 1) // chunk_images \
+        if chunk_images > 0 else cs.batch
+    cdef Py_ssize_t items = chunks * cs.groups
     cdef Py_ssize_t item, thread
     cdef const real *grad_output_ptr = &grad_output[0, 0, 0, 0]
     cdef const real *x_ptr = &x[0, 0, 0, 0]
@@ -394,7 +525,9 @@ def conv2d_backward(const real[:, :, :, ::1] grad_output,
     cdef Py_ssize_t partial_stride = grad_weight_partials.shape[1]
     cdef real *work_ptr = &workspace[0, 0]
     cdef Py_ssize_t work_stride = workspace.shape[1]
-    cdef Py_ssize_t half = work_stride // 2
+    cdef Py_ssize_t col_size = cs.col_rows * chunk_images * (
+        cs.out_height * cs.out_width) if chunk_images > 0 \
+        else work_stride // 2
     cdef real *col
     cdef real *partial
     with nogil, parallel(num_threads=num_threads):
@@ -402,9 +535,15 @@ def conv2d_backward(const real[:, :, :, ::1] grad_output,
         col = work_ptr + thread * work_stride
         partial = partials_ptr + thread * partial_stride
         for item in prange(items, schedule="dynamic"):
-            _backward_image(&cs, grad_output_ptr, x_ptr, weight_ptr,
-                            grad_input_ptr, partial, col, col + half, item,
-                            tile_rows, need_input_grad)
+            if chunk_images > 0:
+                _backward_images(&cs, grad_output_ptr, x_ptr, weight_ptr,
+                                 grad_input_ptr, partial, col, col + col_size,
+                                 col + 2 * col_size, item, chunk_images,
+                                 need_input_grad)
+            else:
+                _backward_image(&cs, grad_output_ptr, x_ptr, weight_ptr,
+                                grad_input_ptr, partial, col, col + col_size,
+                                item, tile_rows, need_input_grad)
 
 
 def sum_rows(const real[:, ::1] rows, real[::1] total, int num_threads):

@@ -11,8 +11,8 @@ each window inside the input is precomputed once per call as index ranges
 (``_Taps``), so the inner loops carry no bounds tests.
 """
 
-from cython.parallel cimport prange
-from libc.stdlib cimport free, malloc
+from cython.parallel cimport parallel, prange
+from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memset
 from libc.math cimport INFINITY
 
@@ -21,12 +21,21 @@ ctypedef fused real:
     double
 
 
+
+cdef enum:
+    # Max pooling folds windows of one output row in runs of this many (a
+    # multiple of 8), their running maxima and positions kept on the stack.
+    RUN = 256
+
+
 cdef struct Taps:
-    # For each output position along one axis: kernel taps [first, stop)
-    # land inside the input; the tap t reads input index start + t * dilation.
+    # For each output position o along one axis: kernel taps [first[o],
+    # stop[o]) land inside the input, tap t reading index start[o] + t *
+    # dilation. Outputs [full_first, full_stop) have every tap inside.
     Py_ssize_t *start
     Py_ssize_t *first
     Py_ssize_t *stop
+    Py_ssize_t full_first, full_stop
 
 
 cdef int _taps_fill(Taps *taps, Py_ssize_t out_size, Py_ssize_t in_size,
@@ -38,6 +47,7 @@ cdef int _taps_fill(Taps *taps, Py_ssize_t out_size, Py_ssize_t in_size,
         raise MemoryError()
     taps.first = taps.start + out_size
     taps.stop = taps.first + out_size
+    taps.full_first, taps.full_stop = out_size, out_size
     for o in range(out_size):
         start = o * stride - pad
         first = 0
@@ -52,76 +62,250 @@ cdef int _taps_fill(Taps *taps, Py_ssize_t out_size, Py_ssize_t in_size,
         if stop < first:
             stop = first
         taps.start[o], taps.first[o], taps.stop[o] = start, first, stop
+        # windows only move right, so the full ones are one contiguous run
+        if first == 0 and stop == kernel:
+            if taps.full_first == out_size:
+                taps.full_first = o
+            taps.full_stop = o + 1
+    if taps.full_stop < taps.full_first:
+        taps.full_stop = taps.full_first
     return 0
 
 
+cdef struct Window:
+    Taps rows, cols
+    Py_ssize_t kernel_h, kernel_w, dilation_h, dilation_w, stride_w
+    # tap t = r * kernel_w + s lies tap_offset[t] after its window's first
+    # (top-left) tap in the flat plane
+    Py_ssize_t *tap_offset
+    # _max_run's row phases: each phase_stride floats apart (room for RUN
+    # windows past any tap's start); column tap s reads from phases +
+    # tap_phase_offset[s]
+    Py_ssize_t phase_stride
+    Py_ssize_t *tap_phase_offset
+
+
 cdef class _Window:
-    """Both axes' tap ranges for one pooling geometry (freed with it)."""
-    cdef Taps rows, cols
+    """A pooling geometry's Window (its tables freed with this object)."""
+    cdef Window w
 
     def __cinit__(self, g):
-        self.rows.start = NULL
-        self.cols.start = NULL
-        _taps_fill(&self.rows, g.out_height, g.in_height, g.kernel_height,
+        cdef Py_ssize_t r, s
+        self.w.rows.start = NULL
+        self.w.cols.start = NULL
+        self.w.tap_offset = NULL
+        self.w.tap_phase_offset = NULL
+        _taps_fill(&self.w.rows, g.out_height, g.in_height, g.kernel_height,
                    g.stride_h, g.pad_h, g.dilation_h)
-        _taps_fill(&self.cols, g.out_width, g.in_width, g.kernel_width,
+        _taps_fill(&self.w.cols, g.out_width, g.in_width, g.kernel_width,
                    g.stride_w, g.pad_w, g.dilation_w)
+        self.w.kernel_h, self.w.kernel_w = g.kernel_height, g.kernel_width
+        self.w.dilation_h, self.w.dilation_w = g.dilation_h, g.dilation_w
+        self.w.stride_w = g.stride_w
+        self.w.tap_offset = <Py_ssize_t *>malloc(
+            g.kernel_height * g.kernel_width * sizeof(Py_ssize_t))
+        self.w.tap_phase_offset = <Py_ssize_t *>malloc(
+            g.kernel_width * sizeof(Py_ssize_t))
+        if self.w.tap_offset == NULL or self.w.tap_phase_offset == NULL:
+            raise MemoryError()
+        for r in range(g.kernel_height):
+            for s in range(g.kernel_width):
+                self.w.tap_offset[r * g.kernel_width + s] = (
+                    r * g.dilation_h * g.in_width + s * g.dilation_w)
+        self.w.phase_stride = (
+            RUN + (g.kernel_width - 1) * g.dilation_w // g.stride_w + 1)
+        for s in range(g.kernel_width):
+            self.w.tap_phase_offset[s] = (
+                (s * g.dilation_w) % g.stride_w * self.w.phase_stride
+                + (s * g.dilation_w) // g.stride_w)
 
     def __dealloc__(self):
-        free(self.rows.start)
-        free(self.cols.start)
+        free(self.w.rows.start)
+        free(self.w.cols.start)
+        free(self.w.tap_offset)
+        free(self.w.tap_phase_offset)
 
 
 # ---------------------------------------------------------------- max pool
 
+cdef inline void _max_window(const real *x_plane, Py_ssize_t in_w,
+                             const Taps *rows, const Taps *cols,
+                             Py_ssize_t dil_h, Py_ssize_t dil_w,
+                             Py_ssize_t oh, Py_ssize_t ow, real *best_out,
+                             long long *position_out) noexcept nogil:
+    """One window, any position: the reference's rule.
+
+    A NaN always wins and a later NaN replaces an earlier one; otherwise the
+    first strictly greater element; a window of -inf keeps its first
+    in-bounds element; a window wholly in the padding gives -inf and -1.
+    Written with selects (compiled to maxss and cmov): comparisons on random
+    data mispredict as branches. NaNs are tracked apart so that best stays a
+    plain max.
+    """
+    cdef Py_ssize_t r, s, ih, position
+    cdef real value, best = -INFINITY
+    cdef Py_ssize_t best_position = -1, nan_position = -1
+    cdef bint greater
+    if rows.first[oh] < rows.stop[oh] and cols.first[ow] < cols.stop[ow]:
+        # start at the first in-bounds tap, with -inf
+        best_position = ((rows.start[oh] + rows.first[oh] * dil_h) * in_w
+                         + cols.start[ow] + cols.first[ow] * dil_w)
+        for r in range(rows.first[oh], rows.stop[oh]):
+            ih = rows.start[oh] + r * dil_h
+            for s in range(cols.first[ow], cols.stop[ow]):
+                position = ih * in_w + cols.start[ow] + s * dil_w
+                value = x_plane[position]
+                greater = value > best
+                best_position = position if greater else best_position
+                best = value if greater else best
+                nan_position = position if value != value else nan_position
+        if nan_position >= 0:
+            best_position = nan_position
+            best = x_plane[nan_position]
+    best_out[0], position_out[0] = best, best_position
+
+
+cdef void _split_phases(const float *row, Py_ssize_t span, Py_ssize_t stride,
+                        float *phases, Py_ssize_t phase_stride) noexcept nogil:
+    """phases[q * phase_stride + m] = row[q + m * stride] for q + m * stride
+    < span: a strided row becomes ``stride`` contiguous ones."""
+    cdef Py_ssize_t q, m, pairs
+    cdef float *odd = phases + phase_stride
+    if stride == 1:
+        for m in range(span):
+            phases[m] = row[m]
+    elif stride == 2:
+        # a loop the compiler vectorises with shuffles
+        pairs = span // 2
+        for m in range(pairs):
+            phases[m] = row[2 * m]
+            odd[m] = row[2 * m + 1]
+        if span % 2:
+            phases[pairs] = row[2 * pairs]
+    else:
+        for q in range(stride):
+            m = 0
+            while m * stride + q < span:
+                phases[q * phase_stride + m] = row[m * stride + q]
+                m += 1
+
+
+cdef void _max_run(const float *x_plane, Py_ssize_t in_w,
+                   const Window *window, Py_ssize_t oh,
+                   Py_ssize_t run_start, Py_ssize_t count, float *phases,
+                   float *y_row, long long *idx_row) noexcept nogil:
+    """Windows run_start .. run_start+count-1 of output row oh, whose columns
+    all lie inside the input (rows may be clipped by the padding).
+
+    The same rule as _max_window, vectorised across the run: each tap is
+    folded into all the run's windows at once with selects. The winning tap
+    number is kept as a float (exact below 2**24) so that every lane is a
+    float32 (SSE2 cannot mix lane widths); positions are computed at the
+    end. The taps of window j in one input row lie at row[j * stride + s *
+    dilation]; the row is first copied into its ``stride`` phases (phase q,
+    at phases + q * phase_stride, holds row[q + m * stride]) so that each
+    tap reads a contiguous stretch, and so that the loops may run on to a
+    multiple of 8 windows (reading stale phase entries, results dropped)
+    without a scalar remainder.
+    """
+    cdef const Taps *rows = &window.rows
+    cdef const Taps *cols = &window.cols
+    cdef Py_ssize_t span = (count - 1) * window.stride_w + (
+        window.kernel_w - 1) * window.dilation_w + 1
+    cdef Py_ssize_t padded = (count + 7) & ~(<Py_ssize_t>7)
+    cdef Py_ssize_t r, s, j, ih, first_tap_position
+    cdef const float *tap_values
+    cdef float run_best[RUN]
+    cdef float run_tap[RUN]
+    cdef float value, tap
+    cdef bint take
+    # start: -inf at the first in-bounds tap, as the reference does
+    tap = <float>(rows.first[oh] * window.kernel_w)
+    for j in range(padded):
+        run_best[j] = -INFINITY
+        run_tap[j] = tap
+    for r in range(rows.first[oh], rows.stop[oh]):
+        ih = rows.start[oh] + r * window.dilation_h
+        _split_phases(x_plane + ih * in_w + cols.start[run_start], span,
+                      window.stride_w, phases, window.phase_stride)
+        for s in range(window.kernel_w):
+            tap_values = phases + window.tap_phase_offset[s]
+            tap = <float>(r * window.kernel_w + s)
+            for j in range(padded):
+                value = tap_values[j]
+                take = (value > run_best[j]) | (value != value)
+                run_best[j] = value if take else run_best[j]
+                run_tap[j] = tap if take else run_tap[j]
+    first_tap_position = rows.start[oh] * in_w + cols.start[run_start]
+    for j in range(count):
+        y_row[run_start + j] = run_best[j]
+        idx_row[run_start + j] = (first_tap_position + j * window.stride_w
+                                  + window.tap_offset[<Py_ssize_t>run_tap[j]])
+
+
+cdef void _max_pool_plane(const real *x_plane, Py_ssize_t in_w,
+                          Py_ssize_t out_h, Py_ssize_t out_w,
+                          const Window *window, float *phases,
+                          real *y_plane, long long *idx_plane) noexcept nogil:
+    """Max pooling of one plane: runs of windows whose columns are inside
+    through _max_run (float32, when ``phases`` scratch is given), the rest
+    (left and right borders) one by one."""
+    cdef const Taps *rows = &window.rows
+    cdef const Taps *cols = &window.cols
+    cdef Py_ssize_t oh, ow, run_start, count
+    cdef Py_ssize_t first = cols.full_first, stop = cols.full_stop
+    cdef real *y_row
+    cdef long long *idx_row
+    for oh in range(out_h):
+        y_row = y_plane + oh * out_w
+        idx_row = idx_plane + oh * out_w
+        ow = 0
+        if real is float:
+            if (phases != NULL and first < stop
+                    and rows.first[oh] < rows.stop[oh]):
+                for ow in range(first):
+                    _max_window(x_plane, in_w, rows, cols, window.dilation_h,
+                                window.dilation_w, oh, ow, &y_row[ow],
+                                &idx_row[ow])
+                run_start = first
+                while run_start < stop:
+                    count = min(<Py_ssize_t>RUN, stop - run_start)
+                    _max_run(x_plane, in_w, window, oh, run_start, count,
+                             phases, y_row, idx_row)
+                    run_start += count
+                ow = stop
+        for ow in range(ow, out_w):
+            _max_window(x_plane, in_w, rows, cols, window.dilation_h,
+                        window.dilation_w, oh, ow, &y_row[ow], &idx_row[ow])
+
+
 def max_pool2d_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y,
                        long long[:, :, :, ::1] indices, g, int num_threads):
-    """y, indices = max over each window (PyTorch's NaN and -inf rules).
-
-    A NaN always wins and a later NaN replaces an earlier one; a window of
-    -inf keeps its first in-bounds element; a window wholly in the padding
-    gives -inf and index -1 (the validated geometry never makes one).
-    """
+    """y, indices = max over each window (PyTorch's NaN and -inf rules, as
+    the reference: see ``_max_window``); indices are flat H*W positions."""
     cdef _Window window = _Window(g)
-    cdef Taps rows = window.rows, cols = window.cols
     cdef Py_ssize_t planes = x.shape[0] * x.shape[1]
     cdef Py_ssize_t in_h = x.shape[2], in_w = x.shape[3]
     cdef Py_ssize_t out_h = y.shape[2], out_w = y.shape[3]
-    cdef Py_ssize_t dil_h = g.dilation_h, dil_w = g.dilation_w
+    cdef Py_ssize_t in_plane = in_h * in_w, out_plane = out_h * out_w
     cdef const real *x_base = &x[0, 0, 0, 0]
     cdef real *y_base = &y[0, 0, 0, 0]
     cdef long long *idx_base = &indices[0, 0, 0, 0]
-    cdef Py_ssize_t plane, oh, ow, r, s, ih, position, best_position
-    cdef Py_ssize_t row_first, row_stop, col_first, col_stop, col_start
-    cdef const real *x_plane
-    cdef real value, best
-    cdef bint take
-    for plane in prange(planes, nogil=True, schedule="static",
-                        num_threads=num_threads):
-        x_plane = x_base + plane * in_h * in_w
-        for oh in range(out_h):
-            row_first, row_stop = rows.first[oh], rows.stop[oh]
-            for ow in range(out_w):
-                col_first, col_stop = cols.first[ow], cols.stop[ow]
-                col_start = cols.start[ow]
-                best = -INFINITY
-                best_position = -1
-                if row_first < row_stop and col_first < col_stop:
-                    # start from the first in-bounds tap, as the reference
-                    ih = rows.start[oh] + row_first * dil_h
-                    best_position = ih * in_w + col_start + col_first * dil_w
-                    best = x_plane[best_position]
-                    for r in range(row_first, row_stop):
-                        ih = rows.start[oh] + r * dil_h
-                        for s in range(col_first, col_stop):
-                            position = ih * in_w + col_start + s * dil_w
-                            value = x_plane[position]
-                            # select, not branch: the comparison is random
-                            take = (value > best) | (value != value)
-                            best = value if take else best
-                            best_position = position if take else best_position
-                y_base[(plane * out_h + oh) * out_w + ow] = best
-                idx_base[(plane * out_h + oh) * out_w + ow] = best_position
+    cdef Py_ssize_t phase_size = window.w.stride_w * window.w.phase_stride
+    # runs keep tap numbers in floats
+    cdef bint use_runs = (real is float and window.w.kernel_h
+                          * window.w.kernel_w <= (<Py_ssize_t>1 << 24))
+    cdef Py_ssize_t plane
+    cdef float *phases
+    with nogil, parallel(num_threads=num_threads):
+        # zeroed once: runs read (and drop) entries past what they copied
+        phases = <float *>calloc(phase_size, sizeof(float)) if use_runs \
+            else NULL
+        for plane in prange(planes, schedule="static"):
+            _max_pool_plane(x_base + plane * in_plane, in_w, out_h, out_w,
+                            &window.w, phases, y_base + plane * out_plane,
+                            idx_base + plane * out_plane)
+        free(phases)
 
 
 def max_pool2d_backward(const real[:, :, :, ::1] grad_output,
@@ -157,7 +341,7 @@ def avg_pool2d_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y,
     Sums are accumulated in float64, as the reference does.
     """
     cdef _Window window = _Window(g)
-    cdef Taps rows = window.rows, cols = window.cols
+    cdef Taps rows = window.w.rows, cols = window.w.cols
     cdef Py_ssize_t planes = x.shape[0] * x.shape[1]
     cdef Py_ssize_t in_h = x.shape[2], in_w = x.shape[3]
     cdef Py_ssize_t out_h = y.shape[2], out_w = y.shape[3]
@@ -190,7 +374,7 @@ def avg_pool2d_backward(const real[:, :, :, ::1] grad_output,
     """grad_input = each grad_output / divisor spread over its window's
     in-bounds elements (zeroed here; overlapping windows add up)."""
     cdef _Window window = _Window(g)
-    cdef Taps rows = window.rows, cols = window.cols
+    cdef Taps rows = window.w.rows, cols = window.w.cols
     cdef Py_ssize_t planes = grad_input.shape[0] * grad_input.shape[1]
     cdef Py_ssize_t in_h = grad_input.shape[2], in_w = grad_input.shape[3]
     cdef Py_ssize_t out_h = grad_output.shape[2], out_w = grad_output.shape[3]
