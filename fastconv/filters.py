@@ -222,7 +222,8 @@ class _RowBlockBands:
     plain depthwise convolution, multiplications by zero included.
     """
 
-    def __init__(self, kernel, channels, stride, backend, out_height):
+    def __init__(self, kernel, channels, stride, backend, out_height,
+                 column_dilation):
         kernel_height, kernel_width = kernel.shape
         self.band_rows = min(out_height, row_block(kernel_height, stride[0]))
         input_rows = (self.band_rows - 1) * stride[0] + kernel_height
@@ -235,6 +236,7 @@ class _RowBlockBands:
             block, (channels,) + block.shape).reshape(
                 (channels * self.band_rows,) + block.shape[1:]))
         self.channels, self.stride, self.backend = channels, stride, backend
+        self.dilation = (1, column_dilation)
 
     def __call__(self, batch):
         from fastconv.functional import conv2d
@@ -242,7 +244,8 @@ class _RowBlockBands:
         count, channels, input_rows, padded_width = batch.shape
         y = conv2d(batch.reshape(count, channels * input_rows, 1,
                                  padded_width),
-                   self.weight, stride=(1, self.stride[1]), groups=channels,
+                   self.weight, stride=(1, self.stride[1]),
+                   dilation=self.dilation, groups=channels,
                    backend=self.backend)
         return y.reshape(count, channels, self.band_rows, y.shape[-1])
 
@@ -254,27 +257,36 @@ class _DepthwiseBands:
     leaves an inf or NaN confined to the windows that hold it.
     """
 
-    def __init__(self, kernel, channels, stride, backend, band_rows):
+    def __init__(self, kernel, channels, stride, backend, band_rows,
+                 column_dilation):
         self.band_rows = band_rows
         self.weight = np.ascontiguousarray(
             np.broadcast_to(kernel, (channels, 1) + kernel.shape))
         self.channels, self.stride, self.backend = channels, stride, backend
+        self.dilation = (1, column_dilation)
 
     def __call__(self, batch):
         from fastconv.functional import conv2d
 
         return conv2d(batch, self.weight, stride=self.stride,
-                      groups=self.channels, backend=self.backend)
+                      dilation=self.dilation, groups=self.channels,
+                      backend=self.backend)
 
 
 class _FFTBands:
     """Each band correlated through a real FFT of the band (overlap-save)."""
 
-    def __init__(self, kernel, channels, stride, out_height):
+    def __init__(self, kernel, channels, stride, out_height, column_dilation):
         # Tall bands: the halo of R - 1 rows is recomputed per band.
         self.band_rows = min(out_height, max(FFT_BAND_ROWS,
                                              4 * kernel.shape[0]))
+        if column_dilation > 1:  # interleaved channels: stuff the columns
+            stuffed = np.zeros((kernel.shape[0], (kernel.shape[1] - 1)
+                                * column_dilation + 1), dtype=kernel.dtype)
+            stuffed[:, ::column_dilation] = kernel
+            kernel = stuffed
         self.kernel, self.stride = kernel, stride
+        self.interleave = column_dilation
         self._spectrum_key, self._spectrum = None, None
 
     def __call__(self, batch):
@@ -298,36 +310,77 @@ class _FFTBands:
         full = fft.irfft2(spectrum, s=shape, workers=workers)
         # An FFT at least as long as the band leaves the 'valid' part free of
         # wrap-around.
-        valid = full[..., kernel_height - 1:band_height,
+        valid = full[..., kernel_height - 1:band_height:self.stride[0],
                      kernel_width - 1:band_width]
-        return valid[..., ::self.stride[0], ::self.stride[1]]
+        if self.interleave == 1:
+            return valid[..., ::self.stride[1]]
+        # subsample whole pixels of C interleaved values
+        pixels = valid.reshape(valid.shape[:-1] + (-1, self.interleave))
+        return pixels[..., ::self.stride[1], :].reshape(
+            valid.shape[:-1] + (-1,))
 
 
 # ---------------------------------------------------------------- driver
 
-def _gather_band(image, rows, col_map, left, out):
-    """Fill ``out`` (C, len(rows), padded_width) with the padded image rows.
+class _PaddedImage:
+    """Rows of the padded image, copied on demand into a band buffer.
 
-    ``rows`` are source rows, -1 for a zero row; ``col_map`` the source column
-    of every padded column, -1 for a zero column.
+    The padded image itself is never built: a band copies its rows from the
+    image and fills the padding from the index maps (numpy.pad's rule).
     """
-    width = image.shape[1]
-    valid_rows = rows >= 0
-    first = int(rows[0])
-    if (valid_rows.all() and int(rows[-1]) - first == rows.size - 1
-            and (rows.size == 1 or np.all(np.diff(rows) == 1))):
-        source = image[first:first + rows.size]          # a view, no copy
-    else:
-        source = image[np.where(valid_rows, rows, 0)]
-    out[:, :, left:left + width] = source.transpose(2, 0, 1)
-    for start, stop in ((0, left), (left + width, col_map.size)):
-        if stop > start:
-            columns = col_map[start:stop]
-            out[:, :, start:stop] = source[:, np.maximum(columns, 0)
-                                           ].transpose(2, 0, 1)
-            out[:, :, start:stop][:, :, columns < 0] = 0
-    if not valid_rows.all():
-        out[:, ~valid_rows, :] = 0
+
+    def __init__(self, image, pads, mode, rows_needed, interleave):
+        top, left, bottom, right = pads
+        height, width, channels = image.shape
+        self.row_map = _index_map(height, top, bottom, mode)
+        if rows_needed > self.row_map.size:
+            # rows past the padded image (the last band's overhang) are zeros
+            self.row_map = np.concatenate([self.row_map, np.full(
+                rows_needed - self.row_map.size, -1, np.int64)])
+        col_map = _index_map(width, left, right, mode)
+        if interleave > 1:
+            # pixel p's channels are values p * C ... p * C + C - 1
+            col_map = np.where(col_map[:, None] < 0, -1, col_map[:, None]
+                               * channels + np.arange(channels)).reshape(-1)
+            image = image.reshape(height, width * channels, 1)
+            left, width = left * channels, width * channels
+        self.image, self.top, self.left = image, top, left
+        self.width = col_map.size
+        # (destination slice, source columns or None for zeros) per side
+        self.column_pads = []
+        for start, stop in ((0, left), (left + width, col_map.size)):
+            if stop > start:
+                columns = col_map[start:stop]
+                self.column_pads.append((slice(start, stop), None if np.all(
+                    columns < 0) else np.maximum(columns, 0), columns < 0))
+
+    def fill(self, start, out):
+        """``out`` (C, rows, padded_width) = padded rows [start, start+rows)."""
+        image = self.image
+        count = out.shape[1]
+        height, width = image.shape[:2]
+        first = start - self.top
+        if first >= 0 and first + count <= height:
+            source = image[first:first + count]            # a view, no copy
+            zero_rows = None
+        else:
+            rows = self.row_map[start:start + count]
+            zero_rows = rows < 0
+            source = image[np.maximum(rows, 0)]
+        target = out[:, :, self.left:self.left + width]
+        if out.shape[0] == 1:
+            target[0] = source[:, :, 0]
+        else:
+            target[...] = source.transpose(2, 0, 1)
+        for destination, columns, zero_columns in self.column_pads:
+            if columns is None:
+                out[:, :, destination] = 0
+                continue
+            out[:, :, destination] = source[:, columns].transpose(2, 0, 1)
+            if zero_columns.any():
+                out[:, :, destination][:, :, zero_columns] = 0
+        if zero_rows is not None and zero_rows.any():
+            out[:, zero_rows, :] = 0
 
 
 def filter2d(image, kernel, *, stride=1, padding="same", boundary="zero",
@@ -372,18 +425,27 @@ def filter2d(image, kernel, *, stride=1, padding="same", boundary="zero",
         # one conversion of the whole image is cheaper than one per band
         image3 = image3.astype(compute_dtype)
     method = _choose_method(method, kernel)
+    # Colour: rather than split (H, W, C) into planes and interleave the
+    # result again (two strided copies), filter the rows as they lie, W * C
+    # values long, with the kernel's columns C apart (dilation C). A column
+    # stride then needs whole pixels, which only the FFT path subsamples.
+    interleave = channels if channels > 1 and (
+        stride[1] == 1 or method == "fft") else 1
+    band_channels = 1 if interleave > 1 else channels
     if method == "fft":
-        bands = _FFTBands(kernel, channels, stride, out_height)
+        bands = _FFTBands(kernel, band_channels, stride, out_height,
+                          interleave)
     elif method == "depthwise":
-        bands = _DepthwiseBands(kernel, channels, stride, backend,
-                                min(out_height, BAND_ROWS))
+        bands = _DepthwiseBands(kernel, band_channels, stride, backend,
+                                min(out_height, BAND_ROWS), interleave)
     else:
-        bands = _RowBlockBands(kernel, channels, stride, backend, out_height)
+        bands = _RowBlockBands(kernel, band_channels, stride, backend,
+                               out_height, interleave)
     # Bands whose result is not finite are redone depthwise (see
     # _choose_method): rare, and then only where the data is not finite.
     fallback = None if method == "depthwise" else _DepthwiseBands(
-        kernel, channels, stride, backend, bands.band_rows)
-    out = _run_bands(image3, bands, fallback, stride,
+        kernel, band_channels, stride, backend, bands.band_rows, interleave)
+    out = _run_bands(image3, interleave, bands, fallback, stride,
                      (top, left, bottom, right), mode, kernel_height,
                      (out_height, out_width))
     if was_2d:
@@ -391,46 +453,47 @@ def filter2d(image, kernel, *, stride=1, padding="same", boundary="zero",
     return out if out.dtype == result_dtype else out.astype(result_dtype)
 
 
-def _run_bands(image, bands, fallback, stride, pads, mode, kernel_height,
-               out_shape):
+def _run_bands(image, interleave, bands, fallback, stride, pads, mode,
+               kernel_height, out_shape):
     """Filter ``image`` (H, W, C) band by band into a new (H_out, W_out, C).
 
     ``bands`` computes a batch of bands; ``fallback`` (or None) recomputes a
-    batch whose result from ``bands`` holds an inf or NaN.
+    batch whose result from ``bands`` holds an inf or NaN. With
+    ``interleave`` = C > 1 the bands see each row as one channel of W * C
+    values (channels interleaved), otherwise C channels of W values.
     """
-    top, left, bottom, right = pads
     height, width, channels = image.shape
     out_height, out_width = out_shape
-    row_map = _index_map(height, top, bottom, mode)
-    col_map = _index_map(width, left, right, mode)
-    padded_width = col_map.size
-
+    out = np.empty((out_height, out_width, channels), dtype=image.dtype)
+    if interleave > 1:
+        out_width, width, channels = out_width * channels, width * channels, 1
+        out_view = out.reshape(out_height, out_width, 1)
+    else:
+        out_view = out
     band_rows = bands.band_rows
     band_input_rows = (band_rows - 1) * stride[0] + kernel_height
     band_count = -(-out_height // band_rows)
     # Bands per backend call: one call's gathered input and result stay
     # within WORKSPACE_BYTES (the backend bounds its own scratch likewise).
     band_bytes = channels * image.dtype.itemsize * (
-        band_input_rows * padded_width + band_rows * out_width)
+        band_input_rows * (width + interleave * sum(pads[1::2]))
+        + band_rows * out_width)
     bands_per_call = max(1, min(band_count,
                                 config.WORKSPACE_BYTES // band_bytes))
 
     # The last band may run past the image: its extra rows read zeros and
     # their results are dropped, so that every band has one shape.
-    needed = (band_count * band_rows - 1) * stride[0] + kernel_height
-    if needed > row_map.size:
-        row_map = np.concatenate(
-            [row_map, np.full(needed - row_map.size, -1, np.int64)])
+    padded = _PaddedImage(image, pads, mode, (band_count * band_rows - 1)
+                          * stride[0] + kernel_height, interleave)
+    padded_width = padded.width
 
-    out = np.empty((out_height, out_width, channels), dtype=image.dtype)
     batch = np.empty((bands_per_call, channels, band_input_rows,
                       padded_width), dtype=image.dtype)
     for first_band in range(0, band_count, bands_per_call):
         count = min(bands_per_call, band_count - first_band)
         for i in range(count):
             start = (first_band + i) * band_rows * stride[0]
-            _gather_band(image, row_map[start:start + band_input_rows],
-                         col_map, left, batch[i])
+            padded.fill(start, batch[i])
         result = bands(batch[:count])       # (count, C, band_rows, out_width)
         # One sum finds any inf or NaN (or an overflow, which the fallback
         # reproduces) without a boolean temporary.
@@ -441,7 +504,11 @@ def _run_bands(image, bands, fallback, stride, pads, mode, kernel_height,
         for i in range(count):
             row = (first_band + i) * band_rows
             rows = min(band_rows, out_height - row)
-            out[row:row + rows] = result[i, :, :rows].transpose(1, 2, 0)
+            if channels == 1:
+                out_view[row:row + rows, :, 0] = result[i, 0, :rows]
+            else:
+                out_view[row:row + rows] = result[i, :, :rows].transpose(
+                    1, 2, 0)
     return out
 
 
