@@ -255,6 +255,7 @@ def test_batch_norm_matches_pytorch(momentum, affine, track):
         assert_same_state(mine, theirs)
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
 def test_layers_match_pytorch():
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 4, 9, 7))
