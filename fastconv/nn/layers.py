@@ -100,8 +100,16 @@ class Conv2d(Module):
         self.out_channels = out_channels
         self.kernel_size = kernel
         self.stride = _validate.pair(stride, "stride", minimum=1)
-        self.padding = padding if isinstance(padding, str) else \
-            _validate.pair(padding, "padding", minimum=0)
+        if isinstance(padding, str):
+            if padding not in ("same", "valid"):
+                raise ValueError(f"padding must be an int, a pair, 'same' or "
+                                 f"'valid'; got {padding!r}")
+            if padding == "same" and _validate.pair(
+                    stride, "stride", minimum=1) != (1, 1):
+                raise ValueError("padding='same' needs stride 1")
+            self.padding = padding
+        else:
+            self.padding = _validate.pair(padding, "padding", minimum=0)
         self.dilation = _validate.pair(dilation, "dilation", minimum=1)
         self.groups = groups
         self.padding_mode = padding_mode

@@ -167,6 +167,10 @@ def test_init_is_seedable_and_pytorch_shaped():
 def test_layer_constructor_errors():
     with pytest.raises(ValueError, match="groups"):
         nn.Conv2d(3, 4, 3, groups=2)
+    with pytest.raises(ValueError, match="padding='same' needs stride 1"):
+        nn.Conv2d(3, 4, 3, stride=2, padding="same")
+    with pytest.raises(ValueError, match="padding must be"):
+        nn.Conv2d(3, 4, 3, padding="full")
     with pytest.raises(ValueError, match="padding_mode"):
         nn.Conv2d(3, 4, 3, padding_mode="reflect")
     with pytest.raises(ValueError, match="device"):
