@@ -56,8 +56,11 @@ def dropout_apply(const real[::1] x, const uint8_t[::1] mask, double scale,
     cdef const real *src = &x[0]
     cdef const uint8_t *keep = &mask[0]
     cdef real *out = &y[0]
+    cdef real value
     for i in prange(size, nogil=True, schedule="static",
                     num_threads=num_threads):
-        # a select, not a branch on the random mask (and a dropped NaN is 0,
-        # as in the reference)
-        out[i] = src[i] * factor if keep[i] else <real>0
+        # the product is formed whatever the mask says, so that the choice
+        # compiles to a vector select rather than a branch on random bits (a
+        # dropped NaN still gives 0, as in the reference)
+        value = src[i] * factor
+        out[i] = value if keep[i] else <real>0
