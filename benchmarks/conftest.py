@@ -11,6 +11,7 @@ What every suite gets from here:
 * the thread count is fixed once for the session: fastconv (Numba, OpenMP
   and BLAS) and PyTorch both use ``fastconv.get_num_threads()``, unless the
   environment variable ``FASTCONV_BENCH_THREADS`` says otherwise;
+* ``OMP_WAIT_POLICY`` defaults to ``PASSIVE`` for both OpenMP runtimes;
 * a test that takes a ``cpu_backend`` argument is parametrised over the
   compiled CPU backends available here (``numba``, ``cython``);
 * fixtures ``torch`` (skips when PyTorch is absent) and ``rng`` (seeded).
@@ -22,10 +23,14 @@ import fnmatch
 import os
 import sys
 
-import numpy as np
-import pytest
+# One OpenMP wait policy for fastconv and PyTorch, before either runtime
+# loads (fastconv's numba backend defaults to passive; see report.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import fastconv
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import fastconv  # noqa: E402
 
 # benchmarks/ is not a package; make its helper modules (cases.py) importable
 # whatever pytest's import mode.

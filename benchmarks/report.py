@@ -34,6 +34,12 @@ import sys
 import time
 from typing import Callable, NamedTuple
 
+# One OpenMP wait policy for both sides, set before either OpenMP runtime
+# (Numba's or PyTorch's own libgomp) loads: fastconv's numba backend asks for
+# passive waiting by default, and on a shared machine a spinning PyTorch
+# worker would be measured against a sleeping fastconv one. A value set by
+# the caller wins, and the header prints it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import fastconv  # noqa: E402
@@ -145,7 +151,8 @@ def _environment(threads: int, torch) -> str:
     return (f"{datetime.date.today()}, {platform.python_implementation()} "
             f"{platform.python_version()}, {', '.join(parts)}; "
             f"{threads} threads on {os.cpu_count()} cores "
-            f"({platform.machine()}, {_load_average()}); float32")
+            f"({platform.machine()}, {_load_average()}); OMP_WAIT_POLICY="
+            f"{os.environ.get('OMP_WAIT_POLICY', '(unset)')}; float32")
 
 
 def _load_average() -> str:
