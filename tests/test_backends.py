@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 
 import numpy as np
@@ -199,18 +200,25 @@ def test_auto_prefers_a_compiled_backend():
             assert chosen != "naive", primitive
 
 
+# Child interpreters start outside the checkout: with `pip install .` the
+# checkout's fastconv/ (no compiled extension) would shadow the installed one.
+OUTSIDE_SOURCE_TREE = tempfile.gettempdir()
+
+
 def _run_python(code, **environment):
     """Run ``code`` in a fresh interpreter with FASTCONV_BACKEND as given."""
     env = {key: value for key, value in os.environ.items()
            if key != "FASTCONV_BACKEND"}
     env.update(environment)
     return subprocess.run([sys.executable, "-c", code], env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300,
+                          cwd=OUTSIDE_SOURCE_TREE)
 
 
 def _run_python_args(code, *args):
     return subprocess.run([sys.executable, "-c", code, *args],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300,
+                          cwd=OUTSIDE_SOURCE_TREE)
 
 
 ENV_PROBE = """

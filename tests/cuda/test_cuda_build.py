@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tempfile
 import sys
 import textwrap
 
@@ -57,7 +58,8 @@ PTX_SCRIPT = textwrap.dedent(f"""
 
 def _run_python(script: str, env: dict, timeout: int = 900):
     return subprocess.run([sys.executable, "-c", script], env=env,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout,
+                          cwd=tempfile.gettempdir())
 
 
 def _environment_without_simulator() -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 import sys
 import textwrap
 
@@ -67,6 +68,7 @@ def test_caching_allocator_gives_the_same_results_and_reuses_blocks():
     env = dict(os.environ,
                NUMBA_CUDA_MEMORY_MANAGER="fastconv.backends._cuda_memory")
     result = subprocess.run([sys.executable, "-c", SCRIPT], env=env,
-                            capture_output=True, text=True, timeout=600)
+                            capture_output=True, text=True, timeout=600,
+                            cwd=tempfile.gettempdir())
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.startswith("ok")

@@ -2,6 +2,7 @@
 
 import json
 import subprocess
+import tempfile
 import sys
 import textwrap
 
@@ -79,7 +80,8 @@ def test_loadable_in_a_fresh_process(tmp_path):
         print("ok")
     """)
     result = subprocess.run([sys.executable, "-c", script],
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=300,
+                            cwd=tempfile.gettempdir())
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
 

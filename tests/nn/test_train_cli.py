@@ -134,7 +134,7 @@ def test_console_entry_point_in_a_subprocess(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "fastconv.cli", "evaluate", "--checkpoint",
          str(tmp_path / "missing.npz")], capture_output=True, text=True,
-        timeout=300)
+        timeout=300, cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip().startswith("fastconv: error:")
     assert "Traceback" not in result.stderr
