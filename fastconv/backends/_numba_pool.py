@@ -145,32 +145,6 @@ def _max_3x3(source, source_start, source_width, y, indices, y_row, count,
         indices[_u(y_row + j)] = index_start + j * step + offset
 
 
-@numba.njit(cache=_CACHE, nogil=True, inline="always")
-def _max_unrolled_row(source, source_start, source_width, y, indices, y_row,
-                      count, index_start, in_w, step, kernel):
-    # constant strides let LLVM vectorise the loads
-    if kernel == 2:
-        if step == 2:
-            _max_2x2(source, source_start, source_width, y, indices, y_row,
-                     count, index_start, in_w, 2)
-        elif step == 1:
-            _max_2x2(source, source_start, source_width, y, indices, y_row,
-                     count, index_start, in_w, 1)
-        else:
-            _max_2x2(source, source_start, source_width, y, indices, y_row,
-                     count, index_start, in_w, step)
-    else:
-        if step == 2:
-            _max_3x3(source, source_start, source_width, y, indices, y_row,
-                     count, index_start, in_w, 2)
-        elif step == 1:
-            _max_3x3(source, source_start, source_width, y, indices, y_row,
-                     count, index_start, in_w, 1)
-        else:
-            _max_3x3(source, source_start, source_width, y, indices, y_row,
-                     count, index_start, in_w, step)
-
-
 @numba.njit(cache=_CACHE, nogil=True)
 def _pad_plane(x, x_base, g, padded, padded_height, padded_width):
     """Copy one plane into ``padded`` (``padded_height x padded_width``,
@@ -186,24 +160,16 @@ def _pad_plane(x, x_base, g, padded, padded_height, padded_width):
             padded[_u(target + iw)] = x[_u(source + iw)]
 
 
-@numba.njit(parallel=True, cache=_CACHE)
-def max_pool2d_forward_kernel(x, y, indices, g, n_chunks):
-    """y, indices (flat, (N, C, OH, OW)) = max and argmax of each window.
-
-    The rule is the reference's: the first in-bounds tap starts the window
-    (so an all -inf window reports its first in-bounds position), a larger
-    value replaces it (ties keep the earlier one) and a NaN always replaces
-    it, so the last NaN of a window wins. A window with no in-bounds tap
-    gives -inf and index -1. Planes are split into ``n_chunks`` contiguous
-    runs, one per thread.
-    """
+@numba.njit(cache=_CACHE, nogil=True)
+def _max_pool_planes(x, y, indices, g, first_plane, stop_plane):
+    """max_pool2d_forward_kernel on planes ``[first_plane, stop_plane)``."""
     in_w = g.in_width
     out_w = g.out_width
     in_pixels = g.in_height * in_w
     out_pixels = g.out_height * out_w
-    planes = g.batch * g.channels
     kernel = g.kernel_height
     negative_infinity = np.full(1, -np.inf, dtype=x.dtype)[0]
+    step = g.stride_w
     unrolled = (kernel == g.kernel_width and (kernel == 2 or kernel == 3)
                 and g.dilation_h == 1 and g.dilation_w == 1
                 and 2 * in_w + 2 < 2**31)
@@ -214,44 +180,73 @@ def max_pool2d_forward_kernel(x, y, indices, g, n_chunks):
                      or padded_width > in_w)
     col_lo, col_hi = tap_ranges(out_w, in_w, g.stride_w, g.pad_w,
                                 g.kernel_width, g.dilation_w)
-    for chunk in prange(n_chunks):
-        padded = np.full(padded_height * padded_width
-                         if unrolled and needs_padding else 0, -np.inf,
-                         dtype=x.dtype)
-        for plane in range(chunk * planes // n_chunks,
-                           (chunk + 1) * planes // n_chunks):
-            x_base = plane * in_pixels
-            if not unrolled:
-                for oh in range(g.out_height):
-                    _max_row(x, x_base, y, indices,
-                             plane * out_pixels + oh * out_w, oh, col_lo,
-                             col_hi, g)
-                continue
-            if needs_padding:
-                _pad_plane(x, x_base, g, padded, padded_height, padded_width)
-                source, source_base, source_width = padded, 0, padded_width
-            else:
-                source, source_base, source_width = x, x_base, in_w
+    padded = np.full(padded_height * padded_width
+                     if unrolled and needs_padding else 0, -np.inf,
+                     dtype=x.dtype)
+    for plane in range(first_plane, stop_plane):
+        x_base = plane * in_pixels
+        if not unrolled:
             for oh in range(g.out_height):
-                y_row = plane * out_pixels + oh * out_w
-                _max_unrolled_row(
-                    source, source_base + oh * g.stride_h * source_width,
-                    source_width, y, indices, y_row, out_w,
-                    (oh * g.stride_h - g.pad_h) * in_w - g.pad_w, in_w,
-                    g.stride_w, kernel)
-                # windows whose maximum is NaN or -inf: the reference's loop
-                redo = False
-                for ow in range(out_w):
-                    redo |= not y[_u(y_row + ow)] > negative_infinity
-                if not redo:
+                _max_row(x, x_base, y, indices,
+                         plane * out_pixels + oh * out_w, oh, col_lo,
+                         col_hi, g)
+            continue
+        if needs_padding:
+            _pad_plane(x, x_base, g, padded, padded_height, padded_width)
+            source, source_base, source_width = padded, 0, padded_width
+        else:
+            source, source_base, source_width = x, x_base, in_w
+        for oh in range(g.out_height):
+            y_row = plane * out_pixels + oh * out_w
+            source_start = source_base + oh * g.stride_h * source_width
+            index_start = (oh * g.stride_h - g.pad_h) * in_w - g.pad_w
+            # a constant stride lets LLVM vectorise the loads (each variant
+            # costs seconds of compile time: only the common stride 2 has one)
+            if kernel == 2:
+                if step == 2:
+                    _max_2x2(source, source_start, source_width, y, indices,
+                             y_row, out_w, index_start, in_w, 2)
+                else:
+                    _max_2x2(source, source_start, source_width, y, indices,
+                             y_row, out_w, index_start, in_w, step)
+            else:
+                if step == 2:
+                    _max_3x3(source, source_start, source_width, y, indices,
+                             y_row, out_w, index_start, in_w, 2)
+                else:
+                    _max_3x3(source, source_start, source_width, y, indices,
+                             y_row, out_w, index_start, in_w, step)
+            # windows whose maximum is NaN or -inf: the reference's loop
+            redo = False
+            for ow in range(out_w):
+                redo |= not y[_u(y_row + ow)] > negative_infinity
+            if not redo:
+                continue
+            for ow in range(out_w):
+                if y[_u(y_row + ow)] > negative_infinity:
                     continue
-                for ow in range(out_w):
-                    if y[_u(y_row + ow)] > negative_infinity:
-                        continue
-                    value, index = _max_window(x, x_base, oh, ow, g,
-                                               negative_infinity)
-                    y[_u(y_row + ow)] = value
-                    indices[_u(y_row + ow)] = index
+                value, index = _max_window(x, x_base, oh, ow, g,
+                                           negative_infinity)
+                y[_u(y_row + ow)] = value
+                indices[_u(y_row + ow)] = index
+
+
+@numba.njit(parallel=True, cache=_CACHE)
+def max_pool2d_forward_kernel(x, y, indices, g, n_chunks):
+    """y, indices (flat, (N, C, OH, OW)) = max and argmax of each window.
+
+    The rule is the reference's: the first in-bounds tap starts the window
+    (so an all -inf window reports its first in-bounds position), a larger
+    value replaces it (ties keep the earlier one) and a NaN always replaces
+    it, so the last NaN of a window wins. A window with no in-bounds tap
+    gives -inf and index -1. Planes are split into ``n_chunks`` contiguous
+    runs, one per thread. (The work is a serial function called from the
+    parallel loop: Numba's parallel passes are slow on a large body.)
+    """
+    planes = g.batch * g.channels
+    for chunk in prange(n_chunks):
+        _max_pool_planes(x, y, indices, g, chunk * planes // n_chunks,
+                         (chunk + 1) * planes // n_chunks)
 
 
 @numba.njit(parallel=True, cache=_CACHE)

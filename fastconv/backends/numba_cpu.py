@@ -21,21 +21,31 @@ needs no unrolling: the image already is the column matrix.
 from __future__ import annotations
 
 import math
+import os
 
-import numba
-import numpy as np
+# OpenMP worker threads spin-wait after each parallel region by default. On
+# a machine shared with other work (2 cores here) a spinning worker uses up
+# its time slice, and the next region then waits for it to be scheduled
+# again: max_pool2d took ~18 ms on 2 threads against ~2 ms on 1. Sleeping at
+# once avoids that. Read by libgomp when it loads, which is when Numba
+# starts its threads (first parallel kernel call), so set it before; a
+# value the user set wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
-from fastconv import _dropout_hash, config
-from fastconv._threads import single_threaded_blas
-from fastconv.backends._numba_conv import (
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+
+from fastconv import _dropout_hash, config  # noqa: E402
+from fastconv._threads import single_threaded_blas  # noqa: E402
+from fastconv.backends._numba_conv import (  # noqa: E402
     conv2d_backward_kernel,
     conv2d_forward_kernel,
 )
-from fastconv.backends._numba_dropout import (
+from fastconv.backends._numba_dropout import (  # noqa: E402
     dropout_apply_kernel,
     dropout_mask_kernel,
 )
-from fastconv.backends._numba_pool import (
+from fastconv.backends._numba_pool import (  # noqa: E402
     avg_pool2d_backward_kernel,
     avg_pool2d_forward_kernel,
     max_pool2d_backward_kernel,
