@@ -121,4 +121,6 @@ extensions = [
 setup(
     ext_modules=cythonize(extensions, language_level=3),
     cmdclass={"build_ext": BuildExtWithOptionalOpenMP},
+    # the generated C (about a megabyte each) is a build product, not data
+    exclude_package_data={"fastconv.backends._cython": ["*.c"]},
 )
