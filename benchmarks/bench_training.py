@@ -23,7 +23,6 @@ import statistics
 import sys
 import time
 
-import numpy as np
 import pytest
 
 import fastconv

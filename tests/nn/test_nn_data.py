@@ -3,7 +3,6 @@ corrupt), the fixed mnist-5k / digits splits, batching, augmentation and
 image loading."""
 
 import gzip
-import io
 import os
 import pickle
 import struct
