@@ -16,6 +16,7 @@ faster).
 The summary checks the issue's performance floors on ``'auto'`` (what a user
 gets by default); the naive table shows how much faster the compiled backends
 are than the reference loops, both measured on the same small shapes.
+The exit status is 1 when a floor fails.
 
 ``--fastest`` times each backend primitive on each compiled backend and
 prints the order, fastest first, that the registry's ``_AUTO_ORDER``
