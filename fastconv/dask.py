@@ -22,6 +22,9 @@ through ``map_overlap``. Each block is then one in-memory
 
 from __future__ import annotations
 
+import contextlib
+import sys
+
 import numpy as np
 
 from fastconv import _shapes, _validate
@@ -133,9 +136,51 @@ def _output_chunks(image_chunks, out_size, stride, halo):
     return tuple(merged)
 
 
+def _in_distributed_worker() -> bool:
+    distributed = sys.modules.get("distributed")
+    if distributed is None:
+        return False
+    try:
+        distributed.get_worker()
+    except ValueError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _one_thread_per_task():
+    """Run the enclosed kernels on one thread.
+
+    Dask already runs one task per worker thread; kernels that started
+    threads of their own on top would oversubscribe the cores (and OpenMP
+    and OpenBLAS threads spin after each call, starving the other tasks: a
+    LocalCluster of two processes ran 100 times slower here). In a
+    distributed worker process the setting is made for the whole process
+    (all of its work is Dask tasks); elsewhere (the local threaded
+    scheduler) only for this thread, through Numba's thread-local count.
+    """
+    from fastconv import _threads
+
+    if _in_distributed_worker():
+        if _threads.get_num_threads() != 1:
+            _threads.set_num_threads(1)
+        yield
+        return
+    import numba
+
+    previous = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)
+
+
 def _filter_block(block, kernel, stride, method, backend):
-    return _filters.filter2d(block, kernel, stride=stride, padding="valid",
-                             method=method, backend=backend)
+    with _one_thread_per_task():
+        return _filters.filter2d(block, kernel, stride=stride,
+                                 padding="valid", method=method,
+                                 backend=backend)
 
 
 def filter2d(darr, kernel, *, stride=1, padding="same", boundary="zero",
@@ -214,9 +259,10 @@ def filter2d(darr, kernel, *, stride=1, padding="same", boundary="zero",
 # ------------------------------------------------------------------- predict
 
 def _predict_block(images, model, batch_size, out_dtype):
-    outputs = [np.asarray(model(np.ascontiguousarray(
-        images[start:start + batch_size])))
-        for start in range(0, images.shape[0], batch_size)]
+    with _one_thread_per_task():
+        outputs = [np.asarray(model(np.ascontiguousarray(
+            images[start:start + batch_size])))
+            for start in range(0, images.shape[0], batch_size)]
     if not outputs:
         return np.empty((0, 0), dtype=out_dtype)
     return np.concatenate(outputs).astype(out_dtype, copy=False)
