@@ -53,12 +53,16 @@ _MODULES = {
     "cuda": "fastconv.backends.cuda",
 }
 
-# What 'auto' runs for each primitive, fastest first (chosen by
-# benchmarks/report.py on the 2-core reference machine). The naive
-# reference is the last resort so that 'auto' always works.
+# What 'auto' runs for each primitive, fastest first, as measured by
+# `python benchmarks/report.py --fastest` on the 2-core development machine
+# (conv2d is close to a tie; Cython's scatter and elementwise loops win the
+# two marked below). The naive reference is the last resort, so 'auto'
+# always works.
 _AUTO_ORDER = {
     primitive: ("numba", "cython", "naive") for primitive in PRIMITIVES
 }
+_AUTO_ORDER["max_pool2d_backward"] = ("cython", "numba", "naive")
+_AUTO_ORDER["dropout_apply"] = ("cython", "numba", "naive")
 
 VALID_NAMES = ("auto",) + tuple(_MODULES)
 
