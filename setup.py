@@ -96,7 +96,6 @@ class BuildExtWithOptionalOpenMP(build_ext):
             message = (f"fastconv: building the Cython kernels WITHOUT OpenMP "
                        f"({why}); they will run on one thread")
             print(f"WARNING: {message}", file=sys.stderr)
-            self.warn(message)
         if self.compiler.compiler_type != "msvc":
             optimise += [flag for flag in TUNING_FLAGS
                          if self._builds(TRIVIAL_PROGRAM, [flag], [])]
