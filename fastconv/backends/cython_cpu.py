@@ -12,6 +12,8 @@ validated and C-contiguous from ``fastconv.functional``; see the contract in
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from fastconv import _dropout_hash, _threads, config
@@ -51,6 +53,17 @@ def openmp_enabled() -> bool:
 
 def _num_threads() -> int:
     return _threads.get_num_threads() if openmp_enabled() else 1
+
+
+def _blas_held_to_one_thread(num_threads):
+    """Context for a parallel region whose threads each call BLAS: hold BLAS
+    to one thread so its own threads do not fight ours for the cores. With
+    one thread of ours there is nothing to fight, and the limit (about 0.1
+    ms through threadpoolctl) is skipped; BLAS then runs as set_num_threads
+    left it."""
+    if num_threads > 1:
+        return _threads.single_threaded_blas()
+    return contextlib.nullcontext()
 
 
 # --------------------------------------------------------------- convolution
@@ -129,7 +142,7 @@ def conv2d_forward(x, weight, bias, g):
     y = np.empty(g.output_shape, dtype=dtype)
     has_bias = bias is not None
     bias_array = bias if has_bias else np.empty(1, dtype=dtype)
-    with _threads.single_threaded_blas():
+    with _blas_held_to_one_thread(num_threads):
         _conv.conv2d_forward(x, weight, bias_array, has_bias, y, workspace, g,
                              tile_rows, chunk_images, num_threads)
     return y
@@ -157,7 +170,7 @@ def conv2d_backward(grad_output, x, weight, g, need_input_grad):
     workspace = np.empty((num_threads, work_size), dtype=dtype)
     grad_input = np.empty(g.input_shape if need_input_grad else (1, 1, 1, 1),
                           dtype=dtype)
-    with _threads.single_threaded_blas():
+    with _blas_held_to_one_thread(num_threads):
         _conv.conv2d_backward(grad_output, x, weight, grad_input,
                               bool(need_input_grad), partials, workspace, g,
                               tile_rows, chunk_images, num_threads)
