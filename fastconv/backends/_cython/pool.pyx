@@ -215,9 +215,10 @@ cdef void _max_run(const float *x_plane, Py_ssize_t in_w,
     cdef Py_ssize_t padded = (count + 7) & ~(<Py_ssize_t>7)
     cdef Py_ssize_t r, s, j, ih, first_tap_position
     cdef const float *tap_values
+    cdef const float *next_values
     cdef float run_best[RUN]
     cdef float run_tap[RUN]
-    cdef float value, tap
+    cdef float value, tap, next_tap, best, best_tap
     cdef bint take
     # start: -inf at the first in-bounds tap, as the reference does
     tap = <float>(rows.first[oh] * window.kernel_w)
@@ -228,7 +229,25 @@ cdef void _max_run(const float *x_plane, Py_ssize_t in_w,
         ih = rows.start[oh] + r * window.dilation_h
         _split_phases(x_plane + ih * in_w + cols.start[run_start], span,
                       window.stride_w, phases, window.phase_stride)
-        for s in range(window.kernel_w):
+        # taps in pairs: one load and store of the running best per pair
+        s = 0
+        while s + 1 < window.kernel_w:
+            tap_values = phases + window.tap_phase_offset[s]
+            next_values = phases + window.tap_phase_offset[s + 1]
+            tap = <float>(r * window.kernel_w + s)
+            next_tap = tap + 1
+            for j in range(padded):
+                best, best_tap = run_best[j], run_tap[j]
+                value = tap_values[j]
+                take = (value > best) | (value != value)
+                best = value if take else best
+                best_tap = tap if take else best_tap
+                value = next_values[j]
+                take = (value > best) | (value != value)
+                run_best[j] = value if take else best
+                run_tap[j] = next_tap if take else best_tap
+            s += 2
+        if s < window.kernel_w:
             tap_values = phases + window.tap_phase_offset[s]
             tap = <float>(r * window.kernel_w + s)
             for j in range(padded):
