@@ -9,18 +9,28 @@ product::
 
     y[n, g]  (Kg, OH*OW) = weight[g] (Kg, Cg*R*S) @ col (Cg*R*S, OH*OW)
 
-where ``col`` is the im2col unfolding of ``x[n, g]``. The output rows are cut
-into tiles of ``tile_rows`` rows so that ``col`` stays inside the workspace the
-caller allotted (``fastconv.config.WORKSPACE_BYTES``) whatever the image size;
-a tile of y is a strided block of y (row stride OH*OW), which BLAS writes in
-place. Work items (image, group, tile) are spread over OpenMP threads; each
-thread unfolds into its own slice of ``workspace`` and calls a single-threaded
-BLAS gemm (SciPy's, fetched at import from ``scipy.linalg.cython_blas``, so
-building needs no SciPy headers). The caller holds BLAS to one thread around
-these calls.
+where ``col`` is the im2col unfolding of ``x[n, g]`` (x itself for a 1x1
+stride-1 unpadded conv). Work items are spread over OpenMP threads; each
+thread unfolds into its own slice of ``workspace`` and calls a
+single-threaded BLAS gemm (SciPy's, fetched at import from
+``scipy.linalg.cython_blas``, so building needs no SciPy headers; the caller
+holds BLAS to one thread around these calls). Two schedules:
+
+* tiles: an item is (image, group, tile of ``tile_rows`` output rows). A tile
+  of y is a strided block of y (row stride OH*OW), which BLAS writes in
+  place; tiles keep ``col`` inside the workspace the caller allotted
+  (``fastconv.config.WORKSPACE_BYTES``) however big the image.
+* chunks: an item is (group, ``chunk_images`` whole images) whose unfoldings
+  sit side by side, so one GEMM serves them all; for small images with many
+  channels BLAS would otherwise spend more time packing the weights than
+  multiplying.
+
+Backward: grad_weight is summed in one partial per thread, then the partials
+are added (``sum_rows``): no two threads write the same memory. grad_input
+is a GEMM then the col2im scatter, one image per thread at a time.
 
 The caller (``fastconv.backends.cython_cpu``) validates, allocates outputs
-and workspaces and chooses ``tile_rows``; nothing here checks arguments.
+and workspaces and chooses the schedule; nothing here checks arguments.
 """
 
 from cpython.pycapsule cimport PyCapsule_GetName, PyCapsule_GetPointer

@@ -8,7 +8,10 @@ planes and no two threads ever write the same element (the backward scatters
 included). The window of output (oh, ow) covers rows
 ``oh * stride_h - pad_h + r * dilation_h`` and likewise columns; the part of
 each window inside the input is precomputed once per call as index ranges
-(``_Taps``), so the inner loops carry no bounds tests.
+(``Taps``), so the inner loops carry no bounds tests. Float32 max pooling
+folds each tap into a whole run of windows at once (``_max_run``), in loops
+the C compiler vectorises; the rest goes window by window (``_max_window``).
+Both follow ``fastconv/backends/naive.py``'s index and NaN rules exactly.
 """
 
 from cython.parallel cimport parallel, prange
@@ -21,10 +24,9 @@ ctypedef fused real:
     double
 
 
-
 cdef enum:
     # Max pooling folds windows of one output row in runs of this many (a
-    # multiple of 8), their running maxima and positions kept on the stack.
+    # multiple of 8), their running maxima and tap numbers on the stack.
     RUN = 256
 
 
