@@ -33,7 +33,8 @@ _u = uindex  # unsigned: no negative-index checks in hot loops
 
 @numba.njit(cache=_CACHE, nogil=True)
 def im2col_tile(x, image, oh_start, oh_stop, g, cols):
-    """Fill ``cols`` (flat, ``(C*R*S, (oh_stop-oh_start)*OW)``) for one tile."""
+    """Fill ``cols`` (flat, ``(C*R*S, (oh_stop - oh_start) * OW)``), the
+    columns of output rows ``[oh_start, oh_stop)`` of image ``image``."""
     in_h, in_w = g.in_height, g.in_width
     out_w = g.out_width
     stride_w = g.stride_w
@@ -45,7 +46,7 @@ def im2col_tile(x, image, oh_start, oh_stop, g, cols):
                 row = (c * g.kernel_height + r) * g.kernel_width + s
                 tap_w = s * g.dilation_w - g.pad_left
                 ow_lo, ow_hi = valid_out_range(out_w, in_w, g.stride_w,
-                                                g.pad_left, s * g.dilation_w)
+                                               g.pad_left, s * g.dilation_w)
                 for oh in range(oh_start, oh_stop):
                     dst = row * tile_pixels + (oh - oh_start) * out_w
                     ih = oh * g.stride_h - g.pad_top + r * g.dilation_h
@@ -80,7 +81,7 @@ def col2im_tile(cols, image, oh_start, oh_stop, g, grad_input):
                 row = (c * g.kernel_height + r) * g.kernel_width + s
                 tap_w = s * g.dilation_w - g.pad_left
                 ow_lo, ow_hi = valid_out_range(out_w, in_w, g.stride_w,
-                                                g.pad_left, s * g.dilation_w)
+                                               g.pad_left, s * g.dilation_w)
                 for oh in range(oh_start, oh_stop):
                     ih = oh * g.stride_h - g.pad_top + r * g.dilation_h
                     if ih < 0 or ih >= in_h:
@@ -127,7 +128,8 @@ def conv2d_forward_kernel(x, weight, bias, y, g, tile_rows, n_chunks, direct):
             pixel_offset = oh_start * g.out_width
             if direct:
                 source = x
-                source_offset = image * g.in_channels * in_pixels + pixel_offset
+                source_offset = (image * g.in_channels * in_pixels
+                                 + pixel_offset)
                 source_stride = in_pixels
             else:
                 im2col_tile(x, image, oh_start, oh_stop, g, cols)
@@ -139,13 +141,15 @@ def conv2d_forward_kernel(x, weight, bias, y, g, tile_rows, n_chunks, direct):
                 gemm(filters_per_group, tile_pixels, taps_per_group,
                      weight, first_filter * taps_per_group, taps_per_group,
                      False,
-                     source, source_offset + grp * taps_per_group * source_stride,
+                     source,
+                     source_offset + grp * taps_per_group * source_stride,
                      source_stride, False,
                      y, (image * out_channels + first_filter) * out_pixels
                      + pixel_offset, out_pixels, False, scalars)
             if bias.size:
                 for k in range(out_channels):
-                    start = (image * out_channels + k) * out_pixels + pixel_offset
+                    start = ((image * out_channels + k) * out_pixels
+                             + pixel_offset)
                     value = bias[k]
                     for p in range(start, start + tile_pixels):
                         y[_u(p)] += value
@@ -209,7 +213,8 @@ def conv2d_backward_kernel(grad_output, x, weight, grad_input,
                     grad_offset = ((image * out_channels + first_filter)
                                    * out_pixels + pixel_offset)
                     weight_offset = first_filter * taps_per_group
-                    # grad_weight_g += grad_out_g (Kg x P) @ cols_g^T (P x CRSg)
+                    # grad_weight_g += grad_out_g (Kg x P) @ cols_g^T
+                    #                  (P x CRSg)
                     gemm(filters_per_group, taps_per_group, tile_pixels,
                          grad_output, grad_offset, out_pixels, False,
                          source,

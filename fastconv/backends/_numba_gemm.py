@@ -26,7 +26,8 @@ ensure_blas()
 
 # int numba_xxgemm(char kind, char transa, char transb, intp m, intp n,
 #                  intp k, void *alpha, void *a, intp lda, void *b, intp ldb,
-#                  void *beta, void *c, intp ldc)  -- column-major, Fortran BLAS
+#                  void *beta, void *c, intp ldc)
+# -- column-major, as Fortran BLAS
 _xxgemm = types.ExternalFunction("numba_xxgemm", types.intc(
     types.char, types.char, types.char, types.intp, types.intp, types.intp,
     types.voidptr, types.voidptr, types.intp, types.voidptr, types.intp,

@@ -4,12 +4,17 @@ Arrays are flat (1-D, C order) views of NCHW arrays; plane ``q`` of x is
 ``x[q * H * W:(q + 1) * H * W]`` and likewise for the outputs. Each plane is
 handled by one thread, so the backward scatter-adds never race.
 
-The window loops run tap by tap over a whole output row (taps outer,
-output column inner) rather than window by window: the inner loop then has
-a fixed input stride, no bounds tests (``tap_ranges`` gives each tap's
-in-bounds output columns) and branch-free updates, so LLVM vectorises it.
-Every output still sees its taps in the reference's order (row-major over
-the kernel), so ties, NaNs and float64 sums come out the same.
+Window loops run across a whole output row in the inner loop (so LLVM can
+vectorise them) and visit each window's taps in the reference's row-major
+order, so ties, NaNs and float64 sums come out as the reference's:
+
+- max pooling with 2x2 and 3x3 windows (dilation 1, any stride, padding
+  and ceil_mode) uses unrolled loops over a -inf padded copy of the plane
+  (``_max_2x2``, ``_max_3x3``), and redoes the rare windows whose maximum
+  is NaN or -inf with the reference's loop (``_max_window``);
+- every other window goes tap by tap over the row (``_max_row``, and the
+  average pooling kernels), each tap's in-bounds output columns given by
+  ``tap_ranges`` so the loops need no bounds tests.
 """
 
 from __future__ import annotations

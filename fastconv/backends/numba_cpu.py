@@ -16,6 +16,11 @@ and calls a single-threaded GEMM per group. The column buffers of all
 threads together stay within ``fastconv.config.WORKSPACE_BYTES`` (read at
 each call) by shrinking the tile. A 1x1, stride-1, unpadded convolution
 needs no unrolling: the image already is the column matrix.
+
+Importing this module sets ``OMP_WAIT_POLICY=passive`` unless it is set
+(see below): that only takes effect if Numba has not started its threads
+yet, so ``fastconv`` should set it before anything calls
+``numba.set_num_threads``.
 """
 
 from __future__ import annotations
@@ -131,7 +136,8 @@ def conv2d_backward(grad_output, x, weight, g, need_input_grad):
     grad_bias_parts = np.zeros((n_chunks, g.out_channels), dtype=np.float64)
     with single_threaded_blas():
         conv2d_backward_kernel(
-            _flat(grad_output), _flat(x), _flat(weight), grad_input.reshape(-1),
+            _flat(grad_output), _flat(x), _flat(weight),
+            grad_input.reshape(-1),
             grad_weight_parts, grad_bias_parts, g, tile_rows, n_chunks, direct,
             need_input_grad)
     grad_weight = grad_weight_parts.sum(axis=0).reshape(weight.shape)
@@ -167,9 +173,8 @@ def avg_pool2d_forward(x, g, divisors):
     """y (N, C, OH, OW): window sums over the in-bounds taps / divisors."""
     g = _as_ints(g)
     y = np.empty(g.output_shape, dtype=x.dtype)
-    avg_pool2d_forward_kernel(_flat(x), y.reshape(-1),
-                              np.ascontiguousarray(divisors, dtype=np.float64),
-                              g)
+    divisors = np.ascontiguousarray(divisors, dtype=np.float64)
+    avg_pool2d_forward_kernel(_flat(x), y.reshape(-1), divisors, g)
     return y
 
 
@@ -178,9 +183,9 @@ def avg_pool2d_backward(grad_output, g, divisors):
     its window's in-bounds taps."""
     g = _as_ints(g)
     grad_input = np.empty(g.input_shape, dtype=grad_output.dtype)
+    divisors = np.ascontiguousarray(divisors, dtype=np.float64)
     avg_pool2d_backward_kernel(_flat(grad_output), grad_input.reshape(-1),
-                               np.ascontiguousarray(divisors, dtype=np.float64),
-                               g)
+                               divisors, g)
     return grad_input
 
 
