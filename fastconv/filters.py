@@ -69,7 +69,7 @@ METHODS = ("auto", "direct", "depthwise", "fft")
 #: With ``method='auto'``, a kernel with at least this many taps (R * S) goes
 #: through the FFT path. Chosen by ``benchmarks/bench_filters.py`` (see
 #: docs/filtering.md).
-FFT_MIN_TAPS = 11 * 11
+FFT_MIN_TAPS = 8 * 8
 
 #: Output rows per band of the 'direct' method, for kernels up to 15 rows
 #: tall and above (see ``row_block``).
@@ -193,15 +193,25 @@ def _choose_method(method, kernel):
     return method
 
 
-def row_block(kernel_height, stride_h):
+def row_block(kernel_shape, stride_h, out_width, itemsize):
     """Output rows per band of the 'direct' method.
 
     Each band is one GEMM row block: T output rows read (T - 1) * stride + R
     input rows, so a taller block wastes more multiplications by zero but
-    feeds BLAS a bigger matrix. Chosen by benchmarks/bench_filters.py.
+    feeds BLAS a bigger matrix (chosen by benchmarks/bench_filters.py). The
+    backend unrolls a band's rows * S taps for every output value; T shrinks
+    until every thread's unrolled band fits in WORKSPACE_BYTES.
     """
+    from fastconv._threads import get_num_threads
+
+    kernel_height, kernel_width = kernel_shape
     block = ROW_BLOCK_LARGE if kernel_height > 15 else ROW_BLOCK
-    return max(1, block // stride_h)
+    block = max(1, block // stride_h)
+    per_input_row = kernel_width * out_width * itemsize * get_num_threads()
+    while block > 1 and ((block - 1) * stride_h + kernel_height) \
+            * per_input_row > config.WORKSPACE_BYTES:
+        block //= 2
+    return block
 
 
 # ---------------------------------------------------------- band kernels
@@ -211,6 +221,8 @@ def row_block(kernel_height, stride_h):
 # of each band.
 
 class _RowBlockBands:
+    scratch_per_input_value = 0     # the backend bounds its own scratch
+
     """A band of T output rows as one grouped conv2d with a 1 x S kernel.
 
     The band's input rows become channels: output row t of channel c is
@@ -222,10 +234,13 @@ class _RowBlockBands:
     plain depthwise convolution, multiplications by zero included.
     """
 
-    def __init__(self, kernel, channels, stride, backend, out_height,
+    def __init__(self, kernel, channels, stride, backend, out_shape,
                  column_dilation):
         kernel_height, kernel_width = kernel.shape
-        self.band_rows = min(out_height, row_block(kernel_height, stride[0]))
+        out_height, out_width = out_shape
+        self.band_rows = min(out_height, row_block(
+            kernel.shape, stride[0], out_width * column_dilation,
+            kernel.dtype.itemsize))
         input_rows = (self.band_rows - 1) * stride[0] + kernel_height
         block = np.zeros((self.band_rows, input_rows, 1, kernel_width),
                          dtype=kernel.dtype)
@@ -251,6 +266,8 @@ class _RowBlockBands:
 
 
 class _DepthwiseBands:
+    scratch_per_input_value = 0
+
     """A batch of bands through one depthwise conv2d (R x S, groups = C).
 
     The textbook formulation; kept for non-finite data, where it alone
@@ -288,6 +305,9 @@ class _FFTBands:
         self.kernel, self.stride = kernel, stride
         self.interleave = column_dilation
         self._spectrum_key, self._spectrum = None, None
+        # rfft2's complex half-spectrum and irfft2's real result, per input
+        # value of a band
+        self.scratch_per_input_value = 2
 
     def __call__(self, batch):
         from scipy import fft
@@ -440,7 +460,7 @@ def filter2d(image, kernel, *, stride=1, padding="same", boundary="zero",
                                 min(out_height, BAND_ROWS), interleave)
     else:
         bands = _RowBlockBands(kernel, band_channels, stride, backend,
-                               out_height, interleave)
+                               (out_height, out_width), interleave)
     # Bands whose result is not finite are redone depthwise (see
     # _choose_method): rare, and then only where the data is not finite.
     fallback = None if method == "depthwise" else _DepthwiseBands(
@@ -473,13 +493,16 @@ def _run_bands(image, interleave, bands, fallback, stride, pads, mode,
     band_rows = bands.band_rows
     band_input_rows = (band_rows - 1) * stride[0] + kernel_height
     band_count = -(-out_height // band_rows)
-    # Bands per backend call: one call's gathered input and result stay
-    # within WORKSPACE_BYTES (the backend bounds its own scratch likewise).
+    # Bands per backend call: one call's gathered input, result and scratch
+    # stay within half of WORKSPACE_BYTES; the backend bounds its own scratch
+    # (im2col columns) by WORKSPACE_BYTES, so that the whole call stays
+    # within about 1.5 WORKSPACE_BYTES beyond the image and the result.
+    input_values = band_input_rows * (width + interleave * sum(pads[1::2]))
     band_bytes = channels * image.dtype.itemsize * (
-        band_input_rows * (width + interleave * sum(pads[1::2]))
+        input_values * (1 + bands.scratch_per_input_value)
         + band_rows * out_width)
     bands_per_call = max(1, min(band_count,
-                                config.WORKSPACE_BYTES // band_bytes))
+                                config.WORKSPACE_BYTES // 2 // band_bytes))
 
     # The last band may run past the image: its extra rows read zeros and
     # their results are dropped, so that every band has one shape.
