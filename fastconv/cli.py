@@ -22,15 +22,6 @@ import os
 import sys
 import time
 
-# OpenMP (Numba's threading layer and the Cython kernels) keeps its threads
-# spinning after each parallel region. On a busy machine a spinning thread
-# holds a core that the region's other thread needs: a SmallCNN training step
-# on 2 threads took 320 ms spinning and 156 ms passive here, with the load
-# average at 8 (benchmarks/bench_training.py). Passive waiting costs a few
-# microseconds per region when the machine is idle. It must be set before
-# the OpenMP runtime loads; a user's own setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 try:
     from fastconv._filter_cli import add_filter_parser
 except ImportError:

@@ -102,9 +102,14 @@ def _check_name(name) -> str:
     return name
 
 
+def is_available(name: str) -> bool:
+    """Whether the backend ``name`` can run here (imports only that one)."""
+    return name in _MODULES and _load(name) is not None
+
+
 def available_backends() -> list[str]:
     """Names of the backends that can run here (``'auto'`` not included)."""
-    return [name for name in _MODULES if _load(name) is not None]
+    return [name for name in _MODULES if is_available(name)]
 
 
 def unavailable_reasons() -> dict[str, str]:

@@ -16,41 +16,26 @@ and calls a single-threaded GEMM per group. The column buffers of all
 threads together stay within ``fastconv.config.WORKSPACE_BYTES`` (read at
 each call) by shrinking the tile. A 1x1, stride-1, unpadded convolution
 needs no unrolling: the image already is the column matrix.
-
-Importing this module sets ``OMP_WAIT_POLICY=passive`` unless it is set
-(see below): that only takes effect if Numba has not started its threads
-yet, so ``fastconv`` should set it before anything calls
-``numba.set_num_threads``.
 """
 
 from __future__ import annotations
 
 import math
-import os
 
-# OpenMP worker threads spin-wait after each parallel region by default. On
-# a machine shared with other work (2 cores here) a spinning worker uses up
-# its time slice, and the next region then waits for it to be scheduled
-# again: max_pool2d took ~18 ms on 2 threads against ~2 ms on 1. Sleeping at
-# once avoids that. Read by libgomp when it loads, which is when Numba
-# starts its threads (first parallel kernel call), so set it before; a
-# value the user set wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+import numba
+import numpy as np
 
-import numba  # noqa: E402
-import numpy as np  # noqa: E402
-
-from fastconv import _dropout_hash, config  # noqa: E402
-from fastconv._threads import single_threaded_blas  # noqa: E402
-from fastconv.backends._numba_conv import (  # noqa: E402
+from fastconv import _dropout_hash, config
+from fastconv._threads import single_threaded_blas
+from fastconv.backends._numba_conv import (
     conv2d_backward_kernel,
     conv2d_forward_kernel,
 )
-from fastconv.backends._numba_dropout import (  # noqa: E402
+from fastconv.backends._numba_dropout import (
     dropout_apply_kernel,
     dropout_mask_kernel,
 )
-from fastconv.backends._numba_pool import (  # noqa: E402
+from fastconv.backends._numba_pool import (
     avg_pool2d_backward_kernel,
     avg_pool2d_forward_kernel,
     max_pool2d_backward_kernel,
