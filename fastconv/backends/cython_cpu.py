@@ -13,20 +13,12 @@ validated and C-contiguous from ``fastconv.functional``; see the contract in
 from __future__ import annotations
 
 import contextlib
-import os
 
-# The kernels' OpenMP runtime (GNU libgomp, the one Numba's threads use too)
-# reads its wait policy when it loads, which for this backend is the import
-# of the extension below. Passive: idle OpenMP threads sleep instead of
-# spinning, which on a shared or busy machine otherwise steals the cores the
-# next (short) parallel region needs: on this 2-core machine under load,
-# max_pool2d ran about twice as fast with it (/tmp A/B, median of 30). The
-# numba backend does the same; a user's own setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from fastconv import _dropout_hash, _threads, config  # noqa: E402
+# fastconv._threads (imported by this) sets OMP_WAIT_POLICY=PASSIVE before
+# the extension below loads libgomp, which reads it then.
+from fastconv import _dropout_hash, _threads, config
 
 try:
     from fastconv.backends._cython import conv as _conv
