@@ -12,6 +12,9 @@ Environment variables:
 
 ``FASTCONV_NO_OPENMP=1``
     Skip the OpenMP probe and build serially (used to test the fallback).
+    An in-place rebuild (``pip install -e .``) reuses compiled modules that
+    are newer than their sources: delete ``fastconv/backends/_cython/*.so``
+    first for the setting to take effect.
 """
 
 import os
