@@ -1,23 +1,27 @@
 """fastconv on Dask arrays: filtering images larger than memory, batched inference.
 
 ``filter2d(darr, kernel, ...)`` returns a lazy dask array equal to
-``fastconv.filter2d`` on the whole image (to the last bit for the direct and
-separable methods; to float rounding for the FFT method, whose sums depend on
-the block size). ``predict(model, images, batch_size=...)`` runs a model over
-a dask array of images chunked along N. Both run on any Dask scheduler: the
-local threaded one, or a ``dask.distributed`` cluster.
+``fastconv.filter2d`` on the whole image: bit for bit with the naive
+backend's direct and depthwise methods, to float rounding otherwise (BLAS and
+the FFT sum in an order that depends on a block's width).
+``predict(model, images, batch_size=...)`` runs a model over a dask array of
+images chunked along N. Both run on any Dask scheduler: the local threaded
+one, or a ``dask.distributed`` cluster.
 
 Requires the ``dask`` extra: ``pip install fastconv[dask]``.
 
 How ``filter2d`` splits the work: the boundary is applied lazily first (the
 padded array is built from slices of the image, following ``numpy.pad``'s
 rule exactly, so every boundary mode and any pad width works). Output chunk
-``j`` covers output rows ``[o_j, o_j+1)``; it reads padded rows from
-``o_j * stride`` on, so the padded array is rechunked to start its chunks at
-those multiples of the stride, and each block borrows the ``R - stride`` rows
-(``S - stride`` columns) of halo it needs from its neighbour below (right)
-through ``map_overlap``. Each block is then one in-memory
-``fastconv.filter2d(block, padding='valid')``.
+``j`` covers output rows ``[B_j, B_j+1)`` with ``B_j`` an image chunk's
+start divided by the stride (rounded up), so output blocks line up with the
+image's blocks; it reads padded rows from ``B_j * stride`` on. The padded
+array is rechunked so that its chunks start there (plus the top padding,
+which keeps them on the image's own chunk boundaries at stride 1: only the
+edge chunks merge with the padding), and each block borrows the halo rows
+and columns it needs from its neighbours through ``map_overlap``. Each block
+is then one in-memory ``fastconv.filter2d(block, padding='valid')`` running
+on one thread (Dask supplies the parallelism).
 """
 
 from __future__ import annotations
@@ -107,33 +111,40 @@ def _pad_axis(dask_array, array, axis, before, after, mode):
     return dask_array.concatenate(pieces, axis=axis)
 
 
-def _output_chunks(image_chunks, out_size, stride, halo):
-    """Output chunk sizes along one axis.
+def _chunk_plan(image_chunks, out_size, stride, before, after, used):
+    """(output chunk sizes, padded-array chunk sizes) along one axis.
 
-    An output chunk starts where an image chunk starts (divided by the
-    stride, rounded up), so output blocks line up with input blocks; chunks
-    too small to lend the next-to-last block its halo are merged.
+    Output chunk j covers outputs ``[B_j, B_j+1)`` and reads padded rows
+    ``[B_j * stride, (B_j+1 - 1) * stride + R)``. Its block is the padded
+    array's chunk ``[B_j * stride + before, B_j+1 * stride + before)`` (the
+    first chunk starts at 0, the last ends at ``used``) widened by
+    ``before`` rows from the chunk above and ``after`` rows from the chunk
+    below. ``B_j`` is an image chunk's start divided by the stride (rounded
+    up), so output blocks line up with image blocks; with ``before`` = the
+    top padding the padded chunks then line up with the image's too, and at
+    stride 1 no data has to move between blocks. Chunks smaller than a halo
+    they lend are merged with a neighbour.
     """
-    boundaries = sorted({-(-offset // stride) for offset in
-                         np.cumsum((0,) + tuple(image_chunks))[:-1]}
+    starts = np.cumsum((0,) + tuple(image_chunks))[:-1]
+    boundaries = sorted({-(-int(offset) // stride) for offset in starts}
                         | {0})
-    boundaries = [b for b in boundaries if b < out_size] + [out_size]
-    # A non-last chunk of n outputs holds n * stride padded rows; a block's
-    # halo comes from the next chunk, so those must be at least ``halo``.
-    minimum_outputs = max(1, -(-halo // stride))
-    sizes = np.diff(boundaries).tolist()
-    merged = []
-    for index, size in enumerate(sizes):
-        is_last = index == len(sizes) - 1
-        if merged and not is_last and merged[-1] < minimum_outputs:
-            merged[-1] += size
-        else:
-            merged.append(size)
-    # the second-to-last chunk also lends to the last: check it too
-    while len(merged) > 1 and merged[-2] < minimum_outputs:
-        last = merged.pop()
-        merged[-1] += last
-    return tuple(merged)
+    boundaries = [b for b in boundaries if b < out_size]
+    smallest = max(before, after, 1)
+
+    def core_sizes(bounds):
+        edges = [0] + [b * stride + before for b in bounds[1:]] + [used]
+        return np.diff(edges).tolist()
+
+    while True:
+        cores = core_sizes(boundaries)
+        small = [i for i, size in enumerate(cores) if size < smallest]
+        if not small or len(boundaries) == 1:
+            break
+        index = small[0]
+        # merge with the next chunk (the last one with the previous)
+        del boundaries[index + 1 if index + 1 < len(boundaries) else index]
+    outputs = np.diff(boundaries + [out_size]).tolist()
+    return tuple(outputs), tuple(cores)
 
 
 def _in_distributed_worker() -> bool:
@@ -233,18 +244,18 @@ def filter2d(darr, kernel, *, stride=1, padding="same", boundary="zero",
     used_width = (out_width - 1) * stride[1] + kernel_width
     padded = padded[:used_height, :used_width]
 
-    halo = (max(kernel_height - stride[0], 0), max(kernel_width - stride[1], 0))
-    out_chunks = (
-        _output_chunks(darr.chunks[0], out_height, stride[0], halo[0]),
-        _output_chunks(darr.chunks[1], out_width, stride[1], halo[1]))
-    core_chunks = []
-    for axis in range(2):
-        sizes = [n * stride[axis] for n in out_chunks[axis][:-1]]
-        sizes.append(padded.shape[axis] - sum(sizes))
-        core_chunks.append(tuple(sizes))
-    padded = padded.rechunk(tuple(core_chunks) + padded.chunks[2:])
+    # Rows a block borrows from the chunk above and below (columns: left and
+    # right); see _chunk_plan.
+    before = (min(top, kernel_height - 1), min(left, kernel_width - 1))
+    after = (max(0, kernel_height - stride[0] - before[0]),
+             max(0, kernel_width - stride[1] - before[1]))
+    plans = [_chunk_plan(darr.chunks[axis], (out_height, out_width)[axis],
+                         stride[axis], before[axis], after[axis],
+                         padded.shape[axis]) for axis in range(2)]
+    out_chunks = (plans[0][0], plans[1][0])
+    padded = padded.rechunk((plans[0][1], plans[1][1]) + padded.chunks[2:])
 
-    depth = {0: (0, halo[0]), 1: (0, halo[1])}
+    depth = {0: (before[0], after[0]), 1: (before[1], after[1])}
     if darr.ndim == 3:
         depth[2] = (0, 0)
     result = dask_array.map_overlap(

@@ -174,18 +174,30 @@ def test_filter2d_is_lazy():
     assert calls
 
 
-@pytest.mark.parametrize("chunks, out_size, stride, halo", [
-    ((7, 7, 7, 2), 23, 1, 2), ((2,) * 11 + (1,), 23, 1, 3),
-    ((5, 5, 5), 8, 2, 1), ((1, 1, 1), 3, 1, 4), ((10,), 5, 2, 3)])
-def test_output_chunks_tile_the_output_and_lend_enough_halo(chunks, out_size,
-                                                            stride, halo):
-    sizes = fastconv_dask._output_chunks(chunks, out_size, stride, halo)
-    assert sum(sizes) == out_size and min(sizes) >= 1
-    assert all(size * stride >= halo for size in sizes[:-1])
+@pytest.mark.parametrize("chunks, out_size, stride, before, after, used", [
+    ((7, 7, 7, 2), 23, 1, 1, 1, 25), ((2,) * 11 + (1,), 23, 1, 2, 3, 28),
+    ((5, 5, 5), 8, 2, 1, 1, 17), ((1, 1, 1), 3, 1, 4, 4, 11),
+    ((10,), 5, 2, 0, 3, 13), ((3, 3, 3, 3), 4, 3, 2, 0, 12)])
+def test_chunk_plan_tiles_output_and_padded_array(chunks, out_size, stride,
+                                                  before, after, used):
+    outputs, cores = fastconv_dask._chunk_plan(chunks, out_size, stride,
+                                               before, after, used)
+    assert sum(outputs) == out_size and min(outputs) >= 1
+    assert sum(cores) == used and len(cores) == len(outputs)
+    if len(cores) > 1:
+        assert min(cores) >= max(before, after, 1)
+    # block j starts at padded row B_j * stride
+    starts = np.cumsum((0,) + cores[:-1]) - np.array(
+        [0] + [before] * (len(cores) - 1))
+    np.testing.assert_array_equal(
+        starts, np.cumsum((0,) + outputs[:-1]) * stride)
 
 
-def test_output_chunks_follow_input_chunks_at_stride_one():
-    assert fastconv_dask._output_chunks((10, 10, 5), 25, 1, 2) == (10, 10, 5)
+def test_chunk_plan_at_stride_one_follows_the_image_chunks():
+    # 'same' 3x3: one padded row above and below; the padded chunks are the
+    # image's with the padding merged into the first and last
+    assert fastconv_dask._chunk_plan((10, 10, 5), 25, 1, 1, 1, 27) == (
+        (10, 10, 5), (11, 10, 6))
 
 
 # ------------------------------------------------------------------ predict
