@@ -5,6 +5,7 @@ PyTorch's argument names and output-size rules). Backends: ``naive``
 (reference loops), ``numba``, ``cython`` and, with a GPU, ``cuda``.
 """
 
+from fastconv import kernels
 from fastconv._threads import get_num_threads, set_num_threads
 from fastconv._version import __version__
 from fastconv._warmup import warmup
@@ -15,6 +16,7 @@ from fastconv.backends import (
     unavailable_reasons,
     use_backend,
 )
+from fastconv.filters import convolve2d, filter2d
 from fastconv.functional import (
     avg_pool2d,
     avg_pool2d_backward,
@@ -33,5 +35,5 @@ __all__ = [
     "unavailable_reasons", "get_num_threads", "set_num_threads", "warmup",
     "conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward",
     "avg_pool2d", "avg_pool2d_backward", "dropout_mask", "dropout",
-    "dropout_backward",
+    "dropout_backward", "filter2d", "convolve2d", "kernels",
 ]
