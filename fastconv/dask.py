@@ -147,6 +147,33 @@ def _chunk_plan(image_chunks, out_size, stride, before, after, used):
     return tuple(outputs), tuple(cores)
 
 
+def _edge_chunk_plan(image_chunks, out_size, stride, before, after,
+                     smallest, size):
+    """(output chunk sizes, image chunk sizes) for the edge-padding path.
+
+    As ``_chunk_plan``, in image coordinates: output chunk j's block is the
+    image chunk ``[B_j * stride, B_j+1 * stride)`` widened by ``before``
+    (the top padding) and ``after`` rows; the first and last blocks pad
+    themselves where they meet the image's edge. At stride 1 the image
+    chunks are the input's own. Every chunk keeps at least ``smallest``
+    rows (a halo it lends, or the rows a reflection at the edge reads).
+    """
+    starts = np.cumsum((0,) + tuple(image_chunks))[:-1]
+    boundaries = sorted({-(-int(offset) // stride) for offset in starts}
+                        | {0})
+    boundaries = [b for b in boundaries if b < out_size]
+    smallest = max(before, after, smallest, 1)
+    while True:
+        edges = [0] + [b * stride for b in boundaries[1:]] + [size]
+        cores = np.diff(edges).tolist()
+        small = [i for i, rows in enumerate(cores) if rows < smallest]
+        if not small or len(boundaries) == 1:
+            break
+        index = small[0]
+        del boundaries[index + 1 if index + 1 < len(boundaries) else index]
+    return tuple(np.diff(boundaries + [out_size]).tolist()), tuple(cores)
+
+
 def _in_distributed_worker() -> bool:
     distributed = sys.modules.get("distributed")
     if distributed is None:
@@ -185,6 +212,37 @@ def _one_thread_per_task():
         yield
     finally:
         numba.set_num_threads(previous)
+
+
+def _filter_edge_block(block, kernel, stride, method, backend, mode,
+                       edge_pads, block_info=None):
+    """One output block from an image block and its halo.
+
+    Sides of the block that are the image's edges get their padding here
+    (numpy.pad's rule, applied to the block: it holds every row the rule
+    reads); ``edge_pads`` is ((top, bottom), (left, right)) for those sides.
+    """
+    location = block_info[0]["chunk-location"]
+    counts = block_info[0]["num-chunks"]
+    out_rows, out_cols = block_info[None]["chunk-shape"][:2]
+    pads = []
+    for axis in (0, 1):
+        first = location[axis] == 0
+        last = location[axis] == counts[axis] - 1
+        pads.append((edge_pads[axis][0] if first else 0,
+                     edge_pads[axis][1] if last else 0))
+    (top, bottom), (left, right) = pads
+    image3 = block if block.ndim == 3 else block[:, :, None]
+    out_shape = tuple(_shapes.conv_output_size(
+        image3.shape[axis], kernel.shape[axis], stride[axis], *pads[axis], 1)
+        for axis in (0, 1))
+    with _one_thread_per_task():
+        result = _filters._filter(image3, kernel, stride,
+                                  (top, left, bottom, right), mode, method,
+                                  backend, out_shape)
+    # a last block may hold rows past the last one an output reads
+    result = result[:out_rows, :out_cols]
+    return result if block.ndim == 3 else result[:, :, 0]
 
 
 def _filter_block(block, kernel, stride, method, backend):
@@ -237,6 +295,16 @@ def filter2d(darr, kernel, *, stride=1, padding="same", boundary="zero",
     _validate.nonempty_output(out_height, out_width, "filter2d")
 
     image = darr.astype(compute_dtype) if darr.dtype != compute_dtype else darr
+    meta = np.empty((0,) * darr.ndim, dtype=compute_dtype)
+    if mode != "wrap":
+        # The padding at an edge comes from rows next to it, so the blocks
+        # at the edges pad themselves: no padded array, no rechunk at
+        # stride 1. ('wrap' reads the far edge: it takes the padded array.)
+        result = _filter_with_edge_blocks(
+            dask_array, image, kernel, stride, (top, left, bottom, right),
+            mode, method, backend, (out_height, out_width), meta)
+        return result if result_dtype == compute_dtype else result.astype(
+            result_dtype)
     padded = _pad_axis(dask_array, image, 0, top, bottom, mode)
     padded = _pad_axis(dask_array, padded, 1, left, right, mode)
     # Only the padded rows/columns some output reads.
@@ -261,10 +329,37 @@ def filter2d(darr, kernel, *, stride=1, padding="same", boundary="zero",
     result = dask_array.map_overlap(
         _filter_block, padded, depth=depth, boundary="none", trim=False,
         chunks=out_chunks + padded.chunks[2:], dtype=compute_dtype,
-        meta=np.empty((0,) * darr.ndim, dtype=compute_dtype),
-        kernel=kernel, stride=stride, method=method, backend=backend)
+        meta=meta, kernel=kernel, stride=stride, method=method,
+        backend=backend)
     return result if result_dtype == compute_dtype else result.astype(
         result_dtype)
+
+
+def _filter_with_edge_blocks(dask_array, image, kernel, stride, pads, mode,
+                             method, backend, out_shape, meta):
+    """The map_overlap graph in which the edge blocks pad themselves."""
+    top, left, bottom, right = pads
+    plans, depth, edge_pads = [], {}, []
+    for axis, (pad_before, pad_after) in enumerate(((top, bottom),
+                                                   (left, right))):
+        size, taps = image.shape[axis], kernel.shape[axis]
+        # block j reads image rows [B_j s - top, (B_j+1 - 1) s + R - top)
+        after = max(0, taps - stride[axis] - pad_before)
+        end = (out_shape[axis] - 1) * stride[axis] + taps - pad_before
+        edge_pads.append((pad_before, max(0, end - size)))
+        plans.append(_edge_chunk_plan(
+            image.chunks[axis], out_shape[axis], stride[axis], pad_before,
+            after, max(pad_before, pad_after) + 1, size))
+        depth[axis] = (pad_before, after)
+    if image.ndim == 3:
+        depth[2] = (0, 0)
+    image = image.rechunk((plans[0][1], plans[1][1]) + image.chunks[2:])
+    return dask_array.map_overlap(
+        _filter_edge_block, image, depth=depth, boundary="none", trim=False,
+        chunks=(plans[0][0], plans[1][0]) + image.chunks[2:],
+        dtype=meta.dtype, meta=meta, kernel=kernel, stride=stride,
+        method=method, backend=backend, mode=mode,
+        edge_pads=tuple(edge_pads))
 
 
 # ------------------------------------------------------------------- predict

@@ -444,6 +444,23 @@ def filter2d(image, kernel, *, stride=1, padding="same", boundary="zero",
     if image3.dtype != compute_dtype:
         # one conversion of the whole image is cheaper than one per band
         image3 = image3.astype(compute_dtype)
+    out = _filter(image3, kernel, stride, (top, left, bottom, right), mode,
+                  method, backend, (out_height, out_width))
+    if was_2d:
+        out = out[:, :, 0]
+    return out if out.dtype == result_dtype else out.astype(result_dtype)
+
+
+def _filter(image3, kernel, stride, pads, mode, method, backend, out_shape):
+    """filter2d on checked arguments: (H, W, C) in, (H_out, W_out, C) out.
+
+    ``image3`` and ``kernel`` share a float dtype; ``pads`` is (top, left,
+    bottom, right) and may be asymmetric (fastconv.dask pads only the sides
+    of a block that are the image's edges); ``mode`` is a numpy.pad mode.
+    """
+    channels = image3.shape[2]
+    kernel_height = kernel.shape[0]
+    out_height, out_width = out_shape
     method = _choose_method(method, kernel)
     # Colour: rather than split (H, W, C) into planes and interleave the
     # result again (two strided copies), filter the rows as they lie, W * C
@@ -465,12 +482,8 @@ def filter2d(image, kernel, *, stride=1, padding="same", boundary="zero",
     # _choose_method): rare, and then only where the data is not finite.
     fallback = None if method == "depthwise" else _DepthwiseBands(
         kernel, band_channels, stride, backend, bands.band_rows, interleave)
-    out = _run_bands(image3, interleave, bands, fallback, stride,
-                     (top, left, bottom, right), mode, kernel_height,
-                     (out_height, out_width))
-    if was_2d:
-        out = out[:, :, 0]
-    return out if out.dtype == result_dtype else out.astype(result_dtype)
+    return _run_bands(image3, interleave, bands, fallback, stride, pads,
+                      mode, kernel_height, out_shape)
 
 
 def _run_bands(image, interleave, bands, fallback, stride, pads, mode,
