@@ -3,6 +3,7 @@
     pytest benchmarks/bench_filters.py --benchmark-only
     python benchmarks/bench_filters.py                  # the ratio table
     python benchmarks/bench_filters.py --dask           # + the Dask table
+    python benchmarks/bench_filters.py --memory         # peak memory, 4096^2
 
 Every case filters a 2048 x 2048 float32 image, grayscale ``(H, W)`` or
 colour ``(H, W, 3)``, with a dense random R x R kernel (not separable, so
@@ -26,6 +27,11 @@ The Dask cases filter a 4096 x 4096 float32 dask array in 1024 x 1024 chunks
 on a ``distributed.LocalCluster`` (2 worker processes, 1 thread each) with
 ``fastconv.dask.filter2d`` and ``dask_image.ndfilters.correlate``, same array,
 same cluster, same kernel and boundary.
+
+``--memory`` filters a 4096 x 4096 float32 image (64 MiB) with 9 x 9 and
+31 x 31 kernels, each in a fresh process, and prints the peak of Python-
+visible allocations (tracemalloc) and the growth of the process's peak
+resident memory during the call, beside the sizes of input and output.
 """
 
 from __future__ import annotations
@@ -175,6 +181,43 @@ def test_dask_filter2d(benchmark, dask_cluster, size, name):
 
 # --------------------------------------------------------------- script mode
 
+MEMORY_CASES = (("9", "auto"), ("9", "direct"), ("31", "auto"))
+
+
+def memory_case(size, method):
+    """Filter 4096^2 float32 with a size x size kernel; print the peaks."""
+    import resource
+    import tracemalloc
+
+    image = make_image(4096, False)
+    kernel = make_kernel(size)
+    filter2d(image[:256, :256], kernel, method=method)  # load the kernels
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    tracemalloc.start()
+    start = time.perf_counter()
+    result = filter2d(image, kernel, method=method)
+    seconds = time.perf_counter() - start
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - \
+        baseline
+    mib = 2**20
+    print(f"{size}x{size} method={method:<6} input {image.nbytes / mib:.0f} "
+          f"MiB, output {result.nbytes / mib:.0f} MiB; peak allocations "
+          f"{peak / mib:.0f} MiB (= output + {(peak - result.nbytes) / mib:.0f}"
+          f" MiB scratch), peak RSS grew {grown / mib:.0f} MiB; "
+          f"{seconds:.2f} s")
+
+
+def memory_table():
+    import subprocess
+    import sys
+
+    for size, method in MEMORY_CASES:
+        subprocess.run([sys.executable, __file__, "--memory-case", size,
+                        method], check=True)
+
+
 def time_side_by_side(calls, rounds):
     """Median seconds per name, the names alternating within each round."""
     for call in calls.values():
@@ -217,7 +260,17 @@ def main(argv=None):
                         default="both")
     parser.add_argument("--dask", action="store_true",
                         help="also time fastconv.dask against dask_image")
+    parser.add_argument("--memory", action="store_true",
+                        help="only measure peak memory on 4096^2 float32")
+    parser.add_argument("--memory-case", nargs=2, metavar=("SIZE", "METHOD"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.memory_case:
+        memory_case(int(args.memory_case[0]), args.memory_case[1])
+        return
+    if args.memory:
+        memory_table()
+        return
     sizes = [int(part) for part in args.kernels.split(",")]
     colours = {"gray": [False], "rgb": [True], "both": [False, True]}[
         args.colour]
