@@ -505,6 +505,12 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         _print_err("fastconv: interrupted")
         return 130
+    except BrokenPipeError:
+        # The reader went away (`fastconv info | head -1`): not an error of
+        # ours. Point stdout at devnull so the interpreter's final flush
+        # does not raise again.
+        sys.stdout = open(os.devnull, "w")
+        return 0
     except (ValueError, TypeError, OSError, RuntimeError) as exc:
         if os.environ.get("FASTCONV_DEBUG"):
             raise

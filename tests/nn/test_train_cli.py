@@ -139,3 +139,14 @@ def test_console_entry_point_in_a_subprocess(tmp_path):
     assert result.stderr.strip().startswith("fastconv: error:")
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_reader_that_stops_early_is_not_an_error(tmp_path):
+    """`fastconv filter --list-kernels | head -1`: no error line, status 0."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fastconv.cli", "filter", "--list-kernels"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    process.stdout.close()  # before the child writes a line
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+    assert b"error" not in stderr
