@@ -1,4 +1,4 @@
-"""fastconv on Dask arrays: filtering images larger than memory, batched inference.
+"""fastconv on Dask arrays: images larger than memory, batched inference.
 
 ``filter2d(darr, kernel, ...)`` returns a lazy dask array equal to
 ``fastconv.filter2d`` on the whole image: bit for bit with the naive
@@ -90,10 +90,10 @@ def _pad_axis(dask_array, array, axis, before, after, mode):
         if first < 0:
             shape = list(array.shape)
             shape[axis] = length
+            chunks = tuple(-1 if a == axis else array.chunks[a]
+                           for a in range(array.ndim))
             pieces.append(dask_array.zeros(shape, dtype=array.dtype,
-                                           chunks=tuple(
-                                               -1 if a == axis else array.chunks[a]
-                                               for a in range(array.ndim))))
+                                           chunks=chunks))
             continue
         if step == 0:
             index = [slice(None)] * array.ndim

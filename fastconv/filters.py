@@ -2,7 +2,8 @@
 
 ``filter2d`` is a cross-correlation (what CNN libraries call convolution):
 
-    out[i, j, c] = sum_{r, s} padded[i * stride_h + r, j * stride_w + s, c] * kernel[r, s]
+    out[i, j, c] = sum_{r, s} kernel[r, s]
+                   * padded[i * stride_h + r, j * stride_w + s, c]
 
 ``convolve2d`` is the true convolution, the same sum with the kernel flipped
 in both axes (``kernel[::-1, ::-1]``); for the symmetric kernels (blur,

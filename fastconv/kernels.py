@@ -170,7 +170,7 @@ def names() -> list[str]:
 
 
 def describe(name: str) -> str:
-    """One line saying what the named kernel does and which parameters it takes."""
+    """One line: what the named kernel does, which parameters it takes."""
     return _REGISTRY[_canonical(name)][1]
 
 

@@ -203,7 +203,7 @@ def test_chunk_plan_at_stride_one_follows_the_image_chunks():
 # ------------------------------------------------------------------ predict
 
 class LinearModel:
-    """logits = mean of each image plane times a weight: (n, C, H, W) -> (n, 3)."""
+    """logits = plane means times a weight: (n, C, H, W) -> (n, 3)."""
 
     def __init__(self):
         self.weight = np.array([[1.0, -2.0, 0.5], [0.25, 1.0, -1.0]],
