@@ -41,6 +41,16 @@ def backend(request) -> str:
     return request.param
 
 
+@pytest.fixture(params=[name for name in CPU_BACKENDS if name != "naive"])
+def compiled_backend(request) -> str:
+    """Each CPU backend but the naive reference (and 'auto').
+
+    For tests that compare a backend with the naive reference: the
+    reference itself is compared with PyTorch elsewhere.
+    """
+    return request.param
+
+
 @pytest.fixture(params=FLOAT_DTYPES, ids=["float32", "float64"])
 def dtype(request):
     return np.dtype(request.param)

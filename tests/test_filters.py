@@ -227,6 +227,28 @@ def test_same_matches_torch_for_odd_and_even_kernels(torch):
         close(filter2d(image, kernel), expected)
 
 
+# OpenCV's border names for ours; cv2.filter2D rejects BORDER_WRAP.
+CV2_BORDER = {"zero": "BORDER_CONSTANT", "reflect": "BORDER_REFLECT_101",
+              "symmetric": "BORDER_REFLECT", "replicate": "BORDER_REPLICATE"}
+
+
+@needs_compiled
+@pytest.mark.parametrize("boundary", sorted(CV2_BORDER))
+def test_photo_matches_opencv_filter2d(photo_small, boundary):
+    """OpenCV's filter2D is the usual alternative; it agrees on every border
+    it has. Its anchor ``((S - 1) // 2, (R - 1) // 2)`` centres even kernels
+    as PyTorch's 'same' does (its default anchor, S // 2, does not)."""
+    cv2 = pytest.importorskip("cv2")
+    image = photo_small.astype(np.float64)
+    rng = np.random.default_rng(11)
+    for shape in [(3, 3), (5, 5), (4, 4), (3, 6)]:
+        kernel = rng.standard_normal(shape)
+        anchor = ((shape[1] - 1) // 2, (shape[0] - 1) // 2)
+        expected = cv2.filter2D(image, -1, kernel, anchor=anchor,
+                                borderType=getattr(cv2, CV2_BORDER[boundary]))
+        close(filter2d(image, kernel, boundary=boundary), expected)
+
+
 @pytest.mark.parametrize("method", ["direct", "depthwise", "fft"])
 def test_methods_agree_on_a_larger_image(method):
     backend = COMPILED[0] if COMPILED else "naive"

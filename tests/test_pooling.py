@@ -13,7 +13,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastconv
-from fastconv.backends import backend_name, resolve
 
 # (id, x shape, keyword arguments) for max_pool2d. Small: naive is loops.
 MAX_POOL_CASES = [
@@ -424,10 +423,8 @@ POOL_SETTINGS = settings(max_examples=25, deadline=None, derandomize=True,
 @POOL_SETTINGS
 @given(geometry=pool_geometries(with_dilation=True),
        seed=st.integers(0, 2**32 - 1))
-def test_random_max_pool_matches_naive(geometry, seed, dtype, backend,
-                                       assert_close):
-    if backend_name(resolve("max_pool2d_forward", backend)) == "naive":
-        pytest.skip("the naive reference is checked against PyTorch instead")
+def test_random_max_pool_matches_naive(geometry, seed, dtype,
+                                       compiled_backend, assert_close):
     shape, kwargs = geometry
     if not _windows_reach_input(shape, kwargs):
         return
@@ -436,13 +433,13 @@ def test_random_max_pool_matches_naive(geometry, seed, dtype, backend,
     y_ref, indices_ref = fastconv.max_pool2d(x, **kwargs, return_indices=True,
                                              backend="naive")
     y, indices = fastconv.max_pool2d(x, **kwargs, return_indices=True,
-                                     backend=backend)
+                                     backend=compiled_backend)
     np.testing.assert_array_equal(y, y_ref)
     np.testing.assert_array_equal(indices, indices_ref)
     grad_output = rng.standard_normal(y.shape).astype(dtype)
     assert_close(
         fastconv.max_pool2d_backward(grad_output, indices, shape,
-                                     backend=backend),
+                                     backend=compiled_backend),
         fastconv.max_pool2d_backward(grad_output, indices, shape,
                                      backend="naive"), dtype)
 
@@ -451,19 +448,18 @@ def test_random_max_pool_matches_naive(geometry, seed, dtype, backend,
 @given(geometry=pool_geometries(with_dilation=False),
        count_include_pad=st.booleans(), seed=st.integers(0, 2**32 - 1))
 def test_random_avg_pool_matches_naive(geometry, count_include_pad, seed,
-                                       dtype, backend, assert_close):
-    if backend_name(resolve("avg_pool2d_forward", backend)) == "naive":
-        pytest.skip("the naive reference is checked against PyTorch instead")
+                                       dtype, compiled_backend, assert_close):
     shape, kwargs = geometry
     kwargs = dict(kwargs, count_include_pad=count_include_pad)
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(shape).astype(dtype)
     y_ref = fastconv.avg_pool2d(x, **kwargs, backend="naive")
-    assert_close(fastconv.avg_pool2d(x, **kwargs, backend=backend), y_ref, dtype)
+    assert_close(fastconv.avg_pool2d(x, **kwargs, backend=compiled_backend),
+                 y_ref, dtype)
     grad_output = rng.standard_normal(y_ref.shape).astype(dtype)
     assert_close(
         fastconv.avg_pool2d_backward(grad_output, shape, **kwargs,
-                                     backend=backend),
+                                     backend=compiled_backend),
         fastconv.avg_pool2d_backward(grad_output, shape, **kwargs,
                                      backend="naive"), dtype)
 
