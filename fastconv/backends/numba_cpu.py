@@ -31,6 +31,7 @@ from fastconv.backends._numba_conv import (
     conv2d_backward_kernel,
     conv2d_forward_kernel,
 )
+from fastconv.backends._numba_depthwise import depthwise_forward_kernel
 from fastconv.backends._numba_dropout import (
     dropout_apply_kernel,
     dropout_mask_kernel,
@@ -76,9 +77,38 @@ def _tile_rows(g, itemsize: int, n_chunks: int, buffers_per_chunk: int) -> int:
 
 # --------------------------------------------------------------- convolution
 
+def _is_depthwise(g) -> bool:
+    """One input channel per group (weight (K, 1, R, S), K a multiple of C)."""
+    return g.in_channels == g.groups
+
+
+def _depthwise_tile_rows(g, n_threads: int) -> int:
+    """Output rows per work item of the depthwise kernel: whole planes, or
+    tiles of a plane when the planes do not divide evenly among threads."""
+    planes = g.batch * g.out_channels
+    tiles_per_plane = n_threads // math.gcd(planes, n_threads)
+    return max(1, math.ceil(g.out_height / tiles_per_plane))
+
+
 def conv2d_forward(x, weight, bias, g):
     """y (N, K, OH, OW) = conv2d(x, weight) + bias, in x's dtype."""
     g = _as_ints(g)
+    if _is_depthwise(g):
+        return _depthwise_forward(x, weight, bias, g)
+    return _im2col_forward(x, weight, bias, g)
+
+
+def _depthwise_forward(x, weight, bias, g):
+    y = np.empty(g.output_shape, dtype=x.dtype)
+    if bias is None:
+        bias = np.empty(0, dtype=x.dtype)
+    depthwise_forward_kernel(_flat(x), _flat(weight), _flat(bias),
+                             y.reshape(-1), g,
+                             _depthwise_tile_rows(g, numba.get_num_threads()))
+    return y
+
+
+def _im2col_forward(x, weight, bias, g):
     y = np.empty(g.output_shape, dtype=x.dtype)
     direct = _is_pointwise(g)
     n_threads = numba.get_num_threads()
