@@ -190,7 +190,7 @@ def _choose_method(method, kernel):
     band, from the band's result (see ``_run_bands``).
     """
     if method == "auto":
-        method = "fft" if kernel.size >= FFT_MIN_TAPS else "direct"
+        method = "fft" if kernel.size >= FFT_MIN_TAPS else "depthwise"
     if not np.isfinite(kernel).all():
         method = "depthwise"
     return method
@@ -471,6 +471,10 @@ def _filter(image3, kernel, stride, pads, mode, method, backend, out_shape):
     # stride then needs whole pixels, which only the FFT path subsamples.
     interleave = channels if channels > 1 and (
         stride[1] == 1 or method == "fft") else 1
+    if method == "depthwise" and _in_place_depthwise_fits(
+            image3, kernel, pads, mode, interleave):
+        return _depthwise_in_place(image3, kernel, stride, pads, interleave,
+                                   backend)
     band_channels = 1 if interleave > 1 else channels
     if method == "fft":
         bands = _FFTBands(kernel, band_channels, stride, out_height,
@@ -487,6 +491,44 @@ def _filter(image3, kernel, stride, pads, mode, method, backend, out_shape):
         kernel, band_channels, stride, backend, bands.band_rows, interleave)
     return _run_bands(image3, interleave, bands, fallback, stride, pads,
                       mode, kernel_height, out_shape)
+
+
+def _in_place_depthwise_fits(image, kernel, pads, mode, interleave):
+    """Whether the whole image can go through one depthwise conv2d as it
+    lies in memory, with no band copies (``_depthwise_in_place``).
+
+    conv2d pads with zeros only, so the boundary must be 'zero' (or there be
+    no padding); the rows must be the image's own memory, one channel or C
+    interleaved ones. A non-finite kernel goes through the bands, whose
+    materialised zero padding gives 0 * inf = NaN exactly as the definition
+    does (a backend that skips padded taps would not).
+    """
+    return ((mode == "constant" or not any(pads))
+            and image.flags.c_contiguous
+            and (image.shape[2] == 1 or interleave > 1)
+            and bool(np.isfinite(kernel).all()))
+
+
+def _depthwise_in_place(image, kernel, stride, pads, interleave, backend):
+    """filter2d as one depthwise conv2d on the image itself.
+
+    image (H, W, C) C-contiguous, seen as one (1, 1, H, W * C) plane; with C
+    interleaved channels the kernel's columns are C values apart (dilation
+    C) and the column padding is C values per pixel. The backend pads with
+    zeros and bounds its own scratch (none on the Numba backend), so the
+    result is the only allocation. Returns (H_out, W_out, C).
+    """
+    height, width, channels = image.shape
+    top, left, bottom, right = pads
+    x = image.reshape(1, 1, height, width * channels)
+    weight = np.ascontiguousarray(kernel).reshape((1, 1) + kernel.shape)
+    geometry = _shapes.conv_geometry(
+        x.shape, weight.shape, stride,
+        (top, left * interleave, bottom, right * interleave),
+        (1, interleave), 1)
+    y = resolve("conv2d_forward", backend).conv2d_forward(x, weight, None,
+                                                          geometry)
+    return y.reshape(geometry.out_height, -1, channels)
 
 
 def _run_bands(image, interleave, bands, fallback, stride, pads, mode,

@@ -40,8 +40,45 @@ def _add_tap(y, dst, x, src, weight, lo, hi, stride_w):
             y[_u(dst + ow)] += weight * x[_u(src + ow * stride_w)]
 
 
+@numba.njit(cache=config.NUMBA_CACHE, nogil=True)
+def _add_three_taps(y, dst, x, src, dilation_w, w0, w1, w2, lo, hi,
+                    stride_w):
+    """Three adjacent taps (``dilation_w`` apart) in one sweep over [lo, hi):
+    one load and store of y per three products."""
+    src1 = src + dilation_w
+    src2 = src1 + dilation_w
+    if stride_w == 1:
+        for ow in range(lo, hi):
+            y[_u(dst + ow)] += (w0 * x[_u(src + ow)] + w1 * x[_u(src1 + ow)]
+                                + w2 * x[_u(src2 + ow)])
+    else:
+        for ow in range(lo, hi):
+            i = ow * stride_w
+            y[_u(dst + ow)] += (w0 * x[_u(src + i)] + w1 * x[_u(src1 + i)]
+                                + w2 * x[_u(src2 + i)])
+
+
+@numba.njit(cache=config.NUMBA_CACHE, nogil=True)
+def _add_tap_triple(y, dst, x, src, dilation_w, weight, first_weight, lo, hi,
+                    s, stride_w):
+    """Taps s, s + 1, s + 2 of one kernel row: fused where all three are
+    valid, one by one on the edges where only some are."""
+    both_lo = max(lo[s], lo[s + 1], lo[s + 2])
+    both_hi = max(both_lo, min(hi[s], hi[s + 1], hi[s + 2]))
+    for t in range(3):
+        tap_src = src + t * dilation_w
+        tap_weight = weight[first_weight + t]
+        _add_tap(y, dst, x, tap_src, tap_weight, lo[s + t],
+                 max(lo[s + t], min(hi[s + t], both_lo)), stride_w)
+        _add_tap(y, dst, x, tap_src, tap_weight,
+                 min(hi[s + t], max(lo[s + t], both_hi)), hi[s + t], stride_w)
+    _add_three_taps(y, dst, x, src, dilation_w, weight[first_weight],
+                    weight[first_weight + 1], weight[first_weight + 2],
+                    both_lo, both_hi, stride_w)
+
+
 @numba.njit(parallel=True, cache=config.NUMBA_CACHE)
-def depthwise_forward_kernel(x, weight, bias, y, g, tile_rows):
+def depthwise_forward_kernel(x, weight, bias, y, g, tile_rows, fuse_taps):
     """y = depthwise conv(x, weight) + bias, all flat (see module docstring).
 
     Work items are (image, output channel, tile of ``tile_rows`` output rows),
@@ -83,7 +120,14 @@ def depthwise_forward_kernel(x, weight, bias, y, g, tile_rows):
                     continue
                 # may be negative; every index read from it is not
                 row = x_plane + ih * in_w - pad_left
-                for s in range(taps_s):
+                s = 0
+                while fuse_taps and s + 2 < taps_s:
+                    _add_tap_triple(y, dst, x, row + s * dilation_w,
+                                    dilation_w, weight,
+                                    first_weight + r * taps_s + s, lo, hi, s,
+                                    stride_w)
+                    s += 3
+                for s in range(s, taps_s):
                     _add_tap(y, dst, x, row + s * dilation_w,
                              weight[first_weight + r * taps_s + s],
                              lo[s], hi[s], stride_w)

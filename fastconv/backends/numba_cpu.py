@@ -50,6 +50,14 @@ __all__ = [
 ]
 
 
+#: The depthwise kernel sweeps three taps at once over output rows at least
+#: this wide (fewer loads and stores of the row); narrower rows go tap by tap,
+#: the edge loops of a fused sweep costing more than it saves there. Measured
+#: (benchmarks/bench_filters.py --depthwise-conv, 2 threads): fused 0.7-0.95x
+#: as fast at widths 56-224, 1.0-1.3x at 512, 1.1-1.4x at 2048.
+DEPTHWISE_FUSED_TAPS_MIN_WIDTH = 512
+
+
 def _as_ints(geometry):
     """The geometry with plain Python ints, so the kernels see one type."""
     return type(geometry)(*(int(value) for value in geometry))
@@ -102,9 +110,10 @@ def _depthwise_forward(x, weight, bias, g):
     y = np.empty(g.output_shape, dtype=x.dtype)
     if bias is None:
         bias = np.empty(0, dtype=x.dtype)
-    depthwise_forward_kernel(_flat(x), _flat(weight), _flat(bias),
-                             y.reshape(-1), g,
-                             _depthwise_tile_rows(g, numba.get_num_threads()))
+    depthwise_forward_kernel(
+        _flat(x), _flat(weight), _flat(bias), y.reshape(-1), g,
+        _depthwise_tile_rows(g, numba.get_num_threads()),
+        g.out_width >= DEPTHWISE_FUSED_TAPS_MIN_WIDTH)
     return y
 
 
