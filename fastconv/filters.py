@@ -471,10 +471,10 @@ def _filter(image3, kernel, stride, pads, mode, method, backend, out_shape):
     # stride then needs whole pixels, which only the FFT path subsamples.
     interleave = channels if channels > 1 and (
         stride[1] == 1 or method == "fft") else 1
-    if method == "depthwise" and _in_place_depthwise_fits(
-            image3, kernel, pads, mode, interleave):
-        return _depthwise_in_place(image3, kernel, stride, pads, interleave,
-                                   backend)
+    if method == "depthwise" and _in_place_depthwise_fits(image3, kernel,
+                                                          interleave):
+        return _depthwise_in_place(image3, kernel, stride, pads, mode,
+                                   interleave, backend)
     band_channels = 1 if interleave > 1 else channels
     if method == "fft":
         bands = _FFTBands(kernel, band_channels, stride, out_height,
@@ -493,42 +493,91 @@ def _filter(image3, kernel, stride, pads, mode, method, backend, out_shape):
                       mode, kernel_height, out_shape)
 
 
-def _in_place_depthwise_fits(image, kernel, pads, mode, interleave):
-    """Whether the whole image can go through one depthwise conv2d as it
-    lies in memory, with no band copies (``_depthwise_in_place``).
+def _in_place_depthwise_fits(image, kernel, interleave):
+    """Whether ``_depthwise_in_place`` can filter this image: its rows are
+    the image's own memory, one channel or C interleaved ones.
 
-    conv2d pads with zeros only, so the boundary must be 'zero' (or there be
-    no padding); the rows must be the image's own memory, one channel or C
-    interleaved ones. A non-finite kernel goes through the bands, whose
-    materialised zero padding gives 0 * inf = NaN exactly as the definition
-    does (a backend that skips padded taps would not).
+    A non-finite kernel goes through the bands instead, whose materialised
+    zero padding gives 0 * inf = NaN exactly as the definition does (a
+    backend that skips padded taps would not).
     """
-    return ((mode == "constant" or not any(pads))
-            and image.flags.c_contiguous
+    return (image.flags.c_contiguous
             and (image.shape[2] == 1 or interleave > 1)
             and bool(np.isfinite(kernel).all()))
 
 
-def _depthwise_in_place(image, kernel, stride, pads, interleave, backend):
-    """filter2d as one depthwise conv2d on the image itself.
-
-    image (H, W, C) C-contiguous, seen as one (1, 1, H, W * C) plane; with C
-    interleaved channels the kernel's columns are C values apart (dilation
-    C) and the column padding is C values per pixel. The backend pads with
-    zeros and bounds its own scratch (none on the Numba backend), so the
-    result is the only allocation. Returns (H_out, W_out, C).
-    """
-    height, width, channels = image.shape
+def _depthwise(x, kernel, stride, pads, interleave, backend):
+    """One depthwise conv2d of a (1, 1, rows, values) plane of ``interleave``
+    interleaved channels (kernel columns ``interleave`` values apart), zero
+    padded by ``pads`` pixels; returns (1, 1, out_rows, out_values)."""
     top, left, bottom, right = pads
-    x = image.reshape(1, 1, height, width * channels)
     weight = np.ascontiguousarray(kernel).reshape((1, 1) + kernel.shape)
     geometry = _shapes.conv_geometry(
         x.shape, weight.shape, stride,
         (top, left * interleave, bottom, right * interleave),
         (1, interleave), 1)
-    y = resolve("conv2d_forward", backend).conv2d_forward(x, weight, None,
-                                                          geometry)
-    return y.reshape(geometry.out_height, -1, channels)
+    return resolve("conv2d_forward", backend).conv2d_forward(x, weight, None,
+                                                             geometry)
+
+
+def _edge_ranges(size, kernel, stride, before, out_size):
+    """(first, stop): outputs ``[0, first)`` read padding before the image,
+    ``[stop, out_size)`` padding after it, the ones between only the image."""
+    first = min(out_size, -(-before // stride))
+    stop = -(-(size + before - kernel + 1) // stride)
+    return first, max(first, min(out_size, stop))
+
+
+def _depthwise_in_place(image, kernel, stride, pads, mode, interleave,
+                        backend):
+    """filter2d as one depthwise conv2d on the image itself, no band copies.
+
+    image (H, W, C) C-contiguous, seen as one (1, 1, H, W * C) plane; with C
+    interleaved channels the kernel's columns are C values apart. conv2d pads
+    with zeros, which is the whole answer for the 'zero' boundary; for the
+    others only the outputs whose windows reach into the padding are wrong,
+    and they are recomputed from small padded copies of the edges: full-width
+    slabs of rows at the top and bottom, and columns strips at the left and
+    right of the rows between. The backend bounds its own scratch (none on
+    the Numba backend), so besides the result only the edges are allocated.
+    Returns (H_out, W_out, C).
+    """
+    height, width, channels = image.shape
+    y = _depthwise(image.reshape(1, 1, height, width * channels), kernel,
+                   stride, pads, interleave, backend)
+    out = y.reshape(y.shape[2], -1, channels)
+    if mode == "constant" or not any(pads):
+        return out
+    top, left, bottom, right = pads
+    kernel_height, kernel_width = kernel.shape
+    out_height, out_width = out.shape[:2]
+    row_map = _index_map(height, top, bottom, mode)
+    col_map = _index_map(width, left, right, mode)
+    first_row, stop_row = _edge_ranges(height, kernel_height, stride[0], top,
+                                       out_height)
+    first_col, stop_col = _edge_ranges(width, kernel_width, stride[1], left,
+                                       out_width)
+
+    def recompute(rows, cols):
+        """out[rows, cols] from the padded image's rows and columns that
+        those outputs read (a 'valid' correlation of a padded copy)."""
+        if rows.start >= rows.stop or cols.start >= cols.stop:
+            return
+        padded = np.ascontiguousarray(image[np.ix_(
+            row_map[rows.start * stride[0]:(rows.stop - 1) * stride[0]
+                    + kernel_height],
+            col_map[cols.start * stride[1]:(cols.stop - 1) * stride[1]
+                    + kernel_width])])
+        part = _depthwise(padded.reshape(1, 1, padded.shape[0], -1), kernel,
+                          stride, (0, 0, 0, 0), interleave, backend)
+        out[rows, cols] = part.reshape(rows.stop - rows.start, -1, channels)
+
+    every_col = slice(0, out_width)
+    recompute(slice(0, first_row), every_col)
+    recompute(slice(stop_row, out_height), every_col)
+    recompute(slice(first_row, stop_row), slice(0, first_col))
+    recompute(slice(first_row, stop_row), slice(stop_col, out_width))
+    return out
 
 
 def _run_bands(image, interleave, bands, fallback, stride, pads, mode,

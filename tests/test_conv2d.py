@@ -319,3 +319,180 @@ def test_identity_kernel_returns_input(dtype, backend):
         weight[channel, channel, 1, 1] = 1.0
     y = fastconv.conv2d(x, weight, padding=1, backend=backend)
     np.testing.assert_array_equal(y, x)
+
+
+# ------------------------------------------ Numba's direct depthwise kernel
+#
+# One input channel per group (weight (K, 1, R, S)) runs the Numba backend's
+# direct kernel (fastconv.backends._numba_depthwise) rather than im2col + GEMM.
+
+DEPTHWISE_CASES = [
+    # (id, x shape, weight shape, keyword arguments, with bias)
+    ("plain", (2, 3, 9, 10), (3, 1, 3, 3), dict(groups=3, padding=1), True),
+    ("stride2", (2, 4, 11, 12), (4, 1, 3, 3),
+     dict(groups=4, stride=2, padding=1), False),
+    ("stride_pair_dilated", (1, 2, 13, 14), (2, 1, 3, 2),
+     dict(groups=2, stride=(2, 3), dilation=(2, 3), padding=(2, 1)), True),
+    ("same_even_kernel", (1, 2, 7, 8), (2, 1, 4, 2),
+     dict(groups=2, padding="same"), True),
+    ("same_dilated", (2, 2, 8, 9), (2, 1, 3, 5),
+     dict(groups=2, padding="same", dilation=(1, 2)), False),
+    ("multiplier3", (2, 2, 7, 8), (6, 1, 3, 3),
+     dict(groups=2, padding=(1, 2)), True),
+    ("single_plane", (1, 1, 17, 19), (1, 1, 5, 5), dict(padding=2), True),
+    ("single_plane_strided", (1, 1, 16, 21), (1, 1, 3, 4),
+     dict(stride=(3, 2), padding=(0, 3)), False),
+    ("image_smaller_than_kernel", (1, 2, 2, 3), (2, 1, 5, 5),
+     dict(groups=2, padding=3), True),
+    ("window_in_padding_only", (1, 1, 1, 1), (1, 1, 3, 3),
+     dict(padding=4), True),
+    ("kernel_wider_than_row", (2, 3, 4, 2), (3, 1, 1, 7),
+     dict(groups=3, padding=(0, 3)), False),
+    ("valid_1x1", (2, 3, 5, 6), (3, 1, 1, 1), dict(groups=3), True),
+    ("long_kernel_rows", (1, 2, 6, 40), (4, 1, 2, 11),
+     dict(groups=2, padding=(1, 5), dilation=(1, 2)), True),
+]
+DEPTHWISE_IDS = [case[0] for case in DEPTHWISE_CASES]
+DEPTHWISE_BY_ID = {case[0]: case for case in DEPTHWISE_CASES}
+
+
+@pytest.fixture
+def numba_backend():
+    from fastconv.backends import is_available
+
+    if not is_available("numba"):
+        pytest.skip("the numba backend is not available here")
+    from fastconv.backends import numba_cpu
+
+    return numba_cpu
+
+
+@pytest.fixture
+def depthwise_calls(numba_backend, monkeypatch):
+    """Counts the calls of the direct depthwise kernel, so a test can check
+    that its conv2d did not run on the im2col path."""
+    calls = []
+    kernel = numba_backend.depthwise_forward_kernel
+
+    def counted(*args):
+        calls.append(args[4])  # the geometry
+        return kernel(*args)
+
+    monkeypatch.setattr(numba_backend, "depthwise_forward_kernel", counted)
+    return calls
+
+
+def depthwise_inputs(case_id, dtype, random_array):
+    _, x_shape, weight_shape, kwargs, with_bias = DEPTHWISE_BY_ID[case_id]
+    x = random_array(x_shape, dtype, "depthwise x", case_id)
+    weight = random_array(weight_shape, dtype, "depthwise weight", case_id)
+    bias = (random_array(weight_shape[0], dtype, "depthwise bias", case_id)
+            if with_bias else None)
+    return x, weight, bias, kwargs
+
+
+@pytest.mark.parametrize("fused_taps", [False, True],
+                         ids=["tap_by_tap", "fused_taps"])
+@pytest.mark.parametrize("case_id", DEPTHWISE_IDS)
+def test_numba_depthwise_kernel_matches_naive(case_id, fused_taps, dtype,
+                                              random_array, numba_backend,
+                                              depthwise_calls, monkeypatch,
+                                              assert_close):
+    # Both inner loops on every case: the three-tap sweep normally starts
+    # at rows 512 wide, longer than these.
+    monkeypatch.setattr(numba_backend, "DEPTHWISE_FUSED_TAPS_MIN_WIDTH",
+                        0 if fused_taps else 2**62)
+    x, weight, bias, kwargs = depthwise_inputs(case_id, dtype, random_array)
+    expected = fastconv.conv2d(x, weight, bias, **kwargs, backend="naive")
+    y = fastconv.conv2d(x, weight, bias, **kwargs, backend="numba")
+    assert len(depthwise_calls) == 1, "conv2d did not run the direct kernel"
+    assert y.dtype == dtype
+    assert_close(y, expected, dtype, what=f"depthwise {case_id}")
+
+
+def test_numba_depthwise_matches_torch(torch, random_array, numba_backend,
+                                       depthwise_calls, assert_close):
+    x, weight, bias, kwargs = depthwise_inputs("stride_pair_dilated",
+                                               np.dtype(np.float64),
+                                               random_array)
+    expected = torch.nn.functional.conv2d(
+        torch.from_numpy(x), torch.from_numpy(weight), torch.from_numpy(bias),
+        **kwargs).numpy()
+    assert_close(fastconv.conv2d(x, weight, bias, **kwargs, backend="numba"),
+                 expected, what="depthwise vs torch")
+    assert depthwise_calls
+
+
+@pytest.mark.parametrize("tile_rows", [1, 2, 3, 7, 100])
+def test_numba_depthwise_row_tiles_cover_the_plane(tile_rows, dtype,
+                                                   random_array,
+                                                   numba_backend,
+                                                   assert_close):
+    """A single plane split into row tiles (what two or more threads get),
+    whatever the thread count of this machine: every tile size, a last tile
+    shorter than the others included, gives the whole result."""
+    from fastconv import _shapes
+
+    x = random_array((1, 1, 23, 31), dtype, "tiles x")
+    weight = random_array((1, 1, 3, 5), dtype, "tiles weight")
+    bias = random_array(1, dtype, "tiles bias")
+    expected = fastconv.conv2d(x, weight, bias, stride=(2, 1),
+                               padding=(1, 2), backend="naive")
+    g = numba_backend._as_ints(_shapes.conv_geometry(
+        x.shape, weight.shape, (2, 1), (1, 2, 1, 2), (1, 1), 1))
+    y = np.full(g.output_shape, np.nan, dtype=dtype)
+    numba_backend.depthwise_forward_kernel(
+        x.reshape(-1), weight.reshape(-1), bias, y.reshape(-1), g, tile_rows,
+        True)
+    assert_close(y, expected, dtype, what=f"tiles of {tile_rows} rows")
+
+
+def test_numba_depthwise_splits_a_single_plane_among_threads(numba_backend):
+    from fastconv import _shapes
+
+    g = _shapes.conv_geometry((1, 1, 2048, 2048), (1, 1, 3, 3), (1, 1),
+                              (1, 1, 1, 1), (1, 1), 1)
+    assert numba_backend._depthwise_tile_rows(g, 2) == 1024
+    assert numba_backend._depthwise_tile_rows(g, 1) == 2048
+    # 3 planes on 2 threads: 6 half planes share evenly; 32 planes do already
+    g3 = g._replace(in_channels=3, out_channels=3, groups=3)
+    assert numba_backend._depthwise_tile_rows(g3, 2) == 1024
+    g32 = g._replace(batch=32)
+    assert numba_backend._depthwise_tile_rows(g32, 2) == 2048
+
+
+def test_numba_depthwise_takes_strided_input(dtype, random_array,
+                                             numba_backend, depthwise_calls,
+                                             assert_close):
+    base = random_array((2, 6, 15, 16), dtype, "strided depthwise")
+    x = base[:, ::2, 1::2, ::-1]                 # (2, 3, 7, 16), not contiguous
+    weight = random_array((3, 1, 3, 3), dtype, "strided depthwise weight")
+    expected = fastconv.conv2d(np.ascontiguousarray(x), weight, padding=1,
+                               groups=3, backend="naive")
+    y = fastconv.conv2d(x, weight, padding=1, groups=3, backend="numba")
+    assert depthwise_calls
+    assert_close(y, expected, dtype, what="strided input")
+
+
+def test_numba_depthwise_keeps_a_non_finite_pixel_in_its_windows(
+        numba_backend, depthwise_calls):
+    """The kernel skips padded taps and multiplies only real pixels, so an
+    inf pixel makes inf or NaN exactly the outputs whose windows hold it."""
+    x = np.ones((1, 1, 9, 9))
+    x[0, 0, 4, 6] = np.inf
+    weight = np.ones((1, 1, 3, 3))
+    y = fastconv.conv2d(x, weight, padding=1, backend="numba")
+    expected_bad = np.zeros((9, 9), dtype=bool)
+    expected_bad[3:6, 5:8] = True
+    np.testing.assert_array_equal(~np.isfinite(y[0, 0]), expected_bad)
+    assert depthwise_calls
+
+
+def test_grouped_conv_with_several_channels_per_group_uses_im2col(
+        random_array, numba_backend, depthwise_calls, assert_close):
+    x = random_array((1, 4, 6, 6), np.dtype(np.float64), "grouped x")
+    weight = random_array((4, 2, 3, 3), np.dtype(np.float64), "grouped w")
+    y = fastconv.conv2d(x, weight, padding=1, groups=2, backend="numba")
+    assert not depthwise_calls
+    assert_close(y, fastconv.conv2d(x, weight, padding=1, groups=2,
+                                    backend="naive"), what="groups=2")
