@@ -215,6 +215,74 @@ def test_every_backend_and_method_matches_the_definition(backend, dtype,
               dtype)
 
 
+# The depthwise method filters the image in place (one conv2d of the whole
+# image, zero padded, then the outputs that read padding recomputed from
+# padded copies of the edges): every boundary, stride, asymmetric pads (as
+# fastconv.dask passes them), images smaller than the kernel, colour.
+IN_PLACE_CASES = [
+    # (image shape, kernel shape, stride, (top, left, bottom, right))
+    ((13, 17), (3, 3), (1, 1), (1, 1, 1, 1)),
+    ((13, 17, 3), (5, 4), (1, 1), (2, 1, 2, 2)),
+    ((16, 15), (3, 5), (2, 3), (1, 2, 1, 2)),
+    ((16, 15, 2), (4, 3), (3, 1), (0, 1, 3, 0)),
+    ((12, 14), (3, 3), (1, 1), (0, 0, 2, 2)),      # one-sided, as dask edges
+    ((4, 5), (7, 6), (1, 1), (3, 2, 3, 3)),        # image smaller than kernel
+    ((3, 2, 3), (5, 5), (2, 1), (4, 4, 4, 4)),     # pads wider than the image
+    ((20, 9), (1, 9), (1, 1), (0, 4, 0, 4)),
+]
+
+
+@pytest.mark.parametrize("case", IN_PLACE_CASES, ids=str)
+def test_depthwise_in_place_matches_the_definition(compiled_backend, case,
+                                                   monkeypatch):
+    image_shape, kernel_shape, stride, pads = case
+    rng = np.random.default_rng(zlib.crc32(repr(case).encode()))
+    image = rng.standard_normal(image_shape)
+    kernel = rng.standard_normal(kernel_shape)
+    image3 = image if image.ndim == 3 else image[:, :, None]
+    in_place = []
+    original = filters._depthwise_in_place
+    monkeypatch.setattr(filters, "_depthwise_in_place", lambda *args: (
+        in_place.append(1), original(*args))[1])
+    rows, cols = (-(-(image_shape[axis] + pads[axis] + pads[axis + 2]
+                      - kernel_shape[axis] + 1) // stride[axis])
+                  for axis in (0, 1))
+    for boundary in BOUNDARIES:
+        result = filters._filter(image3, kernel, stride, pads,
+                                 filters.BOUNDARIES[boundary], "depthwise",
+                                 compiled_backend, (rows, cols))
+        expected = numpy_reference(image, kernel, stride, pads, boundary)
+        close(result if image.ndim == 3 else result[:, :, 0], expected)
+    assert len(in_place) == len(BOUNDARIES)
+
+
+def test_auto_runs_small_kernels_depthwise_in_place(monkeypatch):
+    """'auto' below FFT_MIN_TAPS taps: no band is gathered at all."""
+    def no_bands(*args):
+        raise AssertionError("filter2d gathered bands")
+
+    monkeypatch.setattr(filters, "_run_bands", no_bands)
+    rng = np.random.default_rng(5)
+    image = rng.random((40, 30, 3)).astype(np.float32)
+    kernel = rng.standard_normal((5, 5))
+    for boundary in BOUNDARIES:
+        close(filter2d(image, kernel, boundary=boundary),
+              numpy_reference(image, kernel, boundary=boundary), np.float32)
+
+
+def test_a_non_finite_kernel_with_zero_padding_follows_the_definition():
+    """0 * inf is NaN: the padding's zeros times an inf weight give NaN on
+    the border, as numpy.pad and a window sum do, on every method."""
+    image = np.random.default_rng(2).random((9, 8))
+    kernel = np.ones((3, 3))
+    kernel[1, 0] = np.inf
+    expected = numpy_reference(image, kernel)
+    for method in ("auto", "direct", "depthwise", "fft"):
+        result = filter2d(image, kernel, method=method)
+        np.testing.assert_array_equal(np.isnan(result), np.isnan(expected))
+        np.testing.assert_array_equal(result, expected)
+
+
 @pytest.mark.filterwarnings("ignore:Using padding=.same. with even kernel")
 def test_same_matches_torch_for_odd_and_even_kernels(torch):
     rng = np.random.default_rng(7)
