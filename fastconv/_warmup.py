@@ -28,6 +28,9 @@ def warmup(backends=("numba",)) -> float:
             weight = np.ones((2, 2, 3, 3), dtype=dtype)
             bias = np.zeros(2, dtype=dtype)
             y = F.conv2d(x, weight, bias, padding=1, backend=name)
+            # one input channel per group: the depthwise kernel (Numba)
+            F.conv2d(x, weight[:, :1], bias, padding=1, groups=2,
+                     backend=name)
             F.conv2d_backward(y, x, weight, padding=1, backend=name)
             pooled, indices = F.max_pool2d(x, 2, return_indices=True,
                                            backend=name)
