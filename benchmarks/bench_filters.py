@@ -28,6 +28,13 @@ on a ``distributed.LocalCluster`` (2 worker processes, 1 thread each) with
 ``fastconv.dask.filter2d`` and ``dask_image.ndfilters.correlate``, same array,
 same cluster, same kernel and boundary.
 
+``--depthwise-conv`` times the Numba backend's depthwise conv2d
+(``in_channels == groups``) on its two paths, alternating in one process:
+the direct kernel (``fastconv.backends._numba_depthwise``), tap by tap and
+with three taps fused per sweep, against the im2col + GEMM path it replaced,
+on CNN shapes, whole 2048^2 images and the band batches that filter2d's
+band path sends, with PyTorch's depthwise conv2d beside them when installed.
+
 ``--memory`` filters a 4096 x 4096 float32 image (64 MiB) with 9 x 9 and
 31 x 31 kernels, each in a fresh process, and prints the peak of Python-
 visible allocations (tracemalloc) and the growth of the process's peak
@@ -218,6 +225,88 @@ def memory_table():
                         method], check=True)
 
 
+# (N, C, H, W, kernel, stride, padding): depthwise conv2d, groups = C
+DEPTHWISE_CONV_CASES = (
+    (32, 32, 56, 56, 3, 1, 1),
+    (32, 64, 28, 28, 3, 2, 1),
+    (8, 16, 112, 112, 5, 1, 2),
+    (4, 16, 224, 224, 3, 1, 1),
+    (2, 8, 512, 512, 3, 1, 1),
+    (1, 1, 2048, 2048, 3, 1, 1),
+    (1, 1, 2048, 2048, 5, 1, 2),
+    (1, 1, 2048, 2048, 9, 1, 4),
+    # filter2d's band batches: 16 bands of 64 output rows, 'valid'
+    (16, 1, 66, 2050, 3, 1, 0),
+    (16, 1, 68, 2052, 5, 1, 0),
+    (16, 1, 72, 2056, 9, 1, 0),
+)
+
+
+def depthwise_conv_table(rounds):
+    """The Numba backend's depthwise conv2d, im2col + GEMM path against the
+    direct kernel (tap by tap, and three taps per sweep)."""
+    from fastconv import _shapes
+    from fastconv.backends import numba_cpu
+
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    rows = []
+    for batch, channels, height, width, size, stride, pad in \
+            DEPTHWISE_CONV_CASES:
+        rng = np.random.default_rng(SEED)
+        x = rng.standard_normal((batch, channels, height, width),
+                                dtype=np.float32)
+        weight = rng.standard_normal((channels, 1, size, size),
+                                     dtype=np.float32)
+        bias = rng.standard_normal(channels, dtype=np.float32)
+        g = numba_cpu._as_ints(_shapes.conv_geometry(
+            x.shape, weight.shape, (stride, stride), (pad,) * 4, (1, 1),
+            channels))
+
+        def direct(fused):
+            def call():
+                saved = numba_cpu.DEPTHWISE_FUSED_TAPS_MIN_WIDTH
+                numba_cpu.DEPTHWISE_FUSED_TAPS_MIN_WIDTH = 0 if fused \
+                    else 2**62
+                try:
+                    return numba_cpu._depthwise_forward(x, weight, bias, g)
+                finally:
+                    numba_cpu.DEPTHWISE_FUSED_TAPS_MIN_WIDTH = saved
+            return call
+
+        calls = {
+            "im2col+GEMM": lambda: numba_cpu._im2col_forward(x, weight, bias,
+                                                             g),
+            "direct": direct(False),
+            "direct fused": direct(True),
+        }
+        if torch is not None:
+            tensors = [torch.from_numpy(a) for a in (x, weight, bias)]
+
+            def torch_call():
+                with torch.no_grad():
+                    return torch.nn.functional.conv2d(
+                        *tensors, stride=stride, padding=pad,
+                        groups=channels)
+            calls["torch"] = torch_call
+        reference = calls["im2col+GEMM"]()
+        for name in ("direct", "direct fused"):
+            np.testing.assert_allclose(calls[name](), reference, rtol=1e-4,
+                                       atol=1e-4 * np.abs(reference).max())
+        label = (f"N{batch} C{channels} {height}x{width} k{size} s{stride}"
+                 f" p{pad}")
+        rows.append((label, time_side_by_side(calls, rounds)))
+        print(f"  ... {label} done", flush=True)
+    names = ["im2col+GEMM", "direct", "direct fused"] + (
+        ["torch"] if torch is not None else [])
+    print("\nNumba depthwise conv2d forward, float32, threads "
+          f"{fastconv.get_num_threads()}; 'Nx' = that time / im2col+GEMM's "
+          "(< 1: faster than the old path)")
+    _print_table("", rows, names, label_width=34)
+
+
 def time_side_by_side(calls, rounds):
     """Median seconds per name, the names alternating within each round."""
     for call in calls.values():
@@ -231,9 +320,10 @@ def time_side_by_side(calls, rounds):
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def _print_table(title, rows, names):
+def _print_table(title, rows, names, label_width=16):
     print(f"\n{title}")
-    header = f"{'case':<16}" + "".join(f"{name:>20}" for name in names)
+    header = f"{'case':<{label_width}}" + "".join(f"{name:>20}"
+                                                  for name in names)
     print(header)
     print("-" * len(header))
     for label, medians in rows:
@@ -246,7 +336,7 @@ def _print_table(title, rows, names):
             else:
                 ratio = medians[name] / medians[names[0]]
                 cells.append(f"{medians[name] * 1e3:>9.1f} ms {ratio:>5.1f}x")
-        print(f"{label:<16}" + "".join(cells))
+        print(f"{label:<{label_width}}" + "".join(cells))
 
 
 def main(argv=None):
@@ -262,6 +352,8 @@ def main(argv=None):
                         help="also time fastconv.dask against dask_image")
     parser.add_argument("--memory", action="store_true",
                         help="only measure peak memory on 4096^2 float32")
+    parser.add_argument("--depthwise-conv", action="store_true",
+                        help="only time the Numba depthwise conv2d paths")
     parser.add_argument("--memory-case", nargs=2, metavar=("SIZE", "METHOD"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -270,6 +362,9 @@ def main(argv=None):
         return
     if args.memory:
         memory_table()
+        return
+    if args.depthwise_conv:
+        depthwise_conv_table(args.rounds)
         return
     sizes = [int(part) for part in args.kernels.split(",")]
     colours = {"gray": [False], "rgb": [True], "both": [False, True]}[

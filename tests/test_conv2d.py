@@ -333,6 +333,8 @@ DEPTHWISE_CASES = [
      dict(groups=4, stride=2, padding=1), False),
     ("stride_pair_dilated", (1, 2, 13, 14), (2, 1, 3, 2),
      dict(groups=2, stride=(2, 3), dilation=(2, 3), padding=(2, 1)), True),
+    ("dilated_rows", (1, 3, 10, 9), (3, 1, 3, 4),
+     dict(groups=3, dilation=(2, 1), padding=(2, 1)), True),
     ("same_even_kernel", (1, 2, 7, 8), (2, 1, 4, 2),
      dict(groups=2, padding="same"), True),
     ("same_dilated", (2, 2, 8, 9), (2, 1, 3, 5),
@@ -391,17 +393,20 @@ def depthwise_inputs(case_id, dtype, random_array):
     return x, weight, bias, kwargs
 
 
-@pytest.mark.parametrize("fused_taps", [False, True],
-                         ids=["tap_by_tap", "fused_taps"])
+@pytest.mark.parametrize("loops", ["tap_by_tap", "fused_taps",
+                                   "padded_planes"])
 @pytest.mark.parametrize("case_id", DEPTHWISE_IDS)
-def test_numba_depthwise_kernel_matches_naive(case_id, fused_taps, dtype,
+def test_numba_depthwise_kernel_matches_naive(case_id, loops, dtype,
                                               random_array, numba_backend,
                                               depthwise_calls, monkeypatch,
                                               assert_close):
-    # Both inner loops on every case: the three-tap sweep normally starts
-    # at rows 512 wide, longer than these.
+    # Every inner loop on every case it applies to: rows one tap at a time,
+    # three taps per sweep (normally from rows 512 wide), and whole
+    # zero-padded planes (stride 1 only; normally up to 128 x 128).
     monkeypatch.setattr(numba_backend, "DEPTHWISE_FUSED_TAPS_MIN_WIDTH",
-                        0 if fused_taps else 2**62)
+                        0 if loops == "fused_taps" else 2**62)
+    monkeypatch.setattr(numba_backend, "DEPTHWISE_PADDED_PLANE_MAX",
+                        2**62 if loops == "padded_planes" else 0)
     x, weight, bias, kwargs = depthwise_inputs(case_id, dtype, random_array)
     expected = fastconv.conv2d(x, weight, bias, **kwargs, backend="naive")
     y = fastconv.conv2d(x, weight, bias, **kwargs, backend="numba")
@@ -443,7 +448,7 @@ def test_numba_depthwise_row_tiles_cover_the_plane(tile_rows, dtype,
     y = np.full(g.output_shape, np.nan, dtype=dtype)
     numba_backend.depthwise_forward_kernel(
         x.reshape(-1), weight.reshape(-1), bias, y.reshape(-1), g, tile_rows,
-        True)
+        True, False)
     assert_close(y, expected, dtype, what=f"tiles of {tile_rows} rows")
 
 

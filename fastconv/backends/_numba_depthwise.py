@@ -12,7 +12,14 @@ this kernel instead sweeps each tap over whole output rows:
 for ``ow`` in the tap's valid range (``_numba_windows.tap_ranges``, computed
 once per call), so padding costs no branch and LLVM vectorises the loop.
 Each output row is summed in place (it stays in L1 while its R * S taps go
-over it), in the input dtype.
+over it), in the input dtype. On rows at least
+``numba_cpu.DEPTHWISE_FUSED_TAPS_MIN_WIDTH`` wide, three taps share one
+sweep (one load and store of the row per three products).
+
+Small stride-1 planes (``numba_cpu.DEPTHWISE_PADDED_PLANE_MAX``) go another
+way: copied into a zero-padded plane, where each tap is a single sweep over
+all output rows at once (``_padded_plane_forward``), rather than R * S
+short loops per row whose loop overhead would dominate.
 
 Shapes, flat in C order: x (N, C, H, W), weight (K, 1, R, S), bias (K,) or
 zero-length (no bias), y (N, K, OH, OW).
@@ -21,6 +28,7 @@ zero-length (no bias), y (N, K, OH, OW).
 from __future__ import annotations
 
 import numba
+import numpy as np
 from numba import prange
 
 from fastconv import config
@@ -77,13 +85,62 @@ def _add_tap_triple(y, dst, x, src, dilation_w, weight, first_weight, lo, hi,
                     both_lo, both_hi, stride_w)
 
 
+@numba.njit(cache=config.NUMBA_CACHE, nogil=True)
+def _padded_plane_forward(x, x_plane, weight, first_weight, value, y, y_plane,
+                          g):
+    """One whole stride-1 plane through a zero-padded copy of its input.
+
+    In the padded copy (rows Wp = W + pad_left + pad_right values long) tap
+    (r, s) of output (oh, ow) reads ``p + r * dilation_h * Wp + s *
+    dilation_w`` with ``p = oh * Wp + ow``: every tap is one sweep of all
+    output rows at once, computed Wp wide (the columns past OW are thrown
+    away), which for small planes beats R * S short sweeps per row.
+    ``value`` is the bias (or 0).
+    """
+    in_h, in_w = g.in_height, g.in_width
+    out_h, out_w = g.out_height, g.out_width
+    taps_r, taps_s = g.kernel_height, g.kernel_width
+    padded_w = in_w + g.pad_left + g.pad_right
+    padded = np.zeros((in_h + g.pad_top + g.pad_bottom) * padded_w,
+                      dtype=x.dtype)
+    for ih in range(in_h):
+        src = x_plane + ih * in_w
+        dst = (ih + g.pad_top) * padded_w + g.pad_left
+        for iw in range(in_w):
+            padded[_u(dst + iw)] = x[_u(src + iw)]
+    span = (out_h - 1) * padded_w + out_w
+    wide = np.empty(span, dtype=x.dtype)
+    for p in range(span):
+        wide[_u(p)] = value
+    for r in range(taps_r):
+        row = r * g.dilation_h * padded_w
+        s = 0
+        while s + 2 < taps_s:
+            w = first_weight + r * taps_s + s
+            _add_three_taps(wide, 0, padded, row + s * g.dilation_w,
+                            g.dilation_w, weight[w], weight[w + 1],
+                            weight[w + 2], 0, span, 1)
+            s += 3
+        for s in range(s, taps_s):
+            _add_tap(wide, 0, padded, row + s * g.dilation_w,
+                     weight[first_weight + r * taps_s + s], 0, span, 1)
+    for oh in range(out_h):
+        src = oh * padded_w
+        dst = y_plane + oh * out_w
+        for ow in range(out_w):
+            y[_u(dst + ow)] = wide[_u(src + ow)]
+
+
 @numba.njit(parallel=True, cache=config.NUMBA_CACHE)
-def depthwise_forward_kernel(x, weight, bias, y, g, tile_rows, fuse_taps):
+def depthwise_forward_kernel(x, weight, bias, y, g, tile_rows, fuse_taps,
+                             padded_planes):
     """y = depthwise conv(x, weight) + bias, all flat (see module docstring).
 
     Work items are (image, output channel, tile of ``tile_rows`` output rows),
     spread over the threads by ``prange``; a tile shorter than a plane lets a
-    single plane use every thread.
+    single plane use every thread. ``fuse_taps``: three taps per row sweep.
+    ``padded_planes`` (stride 1 and ``tile_rows == out_height`` only): each
+    plane through a zero-padded copy (``_padded_plane_forward``).
     """
     in_h, in_w = g.in_height, g.in_width
     out_h, out_w = g.out_height, g.out_width
@@ -97,6 +154,7 @@ def depthwise_forward_kernel(x, weight, bias, y, g, tile_rows, fuse_taps):
     tiles_per_plane = (out_h + tile_rows - 1) // tile_rows
     n_items = g.batch * out_channels * tiles_per_plane
     has_bias = bias.size > 0
+    zero = np.zeros(1, dtype=x.dtype)[0]  # the bias of no bias, typed
     for item in prange(n_items):
         plane = item // tiles_per_plane
         oh_start = (item % tiles_per_plane) * tile_rows
@@ -105,6 +163,11 @@ def depthwise_forward_kernel(x, weight, bias, y, g, tile_rows, fuse_taps):
         k = plane % out_channels
         x_plane = (image * g.in_channels + k // multiplier) * in_h * in_w
         first_weight = k * taps_r * taps_s
+        if padded_planes:  # stride 1, whole planes (tile_rows == out_h)
+            _padded_plane_forward(x, x_plane, weight, first_weight,
+                                  bias[k] if has_bias else zero, y,
+                                  plane * out_h * out_w, g)
+            continue
         for oh in range(oh_start, oh_stop):
             dst = (plane * out_h + oh) * out_w
             if has_bias:
