@@ -22,29 +22,39 @@ boundary      numpy.pad mode    a row ``a b c d`` extended by 2
 'wrap'        'wrap'            ``c d | a b c d | a b``
 ============  ================  ====================================
 
-How the work is done: the output is cut into horizontal bands; each band's
-input rows (with the kernel's halo, and the boundary filled in by the padding
-rule) are gathered into a small batch, and the batch goes through one
-``fastconv.functional.conv2d`` on the selected backend, so scratch memory
-stays within about ``fastconv.config.WORKSPACE_BYTES`` whatever the image
-size. Methods (``method=``):
+How the work is done: every method is a convolution on the selected
+backend, with scratch memory within about ``fastconv.config.WORKSPACE_BYTES``
+whatever the image size. Methods (``method=``):
 
+``'depthwise'``
+    The textbook depthwise conv2d (an R x S kernel, groups = channels), which
+    the Numba backend runs as a direct kernel (each tap swept over whole
+    rows, no im2col, no scratch). A grayscale image, or a colour one with
+    its channels interleaved (kernel columns C values apart) when the column
+    stride is 1, goes through it whole, as it lies in memory: conv2d's zero
+    padding is the 'zero' boundary, and for the other boundaries only the
+    outputs whose windows reach into the padding are recomputed, from small
+    padded copies of the image's edges. The default below ``FFT_MIN_TAPS``
+    taps, and the only method that keeps an inf or NaN pixel confined to the
+    windows that contain it: a band whose 'direct' or 'fft' result is not
+    finite is recomputed with it, and a non-finite kernel always uses it.
 ``'direct'``
     A band of T output rows is one grouped conv2d (groups = channels) whose
     "channels" are the band's input rows and whose 1 x S weight is the kernel
-    laid out as a banded matrix: one BLAS GEMM per band and channel. The
-    default for small and medium kernels.
-``'depthwise'``
-    The textbook depthwise conv2d: channels as C, an R x S kernel, groups = C.
-    Several times slower than 'direct' on the compiled backends (R * S
-    one-row GEMMs), but the only method that keeps an inf or NaN pixel
-    confined to the windows that contain it: a band whose 'direct' or 'fft'
-    result is not finite is recomputed with it, and a non-finite kernel
-    always uses it.
+    laid out as a banded matrix: one BLAS GEMM per band and channel. Slower
+    than 'depthwise' on the Numba backend now (2.5-6x on 2048^2 float32); kept
+    as an option.
 ``'fft'``
     Each band through a real FFT (``scipy.fft``) times the kernel's
     spectrum: a cost that does not grow with the kernel. The default from
     ``FFT_MIN_TAPS`` taps up (chosen by ``benchmarks/bench_filters.py``).
+
+The band-wise methods cut the output into horizontal bands; each band's
+input rows (with the kernel's halo, and the boundary filled in by the padding
+rule) are gathered into a small batch, and the batch goes through one
+conv2d (or FFT). 'depthwise' runs in bands too where it cannot take the
+image whole: a strided view, several channels with a column stride, a
+non-finite kernel.
 """
 
 from __future__ import annotations
@@ -68,18 +78,20 @@ BOUNDARIES = {
 METHODS = ("auto", "direct", "depthwise", "fft")
 
 #: With ``method='auto'``, a kernel with at least this many taps (R * S) goes
-#: through the FFT path. Measured on 2048^2 and 4096^2 float32 images, 2
-#: threads: 'direct' is faster up to 7 x 7, the two are within 20% of each
-#: other at 9 x 9 (direct is then preferred: it rounds like the window sum),
-#: FFT is 1.1-1.3x faster at 11 x 11 and 1.5x at 15 x 15.
-FFT_MIN_TAPS = 10 * 10
+#: through the FFT path, a smaller one depthwise. Measured on 2048^2 float32
+#: images, gray and RGB, zero and reflect boundaries, 2 threads, Numba
+#: backend: depthwise is 1.1-1.4x faster than FFT at 11 x 11 and 13 x 13,
+#: the two are within 15% of each other at 15 x 15 (FFT from here: RGB ties,
+#: gray FFT 1.15x faster) and FFT is 1.3-1.4x faster at 17 x 17.
+FFT_MIN_TAPS = 14 * 14
 
 #: Output rows per band of the 'direct' method, for kernels up to 15 rows
 #: tall and above (see ``row_block``).
 ROW_BLOCK = 16
 ROW_BLOCK_LARGE = 32
 
-#: Output rows per band of the 'depthwise' method.
+#: Output rows per band of the 'depthwise' method when it runs in bands
+#: (32 to 256 rows time the same within 5% on 2048^2 float32).
 BAND_ROWS = 64
 
 #: Output rows per band of the 'fft' method, at least (4 R if taller).
@@ -186,8 +198,9 @@ def _choose_method(method, kernel):
     The 'direct' and 'fft' methods multiply every pixel of a band by some
     weight, zeros included, and 0 * inf is NaN: only the depthwise method
     keeps an inf or NaN confined to the windows that hold it. A non-finite
-    kernel therefore always runs depthwise; a non-finite pixel is caught per
-    band, from the band's result (see ``_run_bands``).
+    kernel therefore always runs depthwise; with 'direct' or 'fft' a
+    non-finite pixel is caught per band, from the band's result (see
+    ``_run_bands``).
     """
     if method == "auto":
         method = "fft" if kernel.size >= FFT_MIN_TAPS else "depthwise"
@@ -233,8 +246,9 @@ class _RowBlockBands:
     ``W[c * T + t, i, s] = kernel[i - t * stride_h, s]`` inside the window and
     0 outside it (a banded, Toeplitz-like weight), groups = C. conv2d turns
     this into one GEMM of (T x rows * S) by (rows * S x out_width) per band
-    and channel, which BLAS runs far faster than the R * S one-row GEMMs of a
-    plain depthwise convolution, multiplications by zero included.
+    and channel, which BLAS runs far faster than R * S one-row GEMMs would
+    (how im2col backends run a depthwise convolution), multiplications by
+    zero included.
     """
 
     def __init__(self, kernel, channels, stride, backend, out_shape,
@@ -273,8 +287,9 @@ class _DepthwiseBands:
 
     """A batch of bands through one depthwise conv2d (R x S, groups = C).
 
-    The textbook formulation; kept for non-finite data, where it alone
-    leaves an inf or NaN confined to the windows that hold it.
+    For what ``_depthwise_in_place`` cannot take whole, and for the bands
+    of the other methods whose result is not finite: it alone leaves an inf
+    or NaN confined to the windows that hold it.
     """
 
     def __init__(self, kernel, channels, stride, backend, band_rows,
