@@ -19,6 +19,7 @@ import pytest
 from cases import (
     CONV_OPS,
     CONV_SHAPES,
+    DEPTHWISE_CONV_SHAPES,
     DROPOUT_OPS,
     DROPOUT_SHAPES,
     NAIVE_CONV_SHAPE,
@@ -60,7 +61,7 @@ def _shape_params(shapes):
 
 # --------------------------------------------------------------- convolution
 
-CONV_CASES = CONV_SHAPES + (NAIVE_CONV_SHAPE,)
+CONV_CASES = CONV_SHAPES + DEPTHWISE_CONV_SHAPES + (NAIVE_CONV_SHAPE,)
 
 
 @_shape_params(CONV_CASES)

@@ -27,7 +27,8 @@ DROPOUT_SEED = 12345
 
 
 class ConvShape(NamedTuple):
-    """A square conv2d case, as the issue lists them: (N, C, H, W, K, kernel, stride, pad)."""
+    """A square conv2d case, as the issue lists them: (N, C, H, W, K, kernel,
+    stride, pad), and groups (1 unless given; C for a depthwise conv)."""
 
     batch: int
     in_channels: int
@@ -37,6 +38,7 @@ class ConvShape(NamedTuple):
     kernel: int
     stride: int
     padding: int
+    groups: int = 1
 
     @property
     def input_shape(self):
@@ -44,7 +46,8 @@ class ConvShape(NamedTuple):
 
     @property
     def weight_shape(self):
-        return (self.out_channels, self.in_channels, self.kernel, self.kernel)
+        return (self.out_channels, self.in_channels // self.groups,
+                self.kernel, self.kernel)
 
     @property
     def output_shape(self):
@@ -57,7 +60,8 @@ class ConvShape(NamedTuple):
     def label(self) -> str:
         return (f"N{self.batch}-C{self.in_channels}-{self.height}x{self.width}"
                 f"-K{self.out_channels}-k{self.kernel}-s{self.stride}"
-                f"-p{self.padding}")
+                f"-p{self.padding}"
+                + (f"-g{self.groups}" if self.groups != 1 else ""))
 
 
 class PoolShape(NamedTuple):
@@ -120,6 +124,10 @@ CONV_SHAPES = tuple(ConvShape(*case) for case in (
     (8, 3, 224, 224, 64, 7, 2, 3),
     (32, 64, 32, 32, 64, 1, 1, 0),
 ))
+#: A depthwise conv2d (groups = C, MobileNet's 3 x 3 stage at 56 x 56),
+#: timed by bench_kernels.py beside the list above; not in ``shapes_for``,
+#: so report.py's geometric means and rankings stay over the issue's list.
+DEPTHWISE_CONV_SHAPES = (ConvShape(32, 64, 56, 56, 64, 3, 1, 1, groups=64),)
 POOL_SHAPES = (
     PoolShape(32, 64, 32, 32, kernel=2, stride=2, padding=0),
     PoolShape(32, 64, 32, 32, kernel=3, stride=2, padding=1),
@@ -173,7 +181,7 @@ def make_arrays(shape, dtype=np.float32) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(SEED)
     arrays = {"x": rng.standard_normal(shape.input_shape, dtype=dtype)}
     if isinstance(shape, ConvShape):
-        fan_in = shape.in_channels * shape.kernel * shape.kernel
+        fan_in = shape.in_channels // shape.groups * shape.kernel ** 2
         arrays["weight"] = (rng.standard_normal(shape.weight_shape, dtype=dtype)
                             / np.sqrt(fan_in, dtype=dtype))
         arrays["bias"] = rng.standard_normal(shape.out_channels, dtype=dtype)
@@ -193,7 +201,8 @@ def fastconv_call(op: str, shape, arrays, backend: str) -> Callable[[], object]:
     if isinstance(shape, ConvShape):
         weight, bias = arrays["weight"], arrays["bias"]
         grad_output = arrays["grad_output"]
-        conv = dict(stride=shape.stride, padding=shape.padding, backend=backend)
+        conv = dict(stride=shape.stride, padding=shape.padding,
+                    groups=shape.groups, backend=backend)
         if op == "conv2d_forward":
             return lambda: fastconv.conv2d(x, weight, bias, **conv)
         if op == "conv2d_backward":
@@ -252,7 +261,8 @@ def torch_call(op: str, shape, arrays, torch) -> Callable[[], object]:
         weight = torch.from_numpy(arrays["weight"])
         bias = torch.from_numpy(arrays["bias"])
         grad_output = torch.from_numpy(arrays["grad_output"])
-        conv = dict(stride=shape.stride, padding=shape.padding)
+        conv = dict(stride=shape.stride, padding=shape.padding,
+                    groups=shape.groups)
         if op == "conv2d_forward":
             def forward():
                 with torch.no_grad():
