@@ -80,10 +80,12 @@ METHODS = ("auto", "direct", "depthwise", "fft")
 #: With ``method='auto'``, a kernel with at least this many taps (R * S) goes
 #: through the FFT path, a smaller one depthwise. Measured on 2048^2 float32
 #: images, gray and RGB, zero and reflect boundaries, 2 threads, Numba
-#: backend: depthwise is 1.1-1.4x faster than FFT at 11 x 11 and 13 x 13,
-#: the two are within 15% of each other at 15 x 15 (FFT from here: RGB ties,
-#: gray FFT 1.15x faster) and FFT is 1.3-1.4x faster at 17 x 17.
-FFT_MIN_TAPS = 14 * 14
+#: backend: depthwise is 1.1-1.4x faster than FFT at 11 x 11 and 13 x 13;
+#: at 15 x 15 FFT is 1.0-1.15x faster alone but depthwise 1.3-1.45x faster
+#: in benchmarks/bench_filters.py's rotation with SciPy and OpenCV (the FFT
+#: suffers more from a busy cache), and a tie goes to depthwise (it rounds
+#: like the window sum); from 17 x 17 FFT is as fast or faster (1.1-1.4x).
+FFT_MIN_TAPS = 16 * 16
 
 #: Output rows per band of the 'direct' method, for kernels up to 15 rows
 #: tall and above (see ``row_block``).
