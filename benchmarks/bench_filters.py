@@ -30,8 +30,8 @@ same cluster, same kernel and boundary.
 
 ``--depthwise-conv`` times the Numba backend's depthwise conv2d
 (``in_channels == groups``) on its two paths, alternating in one process:
-the direct kernel (``fastconv.backends._numba_depthwise``), tap by tap and
-with three taps fused per sweep, against the im2col + GEMM path it replaced,
+the direct kernel (``fastconv.backends._numba_depthwise``) as dispatched and
+with each of its loops forced, against the im2col + GEMM path it replaced,
 on CNN shapes, whole 2048^2 images and the band batches that filter2d's
 band path sends, with PyTorch's depthwise conv2d beside them when installed.
 
@@ -225,26 +225,48 @@ def memory_table():
                         method], check=True)
 
 
-# (N, C, H, W, kernel, stride, padding): depthwise conv2d, groups = C
+# (N, C, H, W, multiplier, kernel, stride, padding): depthwise conv2d,
+# groups = C, K = multiplier * C
 DEPTHWISE_CONV_CASES = (
-    (32, 32, 56, 56, 3, 1, 1),
-    (32, 64, 28, 28, 3, 2, 1),
-    (8, 16, 112, 112, 5, 1, 2),
-    (4, 16, 224, 224, 3, 1, 1),
-    (2, 8, 512, 512, 3, 1, 1),
-    (1, 1, 2048, 2048, 3, 1, 1),
-    (1, 1, 2048, 2048, 5, 1, 2),
-    (1, 1, 2048, 2048, 9, 1, 4),
+    (64, 32, 14, 14, 1, 3, 1, 1),
+    (16, 64, 28, 28, 1, 7, 1, 3),
+    (32, 32, 56, 56, 1, 3, 1, 1),
+    (32, 64, 28, 28, 1, 3, 2, 1),
+    (8, 16, 112, 112, 1, 5, 1, 2),
+    (4, 16, 224, 224, 1, 3, 1, 1),
+    (2, 8, 512, 512, 1, 3, 1, 1),
+    (1, 1, 2048, 2048, 1, 3, 1, 1),
+    (1, 1, 2048, 2048, 1, 5, 1, 2),
+    (1, 1, 2048, 2048, 1, 9, 1, 4),
     # filter2d's band batches: 16 bands of 64 output rows, 'valid'
-    (16, 1, 66, 2050, 3, 1, 0),
-    (16, 1, 68, 2052, 5, 1, 0),
-    (16, 1, 72, 2056, 9, 1, 0),
+    (16, 1, 66, 2050, 1, 3, 1, 0),
+    (16, 1, 68, 2052, 1, 5, 1, 0),
+    (16, 1, 72, 2056, 1, 9, 1, 0),
+    # channel multipliers (the direct kernel runs up to
+    # numba_cpu.DEPTHWISE_MAX_MULTIPLIER; an MNIST first layer has 32)
+    (32, 16, 56, 56, 4, 3, 1, 1),
+    (64, 1, 28, 28, 8, 3, 1, 1),
+    (32, 4, 56, 56, 16, 3, 1, 1),
+    (64, 1, 28, 28, 32, 3, 1, 1),
+)
+
+#: The depthwise kernel's loops, as (name, DEPTHWISE_FUSED_TAPS_MIN_WIDTH,
+#: DEPTHWISE_PADDED_PLANE_MAX); None keeps the backend's own setting.
+DEPTHWISE_VARIANTS = (
+    ("direct", None, None),
+    ("rows tap by tap", 2**62, 0),
+    ("rows fused", 0, 0),
+    ("padded planes", None, 2**62),
 )
 
 
 def depthwise_conv_table(rounds):
-    """The Numba backend's depthwise conv2d, im2col + GEMM path against the
-    direct kernel (tap by tap, and three taps per sweep)."""
+    """The Numba backend's depthwise conv2d: the im2col + GEMM path against
+    the direct kernel with its own choice of loops ('direct') and with each
+    of them forced (row by row one tap per sweep or three, whole padded
+    planes). conv2d runs the direct kernel only up to
+    ``numba_cpu.DEPTHWISE_MAX_MULTIPLIER`` filters per channel; the rows
+    with more show why."""
     from fastconv import _shapes
     from fastconv.backends import numba_cpu
 
@@ -253,35 +275,39 @@ def depthwise_conv_table(rounds):
     except ImportError:
         torch = None
     rows = []
-    for batch, channels, height, width, size, stride, pad in \
-            DEPTHWISE_CONV_CASES:
+    for (batch, channels, height, width, multiplier, size, stride,
+         pad) in DEPTHWISE_CONV_CASES:
         rng = np.random.default_rng(SEED)
         x = rng.standard_normal((batch, channels, height, width),
                                 dtype=np.float32)
-        weight = rng.standard_normal((channels, 1, size, size),
+        weight = rng.standard_normal((channels * multiplier, 1, size, size),
                                      dtype=np.float32)
-        bias = rng.standard_normal(channels, dtype=np.float32)
+        bias = rng.standard_normal(channels * multiplier, dtype=np.float32)
         g = numba_cpu._as_ints(_shapes.conv_geometry(
             x.shape, weight.shape, (stride, stride), (pad,) * 4, (1, 1),
             channels))
 
-        def direct(fused):
+        def variant(fused_min_width, padded_max):
             def call():
-                saved = numba_cpu.DEPTHWISE_FUSED_TAPS_MIN_WIDTH
-                numba_cpu.DEPTHWISE_FUSED_TAPS_MIN_WIDTH = 0 if fused \
-                    else 2**62
+                saved = (numba_cpu.DEPTHWISE_FUSED_TAPS_MIN_WIDTH,
+                         numba_cpu.DEPTHWISE_PADDED_PLANE_MAX)
+                if fused_min_width is not None:
+                    numba_cpu.DEPTHWISE_FUSED_TAPS_MIN_WIDTH = fused_min_width
+                if padded_max is not None:
+                    numba_cpu.DEPTHWISE_PADDED_PLANE_MAX = padded_max
                 try:
                     return numba_cpu._depthwise_forward(x, weight, bias, g)
                 finally:
-                    numba_cpu.DEPTHWISE_FUSED_TAPS_MIN_WIDTH = saved
+                    (numba_cpu.DEPTHWISE_FUSED_TAPS_MIN_WIDTH,
+                     numba_cpu.DEPTHWISE_PADDED_PLANE_MAX) = saved
             return call
 
-        calls = {
-            "im2col+GEMM": lambda: numba_cpu._im2col_forward(x, weight, bias,
-                                                             g),
-            "direct": direct(False),
-            "direct fused": direct(True),
-        }
+        calls = {"im2col+GEMM": lambda: numba_cpu._im2col_forward(
+            x, weight, bias, g)}
+        for name, fused_min_width, padded_max in DEPTHWISE_VARIANTS:
+            if name == "padded planes" and stride != 1:
+                continue
+            calls[name] = variant(fused_min_width, padded_max)
         if torch is not None:
             tensors = [torch.from_numpy(a) for a in (x, weight, bias)]
 
@@ -292,28 +318,37 @@ def depthwise_conv_table(rounds):
                         groups=channels)
             calls["torch"] = torch_call
         reference = calls["im2col+GEMM"]()
-        for name in ("direct", "direct fused"):
-            np.testing.assert_allclose(calls[name](), reference, rtol=1e-4,
-                                       atol=1e-4 * np.abs(reference).max())
-        label = (f"N{batch} C{channels} {height}x{width} k{size} s{stride}"
-                 f" p{pad}")
-        rows.append((label, time_side_by_side(calls, rounds)))
+        for name in calls:
+            if name not in ("im2col+GEMM", "torch"):
+                np.testing.assert_allclose(
+                    calls[name](), reference, rtol=1e-4,
+                    atol=1e-4 * np.abs(reference).max())
+        label = (f"N{batch} C{channels} K{channels * multiplier} "
+                 f"{height}x{width} k{size} s{stride} p{pad}")
+        # OpenBLAS threads spin for about 0.1 s after a GEMM, and would
+        # slow whichever call came next
+        rows.append((label, time_side_by_side(calls, rounds, settle=0.15)))
         print(f"  ... {label} done", flush=True)
-    names = ["im2col+GEMM", "direct", "direct fused"] + (
+    names = ["im2col+GEMM"] + [name for name, _, _ in DEPTHWISE_VARIANTS] + (
         ["torch"] if torch is not None else [])
     print("\nNumba depthwise conv2d forward, float32, threads "
           f"{fastconv.get_num_threads()}; 'Nx' = that time / im2col+GEMM's "
           "(< 1: faster than the old path)")
-    _print_table("", rows, names, label_width=34)
+    _print_table("", rows, names, label_width=38)
 
 
-def time_side_by_side(calls, rounds):
-    """Median seconds per name, the names alternating within each round."""
+def time_side_by_side(calls, rounds, settle=0.0):
+    """Median seconds per name, the names alternating within each round.
+
+    ``settle``: seconds of sleep (not timed) before each call, so that no
+    call starts while the previous one's thread pools still spin.
+    """
     for call in calls.values():
         call()  # warm up
     times = {name: [] for name in calls}
     for _ in range(rounds):
         for name, call in calls.items():
+            time.sleep(settle)
             start = time.perf_counter()
             call()
             times[name].append(time.perf_counter() - start)

@@ -493,6 +493,23 @@ def test_numba_depthwise_keeps_a_non_finite_pixel_in_its_windows(
     assert depthwise_calls
 
 
+def test_many_filters_per_channel_use_im2col(random_array, numba_backend,
+                                             depthwise_calls, assert_close):
+    """Above DEPTHWISE_MAX_MULTIPLIER filters per input channel (an MNIST
+    first layer: 1 channel, 32 filters) the GEMM path is the faster one."""
+    multiplier = numba_backend.DEPTHWISE_MAX_MULTIPLIER + 1
+    x = random_array((2, 2, 6, 6), np.dtype(np.float64), "multiplier x")
+    weight = random_array((2 * multiplier, 1, 3, 3), np.dtype(np.float64),
+                          "multiplier w")
+    y = fastconv.conv2d(x, weight, padding=1, groups=2, backend="numba")
+    assert not depthwise_calls
+    assert_close(y, fastconv.conv2d(x, weight, padding=1, groups=2,
+                                    backend="naive"), what="im2col path")
+    fastconv.conv2d(x, weight[:2 * (multiplier - 1)], padding=1, groups=2,
+                    backend="numba")
+    assert len(depthwise_calls) == 1
+
+
 def test_grouped_conv_with_several_channels_per_group_uses_im2col(
         random_array, numba_backend, depthwise_calls, assert_close):
     x = random_array((1, 4, 6, 6), np.dtype(np.float64), "grouped x")

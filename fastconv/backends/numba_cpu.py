@@ -58,8 +58,8 @@ __all__ = [
 #: The depthwise kernel sweeps three taps at once over output rows at least
 #: this wide (fewer loads and stores of the row); narrower rows go tap by tap,
 #: the edge loops of a fused sweep costing more than it saves there. Measured
-#: (benchmarks/bench_filters.py --depthwise-conv, 2 threads): fused 0.7-0.95x
-#: as fast at widths 56-224, 1.0-1.3x at 512, 1.1-1.4x at 2048.
+#: (float32, 2 threads, time tap by tap / time fused): 0.7-0.95 at widths
+#: 56-224, 1.0-1.3 at 512, 1.1-1.4 at 2048.
 DEPTHWISE_FUSED_TAPS_MIN_WIDTH = 512
 
 
@@ -70,6 +70,15 @@ DEPTHWISE_FUSED_TAPS_MIN_WIDTH = 512
 #: row / time padded): 9-10x at 14x14 and 28x28, 3x at 56x56, 2.3x at
 #: 112x112, 1.05-1.3x at 224x224, 0.93x at 512x512.
 DEPTHWISE_PADDED_PLANE_MAX = 256 * 256
+
+
+#: A convolution with one input channel per group runs the direct depthwise
+#: kernel when it has at most this many filters per channel; with more, each
+#: input plane is one GEMM operand worth its setup. Measured (3x3, float32,
+#: 2 threads, time direct / time im2col + GEMM): 0.7-0.75 at 8 filters per
+#: channel, 0.8-1.1 at 16, 1.0-1.15 at 32 (an MNIST first layer: 1 channel,
+#: 32 filters).
+DEPTHWISE_MAX_MULTIPLIER = 8
 
 
 def _as_ints(geometry):
@@ -100,8 +109,10 @@ def _tile_rows(g, itemsize: int, n_chunks: int, buffers_per_chunk: int) -> int:
 # --------------------------------------------------------------- convolution
 
 def _is_depthwise(g) -> bool:
-    """One input channel per group (weight (K, 1, R, S), K a multiple of C)."""
-    return g.in_channels == g.groups
+    """One input channel per group (weight (K, 1, R, S)) and at most
+    DEPTHWISE_MAX_MULTIPLIER filters per channel."""
+    return (g.in_channels == g.groups
+            and g.out_channels <= DEPTHWISE_MAX_MULTIPLIER * g.in_channels)
 
 
 def _depthwise_tile_rows(g, n_threads: int) -> int:
