@@ -14,7 +14,8 @@ once per call), so padding costs no branch and LLVM vectorises the loop.
 Each output row is summed in place (it stays in L1 while its R * S taps go
 over it), in the input dtype. On rows at least
 ``numba_cpu.DEPTHWISE_FUSED_TAPS_MIN_WIDTH`` wide, three taps share one
-sweep (one load and store of the row per three products).
+sweep (one load and store of the row per three products), and a kernel
+row's last two taps share one.
 
 Small stride-1 planes (``numba_cpu.DEPTHWISE_PADDED_PLANE_MAX``) go another
 way: copied into a zero-padded plane, where each tap is a single sweep over
@@ -64,6 +65,37 @@ def _add_three_taps(y, dst, x, src, dilation_w, w0, w1, w2, lo, hi,
             i = ow * stride_w
             y[_u(dst + ow)] += (w0 * x[_u(src + i)] + w1 * x[_u(src1 + i)]
                                 + w2 * x[_u(src2 + i)])
+
+
+@numba.njit(cache=config.NUMBA_CACHE, nogil=True)
+def _add_two_taps(y, dst, x, src, dilation_w, w0, w1, lo, hi, stride_w):
+    """Two adjacent taps (``dilation_w`` apart) in one sweep over [lo, hi)."""
+    src1 = src + dilation_w
+    if stride_w == 1:
+        for ow in range(lo, hi):
+            y[_u(dst + ow)] += w0 * x[_u(src + ow)] + w1 * x[_u(src1 + ow)]
+    else:
+        for ow in range(lo, hi):
+            i = ow * stride_w
+            y[_u(dst + ow)] += w0 * x[_u(src + i)] + w1 * x[_u(src1 + i)]
+
+
+@numba.njit(cache=config.NUMBA_CACHE, nogil=True)
+def _add_tap_pair(y, dst, x, src, dilation_w, weight, first_weight, lo, hi,
+                  s, stride_w):
+    """Taps s, s + 1 of one kernel row: fused where both are valid, one by
+    one on the edges."""
+    both_lo = max(lo[s], lo[s + 1])
+    both_hi = max(both_lo, min(hi[s], hi[s + 1]))
+    for t in range(2):
+        tap_src = src + t * dilation_w
+        tap_weight = weight[first_weight + t]
+        _add_tap(y, dst, x, tap_src, tap_weight, lo[s + t],
+                 max(lo[s + t], min(hi[s + t], both_lo)), stride_w)
+        _add_tap(y, dst, x, tap_src, tap_weight,
+                 min(hi[s + t], max(lo[s + t], both_hi)), hi[s + t], stride_w)
+    _add_two_taps(y, dst, x, src, dilation_w, weight[first_weight],
+                  weight[first_weight + 1], both_lo, both_hi, stride_w)
 
 
 @numba.njit(cache=config.NUMBA_CACHE, nogil=True)
@@ -121,6 +153,11 @@ def _padded_plane_forward(x, x_plane, weight, first_weight, value, y, y_plane,
                             g.dilation_w, weight[w], weight[w + 1],
                             weight[w + 2], 0, span, 1)
             s += 3
+        if s + 1 < taps_s:
+            w = first_weight + r * taps_s + s
+            _add_two_taps(wide, 0, padded, row + s * g.dilation_w,
+                          g.dilation_w, weight[w], weight[w + 1], 0, span, 1)
+            s += 2
         for s in range(s, taps_s):
             _add_tap(wide, 0, padded, row + s * g.dilation_w,
                      weight[first_weight + r * taps_s + s], 0, span, 1)
@@ -190,6 +227,12 @@ def depthwise_forward_kernel(x, weight, bias, y, g, tile_rows, fuse_taps,
                                     first_weight + r * taps_s + s, lo, hi, s,
                                     stride_w)
                     s += 3
+                if fuse_taps and s + 1 < taps_s:
+                    _add_tap_pair(y, dst, x, row + s * dilation_w,
+                                  dilation_w, weight,
+                                  first_weight + r * taps_s + s, lo, hi, s,
+                                  stride_w)
+                    s += 2
                 for s in range(s, taps_s):
                     _add_tap(y, dst, x, row + s * dilation_w,
                              weight[first_weight + r * taps_s + s],
