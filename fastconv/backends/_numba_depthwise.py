@@ -175,7 +175,8 @@ def depthwise_forward_kernel(x, weight, bias, y, g, tile_rows, fuse_taps,
 
     Work items are (image, output channel, tile of ``tile_rows`` output rows),
     spread over the threads by ``prange``; a tile shorter than a plane lets a
-    single plane use every thread. ``fuse_taps``: three taps per row sweep.
+    single plane use every thread. ``fuse_taps``: three (or two) taps per
+    row sweep.
     ``padded_planes`` (stride 1 and ``tile_rows == out_height`` only): each
     plane through a zero-padded copy (``_padded_plane_forward``).
     """
