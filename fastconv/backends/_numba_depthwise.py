@@ -7,7 +7,8 @@ filters per group, output channel ``k`` reads input channel
 would then be R * S one-row GEMMs, where BLAS spends its time on overhead;
 this kernel instead sweeps each tap over whole output rows:
 
-    y_row[ow] += weight[k, 0, r, s] * x_row[ow * stride_w + s * dilation_w - pad_left]
+    y_row[ow] += weight[k, 0, r, s]
+                 * x_row[ow * stride_w + s * dilation_w - pad_left]
 
 for ``ow`` in the tap's valid range (``_numba_windows.tap_ranges``, computed
 once per call), so padding costs no branch and LLVM vectorises the loop.
