@@ -291,8 +291,9 @@ def dropout(x, p=0.5, *, seed=None, training=True, backend=None):
     seed = secrets.randbits(64) if seed is None else _validate.seed(seed)
     module = resolve("dropout_mask", backend)
     shape = tuple(x.shape)
+    # like=x: a device backend keeps the mask where x is
     mask = module.dropout_mask(_shapes.numel(shape), _dropout_hash.threshold(p),
-                               seed).reshape(shape)
+                               seed, like=x).reshape(shape)
     y = resolve("dropout_apply", backend).dropout_apply(x, mask, _keep_scale(p))
     return y, mask
 

@@ -21,9 +21,13 @@ the backend; ``g`` is a ``ConvGeometry`` or ``PoolGeometry``):
     ``divisors`` is the float64 ``(out_height, out_width)`` table from
     ``_shapes.avg_pool_divisors``.
 ``avg_pool2d_backward(grad_output, g, divisors) -> grad_input``
-``dropout_mask(size, threshold, seed) -> bool array of length size``
-    element i is kept iff ``fastconv._philox``-style hash ``keep_bits(seed, i) >= threshold``
-    (see ``fastconv._dropout_hash``).
+``dropout_mask(size, threshold, seed, like=None) -> bool array of length size``
+    element i is kept iff ``keep_bits(seed_key(seed), i) >= threshold`` (the
+    counter-based hash of ``fastconv._dropout_hash``). ``like`` is the array
+    the mask will be applied to, or None: a backend with a device returns
+    the mask where ``like`` lives (on the device for a device array, so that
+    dropout of a device array never copies its mask to the host); the CPU
+    backends always return NumPy.
 ``dropout_apply(x, mask, scale) -> x * mask * scale`` (same dtype as x)
 """
 

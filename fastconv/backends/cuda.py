@@ -12,7 +12,8 @@ Where arrays live
   wrap them without a copy, and they can be fed straight to the next call.
   A call that mixes the two (a device ``x`` with a NumPy ``weight``, say)
   copies the NumPy ones over and leaves its results on the device.
-- ``dropout_mask`` takes no array, so its mask comes back as NumPy.
+- ``dropout`` of a device array leaves its mask on the device too;
+  ``dropout_mask`` on its own takes no array, so its mask comes back as NumPy.
 - Kernels run on Numba's default stream (the legacy default stream, which
   orders itself against PyTorch's and CuPy's default streams). Results left
   on the device are not synchronised: read them through a copy or a
@@ -372,8 +373,11 @@ def avg_pool2d_backward(grad_output, g, divisors):
 
 # ------------------------------------------------------------------- dropout
 
-def dropout_mask(size, threshold, seed):
+def dropout_mask(size, threshold, seed, like=None):
+    """The flat keep-mask, on the device if ``like`` is a device array."""
     mask = _dropout_mask_on_device(size, threshold, seed)
+    if like is not None and not isinstance(like, np.ndarray):
+        return mask
     return mask.copy_to_host() if size else np.zeros(0, dtype=np.bool_)
 
 

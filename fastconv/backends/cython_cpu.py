@@ -227,8 +227,10 @@ def avg_pool2d_backward(grad_output, g, divisors):
 
 # ------------------------------------------------------------------- dropout
 
-def dropout_mask(size, threshold, seed):
-    """bool (size,): element i kept iff keep_bits(seed_key(seed), i) >= threshold."""
+def dropout_mask(size, threshold, seed, like=None):
+    """bool (size,): element i kept iff keep_bits(seed_key(seed), i) >= threshold.
+
+    ``like`` is ignored: the mask is always NumPy here."""
     mask = np.empty(size, dtype=np.bool_)
     if size:
         _dropout.dropout_mask(mask.view(np.uint8),

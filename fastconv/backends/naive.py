@@ -165,7 +165,7 @@ def avg_pool2d_backward(grad_output, g, divisors):
     return grad_input.astype(grad_output.dtype)
 
 
-def dropout_mask(size, threshold, seed):
+def dropout_mask(size, threshold, seed, like=None):
     key = _dropout_hash.seed_key(seed)
     mask = np.empty(size, dtype=np.bool_)
     for i in range(size):

@@ -254,9 +254,10 @@ def avg_pool2d_backward(grad_output, g, divisors):
 
 # ------------------------------------------------------------------- dropout
 
-def dropout_mask(size, threshold, seed):
+def dropout_mask(size, threshold, seed, like=None):
     """bool (size,): element i kept iff keep_bits(seed_key(seed), i) >=
-    threshold (``fastconv._dropout_hash``)."""
+    threshold (``fastconv._dropout_hash``). ``like`` is ignored: the mask is
+    always NumPy here."""
     mask = np.empty(int(size), dtype=np.bool_)
     dropout_mask_kernel(mask, np.uint64(_dropout_hash.seed_key(seed)),
                         np.uint64(threshold))

@@ -386,8 +386,10 @@ def test_device_backward_avgpool_and_dropout(device, random_array,
                                                backend="naive")
     assert _is_on_device(dropped)
     np.testing.assert_array_equal(dropped.copy_to_host(), expected)
-    back = fastconv.dropout_backward(device.to_device(x),
-                                     device.to_device(mask), 0.5,
+    # the mask stays on the device too, with the CPU's bits
+    assert _is_on_device(mask)
+    np.testing.assert_array_equal(mask.copy_to_host(), expected_mask)
+    back = fastconv.dropout_backward(device.to_device(x), mask, 0.5,
                                      backend="cuda")
     assert _is_on_device(back)
     np.testing.assert_array_equal(back.copy_to_host(), expected)
