@@ -82,40 +82,30 @@ def _add_two_taps(y, dst, x, src, dilation_w, w0, w1, lo, hi, stride_w):
 
 
 @numba.njit(cache=config.NUMBA_CACHE, nogil=True)
-def _add_tap_pair(y, dst, x, src, dilation_w, weight, first_weight, lo, hi,
-                  s, stride_w):
-    """Taps s, s + 1 of one kernel row: fused where both are valid, one by
-    one on the edges."""
-    both_lo = max(lo[s], lo[s + 1])
-    both_hi = max(both_lo, min(hi[s], hi[s + 1]))
-    for t in range(2):
+def _add_fused_taps(y, dst, x, src, dilation_w, weight, first_weight, lo, hi,
+                    s, count, stride_w):
+    """Taps s .. s + count - 1 (``count`` 2 or 3) of one kernel row: fused
+    where all of them are valid, one by one on the edges where only some
+    are."""
+    both_lo, both_hi = lo[s], hi[s]
+    for t in range(1, count):
+        both_lo = max(both_lo, lo[s + t])
+        both_hi = min(both_hi, hi[s + t])
+    both_hi = max(both_lo, both_hi)
+    for t in range(count):
         tap_src = src + t * dilation_w
         tap_weight = weight[first_weight + t]
         _add_tap(y, dst, x, tap_src, tap_weight, lo[s + t],
                  max(lo[s + t], min(hi[s + t], both_lo)), stride_w)
         _add_tap(y, dst, x, tap_src, tap_weight,
                  min(hi[s + t], max(lo[s + t], both_hi)), hi[s + t], stride_w)
-    _add_two_taps(y, dst, x, src, dilation_w, weight[first_weight],
-                  weight[first_weight + 1], both_lo, both_hi, stride_w)
-
-
-@numba.njit(cache=config.NUMBA_CACHE, nogil=True)
-def _add_tap_triple(y, dst, x, src, dilation_w, weight, first_weight, lo, hi,
-                    s, stride_w):
-    """Taps s, s + 1, s + 2 of one kernel row: fused where all three are
-    valid, one by one on the edges where only some are."""
-    both_lo = max(lo[s], lo[s + 1], lo[s + 2])
-    both_hi = max(both_lo, min(hi[s], hi[s + 1], hi[s + 2]))
-    for t in range(3):
-        tap_src = src + t * dilation_w
-        tap_weight = weight[first_weight + t]
-        _add_tap(y, dst, x, tap_src, tap_weight, lo[s + t],
-                 max(lo[s + t], min(hi[s + t], both_lo)), stride_w)
-        _add_tap(y, dst, x, tap_src, tap_weight,
-                 min(hi[s + t], max(lo[s + t], both_hi)), hi[s + t], stride_w)
-    _add_three_taps(y, dst, x, src, dilation_w, weight[first_weight],
-                    weight[first_weight + 1], weight[first_weight + 2],
-                    both_lo, both_hi, stride_w)
+    if count == 3:
+        _add_three_taps(y, dst, x, src, dilation_w, weight[first_weight],
+                        weight[first_weight + 1], weight[first_weight + 2],
+                        both_lo, both_hi, stride_w)
+    else:
+        _add_two_taps(y, dst, x, src, dilation_w, weight[first_weight],
+                      weight[first_weight + 1], both_lo, both_hi, stride_w)
 
 
 @numba.njit(cache=config.NUMBA_CACHE, nogil=True)
@@ -224,16 +214,16 @@ def depthwise_forward_kernel(x, weight, bias, y, g, tile_rows, fuse_taps,
                 row = x_plane + ih * in_w - pad_left
                 s = 0
                 while fuse_taps and s + 2 < taps_s:
-                    _add_tap_triple(y, dst, x, row + s * dilation_w,
+                    _add_fused_taps(y, dst, x, row + s * dilation_w,
                                     dilation_w, weight,
                                     first_weight + r * taps_s + s, lo, hi, s,
-                                    stride_w)
+                                    3, stride_w)
                     s += 3
                 if fuse_taps and s + 1 < taps_s:
-                    _add_tap_pair(y, dst, x, row + s * dilation_w,
-                                  dilation_w, weight,
-                                  first_weight + r * taps_s + s, lo, hi, s,
-                                  stride_w)
+                    _add_fused_taps(y, dst, x, row + s * dilation_w,
+                                    dilation_w, weight,
+                                    first_weight + r * taps_s + s, lo, hi, s,
+                                    2, stride_w)
                     s += 2
                 for s in range(s, taps_s):
                     _add_tap(y, dst, x, row + s * dilation_w,
