@@ -61,12 +61,14 @@ CASE_IDS = [case[0] for case in CONV_CASES]
 CASES_BY_ID = {case[0]: case for case in CONV_CASES}
 
 
-def case_inputs(case_id, dtype, random_array):
-    """x, weight, bias (or None) and the keyword arguments of one case."""
-    _, x_shape, weight_shape, kwargs, with_bias = CASES_BY_ID[case_id]
-    x = random_array(x_shape, dtype, "conv x", case_id)
-    weight = random_array(weight_shape, dtype, "conv weight", case_id)
-    bias = (random_array(weight_shape[0], dtype, "conv bias", case_id)
+def case_inputs(case_id, dtype, random_array, cases=None, label="conv"):
+    """x, weight, bias (or None) and the keyword arguments of one case of
+    ``cases`` (default ``CASES_BY_ID``); ``label`` seeds the values."""
+    cases = CASES_BY_ID if cases is None else cases
+    _, x_shape, weight_shape, kwargs, with_bias = cases[case_id]
+    x = random_array(x_shape, dtype, f"{label} x", case_id)
+    weight = random_array(weight_shape, dtype, f"{label} weight", case_id)
+    bias = (random_array(weight_shape[0], dtype, f"{label} bias", case_id)
             if with_bias else None)
     return x, weight, bias, kwargs
 
@@ -385,12 +387,8 @@ def depthwise_calls(numba_backend, monkeypatch):
 
 
 def depthwise_inputs(case_id, dtype, random_array):
-    _, x_shape, weight_shape, kwargs, with_bias = DEPTHWISE_BY_ID[case_id]
-    x = random_array(x_shape, dtype, "depthwise x", case_id)
-    weight = random_array(weight_shape, dtype, "depthwise weight", case_id)
-    bias = (random_array(weight_shape[0], dtype, "depthwise bias", case_id)
-            if with_bias else None)
-    return x, weight, bias, kwargs
+    return case_inputs(case_id, dtype, random_array, DEPTHWISE_BY_ID,
+                       "depthwise")
 
 
 @pytest.mark.parametrize("loops", ["tap_by_tap", "fused_taps",
