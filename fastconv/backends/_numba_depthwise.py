@@ -192,20 +192,15 @@ def depthwise_forward_kernel(x, weight, bias, y, g, tile_rows, fuse_taps,
         k = plane % out_channels
         x_plane = (image * g.in_channels + k // multiplier) * in_h * in_w
         first_weight = k * taps_r * taps_s
+        value = bias[k] if has_bias else zero
         if padded_planes:  # stride 1, whole planes (tile_rows == out_h)
-            _padded_plane_forward(x, x_plane, weight, first_weight,
-                                  bias[k] if has_bias else zero, y,
+            _padded_plane_forward(x, x_plane, weight, first_weight, value, y,
                                   plane * out_h * out_w, g)
             continue
         for oh in range(oh_start, oh_stop):
             dst = (plane * out_h + oh) * out_w
-            if has_bias:
-                value = bias[k]
-                for ow in range(out_w):
-                    y[_u(dst + ow)] = value
-            else:
-                for ow in range(out_w):
-                    y[_u(dst + ow)] = 0
+            for ow in range(out_w):
+                y[_u(dst + ow)] = value
             for r in range(taps_r):
                 ih = oh * stride_h - pad_top + r * dilation_h
                 if ih < 0 or ih >= in_h:
@@ -213,18 +208,13 @@ def depthwise_forward_kernel(x, weight, bias, y, g, tile_rows, fuse_taps,
                 # may be negative; every index read from it is not
                 row = x_plane + ih * in_w - pad_left
                 s = 0
-                while fuse_taps and s + 2 < taps_s:
+                while fuse_taps and s + 1 < taps_s:  # triples, then a pair
+                    count = min(3, taps_s - s)
                     _add_fused_taps(y, dst, x, row + s * dilation_w,
                                     dilation_w, weight,
                                     first_weight + r * taps_s + s, lo, hi, s,
-                                    3, stride_w)
-                    s += 3
-                if fuse_taps and s + 1 < taps_s:
-                    _add_fused_taps(y, dst, x, row + s * dilation_w,
-                                    dilation_w, weight,
-                                    first_weight + r * taps_s + s, lo, hi, s,
-                                    2, stride_w)
-                    s += 2
+                                    count, stride_w)
+                    s += count
                 for s in range(s, taps_s):
                     _add_tap(y, dst, x, row + s * dilation_w,
                              weight[first_weight + r * taps_s + s],
