@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import sys
 
+import numpy as np
 import pytest
 
 SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM", "") == "1"
@@ -43,6 +44,53 @@ TINY_LAUNCH = {
     "CUDA_CONV_NARROW_MICRO_M": 1,
     "CUDA_CONV_NARROW_MICRO_N": 2,
 }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _simulator_shared_arrays_without_race():
+    """Make the simulator's ``cuda.shared.array`` safe for its threads.
+
+    numba-cuda's simulator (0.30) gives each block's threads one array per
+    ``cuda.shared.array`` call site through an unlocked "look up, else
+    create and store": two threads of a block that reach the call at the
+    same time can both create one, and the thread whose array is not kept
+    then fills and reads a private tile, not the block's. On a GPU the tile
+    is shared by construction; here the first block of a launch now and
+    then computed garbage (seen as a wrong first image in test_cuda_nn,
+    about one launch in ten with a 1 us switch interval). The replacement
+    below is the same lookup under a lock, keyed, as the simulator keys it,
+    by the caller's file and line.
+    """
+    if not SIMULATOR:
+        yield
+        return
+    import threading
+
+    from numba.cuda.simulator import kernelapi
+
+    shared = getattr(kernelapi, "FakeCUDAShared", None)
+    if shared is None:  # a simulator laid out otherwise: leave it alone
+        yield
+        return
+    lock = threading.Lock()
+    original = shared.array
+
+    def array(self, shape, dtype, alignment=None):
+        if alignment is not None or shape == 0:  # no per-call-site array
+            return original(self, shape, dtype, alignment)
+        caller = sys._getframe(1)
+        key = (caller.f_code.co_filename, caller.f_lineno)
+        with lock:
+            found = self._allocations.get(key)
+            if found is None:
+                if isinstance(dtype, kernelapi.types.Type):
+                    dtype = kernelapi.numpy_support.as_dtype(dtype)
+                found = self._allocations[key] = np.empty(shape, dtype)
+        return found
+
+    shared.array = array
+    yield
+    shared.array = original
 
 
 @pytest.fixture(scope="session", autouse=True)
