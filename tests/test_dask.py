@@ -78,6 +78,14 @@ def _cases(boundary, rng, cases, images):
     return lazy, eager
 
 
+def _assert_computed_match(lazy, eager, scheduler):
+    """Compute the lazy results together; each equals its in-memory twin."""
+    computed = dask.compute(*lazy, scheduler=scheduler)
+    for result, expected, graph in zip(computed, eager, lazy):
+        assert graph.shape == expected.shape
+        assert_matches(result, expected, exact=False)
+
+
 def test_filter2d_on_the_cluster_equals_in_memory(client):
     """Every boundary, odd chunk sizes, colour, on two worker processes."""
     rng = np.random.default_rng(17)
@@ -92,10 +100,7 @@ def test_filter2d_on_the_cluster_equals_in_memory(client):
                                        [(colour, (23, 19, 2))])
         lazy += more_lazy
         eager += more_eager
-    computed = dask.compute(*lazy, scheduler=client.get)
-    for result, expected, graph in zip(computed, eager, lazy):
-        assert graph.shape == expected.shape
-        assert_matches(result, expected, exact=False)
+    _assert_computed_match(lazy, eager, client.get)
 
 
 @pytest.mark.parametrize("boundary", BOUNDARIES)
@@ -107,10 +112,7 @@ def test_filter2d_equals_in_memory_for_every_option(boundary):
     lazy, eager = _cases(boundary, rng, CASES,
                          [(colour, (11, 13, 2)), (gray, (7, 9)),
                           (colour, (53, 5, 3))])
-    computed = dask.compute(*lazy, scheduler="threads")
-    for result, expected, graph in zip(computed, eager, lazy):
-        assert graph.shape == expected.shape
-        assert_matches(result, expected, exact=False)
+    _assert_computed_match(lazy, eager, "threads")
 
 
 @pytest.mark.parametrize("boundary", BOUNDARIES)
