@@ -12,6 +12,9 @@ Environment variables:
 
 ``FASTCONV_NO_OPENMP=1``
     Skip the OpenMP probe and build serially (used to test the fallback).
+``FASTCONV_PORTABLE=1``
+    Do not tune for the building machine's CPU (no ``-march=native``): for a
+    wheel that will run on other machines.
     An in-place rebuild (``pip install -e .``) reuses compiled modules that
     are newer than their sources: delete ``fastconv/backends/_cython/*.so``
     first for the setting to take effect.
@@ -38,6 +41,11 @@ KERNELS = ("conv", "pool", "dropout")
 #: max-pool tap loop (pool.pyx, _max_run) pairwise into one scalar loop that
 #: is then not vectorised, which made max_pool2d 3x slower here.
 TUNING_FLAGS = ["-fno-loop-unroll-and-jam"]
+
+#: The extension is compiled where it is installed, so by default it may use
+#: every instruction of this CPU (AVX-512 where there is one), as Numba's JIT
+#: does; FASTCONV_PORTABLE=1 leaves it out.
+NATIVE_FLAGS = ["-march=native"]
 
 TRIVIAL_PROGRAM = "int main(void) { return 0; }\n"
 
@@ -100,7 +108,9 @@ class BuildExtWithOptionalOpenMP(build_ext):
                        f"({why}); they will run on one thread")
             print(f"WARNING: {message}", file=sys.stderr)
         if self.compiler.compiler_type != "msvc":
-            optimise += [flag for flag in TUNING_FLAGS
+            wanted = TUNING_FLAGS + (
+                [] if _env_flag("FASTCONV_PORTABLE") else NATIVE_FLAGS)
+            optimise += [flag for flag in wanted
                          if self._builds(TRIVIAL_PROGRAM, [flag], [])]
         for extension in self.extensions:
             extension.extra_compile_args = (
