@@ -57,16 +57,19 @@ _MODULES = {
     "cuda": "fastconv.backends.cuda",
 }
 
-# What 'auto' runs for each primitive, fastest first, as measured by
-# `python benchmarks/report.py --fastest` on the 2-core development machine
-# (conv2d is close to a tie; Cython's scatter and elementwise loops win the
-# two marked below). The naive reference is the last resort, so 'auto'
-# always works.
+# What 'auto' runs for each primitive, first available first. The Cython
+# kernels come first everywhere: they are compiled when fastconv is installed,
+# so the first call in a fresh process runs at once, where a Numba kernel
+# is compiled on its first use (1-10 s per kernel with an empty cache, about
+# 0.1 s loading each from a warm one; `python benchmarks/bench_startup.py`).
+# Numba serves 'auto' only where the Cython extension was not built; the
+# naive reference is the last resort, so 'auto' always works. The rule for
+# a primitive to go back to Numba first: it must be measurably faster there
+# (`python benchmarks/report.py --fastest`) *and* only once its kernels are
+# compiled in this process, which this registry does not track; none is.
 _AUTO_ORDER = {
-    primitive: ("numba", "cython", "naive") for primitive in PRIMITIVES
+    primitive: ("cython", "numba", "naive") for primitive in PRIMITIVES
 }
-_AUTO_ORDER["max_pool2d_backward"] = ("cython", "numba", "naive")
-_AUTO_ORDER["dropout_apply"] = ("cython", "numba", "naive")
 
 VALID_NAMES = ("auto",) + tuple(_MODULES)
 
