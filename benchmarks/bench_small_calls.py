@@ -6,10 +6,11 @@ meets on a busy machine.
     python benchmarks/bench_small_calls.py overhead  [--backend auto]
 
 ``grain``: for growing conv2d, max_pool2d and dropout calls, the median time
-on one thread and on all of them (``config.PARALLEL_MIN_WORK`` set to 0 and
-to infinity, so that only the thread count differs), with each call's work
-as ``fastconv._threads`` counts it (multiply-adds, window taps, elements).
-``PARALLEL_MIN_WORK`` is the work from which all threads win.
+on one thread and on all of them (the minimums ``config.PARALLEL_MIN_MACS``,
+``PARALLEL_MIN_TAPS`` and ``PARALLEL_MIN_ELEMENTS`` set to 0 and to
+infinity, so that only the thread count differs), with each call's work as
+``fastconv._threads`` counts it (multiply-adds, window taps, elements).
+Each minimum should sit where all threads start to win.
 
 ``latency``: p50 / p99 / max of the tiny conv2d (2,4,16,16) x (8,4,3,3),
 padding 1, with the library's defaults, alone and then with one busy
@@ -34,8 +35,9 @@ import time
 import numpy as np
 
 import fastconv
-from fastconv import _threads, config
+from fastconv import config
 
+MINIMUMS = ("PARALLEL_MIN_MACS", "PARALLEL_MIN_TAPS", "PARALLEL_MIN_ELEMENTS")
 TINY_X = (2, 4, 16, 16)
 TINY_W = (8, 4, 3, 3)
 
@@ -90,18 +92,20 @@ def grain(backend):
           f"{backend}; {_load()}\n")
     print("| call | work | 1 thread (us) | all threads (us) | speedup |")
     print("| --- | ---: | ---: | ---: | ---: |")
-    saved = config.PARALLEL_MIN_WORK
+    saved = {name: getattr(config, name) for name in MINIMUMS}
     try:
         for label, work, call in grain_cases(np.random.default_rng(0)):
             times = {}
             for name, minimum in (("one", float("inf")), ("all", 0)):
-                config.PARALLEL_MIN_WORK = minimum
+                for setting in MINIMUMS:
+                    setattr(config, setting, minimum)
                 times[name] = _median_seconds(lambda: call(backend))
             print(f"| {label} | {work:,} | {times['one'] * 1e6:.1f} | "
                   f"{times['all'] * 1e6:.1f} | "
                   f"{times['one'] / times['all']:.2f} |", flush=True)
     finally:
-        config.PARALLEL_MIN_WORK = saved
+        for setting, value in saved.items():
+            setattr(config, setting, value)
     print(f"\n{_load()}")
 
 

@@ -8,10 +8,12 @@ BLAS's; ``get_num_threads()`` reports it. The default is Numba's
 without importing Numba, which costs a tenth of a second and is not needed
 while the Cython kernels serve the calls.
 
-Each kernel call asks ``kernel_threads(work)`` how many threads to use:
-below ``config.PARALLEL_MIN_WORK`` it runs on the calling thread alone,
-since waking a second thread costs more than such a call (and, on a busy
-machine, waiting for a descheduled worker costs milliseconds).
+Each kernel call asks ``conv_threads``, ``pool_threads`` or
+``elementwise_threads`` how many threads to use: below the minimum work in
+``fastconv.config`` (``PARALLEL_MIN_MACS`` and its neighbours) it runs on
+the calling thread alone, since waking a second thread costs more than such
+a call saves (and, on a busy machine, waiting for a descheduled worker
+costs milliseconds).
 
 BLAS: a kernel whose threads each call BLAS holds it to one thread
 (``single_threaded_blas``), and the nn layers' own products (``matmul``)
@@ -100,16 +102,36 @@ def set_num_threads(n: int) -> None:
     _state["threads"] = n
 
 
-def kernel_threads(work: int) -> int:
-    """Threads for one kernel call of ``work`` elementary steps (multiply-
-    adds, window taps or elements, as each backend counts them): one below
-    ``config.PARALLEL_MIN_WORK``, else ``get_num_threads()``."""
-    if work < config.PARALLEL_MIN_WORK:
+def _threads_for(work: int, minimum: int) -> int:
+    """One thread for less work than ``minimum``, else get_num_threads()."""
+    if work < minimum:
         return 1
     threads = get_num_threads()
     if threads > 1:
         _state["parallel_started"] = True
     return threads
+
+
+def conv_threads(g, passes: int = 1) -> int:
+    """Threads for a convolution of geometry ``g`` (``passes`` 2 for the
+    backward pass), by its multiply-adds (config.PARALLEL_MIN_MACS)."""
+    macs = (g.batch * g.out_channels * g.out_height * g.out_width
+            * (g.in_channels // g.groups) * g.kernel_height * g.kernel_width)
+    return _threads_for(passes * macs, config.PARALLEL_MIN_MACS)
+
+
+def pool_threads(g) -> int:
+    """Threads for a pooling call (forward or backward) of geometry ``g``,
+    by its window taps (config.PARALLEL_MIN_TAPS)."""
+    taps = (g.batch * g.channels * g.out_height * g.out_width
+            * g.kernel_height * g.kernel_width)
+    return _threads_for(taps, config.PARALLEL_MIN_TAPS)
+
+
+def elementwise_threads(size: int) -> int:
+    """Threads for a call that touches each of ``size`` elements once
+    (dropout, max-pool scatter), config.PARALLEL_MIN_ELEMENTS."""
+    return _threads_for(size, config.PARALLEL_MIN_ELEMENTS)
 
 
 def _after_fork_in_child():
@@ -188,16 +210,3 @@ def matmul(a, b):
     with single_threaded_blas():
         return a @ b
 
-
-# ------------------------------------------------------ work of a kernel call
-
-def conv_work(g) -> int:
-    """Multiply-adds of a convolution (forward; backward is about twice)."""
-    return (g.batch * g.out_channels * g.out_height * g.out_width
-            * (g.in_channels // g.groups) * g.kernel_height * g.kernel_width)
-
-
-def pool_work(g) -> int:
-    """Window taps of a pooling call (forward or backward)."""
-    return (g.batch * g.channels * g.out_height * g.out_width
-            * g.kernel_height * g.kernel_width)

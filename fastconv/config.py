@@ -66,12 +66,22 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-#: A kernel call with less work than this (multiply-adds of a convolution,
-#: window taps of pooling, elements of dropout) runs on the calling thread
-#: alone: starting a parallel region costs more than such a call saves, and
-#: on a busy machine waiting for a descheduled worker thread costs
-#: milliseconds. See benchmarks/bench_small_calls.py.
-PARALLEL_MIN_WORK = 200_000
+# A kernel call with less work than these runs on the calling thread alone:
+# waking a second thread costs more than it saves on such a call, and on a
+# busy machine waiting for a descheduled worker costs 0.1-10 ms. Each is
+# about 100 us of one thread's work here (conv2d ~0.05 ns per multiply-add,
+# pooling ~0.5 ns per window tap, dropout ~1 ns per element), where on the
+# shared 2-core machine two threads were slower than one up to 2-9x that
+# (`python benchmarks/bench_small_calls.py grain`).
+
+#: Multiply-adds of one convolution call (the backward pass counts twice).
+PARALLEL_MIN_MACS = 2_000_000
+
+#: Window taps of one pooling call (output elements x kernel area).
+PARALLEL_MIN_TAPS = 200_000
+
+#: Elements of one elementwise call (dropout; max-pool's scatter).
+PARALLEL_MIN_ELEMENTS = 100_000
 
 #: An nn layer's matrix product (fastconv._threads.matmul) uses BLAS's
 #: threads only from this many flops: after a multi-threaded call

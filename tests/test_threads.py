@@ -110,9 +110,21 @@ def test_results_do_not_depend_on_thread_count(backend, restore_num_threads,
 # ------------------------------------------------------- small work, BLAS
 
 def test_small_work_runs_on_one_thread(monkeypatch):
-    monkeypatch.setattr(config, "PARALLEL_MIN_WORK", 1000)
-    assert _threads.kernel_threads(999) == 1
-    assert _threads.kernel_threads(1000) == fastconv.get_num_threads()
+    from fastconv import _shapes
+
+    monkeypatch.setattr(config, "PARALLEL_MIN_ELEMENTS", 1000)
+    assert _threads.elementwise_threads(999) == 1
+    assert _threads.elementwise_threads(1000) == fastconv.get_num_threads()
+    conv = _shapes.conv_geometry((2, 4, 8, 8), (8, 4, 3, 3), (1, 1),
+                                 (1, 1, 1, 1), (1, 1), 1)
+    macs = 2 * 8 * 8 * 8 * 4 * 9
+    monkeypatch.setattr(config, "PARALLEL_MIN_MACS", macs + 1)
+    assert _threads.conv_threads(conv) == 1
+    assert _threads.conv_threads(conv, passes=2) == fastconv.get_num_threads()
+    pool = _shapes.pool_geometry((2, 4, 8, 8), (2, 2), (2, 2), (0, 0),
+                                 (1, 1), False)
+    monkeypatch.setattr(config, "PARALLEL_MIN_TAPS", 2 * 4 * 16 * 4 + 1)
+    assert _threads.pool_threads(pool) == 1
 
 
 def _run_python(code, timeout=120, **environment):
@@ -178,7 +190,9 @@ FORK_PROBE = """
     import numpy as np
     import fastconv
     from fastconv import config
-    config.PARALLEL_MIN_WORK = 0  # the parent's calls start OpenMP's threads
+    for minimum in ("PARALLEL_MIN_MACS", "PARALLEL_MIN_TAPS",
+                    "PARALLEL_MIN_ELEMENTS"):  # the parent starts OpenMP
+        setattr(config, minimum, 0)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((4, 8, 12, 12)).astype(np.float32)
     w = rng.standard_normal((6, 8, 3, 3)).astype(np.float32)
@@ -242,7 +256,7 @@ def test_numba_runs_in_a_child_when_only_cython_ran_before_the_fork():
 def test_set_num_threads_in_a_forked_child_says_why_it_cannot():
     result = _run_python("""
         import multiprocessing, numpy as np, fastconv
-        fastconv.config.PARALLEL_MIN_WORK = 0
+        fastconv.config.PARALLEL_MIN_TAPS = 0
         fastconv.set_num_threads(2)
         fastconv.max_pool2d(np.ones((2, 2, 8, 8), np.float32), 2)
 

@@ -53,10 +53,10 @@ def openmp_enabled() -> bool:
     return _IMPORT_ERROR is None and _conv.openmp_enabled()
 
 
-def _num_threads(work) -> int:
-    """Threads for a call of ``work`` elementary steps: one for small work
-    (``fastconv.config.PARALLEL_MIN_WORK``) or without OpenMP."""
-    return _threads.kernel_threads(work) if openmp_enabled() else 1
+def _num_threads(threads) -> int:
+    """``threads`` (what fastconv._threads gives the call: one for small
+    work), or one where the kernels were built without OpenMP."""
+    return threads if openmp_enabled() else 1
 
 
 def _blas_held_to_one_thread(num_threads):
@@ -122,7 +122,7 @@ def _thread_budget(num_threads, reserved=0):
 
 def conv2d_forward(x, weight, bias, g):
     """y (N, K, OH, OW) = conv2d(x, weight) + bias, in x's dtype."""
-    num_threads = _num_threads(_threads.conv_work(g))
+    num_threads = _num_threads(_threads.conv_threads(g))
     dtype = x.dtype
     budget = _thread_budget(num_threads)
     col_rows, filters = _col_rows(g), g.out_channels // g.groups
@@ -154,7 +154,7 @@ def conv2d_forward(x, weight, bias, g):
 
 def conv2d_backward(grad_output, x, weight, g, need_input_grad):
     """(grad_input or None, grad_weight, grad_bias), all in x's dtype."""
-    num_threads = _num_threads(2 * _threads.conv_work(g))
+    num_threads = _num_threads(_threads.conv_threads(g, passes=2))
     dtype = x.dtype
     partials = np.zeros((num_threads, weight.size), dtype=dtype)
     budget = _thread_budget(num_threads, reserved=partials.nbytes)
@@ -193,7 +193,7 @@ def max_pool2d_forward(x, g):
     indices = np.empty(g.output_shape, dtype=np.int64)
     if y.size:
         _pool.max_pool2d_forward(x, y, indices, g,
-                                 _num_threads(_threads.pool_work(g)))
+                                 _num_threads(_threads.pool_threads(g)))
     return y, indices
 
 
@@ -202,8 +202,9 @@ def max_pool2d_backward(grad_output, indices, g):
     grad_input = np.empty(g.input_shape, dtype=grad_output.dtype)
     if grad_input.size:
         if grad_output.size:
+            threads = _threads.elementwise_threads(grad_input.size)
             _pool.max_pool2d_backward(grad_output, indices, grad_input,
-                                      _num_threads(grad_input.size))
+                                      _num_threads(threads))
         else:
             grad_input.fill(0)
     return grad_input
@@ -214,7 +215,7 @@ def avg_pool2d_forward(x, g, divisors):
     y = np.empty(g.output_shape, dtype=x.dtype)
     if y.size:
         _pool.avg_pool2d_forward(x, y, np.ascontiguousarray(divisors), g,
-                                 _num_threads(_threads.pool_work(g)))
+                                 _num_threads(_threads.pool_threads(g)))
     return y
 
 
@@ -224,7 +225,7 @@ def avg_pool2d_backward(grad_output, g, divisors):
     if grad_input.size:
         _pool.avg_pool2d_backward(grad_output, grad_input,
                                   np.ascontiguousarray(divisors), g,
-                                  _num_threads(_threads.pool_work(g)))
+                                  _num_threads(_threads.pool_threads(g)))
     return grad_input
 
 
@@ -238,7 +239,7 @@ def dropout_mask(size, threshold, seed, like=None):
     if size:
         _dropout.dropout_mask(mask.view(np.uint8),
                               _dropout_hash.seed_key(seed), threshold,
-                              _num_threads(size))
+                              _num_threads(_threads.elementwise_threads(size)))
     return mask
 
 
@@ -248,5 +249,5 @@ def dropout_apply(x, mask, scale):
     if x.size:
         _dropout.dropout_apply(x.reshape(-1), mask.reshape(-1).view(np.uint8),
                                float(scale), y.reshape(-1),
-                               _num_threads(x.size))
+                               _num_threads(_threads.elementwise_threads(x.size)))
     return y

@@ -100,12 +100,11 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def _use_threads(work: int) -> int:
-    """Set Numba's thread count for this call, in the calling thread (Numba
-    keeps one count per thread, so a count set in another thread does not
-    hold here): fastconv's count, or one for small work
-    (``fastconv.config.PARALLEL_MIN_WORK``). Returns it."""
-    threads = _threads.kernel_threads(work)
+def _use_threads(threads: int) -> int:
+    """Set Numba's thread count for this call to ``threads`` (what
+    fastconv._threads gives it: one for small work), in the calling thread:
+    Numba keeps one count per thread, so a count set in another thread does
+    not hold here. Returns it."""
     if numba.get_num_threads() != threads:
         numba.set_num_threads(threads)
     return threads
@@ -167,7 +166,7 @@ def _depthwise_padded_planes(g, n_threads: int) -> bool:
 def conv2d_forward(x, weight, bias, g):
     """y (N, K, OH, OW) = conv2d(x, weight) + bias, in x's dtype."""
     g = _as_ints(g)
-    _use_threads(_threads.conv_work(g))
+    _use_threads(_threads.conv_threads(g))
     if _is_depthwise(g):
         return _depthwise_forward(x, weight, bias, g)
     return _im2col_forward(x, weight, bias, g)
@@ -214,7 +213,8 @@ def conv2d_backward(grad_output, x, weight, g, need_input_grad):
     dtype = x.dtype
     direct = _is_pointwise(g)
     need_input_grad = bool(need_input_grad)
-    n_chunks = min(_use_threads(2 * _threads.conv_work(g)), g.batch)
+    n_chunks = min(_use_threads(_threads.conv_threads(g, passes=2)),
+                   g.batch)
     if direct:
         tile_rows = g.out_height
     else:
@@ -247,7 +247,7 @@ def max_pool2d_forward(x, g):
     g = _as_ints(g)
     y = np.empty(g.output_shape, dtype=x.dtype)
     indices = np.empty(g.output_shape, dtype=np.int64)
-    n_chunks = max(1, min(_use_threads(_threads.pool_work(g)),
+    n_chunks = max(1, min(_use_threads(_threads.pool_threads(g)),
                           g.batch * g.channels))
     max_pool2d_forward_kernel(_flat(x), y.reshape(-1), indices.reshape(-1), g,
                               n_chunks)
@@ -258,7 +258,7 @@ def max_pool2d_backward(grad_output, indices, g):
     """grad_input (N, C, H, W): grad_output scatter-added to ``indices``."""
     g = _as_ints(g)
     grad_input = np.empty(g.input_shape, dtype=grad_output.dtype)
-    _use_threads(grad_input.size)
+    _use_threads(_threads.elementwise_threads(grad_input.size))
     max_pool2d_backward_kernel(_flat(grad_output),
                                _flat(indices.astype(np.int64, copy=False)),
                                grad_input.reshape(-1), g)
@@ -270,7 +270,7 @@ def avg_pool2d_forward(x, g, divisors):
     g = _as_ints(g)
     y = np.empty(g.output_shape, dtype=x.dtype)
     divisors = np.ascontiguousarray(divisors, dtype=np.float64)
-    _use_threads(_threads.pool_work(g))
+    _use_threads(_threads.pool_threads(g))
     avg_pool2d_forward_kernel(_flat(x), y.reshape(-1), divisors, g)
     return y
 
@@ -281,7 +281,7 @@ def avg_pool2d_backward(grad_output, g, divisors):
     g = _as_ints(g)
     grad_input = np.empty(g.input_shape, dtype=grad_output.dtype)
     divisors = np.ascontiguousarray(divisors, dtype=np.float64)
-    _use_threads(_threads.pool_work(g))
+    _use_threads(_threads.pool_threads(g))
     avg_pool2d_backward_kernel(_flat(grad_output), grad_input.reshape(-1),
                                divisors, g)
     return grad_input
@@ -294,7 +294,7 @@ def dropout_mask(size, threshold, seed, like=None):
     threshold (``fastconv._dropout_hash``). ``like`` is ignored: the mask is
     always NumPy here."""
     mask = np.empty(int(size), dtype=np.bool_)
-    _use_threads(int(size))
+    _use_threads(_threads.elementwise_threads(int(size)))
     dropout_mask_kernel(mask, np.uint64(_dropout_hash.seed_key(seed)),
                         np.uint64(threshold))
     return mask
@@ -303,7 +303,7 @@ def dropout_mask(size, threshold, seed, like=None):
 def dropout_apply(x, mask, scale):
     """x * mask * scale in x's dtype and shape (0 where dropped)."""
     y = np.empty(x.shape, dtype=x.dtype)
-    _use_threads(x.size)
+    _use_threads(_threads.elementwise_threads(x.size))
     dropout_apply_kernel(_flat(x), _flat(mask), x.dtype.type(scale),
                          y.reshape(-1))
     return y
