@@ -268,7 +268,9 @@ def _mask_shape(shape):
     if any(s < 0 for s in shape):
         raise ValueError(
             f"shape must have non-negative sizes, got {tuple(shape)}")
-    return tuple(int(s) for s in shape)
+    shape = tuple(int(s) for s in shape)
+    _validate.array_size(shape, "shape")
+    return shape
 
 
 def dropout_mask(shape, p, seed, *, backend=None):
