@@ -217,11 +217,12 @@ def _grad_weight_splits(g, rows, cols, depth, itemsize, launch) -> int:
     return max(1, splits)
 
 
-def conv2d_backward(grad_output, x, weight, g, need_input_grad=True):
+def conv2d_backward(grad_output, x, weight, g, need_input_grad=True, *,
+                    need_weight_grad=True):
     placement = _Placement()
     grad_output = placement.take(grad_output)
-    x, weight = placement.take(x), placement.take(weight)
-    dtype = x.dtype
+    weight = placement.take(weight)
+    dtype = grad_output.dtype
     kernel = _kernels(dtype)
     launch = launch_config()
     geometry = _geometry(g)
@@ -245,6 +246,10 @@ def conv2d_backward(grad_output, x, weight, g, need_input_grad=True):
             _flat(weight), flat_grad_output, _flat(grad_input), unused, 0,
             geometry, rows, cols, depth, depth, 1)
 
+    if not need_weight_grad:
+        return (None if grad_input is None else placement.give(grad_input),
+                None, None)
+    x = placement.take(x)
     grad_weight = cuda.device_array(g.weight_shape, dtype=dtype)
     rows = filters_per_group
     cols = channels_per_group * kernel_area

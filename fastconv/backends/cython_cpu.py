@@ -150,8 +150,13 @@ def conv2d_forward(x, weight, bias, g):
     return y
 
 
-def conv2d_backward(grad_output, x, weight, g, need_input_grad):
-    """(grad_input or None, grad_weight, grad_bias), all in x's dtype."""
+def conv2d_backward(grad_output, x, weight, g, need_input_grad, *,
+                    need_weight_grad=True):
+    """(grad_input or None, grad_weight, grad_bias), all in x's dtype;
+    grad_weight and grad_bias None when ``need_weight_grad`` is False."""
+    if not need_weight_grad:
+        # The kernel cannot skip the weight GEMMs yet: computed, dropped.
+        x = np.zeros(g.input_shape, dtype=grad_output.dtype)
     num_threads = _num_threads()
     dtype = x.dtype
     partials = np.zeros((num_threads, weight.size), dtype=dtype)
@@ -180,6 +185,8 @@ def conv2d_backward(grad_output, x, weight, g, need_input_grad):
     _conv.sum_rows(partials, grad_weight.reshape(-1), num_threads)
     grad_bias = np.empty(g.out_channels, dtype=dtype)
     _conv.bias_grad(grad_output, grad_bias, num_threads)
+    if not need_weight_grad:
+        grad_weight = grad_bias = None
     return (grad_input if need_input_grad else None), grad_weight, grad_bias
 
 
