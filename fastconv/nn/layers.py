@@ -26,8 +26,9 @@ from fastconv.nn import init
 from fastconv.nn.module import FLOAT_DTYPES, Module, Parameter
 
 __all__ = [
-    "Conv2d", "Linear", "ReLU", "Flatten", "Identity", "MaxPool2d",
-    "AvgPool2d", "AdaptiveAvgPool2d", "Dropout", "BatchNorm2d",
+    "Conv2d", "ConvTranspose2d", "Conv1d", "Linear", "ReLU", "Flatten",
+    "Identity", "MaxPool2d", "AvgPool2d", "MaxPool1d", "AvgPool1d",
+    "AdaptiveAvgPool2d", "Dropout", "BatchNorm2d",
 ]
 
 
@@ -71,9 +72,49 @@ def _require_ndim(x, ndim, layer, layout):
 
 def _positive_count(value, name) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) \
-            or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+            or not 1 <= value <= _validate.MAX_AXIS:
+        raise ValueError(
+            f"{name} must be a positive int (at most 2**31 - 1), got "
+            f"{value!r}")
     return int(value)
+
+
+def _stored_padding_2d(padding):
+    """(pad_h, pad_w) as PyTorch stores it, or ((top, bottom), (left,
+    right)) when the sides differ."""
+    top, left, bottom, right = _validate.padding_2d(padding, "padding")
+    if (top, left) == (bottom, right):
+        return (top, left)
+    return ((top, bottom), (left, right))
+
+
+def _check_padding_mode(padding_mode):
+    if padding_mode != "zeros":
+        raise ValueError(
+            f"padding_mode must be 'zeros' (the only mode fastconv's "
+            f"kernels implement), got {padding_mode!r}")
+
+
+def _channels_and_groups(in_channels, out_channels, groups):
+    in_channels = _positive_count(in_channels, "in_channels")
+    out_channels = _positive_count(out_channels, "out_channels")
+    groups = _positive_count(groups, "groups")
+    if in_channels % groups or out_channels % groups:
+        raise ValueError(
+            f"groups={groups} must divide in_channels={in_channels} and "
+            f"out_channels={out_channels}")
+    return in_channels, out_channels, groups
+
+
+def _single(value, name, minimum):
+    """PyTorch's 1-D layer argument: an int or a 1-tuple, stored as a
+    1-tuple."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 1:
+            raise ValueError(
+                f"{name} must be an int or a 1-tuple, got {value!r}")
+        value = value[0]
+    return (_validate.pair(value, name, minimum)[0],)
 
 
 # --------------------------------------------------------------- convolution
@@ -120,7 +161,7 @@ class Conv2d(Module):
                 raise ValueError("padding='same' needs stride 1")
             self.padding = padding
         else:
-            self.padding = _validate.pair(padding, "padding", minimum=0)
+            self.padding = _stored_padding_2d(padding)
         self.dilation = _validate.pair(dilation, "dilation", minimum=1)
         self.groups = groups
         self.padding_mode = padding_mode
@@ -157,6 +198,167 @@ class Conv2d(Module):
         if self.padding not in ((0, 0), "valid"):
             text += f", padding={self.padding}"
         if self.dilation != (1, 1):
+            text += f", dilation={self.dilation}"
+        if self.groups != 1:
+            text += f", groups={self.groups}"
+        if self.bias is None:
+            text += ", bias=False"
+        return text
+
+
+class ConvTranspose2d(Module):
+    """Transposed 2-D convolution, as ``torch.nn.ConvTranspose2d``.
+
+    weight: (in_channels, out_channels // groups, kH, kW) (PyTorch's
+    layout); bias: (out_channels,). Initialised like PyTorch (uniform in
+    +-1/sqrt(fan_in), fan_in from the weight's second axis). ``padding`` is
+    an int, a pair or ((top, bottom), (left, right)); ``output_padding``
+    must be smaller than stride or dilation. ``forward`` takes no
+    ``output_size``. ``need_input_grad`` as in ``Conv2d``.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1,
+                 padding=0, output_padding=0, groups=1, bias=True,
+                 dilation=1, padding_mode="zeros", device=None, dtype=None,
+                 *, generator=None):
+        super().__init__()
+        _check_device(device)
+        _check_padding_mode(padding_mode)
+        in_channels, out_channels, groups = _channels_and_groups(
+            in_channels, out_channels, groups)
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = _validate.pair(kernel_size, "kernel_size",
+                                          minimum=1)
+        self.stride = _validate.pair(stride, "stride", minimum=1)
+        self.padding = _stored_padding_2d(padding)
+        self.output_padding = _validate.pair(output_padding,
+                                             "output_padding", minimum=0)
+        self.dilation = _validate.pair(dilation, "dilation", minimum=1)
+        for extra, step, spacing in zip(self.output_padding, self.stride,
+                                        self.dilation):
+            if extra >= step and extra >= spacing:
+                raise ValueError(
+                    f"output_padding must be smaller than stride or "
+                    f"dilation, got output_padding={output_padding}")
+        self.groups = groups
+        self.padding_mode = padding_mode
+        self.need_input_grad = True
+        weight, bias_values = init.default_weight_and_bias(
+            (in_channels, out_channels // groups) + self.kernel_size,
+            out_channels if bias else None, _param_dtype(dtype), generator)
+        self.weight = Parameter(weight)
+        self.bias = Parameter(bias_values) if bias else None
+
+    def forward(self, x):
+        x = _as_float_array(x, self.weight.dtype)
+        y = F.conv_transpose2d(
+            x, self.weight.data, None if self.bias is None else self.bias.data,
+            self.stride, self.padding, self.output_padding, self.groups,
+            self.dilation)
+        self.save_for_backward(x)
+        return y
+
+    def backward(self, grad_output):
+        x, = self.pop_saved()
+        grad_input, grad_weight, grad_bias = F.conv_transpose2d_backward(
+            _grad_array(grad_output, self.weight.dtype), x, self.weight.data,
+            self.stride, self.padding, self.output_padding, self.groups,
+            self.dilation, need_input_grad=self.need_input_grad)
+        self.weight.accumulate_grad(grad_weight)
+        if self.bias is not None:
+            self.bias.accumulate_grad(grad_bias)
+        return grad_input
+
+    def extra_repr(self):
+        text = (f"{self.in_channels}, {self.out_channels}, kernel_size="
+                f"{self.kernel_size}, stride={self.stride}")
+        if self.padding != (0, 0):
+            text += f", padding={self.padding}"
+        if self.output_padding != (0, 0):
+            text += f", output_padding={self.output_padding}"
+        if self.dilation != (1, 1):
+            text += f", dilation={self.dilation}"
+        if self.groups != 1:
+            text += f", groups={self.groups}"
+        if self.bias is None:
+            text += ", bias=False"
+        return text
+
+
+class Conv1d(Module):
+    """1-D convolution of (N, C, L), as ``torch.nn.Conv1d``.
+
+    weight: (out_channels, in_channels // groups, k); bias:
+    (out_channels,); ``padding`` an int, ``(left, right)``, ``'same'`` or
+    ``'valid'``. Arguments are stored as PyTorch stores them (1-tuples).
+    ``need_input_grad`` as in ``Conv2d``.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1,
+                 padding=0, dilation=1, groups=1, bias=True,
+                 padding_mode="zeros", device=None, dtype=None, *,
+                 generator=None):
+        super().__init__()
+        _check_device(device)
+        _check_padding_mode(padding_mode)
+        in_channels, out_channels, groups = _channels_and_groups(
+            in_channels, out_channels, groups)
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = _single(kernel_size, "kernel_size", 1)
+        self.stride = _single(stride, "stride", 1)
+        if isinstance(padding, str):
+            if padding not in ("same", "valid"):
+                raise ValueError(f"padding must be an int, (left, right), "
+                                 f"'same' or 'valid'; got {padding!r}")
+            if padding == "same" and self.stride != (1,):
+                raise ValueError("padding='same' needs stride 1")
+            self.padding = padding
+        else:
+            left, right = _validate.padding_1d(padding, "padding")
+            self.padding = (left,) if left == right else (left, right)
+        self.dilation = _single(dilation, "dilation", 1)
+        self.groups = groups
+        self.padding_mode = padding_mode
+        self.need_input_grad = True
+        weight, bias_values = init.default_weight_and_bias(
+            (out_channels, in_channels // groups) + self.kernel_size,
+            out_channels if bias else None, _param_dtype(dtype), generator)
+        self.weight = Parameter(weight)
+        self.bias = Parameter(bias_values) if bias else None
+
+    def _padding_arg(self):
+        if isinstance(self.padding, str) or len(self.padding) == 2:
+            return self.padding
+        return self.padding[0]
+
+    def forward(self, x):
+        x = _as_float_array(x, self.weight.dtype)
+        y = F.conv1d(x, self.weight.data,
+                     None if self.bias is None else self.bias.data,
+                     self.stride, self._padding_arg(), self.dilation,
+                     self.groups)
+        self.save_for_backward(x)
+        return y
+
+    def backward(self, grad_output):
+        x, = self.pop_saved()
+        grad_input, grad_weight, grad_bias = F.conv1d_backward(
+            _grad_array(grad_output, self.weight.dtype), x, self.weight.data,
+            self.stride, self._padding_arg(), self.dilation, self.groups,
+            need_input_grad=self.need_input_grad)
+        self.weight.accumulate_grad(grad_weight)
+        if self.bias is not None:
+            self.bias.accumulate_grad(grad_bias)
+        return grad_input
+
+    def extra_repr(self):
+        text = (f"{self.in_channels}, {self.out_channels}, kernel_size="
+                f"{self.kernel_size}, stride={self.stride}")
+        if self.padding not in ((0,), "valid"):
+            text += f", padding={self.padding}"
+        if self.dilation != (1,):
             text += f", dilation={self.dilation}"
         if self.groups != 1:
             text += f", groups={self.groups}"
@@ -319,6 +521,70 @@ class AvgPool2d(Module):
     def backward(self, grad_output):
         input_shape, = self.pop_saved()
         return F.avg_pool2d_backward(
+            _grad_array(grad_output), input_shape, self.kernel_size,
+            self.stride, self.padding, self.ceil_mode, self.count_include_pad)
+
+    def extra_repr(self):
+        return (f"kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}")
+
+
+class MaxPool1d(Module):
+    """Max pooling of (N, C, L), as ``torch.nn.MaxPool1d``; ``padding`` an
+    int or ``(left, right)``."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1,
+                 return_indices=False, ceil_mode=False):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.stride = kernel_size if stride is None else stride
+        self.padding = padding
+        self.dilation = dilation
+        self.return_indices = return_indices
+        self.ceil_mode = ceil_mode
+
+    def forward(self, x):
+        x = _as_float_array(x)
+        y, indices = F.max_pool1d(x, self.kernel_size, self.stride,
+                                  self.padding, self.dilation, self.ceil_mode,
+                                  return_indices=True)
+        self.save_for_backward(indices, x.shape)
+        return (y, indices) if self.return_indices else y
+
+    def backward(self, grad_output):
+        indices, input_shape = self.pop_saved()
+        return F.max_pool1d_backward(_grad_array(grad_output), indices,
+                                     input_shape)
+
+    def extra_repr(self):
+        return (f"kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, dilation={self.dilation}, "
+                f"ceil_mode={self.ceil_mode}")
+
+
+class AvgPool1d(Module):
+    """Average pooling of (N, C, L), as ``torch.nn.AvgPool1d``; ``padding``
+    an int or ``(left, right)``."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False,
+                 count_include_pad=True):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.stride = kernel_size if stride is None else stride
+        self.padding = padding
+        self.ceil_mode = ceil_mode
+        self.count_include_pad = count_include_pad
+
+    def forward(self, x):
+        x = _as_float_array(x)
+        y = F.avg_pool1d(x, self.kernel_size, self.stride, self.padding,
+                         self.ceil_mode, self.count_include_pad)
+        self.save_for_backward(x.shape)
+        return y
+
+    def backward(self, grad_output):
+        input_shape, = self.pop_saved()
+        return F.avg_pool1d_backward(
             _grad_array(grad_output), input_shape, self.kernel_size,
             self.stride, self.padding, self.ceil_mode, self.count_include_pad)
 

@@ -10,7 +10,9 @@ times before its backward passes (a layer shared or used twice): in training
 mode every forward pushes its values on a stack and the backward calls
 consume them last-in first-out, the order in which a network's backward
 meets them. In eval mode a forward keeps only its own values (an inference
-loop's memory stays flat; a backward right after it still works).
+loop's memory stays flat; a backward right after it still works, except
+through a layer that the forward used twice, which kept its second call
+only: backpropagate through shared layers in training mode).
 
 Names, registration order and ``state_dict`` keys follow PyTorch, so that a
 ``state_dict`` moves between the two as a dict of arrays.
