@@ -29,7 +29,7 @@ PyTorch and CuPy have; see that module for when reuse is safe.
 
 Requirements and errors
 -----------------------
-Needs the ``numba-cuda`` package (``pip install fastconv[cuda]``) and either
+Needs the ``numba-cuda`` package (``pip install ".[cuda]"`` from a clone) and either
 an NVIDIA GPU or Numba's simulator (``NUMBA_ENABLE_CUDASIM=1`` set before
 numba is imported; one Python thread per CUDA thread, so for tiny tests
 only). ``unavailable_reason()`` says which is missing; the registry then
@@ -56,12 +56,13 @@ def _import_numba_cuda():
     except (ImportError, ValueError):  # hidden, or half-imported
         installed = False
     if not installed:
-        return None, "numba-cuda is not installed (pip install fastconv[cuda])"
+        return None, ('numba-cuda is not installed (pip install ".[cuda]" '
+                      'from a fastconv clone)')
     try:
         from numba import cuda as numba_cuda
     except Exception as exc:  # a broken install or toolkit
         return None, (f"numba-cuda does not import ({type(exc).__name__}: "
-                      f"{exc}); reinstall it with pip install fastconv[cuda]")
+                      f'{exc}); reinstall it with pip install ".[cuda]"')
     return numba_cuda, None
 
 

@@ -13,6 +13,7 @@ validated and C-contiguous from ``fastconv.functional``; see the contract in
 from __future__ import annotations
 
 import contextlib
+import pathlib
 
 import numpy as np
 
@@ -40,10 +41,21 @@ THREAD_SCRATCH_BYTES = 8 * 1024 * 1024
 CHUNK_ASPECT = 8
 
 
+def _imported_from_source_tree() -> bool:
+    """Whether this fastconv is a repository checkout's (``setup.py`` and
+    ``pyproject.toml`` beside the package), not an installed copy."""
+    root = pathlib.Path(__file__).resolve().parents[2]
+    return (root / "setup.py").is_file() and (root / "pyproject.toml").is_file()
+
+
 def unavailable_reason() -> str | None:
     """None when the compiled kernels import, else why they do not."""
     if _IMPORT_ERROR is None:
         return None
+    if _imported_from_source_tree():
+        return ("the Cython extension is not built in this source tree "
+                f"({pathlib.Path(__file__).resolve().parents[2]}); build in "
+                f"place with `pip install -e .`: {_IMPORT_ERROR}")
     return ("the Cython extension was not compiled (reinstall with a C "
             f"compiler): {_IMPORT_ERROR}")
 
