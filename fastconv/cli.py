@@ -52,14 +52,15 @@ class _Parser(argparse.ArgumentParser):
 
 def _model_name(value: str) -> str:
     from fastconv.models import resnet_depth
+    from fastconv.models.checkpoint import MAX_RESNET_DEPTH
 
     depth = resnet_depth(value)
-    if value == "small-cnn" or (depth is not None and depth >= 8
-                                and (depth - 2) % 6 == 0):
+    if value == "small-cnn" or (depth is not None and 8 <= depth
+                                <= MAX_RESNET_DEPTH and (depth - 2) % 6 == 0):
         return value
     raise argparse.ArgumentTypeError(
-        f"unknown model {value!r}: use small-cnn or resnet<6n+2> "
-        f"({', '.join(EXAMPLE_MODELS)}, ...)")
+        f"unknown model {value!r}: use small-cnn or resnet<6n+2> up to "
+        f"resnet{MAX_RESNET_DEPTH} ({', '.join(EXAMPLE_MODELS)}, ...)")
 
 
 def _positive_int(value: str) -> int:
@@ -387,9 +388,11 @@ def cmd_info(args) -> int:
     print(f"threads: {fastconv.get_num_threads()} (of {os.cpu_count()} "
           "cores)")
     versions = _version_table()
+    # Cython only builds the extension: it need not be installed to run it.
     print("versions: " + ", ".join(
         f"{name} {version or 'not installed'}"
-        for name, version in versions.items() if name != "fastconv"))
+        for name, version in versions.items()
+        if name != "fastconv" and (name != "cython" or version)))
     return 0
 
 
@@ -511,11 +514,16 @@ def main(argv=None) -> int:
         # does not raise again.
         sys.stdout = open(os.devnull, "w")
         return 0
-    except (ValueError, TypeError, OSError, RuntimeError) as exc:
+    except (ValueError, TypeError, OSError, RuntimeError, OverflowError,
+            MemoryError) as exc:
+        # The errors a user's arguments and files cause; anything else is a
+        # bug of ours and keeps its traceback.
         if os.environ.get("FASTCONV_DEBUG"):
             raise
         message = str(exc).strip().splitlines()[0] if str(exc).strip() \
             else type(exc).__name__
+        if isinstance(exc, MemoryError):
+            message = f"out of memory ({message})"
         _print_err(f"fastconv: error: {message}")
         return 1
 
