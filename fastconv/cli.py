@@ -295,11 +295,61 @@ def cmd_train(args) -> int:
 
 # ---------------------------------------------------------------- evaluate
 
-def _checkpoint_dataset_info(metadata, path) -> dict:
+#: Largest side of the images a checkpoint's metadata may ask 'predict' to
+#: resize pictures to (a 4096^2 RGB float32 image is 192 MiB).
+MAX_IMAGE_SIDE = 4096
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _finite_numbers(values, count) -> bool:
+    import math
+
+    return isinstance(values, list) and len(values) == count and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool)
+        and math.isfinite(v) for v in values)
+
+
+def _checkpoint_dataset_info(metadata, path, model) -> dict:
+    """The dataset description 'fastconv train' saved, every field that
+    evaluate and predict use checked against the model (the file is
+    hostile: an image_shape of 10^9 would ask predict for exabytes)."""
     info = metadata.get("dataset")
     if not isinstance(info, dict) or "normalization" not in info:
         raise ValueError(f"{path} carries no dataset normalisation; it was "
                          "not written by 'fastconv train'")
+    config = getattr(model, "config", {})
+    shape = info.get("image_shape")
+    if not (isinstance(shape, list) and len(shape) == 3
+            and all(_is_int(v) for v in shape)
+            and shape[0] == config.get("in_channels") and shape[1] == shape[2]
+            and 4 <= shape[1] <= MAX_IMAGE_SIDE
+            and shape[1] == config.get("image_size", shape[1])):
+        raise ValueError(
+            f"{path}: metadata dataset.image_shape must be [in_channels, S, "
+            f"S] with the model's {config.get('in_channels')} channels and "
+            f"4 <= S <= {MAX_IMAGE_SIDE}, got {str(shape)[:80]}")
+    if info.get("num_classes") != config.get("num_classes"):
+        raise ValueError(f"{path}: metadata dataset.num_classes "
+                         f"{str(info.get('num_classes'))[:40]} does not match"
+                         f" the model's {config.get('num_classes')}")
+    names = info.get("class_names")
+    if names is not None and not (isinstance(names, list) and len(names) ==
+                                  info["num_classes"]):
+        raise ValueError(f"{path}: metadata dataset.class_names must be a "
+                         f"list of {info['num_classes']} names")
+    normalization = info["normalization"]
+    if not (isinstance(normalization, dict)
+            and _finite_numbers([normalization.get("scale")], 1)
+            and normalization["scale"] > 0
+            and _finite_numbers(normalization.get("mean"), shape[0])
+            and _finite_numbers(normalization.get("std"), shape[0])
+            and all(v > 0 for v in normalization["std"])):
+        raise ValueError(f"{path}: metadata dataset.normalization must hold a"
+                         f" positive scale and {shape[0]} finite means and "
+                         "positive stds")
     return info
 
 
@@ -312,8 +362,8 @@ def cmd_evaluate(args) -> int:
 
     _apply_runtime_options(args)
     model, metadata = read_checkpoint(args.checkpoint)
-    info = _checkpoint_dataset_info(metadata, args.checkpoint)
-    name = args.dataset or info["name"]
+    info = _checkpoint_dataset_info(metadata, args.checkpoint, model)
+    name = args.dataset or info.get("name")
     dataset = load_dataset(name, args.data_dir,
                            Normalization.from_dict(info["normalization"]))
     if list(dataset.test_images.shape[1:]) != list(info["image_shape"]):
@@ -354,7 +404,7 @@ def cmd_predict(args) -> int:
 
     _apply_runtime_options(args)
     model, metadata = read_checkpoint(args.checkpoint)
-    info = _checkpoint_dataset_info(metadata, args.checkpoint)
+    info = _checkpoint_dataset_info(metadata, args.checkpoint, model)
     normalization = Normalization.from_dict(info["normalization"])
     channels, size = info["image_shape"][0], info["image_shape"][1]
     invert = {"auto": "auto", "yes": True, "no": False}[args.invert]

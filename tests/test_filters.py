@@ -187,6 +187,10 @@ SMALL_CASES = [
     ((6, 10), (3, 4), (1, 2), (2, 1)),
     ((5, 6), (7, 3), 1, 4),      # pads wider than the image (reflect twice)
     ((11, 9), (6, 6), 3, (0, 2)),
+    # strides past the kernel: only the windows outputs read are gathered
+    ((13, 17), (2, 3), (4, 5), "same"),
+    ((12, 16, 3), (3, 2), (4, 3), "same"),
+    ((9, 14, 2), (1, 1), 3, (1, 2)),
 ]
 
 
@@ -213,6 +217,41 @@ def test_every_backend_and_method_matches_the_definition(backend, dtype,
         assert result.dtype == dtype
         close(result, numpy_reference(image, kernel, step, pads, boundary),
               dtype)
+
+
+LAYOUTS = {
+    "fortran": np.asfortranarray,
+    "reversed-view": lambda image: image[::-1, ::-1][::-1, ::-1],
+    "column-view": lambda image: np.repeat(image, 2, axis=1)[:, ::2],
+    "broadcast-rows": lambda image: np.broadcast_to(image[:1], image.shape),
+}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("method", ["direct", "depthwise", "fft"])
+@pytest.mark.parametrize("case", SMALL_CASES[-4:], ids=str)
+def test_any_layout_or_integer_dtype_matches_the_definition(
+        compiled_backend, case, method, layout):
+    image_shape, kernel_shape, stride, padding = case
+    rng = np.random.default_rng(zlib.crc32(repr(case).encode()))
+    integers = rng.integers(0, 256, image_shape, dtype=np.uint8)
+    kernel = rng.standard_normal(kernel_shape)
+    step = stride if isinstance(stride, tuple) else (stride, stride)
+    rows, cols = kernel_shape
+    if padding == "same":
+        pads = ((rows - 1) // 2, (cols - 1) // 2, rows // 2, cols // 2)
+    else:
+        pad_h, pad_w = padding if isinstance(padding, tuple) else (padding,) * 2
+        pads = (pad_h, pad_w, pad_h, pad_w)
+    for image in (LAYOUTS[layout](integers),
+                  LAYOUTS[layout](integers.astype(np.float32))):
+        for boundary in ("zero", "reflect", "wrap"):
+            result = filter2d(image, kernel, stride=stride, padding=padding,
+                              boundary=boundary, backend=compiled_backend,
+                              method=method)
+            assert result.dtype == np.float32
+            close(result, numpy_reference(image, kernel, step, pads,
+                                          boundary), np.float32)
 
 
 # The depthwise method filters the image in place (one conv2d of the whole
