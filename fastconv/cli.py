@@ -225,9 +225,16 @@ def cmd_train(args) -> int:
             setattr(args, key, value)
     _apply_runtime_options(args)
     out_dir = args.out or os.path.join("runs", f"{args.model}-{args.dataset}")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"--out {out_dir!r} is a file; give a folder")
     os.makedirs(out_dir, exist_ok=True)
 
     dataset = load_dataset(args.dataset, args.data_dir)
+    if args.augment_shift >= dataset.image_size:
+        # a shift pads every batch by it: 2^70 asked for exabytes
+        raise ValueError(f"--augment-shift must be smaller than the "
+                         f"{dataset.image_size}-pixel images, got "
+                         f"{args.augment_shift}")
     model = _build_model(args.model, dataset, args.seed)
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,

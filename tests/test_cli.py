@@ -164,6 +164,22 @@ def test_custom_module_state_is_one_line(tmp_path, small_png, capsys):
     assert "custom module" in line
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--augment-shift", str(2**70)],
+     "--augment-shift must be smaller than the 8-pixel images"),
+    (["--out", "{tmp}/file.txt"], "is a file; give a folder"),
+])
+def test_train_refuses_bad_options_before_training(tmp_path, capsys, argv,
+                                                   message):
+    (tmp_path / "file.txt").write_text("x")
+    argv = [part.format(tmp=tmp_path) for part in argv]
+    line = one_error_line(capsys, main(
+        ["train", "--dataset", "digits", "--epochs", "1", "--quiet",
+         "--out", str(tmp_path / "run")] + argv))
+    assert message in line
+    assert not (tmp_path / "run" / "model.npz").exists()
+
+
 def test_train_refuses_an_unbounded_resnet_depth(capsys):
     line = one_error_line(capsys, main(["train", "--model", "resnet600002"]),
                           2)
