@@ -516,16 +516,9 @@ def filter2d(image, kernel, *, stride=1, padding="same", boundary="zero",
                                           top, bottom, 1)
     out_width = _shapes.conv_output_size(width, kernel_width, stride[1], left,
                                          right, 1)
-    if out_height < 1 or out_width < 1:
-        raise ValueError(
-            f"filter2d: the output would be empty: a {kernel_height}x"
-            f"{kernel_width} kernel does not fit in the {height}x{width} "
-            f"image padded by (top, left, bottom, right) = "
-            f"{(top, left, bottom, right)}")
-    # A stride past the padded image reads only the first window: the same
-    # result, and the backends' index arithmetic stays in range.
-    stride = (min(stride[0], height + top + bottom),
-              min(stride[1], width + left + right))
+    stride = _checked_geometry((out_height, out_width), kernel.shape,
+                               (height, width), (top, left, bottom, right),
+                               stride)
     # An image not in the compute dtype is converted band by band (an
     # 8192^2 uint8 image would take 256 MiB as float32).
     out = _filter(image3, kernel, stride, (top, left, bottom, right), mode,
@@ -533,6 +526,24 @@ def filter2d(image, kernel, *, stride=1, padding="same", boundary="zero",
     if was_2d:
         out = out[:, :, 0]
     return out if out.dtype == result_dtype else out.astype(result_dtype)
+
+
+def _checked_geometry(out_shape, kernel_shape, image_shape, pads, stride):
+    """The stride to run with, once the output is known not to be empty.
+
+    A stride past the padded image reads only the first window: clamped to
+    the padded size it gives the same result, and keeps the backends' index
+    arithmetic in range (a stride of 2**70 reached Numba as an overflow).
+    """
+    top, left, bottom, right = pads
+    if min(out_shape) < 1:
+        raise ValueError(
+            f"filter2d: the output would be empty: a {kernel_shape[0]}x"
+            f"{kernel_shape[1]} kernel does not fit in the {image_shape[0]}x"
+            f"{image_shape[1]} image padded by (top, left, bottom, right) = "
+            f"{pads}")
+    return (min(stride[0], image_shape[0] + top + bottom),
+            min(stride[1], image_shape[1] + left + right))
 
 
 def _filter(image3, kernel, stride, pads, mode, method, backend, out_shape):
