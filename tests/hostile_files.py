@@ -165,3 +165,10 @@ def huge_config_member(tmp_path):
         "config.npy", _npy_header((), "<U805306360"), 3 * GIB)])
 
 
+
+
+def gzip_of(member):
+    """The gzip file of a ``Member``'s deflated data (same bytes, CRC and
+    size)."""
+    return (b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff" + member.deflated
+            + struct.pack("<II", member.crc, member.size & 0xFFFFFFFF))
