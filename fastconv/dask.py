@@ -296,7 +296,8 @@ def filter2d(darr, kernel, *, stride=1, padding="same", boundary="zero",
     out_width = _shapes.conv_output_size(width, kernel_width, stride[1], left,
                                          right, 1)
     stride = _filters._checked_geometry(
-        (out_height, out_width), kernel.shape, (height, width),
+        (out_height, out_width), kernel.shape,
+        (height, width, darr.shape[2] if darr.ndim == 3 else 1),
         (top, left, bottom, right), stride)
 
     image = darr.astype(compute_dtype) if darr.dtype != compute_dtype else darr

@@ -517,7 +517,7 @@ def filter2d(image, kernel, *, stride=1, padding="same", boundary="zero",
     out_width = _shapes.conv_output_size(width, kernel_width, stride[1], left,
                                          right, 1)
     stride = _checked_geometry((out_height, out_width), kernel.shape,
-                               (height, width), (top, left, bottom, right),
+                               image3.shape, (top, left, bottom, right),
                                stride)
     # An image not in the compute dtype is converted band by band (an
     # 8192^2 uint8 image would take 256 MiB as float32).
@@ -542,6 +542,11 @@ def _checked_geometry(out_shape, kernel_shape, image_shape, pads, stride):
             f"{kernel_shape[1]} kernel does not fit in the {image_shape[0]}x"
             f"{image_shape[1]} image padded by (top, left, bottom, right) = "
             f"{pads}")
+    if out_shape[0] * out_shape[1] * image_shape[-1] * 8 > np.iinfo(
+            np.intp).max:
+        raise ValueError(
+            f"filter2d: the output would be {out_shape[0]}x{out_shape[1]}, "
+            f"too large for any array: check padding {pads}")
     return (min(stride[0], image_shape[0] + top + bottom),
             min(stride[1], image_shape[1] + left + right))
 

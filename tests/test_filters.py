@@ -609,6 +609,13 @@ def test_a_stride_past_the_image_reads_the_first_window(backend, stride):
     np.testing.assert_array_equal(result, full[::pair[0], ::pair[1]])
 
 
+@pytest.mark.parametrize("padding", [2**40, (0, 2**70)])
+def test_an_unrepresentable_output_names_the_padding(padding):
+    with pytest.raises(ValueError, match="too large for any array: check "
+                                         "padding"):
+        filter2d(np.ones((4, 4)), np.ones((3, 3)), padding=padding)
+
+
 def test_an_empty_output_says_why_without_negative_sizes():
     with pytest.raises(ValueError, match=r"a 20x20 kernel does not fit in "
                                          r"the 16x16 image") as caught:

@@ -253,7 +253,7 @@ def save_checkpoint(path, model, metadata: dict | None = None) -> None:
               "dtype": None if dtype is None else str(dtype),
               "metadata": metadata or {}}
     try:
-        text = json.dumps(header, allow_nan=False)
+        text = json.dumps(header)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"metadata must be JSON-serialisable: {exc}") from None
     arrays = {"config": np.array(text)}
