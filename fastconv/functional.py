@@ -35,7 +35,8 @@ def _takes_device_arrays(primitive, backend, *values) -> bool:
 # --------------------------------------------------------------- convolution
 
 def _conv_padding(padding, kernel, dilation, stride):
-    """(top, left, bottom, right) from an int, a pair, 'valid' or 'same'."""
+    """(top, left, bottom, right) from an int, a pair (pad_h, pad_w),
+    ((top, bottom), (left, right)), 'valid' or 'same'."""
     if isinstance(padding, str):
         if padding == "valid":
             return (0, 0, 0, 0)
@@ -47,9 +48,9 @@ def _conv_padding(padding, kernel, dilation, stride):
             left, right = _shapes.same_padding(kernel[1], dilation[1])
             return (top, left, bottom, right)
         raise ValueError(
-            f"padding must be an int, a pair, 'valid' or 'same'; got {padding!r}")
-    pad_h, pad_w = _validate.pair(padding, "padding", minimum=0)
-    return (pad_h, pad_w, pad_h, pad_w)
+            f"padding must be an int, a pair, ((top, bottom), (left, right)),"
+            f" 'valid' or 'same'; got {padding!r}")
+    return _validate.padding_2d(padding, "padding")
 
 
 def _conv_setup(x, weight, stride, padding, dilation, groups, device=False):
@@ -80,6 +81,12 @@ def _conv_setup(x, weight, stride, padding, dilation, groups, device=False):
     geometry = _shapes.conv_geometry(x.shape, weight.shape, stride, pads,
                                      dilation, groups)
     _validate.nonempty_output(geometry.out_height, geometry.out_width, "conv2d")
+    _validate.array_size(geometry.output_shape, "conv2d's output")
+    if geometry.out_height * geometry.out_width > _validate.MAX_AXIS:
+        # the GEMMs address an output plane with int32 leading dimensions
+        raise ValueError(
+            f"conv2d: an output plane of {geometry.out_height}x"
+            f"{geometry.out_width} has more than 2**31 - 1 elements")
     return x, weight, geometry
 
 
@@ -88,7 +95,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
     """2-D cross-correlation, as ``torch.nn.functional.conv2d``.
 
     x: (N, C, H, W); weight: (K, C // groups, R, S); bias: (K,) or None.
-    padding: int, pair, ``'valid'`` or ``'same'`` (stride 1 only).
+    padding: an int, a pair ``(pad_h, pad_w)``, ``((top, bottom), (left,
+    right))`` as in ``numpy.pad``, ``'valid'`` or ``'same'`` (stride 1 only;
+    an odd total puts the extra row/column at the bottom/right).
     Returns y: (N, K, H_out, W_out) in x's dtype.
     """
     device = _takes_device_arrays("conv2d_forward", backend, x, weight, bias)
@@ -129,18 +138,23 @@ def conv2d_backward(grad_output, x, weight, stride=1, padding=0, dilation=1,
 
 def _pool_setup(input_shape, kernel_size, stride, padding, dilation,
                 ceil_mode, what):
+    """The pooling geometry as the call names it (checked: padding at most
+    half the kernel on each side, a non-empty output, every window reaching
+    into the input)."""
     kernel = _validate.pair(kernel_size, "kernel_size", minimum=1)
     stride = kernel if stride is None or stride == () else _validate.pair(
         stride, "stride", minimum=1)
-    pads = _validate.pair(padding, "padding", minimum=0)
+    pads = _validate.padding_2d(padding, "padding")
     dilation = _validate.pair(dilation, "dilation", minimum=1)
-    if pads[0] > kernel[0] // 2 or pads[1] > kernel[1] // 2:
+    half = (kernel[0] // 2, kernel[1] // 2)
+    if max(pads[0], pads[2]) > half[0] or max(pads[1], pads[3]) > half[1]:
         raise ValueError(
-            f"padding must be at most half of kernel_size, got padding={padding}"
-            f" for kernel_size={kernel_size}")
+            f"padding must be at most half of kernel_size on each side, got "
+            f"padding={padding} for kernel_size={kernel_size}")
     geometry = _shapes.pool_geometry(input_shape, kernel, stride, pads,
                                      dilation, bool(ceil_mode))
     _validate.nonempty_output(geometry.out_height, geometry.out_width, what)
+    _validate.array_size(geometry.output_shape, f"{what}'s output")
     if _shapes.pool_window_misses_input(geometry):
         raise ValueError(
             f"{what}: with dilation={dilation} and padding={padding} some "
@@ -162,7 +176,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1,
     geometry = _pool_setup(tuple(x.shape), kernel_size, stride, padding,
                            dilation, ceil_mode, "max_pool2d")
     y, indices = resolve("max_pool2d_forward", backend).max_pool2d_forward(
-        x, geometry)
+        x, _shapes.taps_reaching_input(geometry))
     return (y, indices) if return_indices else y
 
 
@@ -209,10 +223,11 @@ def max_pool2d_backward(grad_output, indices, input_shape, *, backend=None):
 
 def _avg_setup(input_shape, kernel_size, stride, padding, ceil_mode,
                count_include_pad):
+    """(geometry for the backend, divisor table) of an average pooling."""
     geometry = _pool_setup(input_shape, kernel_size, stride, padding, 1,
                            ceil_mode, "avg_pool2d")
     divisors = _shapes.avg_pool_divisors(geometry, bool(count_include_pad))
-    return geometry, divisors
+    return _shapes.taps_reaching_input(geometry), divisors
 
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
