@@ -420,20 +420,14 @@ def _pad_explicitly(x, pads_2d, value):
     return np.pad(x, [(0, 0), (0, 0)] + list(pads_2d), constant_values=value)
 
 
-def _split_pads(pads_2d, limits=None):
-    """(symmetric pair the kernel takes, what is left to pad explicitly).
-
-    The symmetric part of each axis is min(before, after), capped at
-    ``limits`` (pooling takes at most half the kernel per side).
-    """
-    symmetric, rest = [], []
-    for axis, (before, after) in enumerate(pads_2d):
-        common = min(before, after)
-        if limits is not None:
-            common = min(common, limits[axis])
-        symmetric.append(common)
-        rest.append((before - common, after - common))
-    return tuple(symmetric), rest
+def _split_pads(pads_2d, limits):
+    """(padding the pooling kernels take, the excess to pad explicitly):
+    each side is capped at ``limits`` (half the kernel on that axis)."""
+    taken, rest = [], []
+    for (before, after), limit in zip(pads_2d, limits):
+        taken.append((min(before, limit), min(after, limit)))
+        rest.append((before - taken[-1][0], after - taken[-1][1]))
+    return tuple(taken), rest
 
 
 def _check_spatial(x, rank, what):
@@ -470,15 +464,11 @@ class ConvKernel(Kernel):
         window = self.window
         _check_spatial(x, window.rank, "Conv")
         pads = _pads_2d(window.axis_pads(x.shape[2:]), window.rank)
-        symmetric, rest = _split_pads(pads)
         x2 = _as_2d(x, window.rank)
-        if any(before or after for before, after in rest):
-            # Asymmetric padding: the excess is padded explicitly.
-            x2 = _pad_explicitly(x2, rest, 0)
         stride = (1,) * (2 - window.rank) + window.strides
         dilation = (1,) * (2 - window.rank) + window.dilations
-        y = F.conv2d(x2, self.weight, self.bias, stride, symmetric, dilation,
-                     self.groups, backend=self.backend)
+        y = F.conv2d(x2, self.weight, self.bias, stride, tuple(pads),
+                     dilation, self.groups, backend=self.backend)
         if self.activation is not None:
             y = self.activation(y, y)
         return [y[:, :, 0, :] if window.rank == 1 else y]
@@ -663,7 +653,7 @@ def _build_batch_norm(node, attrs, context):
 class PoolKernel(Kernel):
     """MaxPool / AveragePool on fastconv.functional's pooling kernels.
 
-    Padding the kernels cannot take (asymmetric, or over half the kernel)
+    Padding the kernels cannot take (over half the kernel on a side)
     is applied explicitly first: -inf for max, zeros for an average that
     counts padded cells (count_include_pad=1), which is then the same sum
     over the same divisor.
@@ -685,25 +675,25 @@ class PoolKernel(Kernel):
             raise TypeError(f"{what} expects a float tensor, got {x.dtype}")
         pads = _pads_2d(window.axis_pads(x.shape[2:]), window.rank)
         kernel = (1,) * (2 - window.rank) + window.kernel
-        symmetric, rest = _split_pads(pads, [k // 2 for k in kernel])
+        taken, rest = _split_pads(pads, [k // 2 for k in kernel])
         x2 = _as_2d(x, window.rank)
         if any(before or after for before, after in rest):
-            if self.ceil_mode:
-                raise ValueError(f"{what} with ceil_mode and asymmetric "
-                                 f"padding {pads} is not supported")
-            if self.kind == "avg" and not self.count_include_pad:
+            # Over half the kernel: the kernels' limit. Pad the excess
+            # explicitly where that gives the same windows and divisors.
+            if self.ceil_mode or (self.kind == "avg"
+                                  and not self.count_include_pad):
                 raise ValueError(
-                    f"AveragePool with count_include_pad=0 and asymmetric "
-                    f"padding {pads} is not supported")
+                    f"{what}: padding {pads} over half the kernel with "
+                    f"ceil_mode or count_include_pad=0 is not supported")
             x2 = _pad_explicitly(x2, rest,
                                  -np.inf if self.kind == "max" else 0)
         stride = (1,) * (2 - window.rank) + window.strides
         if self.kind == "max":
             dilation = (1,) * (2 - window.rank) + window.dilations
-            y = F.max_pool2d(x2, kernel, stride, symmetric, dilation,
+            y = F.max_pool2d(x2, kernel, stride, taken, dilation,
                              self.ceil_mode, backend=self.backend)
         else:
-            y = F.avg_pool2d(x2, kernel, stride, symmetric, self.ceil_mode,
+            y = F.avg_pool2d(x2, kernel, stride, taken, self.ceil_mode,
                              self.count_include_pad, backend=self.backend)
         return [y[:, :, 0, :] if window.rank == 1 else y]
 
@@ -722,7 +712,7 @@ def _build_max_pool(node, attrs, context):
     if len(node.outputs) > 1 and node.outputs[1]:
         raise Unsupported("the Indices output")
     ceil_mode = bool(attrs["ceil_mode"])
-    _check_static_asymmetric(window, ceil_mode, True)
+    _check_static_pads(window, ceil_mode, True)
     return PoolKernel(window, "max", ceil_mode, True, context.backend)
 
 
@@ -735,12 +725,12 @@ def _build_average_pool(node, attrs, context):
         raise Unsupported(f"dilations={list(window.dilations)}")
     ceil_mode = bool(attrs["ceil_mode"])
     count_include_pad = bool(attrs["count_include_pad"])
-    _check_static_asymmetric(window, ceil_mode, count_include_pad)
+    _check_static_pads(window, ceil_mode, count_include_pad)
     return PoolKernel(window, "avg", ceil_mode, count_include_pad,
                       context.backend)
 
 
-def _check_static_asymmetric(window, ceil_mode, counts_padding):
+def _check_static_pads(window, ceil_mode, counts_padding):
     """Explicit pads the pooling kernels cannot run are a load-time error."""
     if window.pads is None:
         if window.auto_pad.startswith("SAME") and ceil_mode:
@@ -748,12 +738,11 @@ def _check_static_asymmetric(window, ceil_mode, counts_padding):
         return
     axis_pads = [(window.pads[axis], window.pads[axis + window.rank])
                  for axis in range(window.rank)]
-    needs_explicit = any(before != after or before > k // 2
-                         for (before, after), k in zip(axis_pads,
-                                                       window.kernel))
-    if needs_explicit and (ceil_mode or not counts_padding):
+    over_half = any(max(pad) > k // 2
+                    for pad, k in zip(axis_pads, window.kernel))
+    if over_half and (ceil_mode or not counts_padding):
         raise Unsupported(
-            f"pads={window.pads} (asymmetric or over half the kernel) with "
+            f"pads={window.pads} (over half the kernel) with "
             + ("ceil_mode=1" if ceil_mode else "count_include_pad=0"))
 
 
