@@ -24,8 +24,11 @@ nn = torch.nn
 import fastconv.onnx  # noqa: E402
 
 # torch.onnx.export(dynamo=False) warns that it is the legacy exporter.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:.*legacy TorchScript-based ONNX export:DeprecationWarning")
+pytestmark = [
+    pytest.mark.filterwarnings(
+        "ignore:.*legacy TorchScript-based ONNX export:DeprecationWarning"),
+    pytest.mark.filterwarnings(
+        "ignore:The feature will be removed:DeprecationWarning")]
 
 
 # ------------------------------------------------------------ architectures
