@@ -483,7 +483,6 @@ def build_model(model, backend=None, fuse=True) -> OnnxModel:
     for tensor in graph.initializer:
         constants[tensor.name] = _reader.tensor_to_array(tensor,
                                                          "initializer")
-    _run_checker(model)
 
     inputs = {}
     for value_info in graph.input:
@@ -518,6 +517,7 @@ def build_model(model, backend=None, fuse=True) -> OnnxModel:
         nodes.append(_ops.Node(proto.name, proto.op_type,
                                tuple(proto.input), tuple(proto.output),
                                attrs))
+    _run_checker(model)  # after the tensor checks: those say more
     nodes = _topological_order(nodes, set(constants) | set(inputs))
     for name in output_names:
         if name not in constants and name not in inputs and not any(
