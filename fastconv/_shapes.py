@@ -145,6 +145,47 @@ def conv_geometry(input_shape, weight_shape, stride, padding, dilation,
                         dilation[0], dilation[1], groups, out_height, out_width)
 
 
+def conv_transpose_geometry(input_shape, weight_shape, stride, padding,
+                            dilation, groups, output_padding):
+    """The conv2d whose input gradient a transposed convolution is.
+
+    ``input_shape`` (N, C_in, H, W) and ``weight_shape`` (C_in, C_out //
+    groups, R, S) are the transposed convolution's; ``padding`` is (top,
+    left, bottom, right), the others pairs. Its output is (N, C_out, H_out,
+    W_out) with ``H_out = (H - 1) * stride - top - bottom + dilation * (R -
+    1) + 1 + output_padding`` (PyTorch's rule). Returns ``(geometry,
+    (uncovered_rows, uncovered_cols))``: ``geometry`` is a conv2d from
+    (N, C_out, H_out - uncovered_rows, ...) to (N, C_in, H, W) with the same
+    weight; the last ``uncovered`` rows/columns of the output, which
+    output_padding adds past every window, get no contribution (zeros, then
+    the bias). Every pad of the geometry is >= 0 and its output size rule
+    gives exactly H and W.
+    """
+    batch, in_channels, height, width = input_shape
+    _, filters_per_group, kernel_height, kernel_width = weight_shape
+    pad_top, pad_left, pad_bottom, pad_right = padding
+
+    def axis(size, kernel, step, before, after, spacing, extra):
+        full = ((size - 1) * step - before - after + spacing * (kernel - 1)
+                + 1 + extra)
+        uncovered = max(0, extra - after)
+        # the covered part with padding after - extra + uncovered >= 0:
+        # (covered + before + after' - effective kernel) = (size - 1) * step
+        return full - uncovered, after - extra + uncovered, uncovered
+
+    covered_h, after_h, uncovered_h = axis(
+        height, kernel_height, stride[0], pad_top, pad_bottom, dilation[0],
+        output_padding[0])
+    covered_w, after_w, uncovered_w = axis(
+        width, kernel_width, stride[1], pad_left, pad_right, dilation[1],
+        output_padding[1])
+    geometry = conv_geometry(
+        (batch, filters_per_group * groups, covered_h, covered_w),
+        weight_shape, stride, (pad_top, pad_left, after_h, after_w),
+        dilation, groups)
+    return geometry, (uncovered_h, uncovered_w)
+
+
 def pool_geometry(input_shape, kernel_size, stride, padding, dilation,
                   ceil_mode) -> PoolGeometry:
     """Build a PoolGeometry from normalised arguments: ``padding`` is ``(top,

@@ -210,7 +210,7 @@ def shape4(value, name: str) -> tuple[int, int, int, int]:
     result = tuple(_int(v, name, "a tuple of ints") for v in value)
     if min(result) < 1:
         raise ValueError(f"{name} must have positive sizes, got {value!r}")
-    at_most_max_axis(result, name, value)
+    at_most_max_axis(result, f"each size in {name}", value)
     array_size(result, name)
     return result
 
