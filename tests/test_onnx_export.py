@@ -39,6 +39,14 @@ MODELS = {
         nn.Conv2d(6, 4, 2, padding="valid", bias=False), nn.Identity(),
         nn.Dropout(0.3), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
         nn.Linear(16, 5)), (3, 13, 13)),
+    "decoder": (lambda: nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=((1, 0), (0, 1))), nn.ReLU(),
+        nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1,
+                           groups=2),
+        nn.BatchNorm2d(6),
+        nn.ConvTranspose2d(6, 3, (2, 3), stride=(1, 2),
+                           padding=((0, 1), (1, 0)), dilation=(2, 1))),
+        (2, 7, 6)),
 }
 
 

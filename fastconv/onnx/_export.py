@@ -3,7 +3,7 @@
 The graph is the model's inference computation: BatchNorm2d with its
 running statistics, Dropout as the identity, whatever mode the model is in
 (the model itself is not touched). Supported: ``Sequential`` stacks of
-Conv2d, BatchNorm2d, ReLU, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d,
+Conv2d, ConvTranspose2d, BatchNorm2d, ReLU, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d,
 Flatten, Linear, Dropout and Identity, and the bundled SmallCNN and ResNet
 (with its BasicBlocks).
 """
@@ -93,6 +93,25 @@ def _write_conv(writer, layer, value, shape):
                                      layer.stride[1], left, right,
                                      layer.dilation[1])
     return output, (shape[0], layer.out_channels, height, width)
+
+
+def _write_conv_transpose(writer, layer, value, shape):
+    top, left, bottom, right = _validate.padding_2d(layer.padding)
+    inputs = [value, writer.constant("weight", layer.weight.data)]
+    if layer.bias is not None:
+        inputs.append(writer.constant("bias", layer.bias.data))
+    output = writer.node(
+        "ConvTranspose", inputs, "convtranspose",
+        kernel_shape=list(layer.kernel_size), strides=list(layer.stride),
+        dilations=list(layer.dilation), pads=[top, left, bottom, right],
+        output_padding=list(layer.output_padding), group=layer.groups)
+    sizes = [
+        (size - 1) * stride - before - after + dilation * (kernel - 1)
+        + extra + 1
+        for size, stride, before, after, dilation, kernel, extra in zip(
+            shape[2:], layer.stride, (top, left), (bottom, right),
+            layer.dilation, layer.kernel_size, layer.output_padding)]
+    return output, (shape[0], layer.out_channels, *sizes)
 
 
 def _write_batch_norm(writer, layer, value, shape):
@@ -227,7 +246,8 @@ def _writers():
         return _write_sequence(writer, model._sequence, value, shape)
 
     return {
-        nn.Conv2d: _write_conv, nn.BatchNorm2d: _write_batch_norm,
+        nn.Conv2d: _write_conv, nn.ConvTranspose2d: _write_conv_transpose,
+        nn.BatchNorm2d: _write_batch_norm,
         nn.ReLU: relu, nn.Identity: identity, nn.Dropout: identity,
         nn.MaxPool2d: _write_max_pool, nn.AvgPool2d: _write_avg_pool,
         nn.AdaptiveAvgPool2d: _write_adaptive_avg_pool,

@@ -518,11 +518,10 @@ def _build_conv(node, attrs, context):
 
 
 class ConvTransposeKernel(Kernel):
-    """ConvTranspose as the input gradient of the convolution it
-    transposes (fastconv.functional.conv2d_backward): computed without
-    padding, then the ``pads`` cropped off each side.
+    """ConvTranspose on fastconv.functional.conv_transpose2d.
 
-    weight (C_in, C_out // groups, kH, kW) is that convolution's weight.
+    weight (C_in, C_out // groups, kH, kW), PyTorch's and ONNX's layout;
+    ONNX's ``pads`` are the rows and columns cut from the full output.
     """
 
     def __init__(self, window, weight, bias, groups, output_padding,
@@ -538,45 +537,16 @@ class ConvTransposeKernel(Kernel):
         x = inputs[0]
         window = self.window
         _check_spatial(x, window.rank, "ConvTranspose")
-        x2 = np.ascontiguousarray(_as_2d(x, window.rank), self.weight.dtype)
-        if x2.shape[1] != self.weight.shape[0]:
-            raise ValueError(
-                f"ConvTranspose expects {self.weight.shape[0]} input "
-                f"channels, got shape {x.shape}")
-        rank_fill = (1,) * (2 - window.rank)
-        stride = rank_fill + window.strides
-        dilation = rank_fill + window.dilations
-        extents = (1,) * (2 - window.rank) + window.extents()
-        extra = (0,) * (2 - window.rank) + self.output_padding
-        full = tuple(s * (size - 1) + e + o for size, s, e, o in zip(
-            x2.shape[2:], stride, extents, extra))
-        out_channels = self.weight.shape[1] * self.groups
-        shape = (x2.shape[0], out_channels) + full
-        _check_allocation(shape, x2.dtype, "ConvTranspose")
-        # conv2d_backward needs the forward input only for grad_weight;
-        # its zeros cost a grad_weight pass (until conv_transpose2d lands).
-        placeholder = np.zeros(shape, x2.dtype)
-        y, _, _ = F.conv2d_backward(x2, placeholder, self.weight, stride, 0,
-                                    dilation, self.groups,
-                                    backend=self.backend)
-        in_sizes = x.shape[2:]
-        out_sizes = [s * (size - 1) + e + o for size, s, e, o in zip(
-            in_sizes, window.strides, window.extents(), self.output_padding)]
-        pads = _pads_2d(resolve_pads(window.auto_pad, window.pads, out_sizes,
-                                     window.extents(), (1,) * window.rank),
+        fill = (1,) * (2 - window.rank)
+        pads = _pads_2d([(window.pads[axis], window.pads[axis + window.rank])
+                         for axis in range(window.rank)]
+                        if window.pads else [(0, 0)] * window.rank,
                         window.rank)
-        if window.auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-            raise ValueError("ConvTranspose with auto_pad SAME is not "
-                             "supported")
-        crop = tuple(slice(before, size - after)
-                     for (before, after), size in zip(pads, y.shape[2:]))
-        if any(c.start >= c.stop for c in crop):
-            raise ValueError("ConvTranspose: pads leave an empty output")
-        y = y[(slice(None), slice(None)) + crop]
-        if self.bias is not None:
-            y = y + self.bias.reshape(1, -1, 1, 1)
-        else:
-            y = np.ascontiguousarray(y)
+        y = F.conv_transpose2d(
+            _as_2d(x, window.rank), self.weight, self.bias,
+            fill + window.strides, tuple(pads),
+            (0,) * (2 - window.rank) + self.output_padding, self.groups,
+            fill + window.dilations, backend=self.backend)
         return [y[:, :, 0, :] if window.rank == 1 else y]
 
 
