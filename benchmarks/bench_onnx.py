@@ -141,6 +141,8 @@ def profile_worker(args):
     by_type = {}
     for timing in timings:
         key = "+".join((timing.op_type,) + timing.fused)
+        if timing.kind:
+            key += f" ({timing.kind})"
         by_type[key] = by_type.get(key, 0.0) + timing.seconds
     print(json.dumps(by_type))
 

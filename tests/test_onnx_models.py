@@ -212,7 +212,8 @@ def randomize_batch_norm(model, seed=0):
                     0.1 * torch.randn(size, generator=generator))
                 module.running_var.copy_(
                     0.5 + torch.rand(size, generator=generator))
-                module.weight.copy_(0.5 + torch.rand(size, generator=generator))
+                module.weight.copy_(
+                    0.5 + torch.rand(size, generator=generator))
                 module.bias.copy_(0.1 * torch.randn(size, generator=generator))
     return model.eval()
 

@@ -1,6 +1,6 @@
 """The ONNX parts of the ``fastconv`` command (registered by cli.py).
 
-    fastconv predict --onnx resnet18.onnx cat.png --size 224 --labels labels.txt
+    fastconv predict --onnx resnet18.onnx cat.png --size 224 --labels names.txt
     fastconv profile resnet18.onnx --batch 1 --repeat 10
 
 Errors are raised as ValueError / RuntimeError for cli.main to print as one
@@ -240,12 +240,14 @@ def profile(args) -> int:
     by_type = {}
     for timing in timings:
         key = "+".join((timing.op_type,) + timing.fused)
+        if timing.kind:
+            key += f" {timing.kind}"
         count, seconds = by_type.get(key, (0, 0.0))
         by_type[key] = (count + 1, seconds + timing.seconds)
-    print(f"{'operator':<28}{'steps':>6}{'ms':>10}{'share':>8}")
+    print(f"{'operator':<32}{'steps':>6}{'ms':>10}{'share':>8}")
     for key, (count, seconds) in sorted(by_type.items(),
                                         key=lambda item: -item[1][1]):
-        print(f"{key:<28}{count:>6}{seconds * 1e3:>10.3f}"
+        print(f"{key:<32}{count:>6}{seconds * 1e3:>10.3f}"
               f"{seconds / total:>8.1%}")
     print(f"slowest {min(args.top, len(timings))} steps:")
     for timing in sorted(timings, key=lambda t: -t.seconds)[:args.top]:

@@ -3,9 +3,9 @@
 The graph is the model's inference computation: BatchNorm2d with its
 running statistics, Dropout as the identity, whatever mode the model is in
 (the model itself is not touched). Supported: ``Sequential`` stacks of
-Conv2d, ConvTranspose2d, BatchNorm2d, ReLU, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d,
-Flatten, Linear, Dropout and Identity, and the bundled SmallCNN and ResNet
-(with its BasicBlocks).
+Conv2d, ConvTranspose2d, BatchNorm2d, ReLU, MaxPool2d, AvgPool2d,
+AdaptiveAvgPool2d, Flatten, Linear, Dropout and Identity, and the bundled
+SmallCNN and ResNet (with its BasicBlocks).
 """
 
 from __future__ import annotations

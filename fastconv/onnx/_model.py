@@ -11,7 +11,6 @@ a step may overwrite. Running is then one pass over the plan.
 
 from __future__ import annotations
 
-import math
 import time
 from collections import Counter
 from typing import NamedTuple
@@ -24,12 +23,15 @@ from fastconv.onnx import _ops, _reader
 class NodeTiming(NamedTuple):
     """Time of one step of the plan (``profile``): ``name`` and ``op_type``
     of its node, ``fused`` the op types folded into it, ``seconds`` the
-    median over the repeats."""
+    median over the repeats, ``kind`` what the kernel computes where that
+    says more than the op type (a convolution's ``'3x3/2'``, ``'1x1'``,
+    ``'3x3 depthwise'``; else '')."""
 
     name: str
     op_type: str
     fused: tuple
     seconds: float
+    kind: str = ""
 
 
 class _Step:
@@ -78,9 +80,10 @@ def _attribute_value(attribute, node_label):
     return value
 
 
-def _label(node) -> str:
-    return f"{node.op_type} node {node.name!r}" if node.name else \
-        f"{node.op_type} node (outputs {list(node.output)})"
+def _node_text(op_type, name, outputs) -> str:
+    """How errors name a node: by its name, else by its outputs."""
+    return f"{op_type} node {name!r}" if name else \
+        f"{op_type} node (outputs {list(outputs)})"
 
 
 def _check_operators(graph) -> None:
@@ -168,10 +171,11 @@ def _topological_order(nodes, available) -> list:
             if not name or name in available:
                 continue
             if name not in producers:
+                label = _node_text(node.op_type, node.name, node.outputs)
                 raise ValueError(
-                    f"invalid ONNX model: {_node_text(node)} reads "
-                    f"{name!r}, which no node, input or initializer "
-                    f"provides (a truncated file?)")
+                    f"invalid ONNX model: {label} reads {name!r}, which no "
+                    f"node, input or initializer provides (a truncated "
+                    f"file?)")
             waiting[index] += 1
             users[producers[name]].append(index)
     import heapq
@@ -189,11 +193,6 @@ def _topological_order(nodes, available) -> list:
     if len(order) != len(nodes):
         raise ValueError("invalid ONNX model: the graph has a cycle")
     return order
-
-
-def _node_text(node) -> str:
-    return f"{node.op_type} node {node.name!r}" if node.name else \
-        f"{node.op_type} node"
 
 
 def _consumers(steps, graph_outputs):
@@ -256,11 +255,15 @@ def _fold_batch_norm(conv_kernel, affine_kernel) -> None:
     conv_kernel.bias = (bias * scale + shift).astype(weight.dtype)
 
 
-def _plan_memory(steps, graph_inputs, constants, graph_outputs) -> None:
+def _plan_memory(steps, graph_inputs, constants, graph_outputs) -> set:
     """Fill each step's ``frees`` (values dead after it) and ``writable``
     (inputs it may overwrite: the value dies at this step, nothing alive
     after it shares its memory, and it is neither a constant, a graph input
-    nor read twice by the step)."""
+    nor read twice by the step).
+
+    Returns the graph outputs to copy before handing them out: those that
+    share memory with a constant, a graph input or an earlier output.
+    """
     forever = len(steps)
     last_use = {}
     for index, step in enumerate(steps):
@@ -298,6 +301,13 @@ def _plan_memory(steps, graph_inputs, constants, graph_outputs) -> None:
                 and last_use.get(name, -1) <= index]
         freed.update(dead)
         step.frees = tuple(dead)
+    to_copy, seen = set(), set()
+    for name in graph_outputs:
+        root = owner.get(name)
+        if root is None or root in seen:
+            to_copy.add(name)
+        seen.add(root)
+    return to_copy
 
 
 # ------------------------------------------------------------------ the model
@@ -314,8 +324,8 @@ class OnnxModel:
     kernels.
     """
 
-    def __init__(self, steps, constants, inputs, outputs, backend, opset,
-                 producer):
+    def __init__(self, steps, constants, inputs, outputs, copied_outputs,
+                 backend, opset, producer):
         self._steps = steps
         self._constants = constants
         self._inputs = inputs      # name -> (dims, dtype)
@@ -323,8 +333,7 @@ class OnnxModel:
         self.backend = backend
         self.opset = opset
         self.producer = producer
-        owner_free = {name for step in steps for name in step.outputs}
-        self._owned_outputs = {name for name in outputs if name in owner_free}
+        self._copied_outputs = copied_outputs
 
     @property
     def input_names(self) -> list:
@@ -383,7 +392,7 @@ class OnnxModel:
         for _ in range(repeat):
             self._execute(feeds, samples)
         return [NodeTiming(step.name, step.op_type, step.fused,
-                           float(np.median(times)))
+                           float(np.median(times)), step.kernel.kind())
                 for step, times in zip(self._steps, samples)]
 
     # ---------------------------------------------------------------- running
@@ -444,21 +453,16 @@ class OnnxModel:
                     values[name] = result
             for name in step.frees:
                 del values[name]
-        outputs = {}
-        for name in self._output_names:
-            value = values[name]
-            # An output that is a constant, an input or another output is
-            # copied: the caller may modify what it gets.
-            if name not in self._owned_outputs or any(
-                    value is other for other in outputs.values()):
-                value = np.array(value, copy=True)
-            outputs[name] = value
-        return outputs
+        # The caller may modify what it gets: an output sharing memory with
+        # a constant, an input or another output is copied.
+        return {name: np.array(values[name], copy=True)
+                if name in self._copied_outputs else values[name]
+                for name in self._output_names}
 
 
 def _step_text(step) -> str:
-    ops = "+".join((step.op_type,) + step.fused)
-    return f"{ops} node {step.name!r}" if step.name else f"{ops} node"
+    return _node_text("+".join((step.op_type,) + step.fused), step.name,
+                      step.outputs)
 
 
 # ------------------------------------------------------------------- loading
@@ -505,13 +509,13 @@ def build_model(model, backend=None, fuse=True) -> OnnxModel:
     errors = []
     nodes = []
     for proto in graph.node:
-        label = _label(proto)
+        label = _node_text(proto.op_type, proto.name, proto.output)
         try:
             attrs = {attribute.name: _attribute_value(attribute, label)
                      for attribute in proto.attribute}
         except _ops.Unsupported as exc:
             errors.append(f"{label}: {exc}")
-            attrs = {}
+            attrs = None  # reported; not built
         except ValueError as exc:
             raise ValueError(f"{label}: {exc}") from None
         nodes.append(_ops.Node(proto.name, proto.op_type,
@@ -528,10 +532,12 @@ def build_model(model, backend=None, fuse=True) -> OnnxModel:
     shapes = _static_shapes(model)
     for name, (dims, _) in inputs.items():
         shapes.setdefault(name, dims)
-    context = _ops.BuildContext(opset, backend, constants.get, shapes.get)
+    context = _ops.BuildContext(opset, backend, constants.get)
     steps = []
     for node in nodes:
-        label = _node_text(node)
+        if node.attrs is None:
+            continue
+        label = _node_text(node.op_type, node.name, node.outputs)
         try:
             kernel = _ops.build(node, context)
         except _ops.Unsupported as exc:
@@ -547,12 +553,13 @@ def build_model(model, backend=None, fuse=True) -> OnnxModel:
     steps = _drop_unused(steps, output_names)
     if fuse:
         steps = _fuse(steps, output_names)
-    _plan_memory(steps, inputs, constants, output_names)
+    copied_outputs = _plan_memory(steps, inputs, constants, output_names)
     used = {name for step in steps for name in step.inputs} | set(
         output_names)
     constants = {name: value for name, value in constants.items()
                  if name in used}
-    return OnnxModel(steps, constants, inputs, output_names, backend, opset,
+    return OnnxModel(steps, constants, inputs, output_names, copied_outputs,
+                     backend, opset,
                      f"{model.producer_name} {model.producer_version}".strip())
 
 
@@ -564,10 +571,8 @@ def _fold_constant(node, kernel, constants, shapes, label) -> bool:
         dims = shapes.get(node.inputs[0])
         if dims is None or not all(isinstance(d, int) for d in dims):
             return False
-        arguments = [np.empty(dims, np.uint8)] if math.prod(dims) < 2**20 \
-            else None
-        if arguments is None:
-            return False
+        # Only the shape matters: a zero-strided array of it, no memory.
+        arguments = [np.broadcast_to(np.zeros((), np.uint8), dims)]
     elif all(name in constants for name in present):
         arguments = [constants[name] if name else None
                      for name in node.inputs]

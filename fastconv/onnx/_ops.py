@@ -50,7 +50,6 @@ class BuildContext(NamedTuple):
     opset: int
     backend: object
     constant: Callable  # name -> ndarray or None
-    shape: Callable     # name -> tuple of int/None, or None if unknown
 
 
 class Kernel:
@@ -64,6 +63,11 @@ class Kernel:
 
     def __call__(self, inputs, writable):
         raise NotImplementedError
+
+    def kind(self) -> str:
+        """A short description for profiles ('' when the op type says
+        it all)."""
+        return ""
 
 
 class FunctionKernel(Kernel):
@@ -473,6 +477,16 @@ class ConvKernel(Kernel):
             y = self.activation(y, y)
         return [y[:, :, 0, :] if window.rank == 1 else y]
 
+    def kind(self) -> str:
+        kernel = "x".join(str(k) for k in self.window.kernel)
+        strides = set(self.window.strides)
+        text = kernel + ("" if strides == {1} else "/" + "x".join(
+            str(s) for s in self.window.strides))
+        if self.groups > 1:
+            text += " depthwise" if self.weight.shape[1] == 1 else \
+                f" groups={self.groups}"
+        return text
+
 
 def _kernel_shape(attrs, weight):
     kernel = _int_list(attrs.get("kernel_shape"), "kernel_shape")
@@ -629,9 +643,10 @@ class PoolKernel(Kernel):
     over the same divisor.
     """
 
-    def __init__(self, window, kind, ceil_mode, count_include_pad, backend):
+    def __init__(self, window, reduction, ceil_mode, count_include_pad,
+                 backend):
         self.window = window
-        self.kind = kind
+        self.reduction = reduction
         self.ceil_mode = ceil_mode
         self.count_include_pad = count_include_pad
         self.backend = backend
@@ -639,7 +654,7 @@ class PoolKernel(Kernel):
     def __call__(self, inputs, writable):
         x = inputs[0]
         window = self.window
-        what = "MaxPool" if self.kind == "max" else "AveragePool"
+        what = "MaxPool" if self.reduction == "max" else "AveragePool"
         _check_spatial(x, window.rank, what)
         if x.dtype.kind != "f":
             raise TypeError(f"{what} expects a float tensor, got {x.dtype}")
@@ -650,15 +665,15 @@ class PoolKernel(Kernel):
         if any(before or after for before, after in rest):
             # Over half the kernel: the kernels' limit. Pad the excess
             # explicitly where that gives the same windows and divisors.
-            if self.ceil_mode or (self.kind == "avg"
+            if self.ceil_mode or (self.reduction == "avg"
                                   and not self.count_include_pad):
                 raise ValueError(
                     f"{what}: padding {pads} over half the kernel with "
                     f"ceil_mode or count_include_pad=0 is not supported")
             x2 = _pad_explicitly(x2, rest,
-                                 -np.inf if self.kind == "max" else 0)
+                                 -np.inf if self.reduction == "max" else 0)
         stride = (1,) * (2 - window.rank) + window.strides
-        if self.kind == "max":
+        if self.reduction == "max":
             dilation = (1,) * (2 - window.rank) + window.dilations
             y = F.max_pool2d(x2, kernel, stride, taken, dilation,
                              self.ceil_mode, backend=self.backend)
@@ -998,9 +1013,10 @@ def _build_slice(node, attrs, context):
 def _build_cast(node, attrs, context):
     from fastconv.onnx._reader import element_dtype, element_type_name
 
-    target = element_dtype(int(attrs["to"] or 0))
+    to = int(attrs["to"] or 0)
+    target = element_dtype(to)
     if target is None:
-        raise Unsupported(f"cast to {element_type_name(int(attrs['to'] or 0))}")
+        raise Unsupported(f"cast to {element_type_name(to)}")
     return FunctionKernel(lambda x: np.asarray(x).astype(target), view=False)
 
 
@@ -1069,7 +1085,8 @@ def _build_reduce_mean(node, attrs, context):
             return np.mean(x, keepdims=keepdims)
         dims = tuple(sorted({_normalize_axis(a, x.ndim) for a in axes}))
         return np.mean(x, axis=dims, keepdims=keepdims)
-    return FunctionKernel(reduce_mean)
+    # noop_with_empty_axes returns its input: treated as a view.
+    return FunctionKernel(reduce_mean, view=True)
 
 
 #: Unary activations the loader may fuse into a preceding Conv.
