@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 
 from fastconv import config
 
@@ -102,9 +103,26 @@ def set_num_threads(n: int) -> None:
     _state["threads"] = n
 
 
+_local = threading.local()
+
+
+@contextlib.contextmanager
+def one_thread_here():
+    """Run the kernels that this Python thread calls inside the block on one
+    thread each (other Python threads keep the process's count): for a pool
+    of Python threads that already keeps the cores busy."""
+    previous = getattr(_local, "one_thread", False)
+    _local.one_thread = True
+    try:
+        yield
+    finally:
+        _local.one_thread = previous
+
+
 def _threads_for(work: int, minimum: int) -> int:
-    """One thread for less work than ``minimum``, else get_num_threads()."""
-    if work < minimum:
+    """One thread for less work than ``minimum`` (or inside
+    ``one_thread_here``), else get_num_threads()."""
+    if work < minimum or getattr(_local, "one_thread", False):
         return 1
     threads = get_num_threads()
     if threads > 1:
