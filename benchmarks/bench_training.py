@@ -14,8 +14,11 @@ through ``state_dict``).
 
 Each round starts one fresh process per contender, in turn (the order
 rotated every round, so that a burst of load on a shared machine hits all
-alike): ``fastconv``, ``torch`` and ``fastconv+torch`` (fastconv's step with
-torch imported in the same process, as in a notebook that has both). A
+alike): ``fastconv``, ``torch``, ``fastconv+torch`` (fastconv's step with
+torch imported in the same process, as in a notebook that has both) and
+``fastconv-as-train`` (the same step inside the private
+``single_threaded_blas()`` context that ``fastconv train`` runs its epochs
+in: the hand-written step should be as fast). A
 process warms up, times ``--steps`` steps five times and reports its
 median; the table shows the median over rounds, the ratio PyTorch time /
 fastconv time (above 1: fastconv is faster) and the load average.
@@ -37,7 +40,7 @@ import pytest
 BATCH = 64
 SEED = 20240601
 MODELS = ("small-cnn", "resnet8")
-CONTENDERS = ("fastconv", "torch", "fastconv+torch")
+CONTENDERS = ("fastconv", "torch", "fastconv+torch", "fastconv-as-train")
 
 
 def training_batches(model_name: str, count: int = 8):
@@ -196,7 +199,7 @@ def child(contender: str, model_name: str, threads: int, steps: int) -> dict:
     import fastconv
 
     torch = None
-    if contender != "fastconv":
+    if contender in ("torch", "fastconv+torch"):
         import torch
 
         torch.set_num_threads(threads)
@@ -205,6 +208,14 @@ def child(contender: str, model_name: str, threads: int, steps: int) -> dict:
     step, model = make_fastconv_step(model_name, batches)
     if contender == "torch":
         step = make_torch_step(torch, model_name, batches, model)
+    elif contender == "fastconv-as-train":
+        from fastconv._threads import single_threaded_blas
+
+        plain_step = step
+
+        def step():
+            with single_threaded_blas():
+                plain_step()
     for _ in range(3):  # warm-up: first calls, caches, allocator
         step()
     samples = []
@@ -242,6 +253,8 @@ def compare(model_name: str, threads: int, rounds: int, steps: int,
                   ratio=result["torch"] / result["fastconv"],
                   same_process_loss=result["fastconv+torch"]
                   / result["fastconv"] - 1,
+                  against_train=result["fastconv"]
+                  / result["fastconv-as-train"] - 1,
                   load=(load_before, os.getloadavg()[0]))
     log(f"{model_name} training step, batch {BATCH}, float32, {threads} "
         f"thread(s), PyTorch {torch.__version__}; median of {rounds} rounds "
@@ -252,7 +265,9 @@ def compare(model_name: str, threads: int, rounds: int, steps: int,
         log(f"  {name:15s} {result[name]:8.2f} ms/step  (rounds: "
             + ", ".join(f"{value:.1f}" for value in samples[name]) + ")")
     log(f"  PyTorch time / fastconv time: {result['ratio']:.2f}x; fastconv "
-        f"with torch imported: {100 * result['same_process_loss']:+.1f}%")
+        f"with torch imported: {100 * result['same_process_loss']:+.1f}%; "
+        f"hand-written against as in `fastconv train`: "
+        f"{100 * result['against_train']:+.1f}%")
     return result
 
 

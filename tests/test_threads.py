@@ -121,7 +121,7 @@ def test_small_work_runs_on_one_thread(monkeypatch):
     monkeypatch.setattr(config, "PARALLEL_MIN_MACS", macs + 1)
     assert _threads.conv_threads(conv) == 1
     assert _threads.conv_threads(conv, passes=2) == fastconv.get_num_threads()
-    pool = _shapes.pool_geometry((2, 4, 8, 8), (2, 2), (2, 2), (0, 0),
+    pool = _shapes.pool_geometry((2, 4, 8, 8), (2, 2), (2, 2), (0, 0, 0, 0),
                                  (1, 1), False)
     monkeypatch.setattr(config, "PARALLEL_MIN_TAPS", 2 * 4 * 16 * 4 + 1)
     assert _threads.pool_threads(pool) == 1
