@@ -439,7 +439,13 @@ def cmd_info(args) -> int:
     print(f"fastconv {fastconv.__version__}")
     available = fastconv.available_backends()
     print(f"backends available: {', '.join(available)}")
-    print(f"default backend: {_resolved_backend()}")
+    try:
+        default = _resolved_backend()
+    except (ValueError, RuntimeError) as exc:  # e.g. FASTCONV_BACKEND=bogus
+        # info is what a user runs to find out what is wrong: report it
+        default = f"none ({exc}; FASTCONV_BACKEND="
+        default += f"{os.environ.get('FASTCONV_BACKEND')!r})"
+    print(f"default backend: {default}")
     for name, reason in fastconv.unavailable_reasons().items():
         print(f"  {name}: unavailable ({reason})")
     print(f"threads: {fastconv.get_num_threads()} (of {os.cpu_count()} "

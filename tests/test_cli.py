@@ -255,6 +255,21 @@ def test_info_does_not_call_a_built_backend_not_installed(monkeypatch,
     assert "backends available:" in out
 
 
+def test_info_reports_a_bad_fastconv_backend_instead_of_failing(
+        monkeypatch, capsys):
+    import fastconv
+
+    monkeypatch.setenv("FASTCONV_BACKEND", "bogus")
+    # the default is read from the environment once: read it again
+    monkeypatch.setitem(fastconv.backends._default, "name", None)
+    with pytest.raises(ValueError):  # what the other commands report
+        fastconv.get_backend()
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "default backend: none (unknown backend 'bogus'" in out
+    assert "FASTCONV_BACKEND='bogus'" in out and "versions:" in out
+
+
 def test_an_unexpected_exception_keeps_its_traceback(monkeypatch):
     """The one-line guard covers the errors users cause, not our bugs."""
     def broken(args):
