@@ -8,7 +8,7 @@ the FFT sum in an order that depends on a block's width).
 images chunked along N. Both run on any Dask scheduler: the local threaded
 one, or a ``dask.distributed`` cluster.
 
-Requires the ``dask`` extra: ``pip install fastconv[dask]``.
+Requires the ``dask`` extra: ``pip install ".[dask]"`` from a clone.
 
 How ``filter2d`` splits the work: the boundary is applied lazily first (the
 padded array is built from slices of the image, following ``numpy.pad``'s
@@ -42,7 +42,7 @@ def _dask_array_module():
         import dask.array as dask_array
     except ImportError as exc:  # pragma: no cover - exercised without dask
         raise ImportError(
-            "fastconv.dask needs Dask: pip install fastconv[dask] "
+            "fastconv.dask needs Dask: pip install \".[dask]\" "
             f"({exc})") from exc
     return dask_array
 

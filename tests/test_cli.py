@@ -228,13 +228,26 @@ def test_filter_failures_are_one_line(tmp_path, small_png, capsys, argv,
     assert not (tmp_path / "o.png").exists()
 
 
-def test_a_stride_of_2_to_the_70_filters_to_one_pixel(tmp_path, small_png,
-                                                      capsys):
-    """It was a Numba typing error; a stride past the image keeps the first
+def test_a_stride_of_2_to_the_70_is_one_line_naming_the_stride(
+        tmp_path, small_png, capsys):
+    """It was a Numba typing error; strides are bounded by the kernels' index
+    type (2**31 - 1) in the functional layer, and the CLI says so in one
+    line."""
+    out = tmp_path / "one.png"
+    assert main(["filter", str(small_png), "-k", "sharpen", "--stride",
+                 str(2**70), "-o", str(out)]) == 1
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1
+    assert "stride" in error and "2**31 - 1" in error
+    assert not out.exists()
+
+
+def test_a_stride_past_the_image_filters_to_one_pixel(tmp_path, small_png):
+    """A stride larger than the image (within the index type) keeps the first
     pixel, as the definition says."""
     out = tmp_path / "one.png"
     assert main(["filter", str(small_png), "-k", "sharpen", "--stride",
-                 str(2**70), "-o", str(out)]) == 0
+                 str(2**31 - 1), "-o", str(out)]) == 0
     from PIL import Image
 
     with Image.open(out) as image:

@@ -13,6 +13,7 @@ validated and C-contiguous from ``fastconv.functional``; see the contract in
 from __future__ import annotations
 
 import contextlib
+import pathlib
 
 import numpy as np
 
@@ -40,10 +41,21 @@ THREAD_SCRATCH_BYTES = 8 * 1024 * 1024
 CHUNK_ASPECT = 8
 
 
+def _imported_from_source_tree() -> bool:
+    """Whether this fastconv is a repository checkout's (``setup.py`` and
+    ``pyproject.toml`` beside the package), not an installed copy."""
+    root = pathlib.Path(__file__).resolve().parents[2]
+    return (root / "setup.py").is_file() and (root / "pyproject.toml").is_file()
+
+
 def unavailable_reason() -> str | None:
     """None when the compiled kernels import, else why they do not."""
     if _IMPORT_ERROR is None:
         return None
+    if _imported_from_source_tree():
+        return ("the Cython extension is not built in this source tree "
+                f"({pathlib.Path(__file__).resolve().parents[2]}); build in "
+                f"place with `pip install -e .`: {_IMPORT_ERROR}")
     return ("the Cython extension was not compiled (reinstall with a C "
             f"compiler): {_IMPORT_ERROR}")
 
@@ -150,8 +162,13 @@ def conv2d_forward(x, weight, bias, g):
     return y
 
 
-def conv2d_backward(grad_output, x, weight, g, need_input_grad):
-    """(grad_input or None, grad_weight, grad_bias), all in x's dtype."""
+def conv2d_backward(grad_output, x, weight, g, need_input_grad, *,
+                    need_weight_grad=True):
+    """(grad_input or None, grad_weight, grad_bias), all in x's dtype;
+    grad_weight and grad_bias None when ``need_weight_grad`` is False."""
+    if not need_weight_grad:
+        # The kernel cannot skip the weight GEMMs yet: computed, dropped.
+        x = np.zeros(g.input_shape, dtype=grad_output.dtype)
     num_threads = _num_threads()
     dtype = x.dtype
     partials = np.zeros((num_threads, weight.size), dtype=dtype)
@@ -180,6 +197,8 @@ def conv2d_backward(grad_output, x, weight, g, need_input_grad):
     _conv.sum_rows(partials, grad_weight.reshape(-1), num_threads)
     grad_bias = np.empty(g.out_channels, dtype=dtype)
     _conv.bias_grad(grad_output, grad_bias, num_threads)
+    if not need_weight_grad:
+        grad_weight = grad_bias = None
     return (grad_input if need_input_grad else None), grad_weight, grad_bias
 
 

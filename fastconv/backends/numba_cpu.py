@@ -177,9 +177,14 @@ def _im2col_forward(x, weight, bias, g):
     return y
 
 
-def conv2d_backward(grad_output, x, weight, g, need_input_grad):
-    """(grad_input or None, grad_weight, grad_bias), each in x's dtype."""
+def conv2d_backward(grad_output, x, weight, g, need_input_grad, *,
+                    need_weight_grad=True):
+    """(grad_input or None, grad_weight, grad_bias), each in x's dtype;
+    grad_weight and grad_bias None when ``need_weight_grad`` is False."""
     g = _as_ints(g)
+    if not need_weight_grad:
+        # The kernel cannot skip the weight GEMMs yet: computed, dropped.
+        x = np.zeros(g.input_shape, dtype=grad_output.dtype)
     dtype = x.dtype
     direct = _is_pointwise(g)
     need_input_grad = bool(need_input_grad)
@@ -205,6 +210,8 @@ def conv2d_backward(grad_output, x, weight, g, need_input_grad):
             need_input_grad)
     grad_weight = grad_weight_parts.sum(axis=0).reshape(weight.shape)
     grad_bias = grad_bias_parts.sum(axis=0).astype(dtype)
+    if not need_weight_grad:
+        grad_weight = grad_bias = None
     return (grad_input if need_input_grad else None), grad_weight, grad_bias
 
 

@@ -126,13 +126,14 @@ def test_corrupt_and_foreign_files_are_clear_errors(tmp_path):
         load_checkpoint(wrong)
 
 
-def test_build_model_rejects_unknown_configs():
+def test_build_model_rejects_unknown_configs(tmp_path):
     with pytest.raises(ValueError, match="unknown model architecture"):
         build_model({"architecture": "vgg"})
     with pytest.raises(ValueError, match="bad small-cnn config"):
         build_model({"architecture": "small-cnn", "colour": "red"})
     with pytest.raises(TypeError, match="fastconv.nn.Module"):
-        save_checkpoint("unused.npz", {"weight": np.zeros(2)})
+        save_checkpoint(tmp_path / "unused.npz", {"weight": np.zeros(2)})
+    assert not (tmp_path / "unused.npz").exists()
 
 
 @pytest.mark.parametrize("config", [
