@@ -349,8 +349,8 @@ class _FFTBands:
     def rows(cls, out_height, kernel_height, stride_h, band_values, itemsize):
         """(output rows per band, whether a band fits WORKSPACE_BYTES).
         Tall bands (``FFT_BAND_ROWS``, at least 4 R): the halo of R - 1 rows
-        is recomputed per band; a wide image gets fewer rows, down to about 2 R
-        (below that the halo's cost dominates)."""
+        is recomputed per band; a wide image gets fewer rows, down to about
+        2 R (below that the halo's cost dominates)."""
         def band_bytes(rows):
             return ((rows - 1) * stride_h + kernel_height) * band_values * \
                 itemsize * (1 + cls.scratch_per_input_value)
