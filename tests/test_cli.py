@@ -177,7 +177,7 @@ def test_train_refuses_bad_options_before_training(tmp_path, capsys, argv,
         ["train", "--dataset", "digits", "--epochs", "1", "--quiet",
          "--out", str(tmp_path / "run")] + argv))
     assert message in line
-    assert not (tmp_path / "run" / "model.npz").exists()
+    assert not (tmp_path / "run").exists()
 
 
 def test_train_refuses_an_unbounded_resnet_depth(capsys):
