@@ -120,8 +120,10 @@ def read_image(path: str, gray: bool = False) -> np.ndarray:
     except UnidentifiedImageError:
         raise OSError(
             f"cannot read {path!r}: not an image format Pillow knows") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise OSError(f"cannot read {path!r}: {_bomb_message(exc)}") from None
+    except (Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as exc:
+        raise OSError(f"cannot read {path!r}: {_bomb_message(exc)}"
+                      ) from None
     except OSError as exc:
         raise OSError(f"cannot read {path!r}: {exc}") from None
 

@@ -616,7 +616,8 @@ def _filter(image3, kernel, stride, pads, mode, method, backend, out_shape):
     stride = (band_stride_h, band_stride_w)
     band_channels = 1 if interleave > 1 else channels
     if method == "fft":
-        bands = _FFTBands(kernel, band_channels, stride, fft_rows, interleave)
+        bands = _FFTBands(kernel, band_channels, stride, fft_rows,
+                          interleave)
     elif method == "depthwise":
         bands = _DepthwiseBands(kernel, band_channels, stride, backend,
                                 _band_rows(out_height, kernel_height, stride[0],

@@ -21,7 +21,7 @@ import pytest
 from fastconv import cli
 from fastconv.cli import main
 from fastconv.models import SmallCNN, save_checkpoint
-from hostile_files import huge_unexpected_member
+from hostile_files import huge_unexpected_member, linux_only
 
 pytest.importorskip("PIL.Image")
 
@@ -123,6 +123,7 @@ def test_bad_crc_checkpoint_is_one_line(checkpoint, small_png, capsys):
         assert "crc.npz" in line and "corrupt" in line
 
 
+@linux_only
 def test_a_checkpoint_declaring_gigabytes_is_refused_within_the_cap(
         tmp_path, small_png):
     path = huge_unexpected_member(tmp_path)
@@ -188,6 +189,7 @@ def test_train_refuses_an_unbounded_resnet_depth(capsys):
 
 # ---------------------------------------------------------------- images
 
+@linux_only
 @pytest.mark.parametrize("side, what", [(20000, "exceeds limit of 178956970"),
                                         (10000, "exceeds limit of 89478485")],
                          ids=["DecompressionBombError",

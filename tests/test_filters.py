@@ -585,7 +585,8 @@ def test_masked_arrays_are_refused_on_every_backend(backend):
         convolve2d(image, np.ones((3, 3)), backend=backend)
 
 
-@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
+@pytest.mark.filterwarnings(
+    "ignore:the matrix subclass:PendingDeprecationWarning")
 def test_ndarray_subclasses_are_filtered_as_plain_arrays(backend, tmp_path):
     values = np.arange(30.0).reshape(5, 6)
     kernel = kernels.sobel_x()
