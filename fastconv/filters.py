@@ -619,10 +619,10 @@ def _filter(image3, kernel, stride, pads, mode, method, backend, out_shape):
         bands = _FFTBands(kernel, band_channels, stride, fft_rows,
                           interleave)
     elif method == "depthwise":
+        band_rows = _band_rows(out_height, kernel_height, stride[0],
+                               band_values, kernel.dtype.itemsize)
         bands = _DepthwiseBands(kernel, band_channels, stride, backend,
-                                _band_rows(out_height, kernel_height, stride[0],
-                                           band_values, kernel.dtype.itemsize),
-                                interleave)
+                                band_rows, interleave)
     else:
         bands = _RowBlockBands(kernel, band_channels, stride, backend,
                                (out_height, out_width), interleave)
