@@ -575,9 +575,10 @@ def _checked_geometry(out_shape, kernel_shape, image_shape, pads, stride):
 def _filter(image3, kernel, stride, pads, mode, method, backend, out_shape):
     """filter2d on checked arguments: (H, W, C) in, (H_out, W_out, C) out.
 
-    ``image3`` and ``kernel`` share a float dtype; ``pads`` is (top, left,
-    bottom, right) and may be asymmetric (fastconv.dask pads only the sides
-    of a block that are the image's edges); ``mode`` is a numpy.pad mode.
+    ``kernel`` is in the compute dtype, ``image3`` in it or any other real
+    dtype (then converted band by band); ``pads`` is (top, left, bottom,
+    right) and may be asymmetric (fastconv.dask pads only the sides of a
+    block that are the image's edges); ``mode`` is a numpy.pad mode.
     """
     channels = image3.shape[2]
     kernel_height = kernel.shape[0]
@@ -596,8 +597,8 @@ def _filter(image3, kernel, stride, pads, mode, method, backend, out_shape):
                                         band_stride_h, band_values,
                                         kernel.dtype.itemsize)
         if not fits and method == "auto":
-            # an image too wide for FFT bands in the workspace: the direct
-            # depthwise kernel needs no scratch
+            # an image too wide for FFT bands in the workspace: depthwise
+            # bands are a few rows tall (in place, no scratch at all)
             chosen = "depthwise"
     method = chosen
     # Colour: rather than split (H, W, C) into planes and interleave the
@@ -630,9 +631,11 @@ def _filter(image3, kernel, stride, pads, mode, method, backend, out_shape):
     # _choose_method): rare, and then only where the data is not finite.
     fallback = None if method == "depthwise" else _DepthwiseBands(
         kernel, band_channels, stride, backend, bands.band_rows, interleave)
-    padded = _PaddedImage(image3, row_map, col_map, (-(-out_height // bands
-                          .band_rows) * bands.band_rows - 1) * stride[0]
-                          + kernel_height, interleave, gather_columns, left)
+    # the last band may run past the image (see _run_bands)
+    band_output_rows = -(-out_height // bands.band_rows) * bands.band_rows
+    padded = _PaddedImage(image3, row_map, col_map,
+                          (band_output_rows - 1) * stride[0] + kernel_height,
+                          interleave, gather_columns, left)
     return _run_bands(padded, kernel.dtype, channels, interleave, bands,
                       fallback, stride, kernel_height, out_shape)
 
