@@ -285,6 +285,21 @@ def test_info_reports_a_bad_fastconv_backend_instead_of_failing(
     assert "FASTCONV_BACKEND='bogus'" in out and "versions:" in out
 
 
+@pytest.mark.parametrize("error, message", [
+    (MemoryError("Unable to allocate 3.0 GiB"),
+     "out of memory (Unable to allocate 3.0 GiB)"),
+    (MemoryError(), "out of memory (MemoryError)"),
+    (OverflowError("int too large"), "int too large"),
+])
+def test_resource_errors_are_one_line(monkeypatch, capsys, error, message):
+    def failing(args):
+        raise error
+
+    monkeypatch.setattr(cli, "cmd_info", failing)
+    line = one_error_line(capsys, main(["info"]))
+    assert line == f"fastconv: error: {message}"
+
+
 def test_an_unexpected_exception_keeps_its_traceback(monkeypatch):
     """The one-line guard covers the errors users cause, not our bugs."""
     def broken(args):
