@@ -449,8 +449,7 @@ def cmd_info(args) -> int:
         default = _resolved_backend()
     except (ValueError, RuntimeError) as exc:  # e.g. FASTCONV_BACKEND=bogus
         # info is what a user runs to find out what is wrong: report it
-        default = f"none ({exc}; FASTCONV_BACKEND="
-        default += f"{os.environ.get('FASTCONV_BACKEND')!r})"
+        default = f"none ({exc})"
     print(f"default backend: {default}")
     for name, reason in fastconv.unavailable_reasons().items():
         print(f"  {name}: unavailable ({reason})")

@@ -281,8 +281,10 @@ def test_info_reports_a_bad_fastconv_backend_instead_of_failing(
         fastconv.get_backend()
     assert main(["info"]) == 0
     out = capsys.readouterr().out
-    assert "default backend: none (unknown backend 'bogus'" in out
-    assert "FASTCONV_BACKEND='bogus'" in out and "versions:" in out
+    line = next(line for line in out.splitlines()
+                if line.startswith("default backend: none ("))
+    assert "FASTCONV_BACKEND" in line and "bogus" in line
+    assert "versions:" in out
 
 
 @pytest.mark.parametrize("error, message", [
