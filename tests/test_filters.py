@@ -606,7 +606,9 @@ def test_a_stride_past_the_image_reads_the_first_window(backend, stride):
                       backend=backend)
     full = filter2d(image, kernels.box_blur(3), backend=backend)
     pair = stride if isinstance(stride, tuple) else (stride, stride)
-    np.testing.assert_array_equal(result, full[::pair[0], ::pair[1]])
+    # the strided path sums in another order than the full one
+    np.testing.assert_allclose(result, full[::pair[0], ::pair[1]],
+                               rtol=1e-14, atol=0)
 
 
 @pytest.mark.parametrize("stride", [2**70, (1, 2**63), (2**40, 3)])

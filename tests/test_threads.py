@@ -168,7 +168,10 @@ def test_layer_products_leave_blas_threads_alone(restore_num_threads):
     layer.backward(np.ones_like(y))
     np.testing.assert_allclose(y, x @ layer.weight.data.T + layer.bias.data,
                                rtol=1e-5, atol=1e-5)
-    assert blas_threads() == before == [MAXIMUM] * len(before)
+    # Only BLAS libraries loaded before fastconv's controller was made are
+    # governed by set_num_threads (torch's, imported by another test, may
+    # not be): each keeps the count it had.
+    assert blas_threads() == before
 
 
 # ---------------------------------------------------------------------- fork
