@@ -300,5 +300,5 @@ def test_bad_arguments_fail_before_any_work(call, error, message):
 
 def test_missing_dask_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "dask.array", None)
-    with pytest.raises(ImportError, match=r"pip install fastconv\[dask\]"):
+    with pytest.raises(ImportError, match=r'pip install "\.\[dask\]"'):
         fastconv_dask.filter2d(np.ones((3, 3)), np.ones((1, 1)))
