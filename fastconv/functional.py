@@ -635,20 +635,21 @@ def dropout(x, p=0.5, *, seed=None, training=True, backend=None):
     contiguous_x = _validate.float_array(x, "x", device=device)
     if not training:
         return x, None
+    shape = tuple(x.shape)  # x's own: float_array makes a 0-d array 1-d
     x = contiguous_x
     seed = secrets.randbits(64) if seed is None else _validate.seed(seed)
     module = resolve("dropout_mask", backend)
-    shape = tuple(x.shape)
     # like=x: a device backend keeps the mask where x is
     mask = module.dropout_mask(_shapes.numel(shape), _dropout_hash.threshold(p),
-                               seed, like=x).reshape(shape)
+                               seed, like=x).reshape(x.shape)
     y = resolve("dropout_apply", backend).dropout_apply(x, mask, _keep_scale(p))
-    return y, mask
+    return y.reshape(shape), mask.reshape(shape)
 
 
 def dropout_backward(grad_output, mask, p, *, backend=None):
     """Gradient of ``dropout``: ``grad_output * mask / (1 - p)``."""
     device = _takes_device_arrays("dropout_apply", backend, grad_output, mask)
+    shape = tuple(getattr(grad_output, "shape", ()))  # 0-d stays 0-d
     grad_output = _validate.float_array(grad_output, "grad_output",
                                         device=device)
     p = _validate.probability(p)
@@ -658,11 +659,12 @@ def dropout_backward(grad_output, mask, p, *, backend=None):
                             f"dtype {_validate.dtype_of(mask)}")
     elif not isinstance(mask, np.ndarray) or mask.dtype != np.bool_:
         raise TypeError("mask must be a bool numpy.ndarray (from dropout)")
-    if tuple(mask.shape) != tuple(grad_output.shape):
+    if tuple(mask.shape) != shape:
         raise ValueError(
-            f"mask must have grad_output's shape {tuple(grad_output.shape)}, "
+            f"mask must have grad_output's shape {shape}, "
             f"got {tuple(mask.shape)}")
     if isinstance(mask, np.ndarray):
         mask = np.ascontiguousarray(mask)
     return resolve("dropout_apply", backend).dropout_apply(
-        grad_output, mask, _keep_scale(p))
+        grad_output, mask.reshape(grad_output.shape), _keep_scale(p)
+    ).reshape(shape)
