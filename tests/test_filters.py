@@ -599,7 +599,9 @@ def test_ndarray_subclasses_are_filtered_as_plain_arrays(backend, tmp_path):
                                   expected)
 
 
-@pytest.mark.parametrize("stride", [2**70, (1, 2**63), (2**40, 3)])
+# Strides are bounded by the kernels' index type (2**31 - 1; beyond it a
+# ValueError names the stride, see tests/test_extreme_integers.py).
+@pytest.mark.parametrize("stride", [2**31 - 1, (1, 2**31 - 1), (2**30, 3)])
 def test_a_stride_past_the_image_reads_the_first_window(backend, stride):
     image = np.arange(35.0).reshape(5, 7)
     result = filter2d(image, kernels.box_blur(3), stride=stride,
@@ -609,10 +611,9 @@ def test_a_stride_past_the_image_reads_the_first_window(backend, stride):
     np.testing.assert_array_equal(result, full[::pair[0], ::pair[1]])
 
 
-@pytest.mark.parametrize("padding", [2**40, (0, 2**70)])
+@pytest.mark.parametrize("padding", [2**40, (0, 2**70), 2**31 - 1])
 def test_an_unrepresentable_output_names_the_padding(padding):
-    with pytest.raises(ValueError, match="too large for any array: check "
-                                         "padding"):
+    with pytest.raises(ValueError, match=r"\bpadding\b"):
         filter2d(np.ones((4, 4)), np.ones((3, 3)), padding=padding)
 
 
