@@ -410,6 +410,10 @@ def cmd_predict(args) -> int:
     from fastconv.nn import softmax
 
     _apply_runtime_options(args)
+    if args.onnx is not None:
+        from fastconv.onnx._cli import predict as predict_onnx
+
+        return predict_onnx(args)
     model, metadata = read_checkpoint(args.checkpoint)
     info = _checkpoint_dataset_info(metadata, args.checkpoint, model)
     normalization = Normalization.from_dict(info["normalization"])
@@ -451,6 +455,15 @@ def cmd_info(args) -> int:
         for name, version in versions.items()
         if name != "fastconv" and (name != "cython" or version)))
     return 0
+
+
+# ----------------------------------------------------------------- profile
+
+def cmd_profile(args) -> int:
+    from fastconv.onnx._cli import profile
+
+    _apply_runtime_options(args)
+    return profile(args)
 
 
 # ------------------------------------------------------------------ parser
@@ -527,13 +540,18 @@ def build_parser() -> argparse.ArgumentParser:
                     "and, for grayscale with a light border (dark ink on "
                     "paper), inverted, since MNIST digits are light on "
                     "black.")
-    predict.add_argument("--checkpoint", required=True)
+    source = predict.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint")
+    source.add_argument("--onnx", metavar="MODEL.onnx",
+                        help="classify with an ONNX model instead")
     predict.add_argument("images", nargs="+", metavar="IMAGE")
     predict.add_argument("--invert", choices=("auto", "yes", "no"),
                          default="auto")
     predict.add_argument("--top", type=_positive_int, default=3,
                          help="how many classes to show (default 3)")
     _add_runtime_options(predict)
+    from fastconv.onnx._cli import add_predict_options
+    add_predict_options(predict)
     predict.set_defaults(func=cmd_predict)
 
     info = subparsers.add_parser(
@@ -542,6 +560,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     if add_filter_parser is not None:
         add_filter_parser(subparsers)
+    from fastconv.onnx._cli import add_profile_parser
+    add_profile_parser(subparsers, _add_runtime_options, cmd_profile)
     parser.command_names = list(subparsers.choices)
     return parser
 

@@ -245,6 +245,7 @@ def test_environment_variable_unknown_name_is_value_error():
     result = _run_python(ENV_PROBE, FASTCONV_BACKEND="bogus")
     assert result.returncode != 0
     assert "ValueError" in result.stderr and "'naive'" in result.stderr
+    assert "FASTCONV_BACKEND='bogus'" in result.stderr
 
 
 # ------------------------------------------------------ cross-backend checks

@@ -65,8 +65,10 @@ def openmp_enabled() -> bool:
     return _IMPORT_ERROR is None and _conv.openmp_enabled()
 
 
-def _num_threads() -> int:
-    return _threads.get_num_threads() if openmp_enabled() else 1
+def _num_threads(work) -> int:
+    """Threads for a call of ``work`` elementary steps: one for small work
+    (``fastconv.config.PARALLEL_MIN_WORK``) or without OpenMP."""
+    return _threads.kernel_threads(work) if openmp_enabled() else 1
 
 
 def _blas_held_to_one_thread(num_threads):
@@ -132,7 +134,7 @@ def _thread_budget(num_threads, reserved=0):
 
 def conv2d_forward(x, weight, bias, g):
     """y (N, K, OH, OW) = conv2d(x, weight) + bias, in x's dtype."""
-    num_threads = _num_threads()
+    num_threads = _num_threads(_threads.conv_work(g))
     dtype = x.dtype
     budget = _thread_budget(num_threads)
     col_rows, filters = _col_rows(g), g.out_channels // g.groups
@@ -169,7 +171,7 @@ def conv2d_backward(grad_output, x, weight, g, need_input_grad, *,
     if not need_weight_grad:
         # The kernel cannot skip the weight GEMMs yet: computed, dropped.
         x = np.zeros(g.input_shape, dtype=grad_output.dtype)
-    num_threads = _num_threads()
+    num_threads = _num_threads(2 * _threads.conv_work(g))
     dtype = x.dtype
     partials = np.zeros((num_threads, weight.size), dtype=dtype)
     budget = _thread_budget(num_threads, reserved=partials.nbytes)
@@ -209,7 +211,8 @@ def max_pool2d_forward(x, g):
     y = np.empty(g.output_shape, dtype=x.dtype)
     indices = np.empty(g.output_shape, dtype=np.int64)
     if y.size:
-        _pool.max_pool2d_forward(x, y, indices, g, _num_threads())
+        _pool.max_pool2d_forward(x, y, indices, g,
+                                 _num_threads(_threads.pool_work(g)))
     return y, indices
 
 
@@ -219,7 +222,7 @@ def max_pool2d_backward(grad_output, indices, g):
     if grad_input.size:
         if grad_output.size:
             _pool.max_pool2d_backward(grad_output, indices, grad_input,
-                                      _num_threads())
+                                      _num_threads(grad_input.size))
         else:
             grad_input.fill(0)
     return grad_input
@@ -230,7 +233,7 @@ def avg_pool2d_forward(x, g, divisors):
     y = np.empty(g.output_shape, dtype=x.dtype)
     if y.size:
         _pool.avg_pool2d_forward(x, y, np.ascontiguousarray(divisors), g,
-                                 _num_threads())
+                                 _num_threads(_threads.pool_work(g)))
     return y
 
 
@@ -240,7 +243,7 @@ def avg_pool2d_backward(grad_output, g, divisors):
     if grad_input.size:
         _pool.avg_pool2d_backward(grad_output, grad_input,
                                   np.ascontiguousarray(divisors), g,
-                                  _num_threads())
+                                  _num_threads(_threads.pool_work(g)))
     return grad_input
 
 
@@ -254,7 +257,7 @@ def dropout_mask(size, threshold, seed, like=None):
     if size:
         _dropout.dropout_mask(mask.view(np.uint8),
                               _dropout_hash.seed_key(seed), threshold,
-                              _num_threads())
+                              _num_threads(size))
     return mask
 
 
@@ -263,5 +266,6 @@ def dropout_apply(x, mask, scale):
     y = np.empty(x.shape, dtype=x.dtype)
     if x.size:
         _dropout.dropout_apply(x.reshape(-1), mask.reshape(-1).view(np.uint8),
-                               float(scale), y.reshape(-1), _num_threads())
+                               float(scale), y.reshape(-1),
+                               _num_threads(x.size))
     return y

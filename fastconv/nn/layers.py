@@ -20,7 +20,7 @@ import numbers
 
 import numpy as np
 
-from fastconv import _validate
+from fastconv import _threads, _validate
 from fastconv import functional as F
 from fastconv.nn import init
 from fastconv.nn.module import FLOAT_DTYPES, Module, Parameter
@@ -393,7 +393,7 @@ class Linear(Module):
             raise ValueError(
                 f"Linear expects (..., {self.in_features}), got {x.shape}")
         self.save_for_backward(x)
-        y = x @ self.weight.data.T
+        y = _threads.matmul(x, self.weight.data.T)
         if self.bias is not None:
             y += self.bias.data
         return y
@@ -403,10 +403,10 @@ class Linear(Module):
         grad_output = _grad_array(grad_output, self.weight.dtype)
         flat_x = x.reshape(-1, self.in_features)
         flat_grad = grad_output.reshape(-1, self.out_features)
-        self.weight.accumulate_grad(flat_grad.T @ flat_x)
+        self.weight.accumulate_grad(_threads.matmul(flat_grad.T, flat_x))
         if self.bias is not None:
             self.bias.accumulate_grad(flat_grad.sum(axis=0))
-        return (flat_grad @ self.weight.data).reshape(x.shape)
+        return _threads.matmul(flat_grad, self.weight.data).reshape(x.shape)
 
     def extra_repr(self):
         return (f"in_features={self.in_features}, out_features="
@@ -682,8 +682,8 @@ def _channel_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Per-channel sum of a * b for C-contiguous (N, C, H, W) arrays: (C,),
     as N*C BLAS dot products (no (N, C, H, W) temporary)."""
     batch, channels = a.shape[:2]
-    products = a.reshape(batch, channels, 1, -1) @ b.reshape(
-        batch, channels, -1, 1)
+    products = _threads.matmul(a.reshape(batch, channels, 1, -1),
+                               b.reshape(batch, channels, -1, 1))
     return products.reshape(batch, channels).sum(axis=0)
 
 
