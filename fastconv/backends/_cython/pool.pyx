@@ -26,7 +26,7 @@ Average pooling (float32, float64) sweeps each tap over a whole output row
 reference's order.
 """
 
-from cython.parallel cimport parallel, prange
+from cython.parallel cimport parallel, prange, threadid
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
 from libc.math cimport INFINITY
@@ -634,71 +634,231 @@ def max_pool2d_backward(const real[:, :, :, ::1] grad_output,
 
 
 # ---------------------------------------------------------------- avg pool
+#
+# Each plane is first converted into a float64 scratch plane padded with
+# zeros (``_avg_fill_plane``; padded_h x padded_w, the extent the windows
+# cover), so that every window is whole and every loop runs over a whole
+# output row without bounds: adding a zero leaves a float64 sum exactly as
+# it was, so the sums are the reference's, tap by tap in its order. Square
+# 2x2 and 3x3 windows sum all their taps in one sweep of the row
+# (``_avg_2x2_row``, ``_avg_3x3_row``); other windows go tap by tap. The
+# backward spreads each output's share over a zeroed float64 scratch plane
+# tap by tap, then rounds its inner part into grad_input once; windows that
+# neither overlap nor reach outside the input write grad_input directly.
+
+
+cdef struct AvgScratch:
+    # per thread: a padded float64 plane, then a row of out_w, ``pitch``
+    # doubles apart in all (whole cache lines: threads sharing a line made
+    # the sweeps several times slower)
+    double *buffer
+    Py_ssize_t plane_size, pitch
+
+
+cdef int _avg_scratch_alloc(AvgScratch *scratch, const Window *window,
+                            Py_ssize_t threads) except -1:
+    scratch.plane_size = window.padded_h * window.padded_w
+    scratch.pitch = (scratch.plane_size + window.out_w + 7) // 8 * 8 + 8
+    scratch.buffer = <double *>calloc(threads * scratch.pitch, sizeof(double))
+    if scratch.buffer == NULL:
+        raise MemoryError()
+    return 0
+
+
+cdef inline void _avg_fill_plane(const real *x_plane, const Window *window,
+                                 double *padded) noexcept nogil:
+    """padded (zero outside the input, set once) = x_plane, in float64."""
+    cdef Py_ssize_t in_w = window.in_w, ih, iw
+    cdef Py_ssize_t copy_rows = min(window.in_h, window.padded_h - window.pad_h)
+    cdef Py_ssize_t copy_cols = min(in_w, window.padded_w - window.pad_w)
+    cdef double *target
+    cdef const real *source
+    for ih in range(copy_rows):
+        target = padded + (ih + window.pad_h) * window.padded_w + window.pad_w
+        source = x_plane + ih * in_w
+        for iw in range(copy_cols):
+            target[iw] = source[iw]
+
+
+cdef inline void _avg_2x2_row(const double *top, Py_ssize_t pitch,
+                              Py_ssize_t count, Py_ssize_t step,
+                              double *totals) noexcept nogil:
+    cdef const double *below = top + pitch
+    cdef Py_ssize_t j
+    for j in range(count):
+        totals[j] = (top[j * step] + top[j * step + 1] + below[j * step]
+                     + below[j * step + 1])
+
+
+cdef inline void _avg_3x3_row(const double *top, Py_ssize_t pitch,
+                              Py_ssize_t count, Py_ssize_t step,
+                              double *totals) noexcept nogil:
+    cdef const double *middle = top + pitch
+    cdef const double *bottom = middle + pitch
+    cdef Py_ssize_t j
+    for j in range(count):
+        totals[j] = (top[j * step] + top[j * step + 1] + top[j * step + 2]
+                     + middle[j * step] + middle[j * step + 1]
+                     + middle[j * step + 2] + bottom[j * step]
+                     + bottom[j * step + 1] + bottom[j * step + 2])
+
+
+cdef inline void _avg_taps_row(const double *top, Py_ssize_t pitch,
+                               Py_ssize_t count, Py_ssize_t kernel_h,
+                               Py_ssize_t kernel_w, Py_ssize_t step,
+                               double *totals) noexcept nogil:
+    """Any window, tap by tap over the row."""
+    cdef Py_ssize_t j, r, s
+    cdef const double *tap
+    for j in range(count):
+        totals[j] = 0
+    for r in range(kernel_h):
+        for s in range(kernel_w):
+            tap = top + r * pitch + s
+            for j in range(count):
+                totals[j] += tap[j * step]
+
+
+cdef void _avg_row_sums(const double *top, const Window *window,
+                        double *totals) noexcept nogil:
+    """totals[ow] = sum of window (oh, ow) whose top-left tap is top[ow *
+    stride_w] in the padded plane; constant strides 1 and 2 let the loads
+    vectorise."""
+    cdef Py_ssize_t pitch = window.padded_w, count = window.out_w
+    cdef Py_ssize_t step = window.stride_w
+    if window.kernel_h == window.kernel_w == 2:
+        if step == 2:
+            _avg_2x2_row(top, pitch, count, 2, totals)
+        elif step == 1:
+            _avg_2x2_row(top, pitch, count, 1, totals)
+        else:
+            _avg_2x2_row(top, pitch, count, step, totals)
+    elif window.kernel_h == window.kernel_w == 3:
+        if step == 2:
+            _avg_3x3_row(top, pitch, count, 2, totals)
+        elif step == 1:
+            _avg_3x3_row(top, pitch, count, 1, totals)
+        else:
+            _avg_3x3_row(top, pitch, count, step, totals)
+    else:
+        _avg_taps_row(top, pitch, count, window.kernel_h, window.kernel_w,
+                      step, totals)
+
 
 def avg_pool2d_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y,
                        const double[:, ::1] divisors, g, int num_threads):
-    """y = (sum of each window's in-bounds elements) / divisors[oh, ow].
-
-    Sums are accumulated in float64, as the reference does.
-    """
+    """y = (sum of each window's in-bounds elements) / divisors[oh, ow],
+    summed in float64 in the reference's order."""
     cdef _Window window = _Window(g)
-    cdef Taps rows = window.w.rows, cols = window.w.cols
     cdef Py_ssize_t planes = x.shape[0] * x.shape[1]
-    cdef Py_ssize_t in_h = x.shape[2], in_w = x.shape[3]
+    cdef Py_ssize_t in_plane = x.shape[2] * x.shape[3]
     cdef Py_ssize_t out_h = y.shape[2], out_w = y.shape[3]
+    cdef Py_ssize_t row_step = window.w.stride_h * window.w.padded_w
     cdef const real *x_base = &x[0, 0, 0, 0]
     cdef real *y_base = &y[0, 0, 0, 0]
     cdef const double *div_base = &divisors[0, 0]
-    cdef Py_ssize_t plane, oh, ow, r, s, col_start
-    cdef Py_ssize_t row_first, row_stop, col_first, col_stop
-    cdef const real *x_row
-    cdef double total
-    for plane in prange(planes, nogil=True, schedule="static",
-                        num_threads=num_threads):
-        for oh in range(out_h):
-            row_first, row_stop = rows.first[oh], rows.stop[oh]
-            for ow in range(out_w):
-                col_first, col_stop = cols.first[ow], cols.stop[ow]
-                col_start = cols.start[ow]
-                total = 0
-                for r in range(row_first, row_stop):
-                    x_row = x_base + (plane * in_h + rows.start[oh] + r) * in_w
-                    for s in range(col_first, col_stop):
-                        total = total + x_row[col_start + s]
-                y_base[(plane * out_h + oh) * out_w + ow] = <real>(
-                    total / div_base[oh * out_w + ow])
+    cdef Py_ssize_t plane, oh, ow
+    cdef double *padded
+    cdef double *totals
+    cdef real *y_row
+    cdef AvgScratch scratch
+    _avg_scratch_alloc(&scratch, &window.w, num_threads)
+    try:
+        for plane in prange(planes, nogil=True, schedule="static",
+                            num_threads=num_threads):
+            padded = scratch.buffer + threadid() * scratch.pitch
+            totals = padded + scratch.plane_size
+            _avg_fill_plane(x_base + plane * in_plane, &window.w, padded)
+            for oh in range(out_h):
+                _avg_row_sums(padded + oh * row_step, &window.w, totals)
+                y_row = y_base + (plane * out_h + oh) * out_w
+                for ow in range(out_w):
+                    y_row[ow] = <real>(totals[ow] / div_base[oh * out_w + ow])
+    finally:
+        free(scratch.buffer)
+
+
+cdef inline void _assign_tap(real *target, const double *shares,
+                             Py_ssize_t count, Py_ssize_t step) noexcept nogil:
+    """target[j * step] = shares[j] for j < count (constant strides 1 and 2
+    vectorise the stores)."""
+    cdef Py_ssize_t j
+    if step == 2:
+        for j in range(count):
+            target[j * 2] = <real>shares[j]
+    elif step == 1:
+        for j in range(count):
+            target[j] = <real>shares[j]
+    else:
+        for j in range(count):
+            target[j * step] = <real>shares[j]
 
 
 def avg_pool2d_backward(const real[:, :, :, ::1] grad_output,
                         real[:, :, :, ::1] grad_input,
                         const double[:, ::1] divisors, g, int num_threads):
     """grad_input = each grad_output / divisor spread over its window's
-    in-bounds elements (zeroed here; overlapping windows add up)."""
+    in-bounds elements (overlapping windows add up, in float64, rounded to
+    the dtype once)."""
     cdef _Window window = _Window(g)
-    cdef Taps rows = window.w.rows, cols = window.w.cols
     cdef Py_ssize_t planes = grad_input.shape[0] * grad_input.shape[1]
     cdef Py_ssize_t in_h = grad_input.shape[2], in_w = grad_input.shape[3]
     cdef Py_ssize_t out_h = grad_output.shape[2], out_w = grad_output.shape[3]
+    cdef Py_ssize_t pitch = window.w.padded_w, step = window.w.stride_w
+    cdef Py_ssize_t kernel_h = window.w.kernel_h, kernel_w = window.w.kernel_w
+    cdef Py_ssize_t pad_h = window.w.pad_h, pad_w = window.w.pad_w
+    cdef Py_ssize_t padded_h = window.w.padded_h
     cdef const real *grad_base = &grad_output[0, 0, 0, 0]
     cdef real *target_base = &grad_input[0, 0, 0, 0]
     cdef const double *div_base = &divisors[0, 0]
-    cdef Py_ssize_t plane, oh, ow, r, s, col_start
-    cdef Py_ssize_t row_first, row_stop, col_first, col_stop
-    cdef real *target_row
-    cdef real share
-    for plane in prange(planes, nogil=True, schedule="static",
-                        num_threads=num_threads):
-        memset(target_base + plane * in_h * in_w, 0,
-               in_h * in_w * sizeof(real))
-        for oh in range(out_h):
-            row_first, row_stop = rows.first[oh], rows.stop[oh]
-            for ow in range(out_w):
-                col_first, col_stop = cols.first[ow], cols.stop[ow]
-                col_start = cols.start[ow]
-                share = <real>(grad_base[(plane * out_h + oh) * out_w + ow]
-                               / div_base[oh * out_w + ow])
-                for r in range(row_first, row_stop):
-                    target_row = target_base + (
-                        plane * in_h + rows.start[oh] + r) * in_w
-                    for s in range(col_first, col_stop):
-                        target_row[col_start + s] += share
+    cdef Py_ssize_t plane, oh, ow, r, s, ih, iw, copy_cols
+    cdef const real *grad_row
+    cdef real *target
+    cdef double *padded
+    cdef double *shares
+    cdef double *tap
+    cdef AvgScratch scratch
+    # windows that neither overlap nor leave the input: grad_input written
+    # directly, one share per element
+    cdef bint disjoint = (window.w.stride_h >= kernel_h and step >= kernel_w
+                          and not _needs_padding(&window.w))
+    _avg_scratch_alloc(&scratch, &window.w, num_threads)
+    copy_cols = min(in_w, pitch - pad_w)
+    try:
+        for plane in prange(planes, nogil=True, schedule="static",
+                            num_threads=num_threads):
+            padded = scratch.buffer + threadid() * scratch.pitch
+            shares = padded + scratch.plane_size
+            target = target_base + plane * in_h * in_w
+            if disjoint:
+                memset(target, 0, in_h * in_w * sizeof(real))
+            else:
+                memset(padded, 0, scratch.plane_size * sizeof(double))
+            for oh in range(out_h):
+                grad_row = grad_base + (plane * out_h + oh) * out_w
+                for ow in range(out_w):
+                    shares[ow] = grad_row[ow] / div_base[oh * out_w + ow]
+                if disjoint:  # each element in one window at most: assign
+                    for r in range(kernel_h):
+                        for s in range(kernel_w):
+                            _assign_tap(target + (oh * window.w.stride_h + r)
+                                        * in_w + s, shares, out_w, step)
+                    continue
+                for r in range(kernel_h):
+                    for s in range(kernel_w):
+                        tap = padded + (oh * window.w.stride_h + r) * pitch + s
+                        for ow in range(out_w):
+                            tap[ow * step] += shares[ow]
+            if disjoint:
+                continue
+            for ih in range(in_h):
+                if ih + pad_h < padded_h:
+                    for iw in range(copy_cols):
+                        target[ih * in_w + iw] = <real>padded[
+                            (ih + pad_h) * pitch + iw + pad_w]
+                    for iw in range(copy_cols, in_w):
+                        target[ih * in_w + iw] = 0
+                else:
+                    memset(target + ih * in_w, 0, in_w * sizeof(real))
+    finally:
+        free(scratch.buffer)
