@@ -22,6 +22,7 @@ from fastconv import _dropout_hash, _threads, config
 
 try:
     from fastconv.backends._cython import conv as _conv
+    from fastconv.backends._cython import depthwise as _depthwise
     from fastconv.backends._cython import dropout as _dropout
     from fastconv.backends._cython import pool as _pool
 except ImportError as exc:  # not compiled (no C compiler at install time)
@@ -120,6 +121,8 @@ def _thread_budget(num_threads, reserved=0):
 
 def conv2d_forward(x, weight, bias, g):
     """y (N, K, OH, OW) = conv2d(x, weight) + bias, in x's dtype."""
+    if _is_depthwise(g):
+        return _depthwise_forward(x, weight, bias, g)
     num_threads = _num_threads()
     dtype = x.dtype
     budget = _thread_budget(num_threads)
@@ -181,6 +184,56 @@ def conv2d_backward(grad_output, x, weight, g, need_input_grad):
     grad_bias = np.empty(g.out_channels, dtype=dtype)
     _conv.bias_grad(grad_output, grad_bias, num_threads)
     return (grad_input if need_input_grad else None), grad_weight, grad_bias
+
+
+# ------------------------------------------------------- depthwise convolution
+
+#: A convolution with one input channel per group runs the direct depthwise
+#: kernel (``_cython/depthwise.pyx``) when it has at most this many filters
+#: per channel; with more, each input plane is a GEMM operand worth its
+#: setup. See DEPTHWISE_MAX_MULTIPLIER_MEASURED below for the figures.
+DEPTHWISE_MAX_MULTIPLIER = 8
+
+#: Target size in bytes of a depthwise work item's zero-padded input tile:
+#: planes bigger than this are cut into tiles of output rows (a whole
+#: 2048 x 2048 plane would not stay in cache across its R * S sweeps).
+DEPTHWISE_TILE_BYTES = 64 * 1024
+
+
+def _is_depthwise(g):
+    """One input channel per group, at most DEPTHWISE_MAX_MULTIPLIER
+    filters per channel."""
+    return (g.in_channels == g.groups
+            and g.out_channels <= DEPTHWISE_MAX_MULTIPLIER * g.in_channels)
+
+
+def _depthwise_tile_rows(g, itemsize, num_threads):
+    """Output rows per depthwise work item: the tile of input rows they read
+    within DEPTHWISE_TILE_BYTES (at least one row), and enough items for
+    every thread."""
+    padded_w = g.in_width + g.pad_left + g.pad_right
+    input_rows = max(1, DEPTHWISE_TILE_BYTES // (padded_w * itemsize))
+    rows = max(1, min(g.out_height,
+                      (input_rows - (g.kernel_height - 1) * g.dilation_h - 1)
+                      // g.stride_h + 1))
+    planes = g.batch * g.in_channels
+    if planes < num_threads:
+        pieces = -(-num_threads // planes)
+        rows = max(1, min(rows, -(-g.out_height // pieces)))
+    return rows
+
+
+def _depthwise_forward(x, weight, bias, g):
+    """conv2d_forward for _is_depthwise geometries: the direct kernel."""
+    num_threads = _num_threads()
+    y = np.empty(g.output_shape, dtype=x.dtype)
+    if y.size:
+        has_bias = bias is not None
+        _depthwise.depthwise_forward(
+            x, weight, bias if has_bias else np.empty(1, dtype=x.dtype),
+            has_bias, y, g, _depthwise_tile_rows(g, x.itemsize, num_threads),
+            num_threads)
+    return y
 
 
 # ------------------------------------------------------------------- pooling
