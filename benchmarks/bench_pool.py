@@ -135,6 +135,51 @@ def worker(library, dtype, ops, repeats):
     print(json.dumps(results))
 
 
+def run_in_turns(script, libraries, rounds, worker_args):
+    """{library: {case: median over rounds}}: each round runs ``script
+    --worker LIBRARY *worker_args`` once per library, in turn, each a fresh
+    process printing {case: median seconds} as its last line of JSON."""
+    medians = {library: {} for library in libraries}
+    for _ in range(rounds):
+        for library in libraries:
+            output = subprocess.run(
+                [sys.executable, script, "--worker", library, *worker_args],
+                check=True, capture_output=True, text=True).stdout
+            for case, seconds in json.loads(output.splitlines()[-1]).items():
+                medians[library].setdefault(case, []).append(seconds)
+    return {library: {case: statistics.median(values)
+                      for case, values in cases.items()}
+            for library, cases in medians.items()}
+
+
+def print_table(table, libraries, title, label_width=34):
+    """Each library's median per case and torch's time / its time."""
+    print(title)
+    header = f"{'case':<{label_width}}" + "".join(
+        f"{name:>20}" for name in libraries)
+    print(header)
+    print("-" * len(header))
+    ratios = {name: [] for name in libraries}
+    reference = table.get("torch", {})
+    for case in table[libraries[0]]:
+        cells = []
+        for name in libraries:
+            seconds = table[name].get(case)
+            if seconds is None:
+                cells.append(f"{'-':>20}")
+            elif name != "torch" and case in reference:
+                ratio = reference[case] / seconds
+                ratios[name].append(ratio)
+                cells.append(f"{seconds * 1e3:>9.3f} ms {ratio:>6.2f}x")
+            else:
+                cells.append(f"{seconds * 1e3:>17.3f} ms")
+        print(f"{case:<{label_width}}" + "".join(cells))
+    if reference:
+        print(f"{'geomean':<{label_width}}" + "".join(
+            f"{math.exp(statistics.fmean(map(math.log, ratios[name]))):>19.2f}x"
+            if ratios[name] else f"{'':>20}" for name in libraries))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -150,47 +195,15 @@ def main(argv=None):
         return
     libraries = args.libraries.split(",")
     load_before = os.getloadavg()
-    medians = {library: {} for library in libraries}
-    for _ in range(args.rounds):
-        for library in libraries:
-            output = subprocess.run(
-                [sys.executable, __file__, "--worker", library, "--dtype",
-                 args.dtype, "--ops", args.ops, "--repeats",
-                 str(args.repeats)],
-                check=True, capture_output=True, text=True).stdout
-            for case, seconds in json.loads(output.splitlines()[-1]).items():
-                medians[library].setdefault(case, []).append(seconds)
+    table = run_in_turns(__file__, libraries, args.rounds,
+                         ["--dtype", args.dtype, "--ops", args.ops,
+                          "--repeats", str(args.repeats)])
     load_after = os.getloadavg()
-    table = {library: {case: statistics.median(values)
-                       for case, values in cases.items()}
-             for library, cases in medians.items()}
-    fastconv_libraries = [name for name in libraries if name != "torch"]
-    print(f"{args.dtype}, median of {args.rounds} rounds (each a fresh "
-          f"process per library, {args.repeats} calls); load average "
-          f"{load_before[0]:.2f} before, {load_after[0]:.2f} after; "
-          "'Nx' = torch time / that time")
-    header = f"{'case':<34}" + "".join(f"{name:>20}" for name in libraries)
-    print(header)
-    print("-" * len(header))
-    ratios = {name: [] for name in fastconv_libraries}
-    reference = table.get("torch", {})
-    for case in table[libraries[0]]:
-        cells = []
-        for name in libraries:
-            seconds = table[name].get(case)
-            if seconds is None:
-                cells.append(f"{'-':>20}")
-            elif name != "torch" and case in reference:
-                ratio = reference[case] / seconds
-                ratios[name].append(ratio)
-                cells.append(f"{seconds * 1e3:>9.3f} ms {ratio:>6.2f}x")
-            else:
-                cells.append(f"{seconds * 1e3:>17.3f} ms")
-        print(f"{case:<34}" + "".join(cells))
-    if reference:
-        print(f"{'geomean':<34}" + "".join(
-            f"{math.exp(statistics.fmean(map(math.log, ratios[name]))):>19.2f}x"
-            if ratios.get(name) else f"{'':>20}" for name in libraries))
+    print_table(table, libraries,
+                f"{args.dtype}, median of {args.rounds} rounds (each a fresh "
+                f"process per library, {args.repeats} calls); load average "
+                f"{load_before[0]:.2f} before, {load_after[0]:.2f} after; "
+                "'Nx' = torch time / that time")
 
 
 if __name__ == "__main__":

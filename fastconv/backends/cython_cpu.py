@@ -223,6 +223,11 @@ def _depthwise_tile_rows(g, itemsize, num_threads):
     return rows
 
 
+def _depthwise_tile_sweeps(g):
+    """Whether each tap sweeps whole tiles (stride 1) rather than rows."""
+    return g.stride_h == 1 and g.stride_w == 1
+
+
 def _depthwise_forward(x, weight, bias, g):
     """conv2d_forward for _is_depthwise geometries: the direct kernel."""
     num_threads = _num_threads()
@@ -232,7 +237,7 @@ def _depthwise_forward(x, weight, bias, g):
         _depthwise.depthwise_forward(
             x, weight, bias if has_bias else np.empty(1, dtype=x.dtype),
             has_bias, y, g, _depthwise_tile_rows(g, x.itemsize, num_threads),
-            num_threads)
+            _depthwise_tile_sweeps(g), num_threads)
     return y
 
 

@@ -13,14 +13,15 @@ channel. Each item first copies the input rows its tile reads into a
 zero-padded tile of the thread's scratch (rows ``padded_w = W + pad_left +
 pad_right`` values long), so no loop below tests a bound:
 
-* stride 1 (``_sweep_tile``): output (t, ow) of the tile reads tile position
+* stride 1 (``_sweep_tile``, when the caller asks for it): output (t, ow) of the tile reads tile position
   ``p + r * dilation_h * padded_w + s * dilation_w`` with ``p = t *
   padded_w + ow``, so each tap is one sweep over every output row of the
   tile at once, computed ``padded_w`` wide (the columns past OW are
   dropped when the rows are copied out): long loops whatever the plane's
   width, where R * S short ones per row would spend their time in loop
   overhead on CNN-sized planes;
-* other strides (``_sweep_rows``): each tap sweeps one output row, in y.
+* otherwise (``_sweep_rows``, any stride): each tap sweeps one output row,
+  in y.
 
 Taps of a kernel row go in threes (then a pair, then one) per sweep: one
 load and store of the accumulator per three products. The accumulator starts
@@ -138,9 +139,10 @@ def depthwise_forward(const real[:, :, :, ::1] x,
                       const real[:, :, :, ::1] weight,
                       const real[::1] bias, bint has_bias,
                       real[:, :, :, ::1] y, g, Py_ssize_t tile_rows,
-                      int num_threads):
+                      bint tile_sweeps, int num_threads):
     """y = depthwise conv(x, weight) + bias (see the module docstring);
-    ``tile_rows`` output rows per work item."""
+    ``tile_rows`` output rows per work item; ``tile_sweeps`` (stride 1
+    only): each tap one sweep over a whole tile."""
     cdef Py_ssize_t batch = x.shape[0], channels = x.shape[1]
     cdef Py_ssize_t in_h = x.shape[2], in_w = x.shape[3]
     cdef Py_ssize_t out_channels = y.shape[1]
@@ -156,7 +158,7 @@ def depthwise_forward(const real[:, :, :, ::1] x,
     # input rows a tile reads, and the sweep buffer of a stride-1 tile
     cdef Py_ssize_t tile_in_rows = ((tile_rows - 1) * stride_h
                                     + (kernel_h - 1) * dilation_h + 1)
-    cdef Py_ssize_t wide_size = tile_rows * padded_w if stride_w == 1 else 0
+    cdef Py_ssize_t wide_size = tile_rows * padded_w if tile_sweeps else 0
     # whole cache lines per thread
     cdef Py_ssize_t pitch = (tile_in_rows * padded_w + wide_size + 15) // 16 * 16
     cdef const real *x_base = &x[0, 0, 0, 0]
@@ -191,7 +193,7 @@ def depthwise_forward(const real[:, :, :, ::1] x,
                 value = bias[k] if has_bias else 0
                 y_row = y_base + ((image * out_channels + k) * out_h
                                   + oh_start) * out_w
-                if stride_w == 1 and stride_h == 1:
+                if tile_sweeps:
                     _sweep_tile(tile, padded_w, rows, out_w, dilation_h,
                                 dilation_w, w_k, kernel_h, kernel_w, value,
                                 wide, y_row)
