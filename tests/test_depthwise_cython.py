@@ -123,15 +123,18 @@ def test_cython_depthwise_row_tiles_cover_the_plane(tile_rows, stride, dtype,
                      what=f"tiles of {tile_rows} rows, sweeps {tile_sweeps}")
 
 
-def test_cython_depthwise_tiles(cython_backend):
-    """Big planes are cut into tiles within DEPTHWISE_TILE_BYTES; a plane
-    alone is split among the threads."""
+def test_cython_depthwise_tiles(cython_backend, monkeypatch):
+    """Big planes are cut into tiles within DEPTHWISE_TILE_BYTES (at least
+    one output row); a plane alone is split among the threads."""
     g = _shapes.conv_geometry((1, 1, 2048, 2048), (1, 1, 3, 3), (1, 1),
                               (1, 1, 1, 1), (1, 1), 1)
-    rows = cython_backend._depthwise_tile_rows(g, 4, 1)
     padded_w = 2050
-    assert (rows + 2) * padded_w * 4 <= cython_backend.DEPTHWISE_TILE_BYTES
-    assert (rows + 3) * padded_w * 4 > cython_backend.DEPTHWISE_TILE_BYTES
+    monkeypatch.setattr(cython_backend, "DEPTHWISE_TILE_BYTES", 64 * 1024)
+    rows = cython_backend._depthwise_tile_rows(g, 4, 1)
+    assert (rows + 2) * padded_w * 4 <= 64 * 1024 < (rows + 3) * padded_w * 4
+    monkeypatch.setattr(cython_backend, "DEPTHWISE_TILE_BYTES", 1)
+    assert cython_backend._depthwise_tile_rows(g, 4, 1) == 1
+    monkeypatch.undo()
     small = _shapes.conv_geometry((1, 1, 56, 56), (1, 1, 3, 3), (1, 1),
                                   (1, 1, 1, 1), (1, 1), 1)
     assert cython_backend._depthwise_tile_rows(small, 4, 1) == 56
@@ -140,14 +143,17 @@ def test_cython_depthwise_tiles(cython_backend):
                                                2) == 56
 
 
-@pytest.mark.parametrize("weight_shape, groups", [
-    ((4 * 9, 1, 3, 3), 4),      # 9 filters per channel: past the limit
-    ((4, 2, 3, 3), 2),          # two input channels per group
-])
-def test_other_grouped_convolutions_take_im2col(weight_shape, groups,
-                                                random_array, cython_backend,
+@pytest.mark.parametrize("kind", ["past_the_multiplier_limit",
+                                  "two_channels_per_group"])
+def test_other_grouped_convolutions_take_im2col(kind, random_array,
+                                                cython_backend,
                                                 depthwise_calls,
                                                 assert_close):
+    if kind == "past_the_multiplier_limit":
+        filters_per_channel = cython_backend.DEPTHWISE_MAX_MULTIPLIER + 1
+        weight_shape, groups = (4 * filters_per_channel, 1, 3, 3), 4
+    else:
+        weight_shape, groups = (4, 2, 3, 3), 2
     x = random_array((2, 4, 7, 8), np.float64, "not depthwise")
     weight = random_array(weight_shape, np.float64, "not depthwise w")
     y = fastconv.conv2d(x, weight, padding=1, groups=groups,

@@ -191,13 +191,20 @@ def conv2d_backward(grad_output, x, weight, g, need_input_grad):
 #: A convolution with one input channel per group runs the direct depthwise
 #: kernel (``_cython/depthwise.pyx``) when it has at most this many filters
 #: per channel; with more, each input plane is a GEMM operand worth its
-#: setup. See DEPTHWISE_MAX_MULTIPLIER_MEASURED below for the figures.
-DEPTHWISE_MAX_MULTIPLIER = 8
+#: setup (the direct kernel sweeps the tile once per filter). Measured
+#: (3x3, padding 1, float32, 2 threads, load 1.3-1.9, time direct / time
+#: im2col + GEMM): 0.58 at 1 filter per channel (32x32x56x56), 0.47-0.86 at
+#: 2 (one noisy 1.37), 1.05 at 3, 0.72-1.4 at 4, 0.94-1.02 at 8, 1.5-1.9 at
+#: 16, 1.4-1.7 at 32.
+DEPTHWISE_MAX_MULTIPLIER = 3
 
 #: Target size in bytes of a depthwise work item's zero-padded input tile:
-#: planes bigger than this are cut into tiles of output rows (a whole
-#: 2048 x 2048 plane would not stay in cache across its R * S sweeps).
-DEPTHWISE_TILE_BYTES = 64 * 1024
+#: planes bigger than this are cut into tiles of output rows, which stay in
+#: cache across their R * S sweeps. Measured (float32, 2 threads, ms at 16,
+#: 32, 64 KiB): 224x224 3x3 1.4-1.6 / 1.8 / 1.6-1.9, 112x112 5x5 1.4-1.5 /
+#: 1.8 / 1.8-1.9, 2048x2048 3x3 2.3-2.6 / 2.7 / 2.2-2.4, 2048x2048 9x9
+#: 11-12 in all; a whole 2048x2048 plane: 14 ms (3x3).
+DEPTHWISE_TILE_BYTES = 16 * 1024
 
 
 def _is_depthwise(g):
