@@ -51,9 +51,9 @@ def depthwise_calls(cython_backend, monkeypatch):
 # (DEPTHWISE_TILE_BYTES, tile sweeps for stride 1): each loop and tiling
 LOOPS = {
     "tile_sweeps_whole_planes": (2**40, True),
-    "tile_sweeps_one_row_tiles": (1, True),
+    "tile_sweeps_small_tiles": (1, True),
     "row_sweeps_whole_planes": (2**40, False),
-    "row_sweeps_one_row_tiles": (1, False),
+    "row_sweeps_small_tiles": (1, False),
 }
 
 
@@ -64,9 +64,9 @@ def test_cython_depthwise_matches_naive(case_id, loops, dtype, random_array,
                                         monkeypatch, assert_close):
     tile_bytes, tile_sweeps = LOOPS[loops]
     monkeypatch.setattr(cython_backend, "DEPTHWISE_TILE_BYTES", tile_bytes)
-    if not tile_sweeps:
-        monkeypatch.setattr(cython_backend, "_depthwise_tile_sweeps",
-                            lambda g: False)
+    # tile sweeps wherever they apply (stride 1), or never
+    monkeypatch.setattr(cython_backend, "DEPTHWISE_TILE_SWEEP_MAX_WIDTH",
+                        2**62 if tile_sweeps else -1)
     x, weight, bias, kwargs = case_inputs(case_id, dtype, random_array,
                                           DEPTHWISE_BY_ID, "depthwise")
     original = x.copy()
@@ -85,9 +85,8 @@ def test_cython_depthwise_matches_torch(case_id, tile_sweeps, torch,
                                         random_array, cython_backend,
                                         depthwise_calls, monkeypatch,
                                         assert_close):
-    if not tile_sweeps:
-        monkeypatch.setattr(cython_backend, "_depthwise_tile_sweeps",
-                            lambda g: False)
+    monkeypatch.setattr(cython_backend, "DEPTHWISE_TILE_SWEEP_MAX_WIDTH",
+                        2**62 if tile_sweeps else -1)
     x, weight, bias, kwargs = case_inputs(case_id, np.dtype(np.float64),
                                           random_array, DEPTHWISE_BY_ID,
                                           "depthwise")
@@ -132,8 +131,13 @@ def test_cython_depthwise_tiles(cython_backend, monkeypatch):
     monkeypatch.setattr(cython_backend, "DEPTHWISE_TILE_BYTES", 64 * 1024)
     rows = cython_backend._depthwise_tile_rows(g, 4, 1)
     assert (rows + 2) * padded_w * 4 <= 64 * 1024 < (rows + 3) * padded_w * 4
+    # never so few rows that the 2 rows of overlap outweigh them
     monkeypatch.setattr(cython_backend, "DEPTHWISE_TILE_BYTES", 1)
-    assert cython_backend._depthwise_tile_rows(g, 4, 1) == 1
+    assert cython_backend._depthwise_tile_rows(g, 4, 1) == 4
+    nine = g._replace(kernel_height=9, pad_top=4, pad_bottom=4)
+    assert cython_backend._depthwise_tile_rows(nine, 4, 1) == 16
+    assert cython_backend._depthwise_tile_rows(
+        g._replace(kernel_height=1), 4, 1) == 1
     monkeypatch.undo()
     small = _shapes.conv_geometry((1, 1, 56, 56), (1, 1, 3, 3), (1, 1),
                                   (1, 1, 1, 1), (1, 1), 1)

@@ -200,7 +200,8 @@ DEPTHWISE_MAX_MULTIPLIER = 3
 
 #: Target size in bytes of a depthwise work item's zero-padded input tile:
 #: planes bigger than this are cut into tiles of output rows, which stay in
-#: cache across their R * S sweeps. Measured (float32, 2 threads, ms at 16,
+#: cache across their R * S sweeps (wide rows take more, see
+#: _depthwise_tile_rows). Measured (float32, 2 threads, ms at 16,
 #: 32, 64 KiB): 224x224 3x3 1.4-1.6 / 1.8 / 1.6-1.9, 112x112 5x5 1.4-1.5 /
 #: 1.8 / 1.8-1.9, 2048x2048 3x3 2.3-2.6 / 2.7 / 2.2-2.4, 2048x2048 9x9
 #: 11-12 in all; a whole 2048x2048 plane: 14 ms (3x3).
@@ -216,13 +217,15 @@ def _is_depthwise(g):
 
 def _depthwise_tile_rows(g, itemsize, num_threads):
     """Output rows per depthwise work item: the tile of input rows they read
-    within DEPTHWISE_TILE_BYTES (at least one row), and enough items for
-    every thread."""
+    within DEPTHWISE_TILE_BYTES, but at least enough rows that the kernel's
+    overlap with the next tile (its halo, re-copied there) is at most half
+    the tile's own rows; and enough items for every thread."""
     padded_w = g.in_width + g.pad_left + g.pad_right
-    input_rows = max(1, DEPTHWISE_TILE_BYTES // (padded_w * itemsize))
-    rows = max(1, min(g.out_height,
-                      (input_rows - (g.kernel_height - 1) * g.dilation_h - 1)
-                      // g.stride_h + 1))
+    halo = (g.kernel_height - 1) * g.dilation_h
+    input_rows = DEPTHWISE_TILE_BYTES // (padded_w * itemsize)
+    rows = max((input_rows - halo - 1) // g.stride_h + 1,
+               -(-2 * halo // g.stride_h), 1)
+    rows = min(g.out_height, rows)
     planes = g.batch * g.in_channels
     if planes < num_threads:
         pieces = -(-num_threads // planes)
@@ -230,9 +233,21 @@ def _depthwise_tile_rows(g, itemsize, num_threads):
     return rows
 
 
+#: Stride-1 depthwise convolutions with output rows at most this wide sweep
+#: each tap over a whole tile at once (rather than row by row, in y):
+#: narrow rows otherwise spend their time in loop overhead, wide ones pay
+#: for the sweep buffer's extra pass. Measured (float32, 2 threads, load
+#: 1.4-1.7, time row by row / time tile sweeps): 1.4 at 14x14, 1.03-1.3 at
+#: 28x28, 0.99-1.02 at 56x56, 0.8-1.03 at 112x112, 0.79 at 224x224, 0.73
+#: at 512x512, 0.72-0.76 at 2048x2048.
+DEPTHWISE_TILE_SWEEP_MAX_WIDTH = 64
+
+
 def _depthwise_tile_sweeps(g):
-    """Whether each tap sweeps whole tiles (stride 1) rather than rows."""
-    return g.stride_h == 1 and g.stride_w == 1
+    """Whether each tap sweeps whole tiles rather than rows (stride 1, rows
+    up to DEPTHWISE_TILE_SWEEP_MAX_WIDTH)."""
+    return (g.stride_h == 1 and g.stride_w == 1
+            and g.out_width <= DEPTHWISE_TILE_SWEEP_MAX_WIDTH)
 
 
 def _depthwise_forward(x, weight, bias, g):

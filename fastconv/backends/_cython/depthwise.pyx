@@ -13,13 +13,12 @@ channel. Each item first copies the input rows its tile reads into a
 zero-padded tile of the thread's scratch (rows ``padded_w = W + pad_left +
 pad_right`` values long), so no loop below tests a bound:
 
-* stride 1 (``_sweep_tile``, when the caller asks for it): output (t, ow) of the tile reads tile position
-  ``p + r * dilation_h * padded_w + s * dilation_w`` with ``p = t *
-  padded_w + ow``, so each tap is one sweep over every output row of the
+* stride 1 and narrow rows (``_sweep_tile``, when the caller asks): output
+  (t, ow) of the tile reads tile position ``p + r * dilation_h * padded_w +
+  s * dilation_w`` with ``p = t * padded_w + ow``, so each tap is one sweep over every output row of the
   tile at once, computed ``padded_w`` wide (the columns past OW are
-  dropped when the rows are copied out): long loops whatever the plane's
-  width, where R * S short ones per row would spend their time in loop
-  overhead on CNN-sized planes;
+  dropped when the rows are copied out): long loops, where R * S short
+  ones per row would spend their time in loop overhead on small planes;
 * otherwise (``_sweep_rows``, any stride): each tap sweeps one output row,
   in y.
 
