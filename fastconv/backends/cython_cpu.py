@@ -13,6 +13,7 @@ validated and C-contiguous from ``fastconv.functional``; see the contract in
 from __future__ import annotations
 
 import contextlib
+import os
 
 import numpy as np
 
@@ -24,6 +25,7 @@ try:
     from fastconv.backends._cython import conv as _conv
     from fastconv.backends._cython import dropout as _dropout
     from fastconv.backends._cython import pool as _pool
+    from fastconv.backends._cython import winograd as _winograd_kernels
 except ImportError as exc:  # not compiled (no C compiler at install time)
     _IMPORT_ERROR = exc
 else:
@@ -118,8 +120,127 @@ def _thread_budget(num_threads, reserved=0):
     return min(THREAD_SCRATCH_BYTES, shared)
 
 
+#: grad_weight is summed in this many partial sums (fewer when there are
+#: fewer work items), each over a fixed run of consecutive work items, then
+#: added in order: the result has the same bits for any thread count.
+#: More runs balance more threads; each costs one weight-sized buffer.
+GRAD_WEIGHT_RUNS = 8
+
+
+def _grad_weight_runs(g):
+    """Partial sums of grad_weight: GRAD_WEIGHT_RUNS, at most one per work
+    item (the same item count for either schedule: images x groups, or
+    image chunks x groups, which is at least the number of runs wanted
+    whenever chunking is on, as chunks give every thread two items)."""
+    return max(1, min(GRAD_WEIGHT_RUNS, g.batch * g.groups))
+
+
+#: Environment variable naming the convolution method, read at each call:
+#: ``auto`` (default: by shape, see ``conv2d_method``), ``direct`` (always
+#: im2col + GEMM, the most accurate) or ``winograd`` (Winograd wherever it
+#: applies, whatever the channel counts).
+CONV_ALGO_ENV = "FASTCONV_CONV_ALGO"
+CONV_ALGOS = ("auto", "direct", "winograd")
+
+#: 'auto' runs Winograd F(4x4, 3x3) on a 3x3 stride-1 convolution when both
+#: the input and the output channels number at least this many: with fewer,
+#: the transforms (per channel and tile) cost more than the multiplications
+#: they save.
+WINOGRAD_MIN_CHANNELS = 16
+
+#: Scratch bytes per thread for one Winograd tile block: the transformed
+#: inputs V (36, C, T) and products M (36, K, T) of T tiles, sized to stay
+#: in a core's L2 cache; T is kept within [WINOGRAD_MIN_TILES,
+#: WINOGRAD_MAX_TILES] (fewer makes the 36 GEMMs too narrow for BLAS).
+WINOGRAD_BLOCK_BYTES = 1024 * 1024
+WINOGRAD_MIN_TILES = 16
+WINOGRAD_MAX_TILES = 256
+
+def conv_algorithm() -> str:
+    """The method the environment asks for (``FASTCONV_CONV_ALGO``)."""
+    value = os.environ.get(CONV_ALGO_ENV, "").strip().lower() or "auto"
+    if value not in CONV_ALGOS:
+        raise ValueError(
+            f"{CONV_ALGO_ENV} must be one of {list(CONV_ALGOS)}, got "
+            f"{value!r}")
+    return value
+
+
+def _winograd_applies(g):
+    return (g.kernel_height == g.kernel_width == 3 and g.stride_h == 1
+            and g.stride_w == 1 and g.dilation_h == 1 and g.dilation_w == 1
+            and g.groups == 1)
+
+
+def _uses_winograd(g, in_channels, out_channels):
+    """Whether a 3x3 stride-1 convolution of these channel counts (the
+    forward's, or the input gradient's, swapped) runs through Winograd."""
+    if not _winograd_applies(g):
+        return False
+    algorithm = conv_algorithm()
+    if algorithm != "auto":
+        return algorithm == "winograd"
+    return min(in_channels, out_channels) >= WINOGRAD_MIN_CHANNELS
+
+
+def conv2d_method(g, dtype=np.float32) -> str:
+    """What ``conv2d_forward`` runs for this geometry: ``'winograd-f4x4'``,
+    ``'gemm-1x1'`` (x is its own im2col matrix) or ``'im2col-gemm'``."""
+    if _uses_winograd(g, g.in_channels, g.out_channels):
+        return "winograd-f4x4"
+    return "gemm-1x1" if _is_direct(g) else "im2col-gemm"
+
+
+def winograd_filters(weight, flipped=False):
+    """(36, K, C): the Winograd-domain form U[p, k, c] of 3x3 filters
+    (K, C, 3, 3), in weight's dtype; ``flipped`` transforms each filter
+    rotated by 180 degrees (for the input gradient, which reads it
+    channel-transposed)."""
+    filters = np.empty((36,) + weight.shape[:2], dtype=weight.dtype)
+    _winograd_kernels.winograd_filters_f43(weight, filters, bool(flipped),
+                                           _num_threads())
+    return filters
+
+
+def _winograd_block_tiles(total_tiles, in_channels, out_channels, itemsize,
+                          num_threads):
+    """Tiles per work item: the block's V and M fit WINOGRAD_BLOCK_BYTES,
+    and every thread gets two items where there are enough tiles."""
+    per_tile = 36 * (in_channels + out_channels) * itemsize
+    tiles = WINOGRAD_BLOCK_BYTES // per_tile
+    tiles = min(tiles, -(-total_tiles // (2 * num_threads)))
+    return int(max(WINOGRAD_MIN_TILES, min(WINOGRAD_MAX_TILES, tiles)))
+
+
+def _winograd(x, filters, transposed, bias, out_shape, pad_top, pad_left):
+    """A 3x3 stride-1 convolution through F(4x4, 3x3): y (out_shape), the
+    transformed ``filters`` from ``winograd_filters``; see winograd.pyx."""
+    num_threads = _num_threads()
+    dtype = x.dtype
+    in_channels, out_channels = x.shape[1], out_shape[1]
+    total_tiles = out_shape[0] * (-(-out_shape[2] // 4)) * (
+        -(-out_shape[3] // 4))
+    block_tiles = _winograd_block_tiles(total_tiles, in_channels,
+                                        out_channels, dtype.itemsize,
+                                        num_threads)
+    workspace = np.empty(
+        (num_threads, 36 * (in_channels + out_channels) * block_tiles
+         + _winograd_kernels.scratch_size(out_shape[3])), dtype=dtype)
+    y = np.empty(out_shape, dtype=dtype)
+    has_bias = bias is not None
+    bias_array = bias if has_bias else np.empty(1, dtype=dtype)
+    with _blas_held_to_one_thread(num_threads):
+        _winograd_kernels.winograd_f43(x, filters, transposed, bias_array, has_bias,
+                               y, workspace, pad_top, pad_left, block_tiles,
+                               num_threads)
+    return y
+
+
 def conv2d_forward(x, weight, bias, g):
     """y (N, K, OH, OW) = conv2d(x, weight) + bias, in x's dtype."""
+    if _uses_winograd(g, g.in_channels, g.out_channels):
+        return _winograd(x, winograd_filters(weight), False, bias,
+                         g.output_shape, g.pad_top, g.pad_left)
     num_threads = _num_threads()
     dtype = x.dtype
     budget = _thread_budget(num_threads)
@@ -150,18 +271,47 @@ def conv2d_forward(x, weight, bias, g):
     return y
 
 
-def conv2d_backward(grad_output, x, weight, g, need_input_grad):
-    """(grad_input or None, grad_weight, grad_bias), all in x's dtype."""
+def conv2d_backward(grad_output, x, weight, g, need_input_grad, *,
+                    need_weight_grad=True):
+    """(grad_input or None, grad_weight, grad_bias), in grad_output's dtype;
+    grad_weight and grad_bias are None (and x may be None) when
+    need_weight_grad is False: their GEMMs are then skipped.
+
+    grad_input of a 3x3 stride-1 convolution runs through Winograd where
+    the forward would (it is the forward of grad_output with the flipped
+    filters, channels swapped); grad_weight is summed in GRAD_WEIGHT_RUNS
+    fixed runs of work items, so its bits depend on the shape alone.
+    """
+    grad_input = None
+    winograd_input = need_input_grad and _uses_winograd(
+        g, g.out_channels, g.in_channels)
+    if winograd_input:
+        grad_input = _winograd(
+            grad_output, winograd_filters(weight, flipped=True), True, None,
+            g.input_shape, g.kernel_height - 1 - g.pad_top,
+            g.kernel_width - 1 - g.pad_left)
+    direct_input = need_input_grad and not winograd_input
+    if not (direct_input or need_weight_grad):
+        return grad_input, None, None
     num_threads = _num_threads()
-    dtype = x.dtype
-    partials = np.zeros((num_threads, weight.size), dtype=dtype)
-    budget = _thread_budget(num_threads, reserved=partials.nbytes)
+    dtype = grad_output.dtype
+    if x is None:
+        x = np.empty((1, 1, 1, 1), dtype=dtype)
+    runs = _grad_weight_runs(g) if need_weight_grad else 1
+    partials = np.zeros((runs, weight.size if need_weight_grad else 1),
+                        dtype=dtype)
+    # The work items (and so the order of the sums) are laid out for
+    # GRAD_WEIGHT_RUNS // 2 threads whatever the real count, so that the
+    # bits do not depend on it; above that many threads the scratch
+    # exceeds WORKSPACE_BYTES in proportion.
+    layout_threads = max(1, GRAD_WEIGHT_RUNS // 2)
+    budget = _thread_budget(layout_threads, reserved=partials.nbytes)
     col_rows, filters = _col_rows(g), g.out_channels // g.groups
     plane_out = g.out_height * g.out_width
     # an item's scratch: col and col_grad, and its output gradients
     chunk_images = _chunk_images(
         g, (2 * col_rows + filters) * plane_out * dtype.itemsize,
-        num_threads, budget)
+        layout_threads, budget)
     if chunk_images:
         tile_rows = g.out_height
         work_size = (2 * col_rows + filters) * chunk_images * plane_out
@@ -170,17 +320,21 @@ def conv2d_backward(grad_output, x, weight, g, need_input_grad):
         work_size = 2 if _is_direct(g) else (
             2 * col_rows * tile_rows * g.out_width)
     workspace = np.empty((num_threads, work_size), dtype=dtype)
-    grad_input = np.empty(g.input_shape if need_input_grad else (1, 1, 1, 1),
-                          dtype=dtype)
+    if direct_input:
+        grad_input = np.empty(g.input_shape, dtype=dtype)
     with _blas_held_to_one_thread(num_threads):
-        _conv.conv2d_backward(grad_output, x, weight, grad_input,
-                              bool(need_input_grad), partials, workspace, g,
-                              tile_rows, chunk_images, num_threads)
+        _conv.conv2d_backward(
+            grad_output, x, weight,
+            grad_input if direct_input else np.empty((1, 1, 1, 1), dtype),
+            direct_input, bool(need_weight_grad), partials, workspace, g,
+            tile_rows, chunk_images, num_threads)
+    if not need_weight_grad:
+        return grad_input, None, None
     grad_weight = np.empty(g.weight_shape, dtype=dtype)
     _conv.sum_rows(partials, grad_weight.reshape(-1), num_threads)
     grad_bias = np.empty(g.out_channels, dtype=dtype)
     _conv.bias_grad(grad_output, grad_bias, num_threads)
-    return (grad_input if need_input_grad else None), grad_weight, grad_bias
+    return grad_input, grad_weight, grad_bias
 
 
 # ------------------------------------------------------------------- pooling
