@@ -66,6 +66,10 @@ _AUTO_ORDER = {
     primitive: ("numba", "cython", "naive") for primitive in PRIMITIVES
 }
 _AUTO_ORDER["max_pool2d_backward"] = ("cython", "numba", "naive")
+# conv2d: the Cython backend has the Winograd path for 3x3 stride-1 layers
+# (benchmarks/report.py --ops conv2d, issue 9).
+_AUTO_ORDER["conv2d_forward"] = ("cython", "numba", "naive")
+_AUTO_ORDER["conv2d_backward"] = ("cython", "numba", "naive")
 _AUTO_ORDER["dropout_apply"] = ("cython", "numba", "naive")
 
 VALID_NAMES = ("auto",) + tuple(_MODULES)
