@@ -259,3 +259,48 @@ def test_grad_weight_is_reproducible(x_shape, w_shape):
             np.testing.assert_array_equal(a, b)
     finally:
         fastconv.set_num_threads(threads)
+
+
+# ---------------------------------------------------------- packed weights
+
+def test_conv2d_layer_never_serves_stale_packed_weights(algorithm,
+                                                        winograd_calls):
+    """nn.Conv2d keeps its Winograd-domain filters between forwards and
+    drops them on every change of the weight: in-place (as optimizers do),
+    by assignment to .data, by a new Parameter, by load_state_dict."""
+    from fastconv import nn, optim
+
+    algorithm("winograd")
+    rng = np.random.default_rng(4)
+    layer = nn.Conv2d(16, 16, 3, padding=1)
+    x = rng.standard_normal((2, 16, 6, 6)).astype(np.float32)
+
+    def check():
+        expected = fastconv.conv2d(x, layer.weight.data, layer.bias.data,
+                                   padding=1)          # stateless
+        np.testing.assert_array_equal(layer(x), expected)
+
+    check()
+    packed = layer._packed
+    assert len(packed) == 1
+    held = packed._forms["winograd-f4x4"]
+    check()                                            # reused, not redone
+    assert packed._forms["winograd-f4x4"] is held
+    layer.weight.data[0, 0, 1, 1] += 1.0               # in place
+    check()
+    layer.weight.data = rng.standard_normal(
+        layer.weight.shape).astype(np.float32)         # assignment
+    check()
+    layer.weight = nn.Parameter(layer.weight.data * 2)  # a new Parameter
+    check()
+    state = {name: value * 0.5 for name, value in layer.state_dict().items()}
+    layer.load_state_dict(state)
+    check()
+    optimizer = optim.SGD(layer.parameters(), lr=0.1)
+    grad_output = rng.standard_normal((2, 16, 6, 6)).astype(np.float32)
+    layer.train()
+    layer(x)
+    layer.backward(grad_output)
+    optimizer.step()                                   # in-place update
+    check()
+    assert winograd_calls["count"] >= 7

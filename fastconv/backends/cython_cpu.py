@@ -236,11 +236,19 @@ def _winograd(x, filters, transposed, bias, out_shape, pad_top, pad_left):
     return y
 
 
-def conv2d_forward(x, weight, bias, g):
-    """y (N, K, OH, OW) = conv2d(x, weight) + bias, in x's dtype."""
+def conv2d_forward(x, weight, bias, g, packed=None):
+    """y (N, K, OH, OW) = conv2d(x, weight) + bias, in x's dtype.
+
+    ``packed`` (a ``PackedWeights`` or None) keeps the Winograd-domain
+    filters between calls while weight keeps its values."""
     if _uses_winograd(g, g.in_channels, g.out_channels):
-        return _winograd(x, winograd_filters(weight), False, bias,
-                         g.output_shape, g.pad_top, g.pad_left)
+        if packed is None:
+            filters = winograd_filters(weight)
+        else:
+            filters = packed.get(weight, "winograd-f4x4",
+                                 lambda: winograd_filters(weight))
+        return _winograd(x, filters, False, bias, g.output_shape, g.pad_top,
+                         g.pad_left)
     num_threads = _num_threads()
     dtype = x.dtype
     budget = _thread_budget(num_threads)

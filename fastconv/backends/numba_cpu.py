@@ -134,7 +134,7 @@ def _depthwise_padded_planes(g, n_threads: int) -> bool:
             and g.batch * g.out_channels >= n_threads)
 
 
-def conv2d_forward(x, weight, bias, g):
+def conv2d_forward(x, weight, bias, g, packed=None):
     """y (N, K, OH, OW) = conv2d(x, weight) + bias, in x's dtype."""
     g = _as_ints(g)
     if _is_depthwise(g):
