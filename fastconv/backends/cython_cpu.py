@@ -156,6 +156,13 @@ WINOGRAD_BLOCK_BYTES = 1024 * 1024
 WINOGRAD_MIN_TILES = 16
 WINOGRAD_MAX_TILES = 256
 
+#: Where a per-thread block would hold fewer tiles than this (many
+#: channels), the threads share blocks of up to WINOGRAD_STAGED_BYTES of V
+#: and M instead, stage by stage (winograd_f43_staged): each U[p] is then
+#: read once per block rather than once per few tiles.
+WINOGRAD_STAGED_BELOW = 20
+WINOGRAD_STAGED_BYTES = 16 * 1024 * 1024
+
 def conv_algorithm() -> str:
     """The method the environment asks for (``FASTCONV_CONV_ALGO``)."""
     value = os.environ.get(CONV_ALGO_ENV, "").strip().lower() or "auto"
@@ -214,25 +221,42 @@ def _winograd_block_tiles(total_tiles, in_channels, out_channels, itemsize,
 
 def _winograd(x, filters, transposed, bias, out_shape, pad_top, pad_left):
     """A 3x3 stride-1 convolution through F(4x4, 3x3): y (out_shape), the
-    transformed ``filters`` from ``winograd_filters``; see winograd.pyx."""
+    transformed ``filters`` from ``winograd_filters``; see winograd.pyx.
+
+    Per-thread blocks (each thread transforms, multiplies and writes its
+    own tiles) unless they would hold fewer than WINOGRAD_STAGED_BELOW
+    tiles: then blocks of up to WINOGRAD_STAGED_BYTES are shared by all
+    threads, stage by stage, so that each GEMM spans many tiles."""
     num_threads = _num_threads()
     dtype = x.dtype
     in_channels, out_channels = x.shape[1], out_shape[1]
     total_tiles = out_shape[0] * (-(-out_shape[2] // 4)) * (
         -(-out_shape[3] // 4))
-    block_tiles = _winograd_block_tiles(total_tiles, in_channels,
-                                        out_channels, dtype.itemsize,
-                                        num_threads)
-    workspace = np.empty(
-        (num_threads, 36 * (in_channels + out_channels) * block_tiles
-         + _winograd_kernels.scratch_size(out_shape[3])), dtype=dtype)
+    per_tile = 36 * (in_channels + out_channels) * dtype.itemsize
     y = np.empty(out_shape, dtype=dtype)
     has_bias = bias is not None
     bias_array = bias if has_bias else np.empty(1, dtype=dtype)
+    block_tiles = _winograd_block_tiles(total_tiles, in_channels,
+                                        out_channels, dtype.itemsize,
+                                        num_threads)
+    staged = (WINOGRAD_BLOCK_BYTES // per_tile < WINOGRAD_STAGED_BELOW
+              and num_threads > 1)
     with _blas_held_to_one_thread(num_threads):
-        _winograd_kernels.winograd_f43(x, filters, transposed, bias_array, has_bias,
-                               y, workspace, pad_top, pad_left, block_tiles,
-                               num_threads)
+        if staged:
+            block_tiles = int(max(1, min(total_tiles,
+                                         WINOGRAD_STAGED_BYTES // per_tile)))
+            _winograd_kernels.winograd_f43_staged(
+                x, filters, transposed, bias_array, has_bias, y,
+                np.empty(36 * in_channels * block_tiles, dtype),
+                np.empty(36 * out_channels * block_tiles, dtype), pad_top,
+                pad_left, block_tiles, num_threads)
+        else:
+            workspace = np.empty(
+                (num_threads, per_tile // dtype.itemsize * block_tiles),
+                dtype=dtype)
+            _winograd_kernels.winograd_f43(
+                x, filters, transposed, bias_array, has_bias, y, workspace,
+                pad_top, pad_left, block_tiles, num_threads)
     return y
 
 

@@ -54,29 +54,36 @@ cdef struct WinogradShape:
     Py_ssize_t tiles_h, tiles_w
 
 
+cdef enum:
+    SEGMENT_TILES = 16                          # tiles transformed together
+    SEGMENT_SPAN = OUT_TILE * SEGMENT_TILES + 2  # their input columns
+
+
 cdef void _input_segment(const real *plane, Py_ssize_t height,
                          Py_ssize_t width, Py_ssize_t row0, Py_ssize_t col0,
-                         Py_ssize_t tiles, real *scratch, real *out,
+                         Py_ssize_t tiles, real *out,
                          Py_ssize_t point_stride) noexcept nogil:
-    """B^T d B of ``tiles`` side-by-side 6x6 patches of one plane (height x
-    width), the first with its corner at (row0, col0), the next 4 columns
-    on; zeros outside the plane (the padding). Point p of tile q goes to
-    out[p * point_stride + q]. scratch: 12 * (4 * tiles + 2) elements.
+    """B^T d B of ``tiles`` (<= SEGMENT_TILES) side-by-side 6x6 patches of
+    one plane (height x width), the first with its corner at (row0, col0),
+    the next 4 columns on; zeros outside the plane (the padding). Point p
+    of tile q goes to out[p * point_stride + q].
 
     The six input rows are copied into a zero-padded strip and combined
     down the columns for the whole strip at once (patches overlap by two
-    columns), then along each patch's row: both loops run over contiguous
-    or evenly strided memory, which the compiler vectorises.
+    columns), then along each patch's row. Every intermediate is a local
+    array, which the compiler knows aliases nothing, so the loops over
+    columns and tiles vectorise without run-time overlap checks.
     """
     cdef Py_ssize_t span = OUT_TILE * tiles + 2
-    cdef real *strip = scratch
-    cdef real *column = scratch + PATCH * span
+    cdef real strip[PATCH * SEGMENT_SPAN]
+    cdef real column[PATCH * SEGMENT_SPAN]
+    cdef real points[POINTS * SEGMENT_TILES]
     cdef Py_ssize_t i, j, q, r, first, stop
     cdef const real *src
     cdef real *dst
     cdef real d0, d1, d2, d3, d4, d5
     for i in range(PATCH):
-        dst = strip + i * span
+        dst = strip + i * SEGMENT_SPAN
         r = row0 + i
         first = -col0 if col0 < 0 else 0
         stop = width - col0 if width - col0 < span else span
@@ -93,20 +100,20 @@ cdef void _input_segment(const real *plane, Py_ssize_t height,
             dst[j] = 0
     for j in range(span):           # B^T down the columns
         d0 = strip[j]
-        d1 = strip[span + j]
-        d2 = strip[2 * span + j]
-        d3 = strip[3 * span + j]
-        d4 = strip[4 * span + j]
-        d5 = strip[5 * span + j]
+        d1 = strip[SEGMENT_SPAN + j]
+        d2 = strip[2 * SEGMENT_SPAN + j]
+        d3 = strip[3 * SEGMENT_SPAN + j]
+        d4 = strip[4 * SEGMENT_SPAN + j]
+        d5 = strip[5 * SEGMENT_SPAN + j]
         column[j] = <real>4 * d0 - <real>5 * d2 + d4
-        column[span + j] = -<real>4 * (d1 + d2) + d3 + d4
-        column[2 * span + j] = <real>4 * (d1 - d2) - d3 + d4
-        column[3 * span + j] = <real>2 * (d3 - d1) - d2 + d4
-        column[4 * span + j] = <real>2 * (d1 - d3) - d2 + d4
-        column[5 * span + j] = <real>4 * d1 - <real>5 * d3 + d5
+        column[SEGMENT_SPAN + j] = -<real>4 * (d1 + d2) + d3 + d4
+        column[2 * SEGMENT_SPAN + j] = <real>4 * (d1 - d2) - d3 + d4
+        column[3 * SEGMENT_SPAN + j] = <real>2 * (d3 - d1) - d2 + d4
+        column[4 * SEGMENT_SPAN + j] = <real>2 * (d1 - d3) - d2 + d4
+        column[5 * SEGMENT_SPAN + j] = <real>4 * d1 - <real>5 * d3 + d5
     for i in range(PATCH):          # B along each patch's row
-        src = column + i * span
-        dst = out + i * PATCH * point_stride
+        src = column + i * SEGMENT_SPAN
+        dst = points + i * PATCH * SEGMENT_TILES
         for q in range(tiles):
             d0 = src[OUT_TILE * q]
             d1 = src[OUT_TILE * q + 1]
@@ -115,55 +122,68 @@ cdef void _input_segment(const real *plane, Py_ssize_t height,
             d4 = src[OUT_TILE * q + 4]
             d5 = src[OUT_TILE * q + 5]
             dst[q] = <real>4 * d0 - <real>5 * d2 + d4
-            dst[point_stride + q] = -<real>4 * (d1 + d2) + d3 + d4
-            dst[2 * point_stride + q] = <real>4 * (d1 - d2) - d3 + d4
-            dst[3 * point_stride + q] = <real>2 * (d3 - d1) - d2 + d4
-            dst[4 * point_stride + q] = <real>2 * (d1 - d3) - d2 + d4
-            dst[5 * point_stride + q] = <real>4 * d1 - <real>5 * d3 + d5
+            dst[SEGMENT_TILES + q] = -<real>4 * (d1 + d2) + d3 + d4
+            dst[2 * SEGMENT_TILES + q] = <real>4 * (d1 - d2) - d3 + d4
+            dst[3 * SEGMENT_TILES + q] = <real>2 * (d3 - d1) - d2 + d4
+            dst[4 * SEGMENT_TILES + q] = <real>2 * (d1 - d3) - d2 + d4
+            dst[5 * SEGMENT_TILES + q] = <real>4 * d1 - <real>5 * d3 + d5
+    for i in range(POINTS):
+        src = points + i * SEGMENT_TILES
+        dst = out + i * point_stride
+        for q in range(SEGMENT_TILES):
+            if q < tiles:       # a masked vector store, not a memmove call
+                dst[q] = src[q]
 
 
 cdef void _output_segment(const real *m, Py_ssize_t point_stride,
-                          Py_ssize_t tiles, real bias, real *scratch,
-                          real *out, Py_ssize_t width, Py_ssize_t rows,
+                          Py_ssize_t tiles, real bias, real *out,
+                          Py_ssize_t width, Py_ssize_t rows,
                           Py_ssize_t cols) noexcept nogil:
-    """A^T m A + bias of ``tiles`` side-by-side output tiles of one plane
-    (point p of tile q at m[p * point_stride + q]); the top-left rows x
-    cols of the 4 x (4 * tiles) result go to ``out`` (row stride width).
-    scratch: 40 * tiles elements. Vectorised over the tiles, like
-    ``_input_segment``."""
-    cdef real *half = scratch                       # (4, 6, tiles)
-    cdef real *strip = scratch + OUT_TILE * PATCH * tiles   # (4, 4 * tiles)
-    cdef Py_ssize_t span = OUT_TILE * tiles
+    """A^T m A + bias of ``tiles`` (<= SEGMENT_TILES) side-by-side output
+    tiles of one plane (point p of tile q at m[p * point_stride + q]); the
+    top-left rows x cols of the 4 x (4 * tiles) result go to ``out`` (row
+    stride width). Local intermediates, as in ``_input_segment``."""
+    cdef real points[POINTS * SEGMENT_TILES]
+    cdef real half[OUT_TILE * PATCH * SEGMENT_TILES]     # (4, 6, tiles)
+    cdef real strip[OUT_TILE * OUT_TILE * SEGMENT_TILES]  # (4, 4 * tiles)
+    cdef Py_ssize_t span = OUT_TILE * SEGMENT_TILES
     cdef Py_ssize_t i, j, q
     cdef const real *src
     cdef real *dst
     cdef real m0, m1, m2, m3, m4, m5, sum12, diff12, sum34, diff34
+    for i in range(POINTS):
+        src = m + i * point_stride
+        dst = points + i * SEGMENT_TILES
+        for q in range(SEGMENT_TILES):
+            if q < tiles:       # a masked vector load, not a memmove call
+                dst[q] = src[q]
     for j in range(PATCH):          # A^T down the columns
-        src = m + j * point_stride
-        dst = half + j * tiles
+        src = points + j * SEGMENT_TILES
+        dst = half + j * SEGMENT_TILES
         for q in range(tiles):
             m0 = src[q]
-            m1 = src[PATCH * point_stride + q]
-            m2 = src[2 * PATCH * point_stride + q]
-            m3 = src[3 * PATCH * point_stride + q]
-            m4 = src[4 * PATCH * point_stride + q]
-            m5 = src[5 * PATCH * point_stride + q]
+            m1 = src[PATCH * SEGMENT_TILES + q]
+            m2 = src[2 * PATCH * SEGMENT_TILES + q]
+            m3 = src[3 * PATCH * SEGMENT_TILES + q]
+            m4 = src[4 * PATCH * SEGMENT_TILES + q]
+            m5 = src[5 * PATCH * SEGMENT_TILES + q]
             sum12, diff12 = m1 + m2, m1 - m2
             sum34, diff34 = m3 + m4, m3 - m4
             dst[q] = m0 + sum12 + sum34
-            dst[PATCH * tiles + q] = diff12 + <real>2 * diff34
-            dst[2 * PATCH * tiles + q] = sum12 + <real>4 * sum34
-            dst[3 * PATCH * tiles + q] = diff12 + <real>8 * diff34 + m5
+            dst[PATCH * SEGMENT_TILES + q] = diff12 + <real>2 * diff34
+            dst[2 * PATCH * SEGMENT_TILES + q] = sum12 + <real>4 * sum34
+            dst[3 * PATCH * SEGMENT_TILES + q] = (diff12 + <real>8 * diff34
+                                                  + m5)
     for i in range(OUT_TILE):       # A along each tile's row
-        src = half + i * PATCH * tiles
+        src = half + i * PATCH * SEGMENT_TILES
         dst = strip + i * span
         for q in range(tiles):
             m0 = src[q]
-            m1 = src[tiles + q]
-            m2 = src[2 * tiles + q]
-            m3 = src[3 * tiles + q]
-            m4 = src[4 * tiles + q]
-            m5 = src[5 * tiles + q]
+            m1 = src[SEGMENT_TILES + q]
+            m2 = src[2 * SEGMENT_TILES + q]
+            m3 = src[3 * SEGMENT_TILES + q]
+            m4 = src[4 * SEGMENT_TILES + q]
+            m5 = src[5 * SEGMENT_TILES + q]
             sum12, diff12 = m1 + m2, m1 - m2
             sum34, diff34 = m3 + m4, m3 - m4
             dst[OUT_TILE * q] = m0 + sum12 + sum34 + bias
@@ -177,82 +197,148 @@ cdef void _output_segment(const real *m, Py_ssize_t point_stride,
             dst[j] = src[j]
 
 
-cdef void _block(const WinogradShape *ws, const real *x, const real *u,
-                 bint transposed_weight, const real *bias, real *y,
-                 real *v, real *m, real *scratch, Py_ssize_t first_tile,
-                 Py_ssize_t count) noexcept nogil:
-    """Tiles [first_tile, first_tile + count): transform, multiply, write.
-
-    The block is walked in segments: runs of tiles along one tile row of
-    one image, which the segment transforms handle together."""
-    cdef Py_ssize_t channels = ws.in_channels, filters = ws.out_channels
+cdef inline void _segment_at(const WinogradShape *ws, Py_ssize_t tile,
+                             Py_ssize_t left, Py_ssize_t *n, Py_ssize_t *ty,
+                             Py_ssize_t *tx,
+                             Py_ssize_t *segment) noexcept nogil:
+    """Where tile ``tile`` lies (image, tile row, tile column) and how many
+    tiles, at most ``left``, run from it along its tile row."""
     cdef Py_ssize_t tiles_per_image = ws.tiles_h * ws.tiles_w
+    n[0] = tile // tiles_per_image
+    ty[0] = (tile % tiles_per_image) // ws.tiles_w
+    tx[0] = tile % ws.tiles_w
+    segment[0] = ws.tiles_w - tx[0]
+    if segment[0] > SEGMENT_TILES:
+        segment[0] = SEGMENT_TILES
+    if segment[0] > left:
+        segment[0] = left
+
+
+cdef void _input_channel(const WinogradShape *ws, const real *x,
+                         Py_ssize_t c, real *v, Py_ssize_t first_tile,
+                         Py_ssize_t count) noexcept nogil:
+    """V[:, c, :] (V is (36, C, count)) of tiles [first_tile, +count)."""
+    cdef Py_ssize_t t = 0, n, ty, tx, segment
     cdef Py_ssize_t plane_in = ws.in_height * ws.in_width
-    cdef Py_ssize_t plane_out = ws.out_height * ws.out_width
-    cdef Py_ssize_t t, tile, n, ty, tx, c, k, p, rows, cols, segment
-    cdef real bias_k
-    cdef real *out
-    t = 0
     while t < count:
-        tile = first_tile + t
-        n = tile // tiles_per_image
-        ty = (tile % tiles_per_image) // ws.tiles_w
-        tx = tile % ws.tiles_w
-        segment = ws.tiles_w - tx
-        if segment > count - t:
-            segment = count - t
-        for c in range(channels):
-            _input_segment(x + (n * channels + c) * plane_in, ws.in_height,
-                           ws.in_width, ty * OUT_TILE - ws.pad_top,
-                           tx * OUT_TILE - ws.pad_left, segment, scratch,
-                           v + c * count + t, channels * count)
+        _segment_at(ws, first_tile + t, count - t, &n, &ty, &tx, &segment)
+        _input_segment(x + (n * ws.in_channels + c) * plane_in, ws.in_height,
+                       ws.in_width, ty * OUT_TILE - ws.pad_top,
+                       tx * OUT_TILE - ws.pad_left, segment,
+                       v + c * count + t, ws.in_channels * count)
         t += segment
-    for p in range(POINTS):
-        # M[p] (K, count) = U[p] (K, C) @ V[p] (C, count)
-        if transposed_weight:
-            gemm_row_major(c'T', c'N', <int>filters, <int>count,
-                           <int>channels, <real>1, u + p * filters * channels,
-                           <int>filters, v + p * channels * count, <int>count,
-                           <real>0, m + p * filters * count, <int>count)
-        else:
-            gemm_row_major(c'N', c'N', <int>filters, <int>count,
-                           <int>channels, <real>1, u + p * filters * channels,
-                           <int>channels, v + p * channels * count,
-                           <int>count, <real>0, m + p * filters * count,
-                           <int>count)
-    t = 0
+
+
+cdef void _output_filter(const WinogradShape *ws, const real *m,
+                         Py_ssize_t k, real bias_k, real *y,
+                         Py_ssize_t first_tile,
+                         Py_ssize_t count) noexcept nogil:
+    """Output channel k of tiles [first_tile, +count) from M (36, K,
+    count)."""
+    cdef Py_ssize_t t = 0, n, ty, tx, segment, rows, cols
+    cdef Py_ssize_t plane_out = ws.out_height * ws.out_width
     while t < count:
-        tile = first_tile + t
-        n = tile // tiles_per_image
-        ty = (tile % tiles_per_image) // ws.tiles_w
-        tx = tile % ws.tiles_w
-        segment = ws.tiles_w - tx
-        if segment > count - t:
-            segment = count - t
+        _segment_at(ws, first_tile + t, count - t, &n, &ty, &tx, &segment)
         rows = ws.out_height - ty * OUT_TILE
         if rows > OUT_TILE:
             rows = OUT_TILE
         cols = ws.out_width - tx * OUT_TILE
         if cols > OUT_TILE * segment:
             cols = OUT_TILE * segment
-        out = y + n * filters * plane_out + ty * OUT_TILE * ws.out_width + (
-            tx * OUT_TILE)
-        for k in range(filters):
-            bias_k = bias[k] if bias != NULL else 0
-            _output_segment(m + k * count + t, filters * count, segment,
-                            bias_k, scratch, out + k * plane_out,
-                            ws.out_width, rows, cols)
+        _output_segment(m + k * count + t, ws.out_channels * count, segment,
+                        bias_k, y + (n * ws.out_channels + k) * plane_out
+                        + ty * OUT_TILE * ws.out_width + tx * OUT_TILE,
+                        ws.out_width, rows, cols)
         t += segment
 
 
-def scratch_size(Py_ssize_t out_width):
-    """Elements of per-thread scratch the segment transforms need, beyond
-    V and M, for output rows of ``out_width``."""
-    cdef Py_ssize_t tiles_w = (out_width + OUT_TILE - 1) // OUT_TILE
-    cdef Py_ssize_t input_part = 2 * PATCH * (OUT_TILE * tiles_w + 2)
-    cdef Py_ssize_t output_part = (OUT_TILE * PATCH + OUT_TILE * OUT_TILE) * (
-        tiles_w)
-    return max(input_part, output_part)
+cdef inline void _point_product(const WinogradShape *ws, const real *u,
+                                bint transposed_weight, const real *v,
+                                real *m, Py_ssize_t p,
+                                Py_ssize_t count) noexcept nogil:
+    """M[p] (K, count) = U[p] (K, C) @ V[p] (C, count), single-threaded."""
+    cdef Py_ssize_t channels = ws.in_channels, filters = ws.out_channels
+    if transposed_weight:
+        gemm_row_major(c'T', c'N', <int>filters, <int>count, <int>channels,
+                       <real>1, u + p * filters * channels, <int>filters,
+                       v + p * channels * count, <int>count, <real>0,
+                       m + p * filters * count, <int>count)
+    else:
+        gemm_row_major(c'N', c'N', <int>filters, <int>count, <int>channels,
+                       <real>1, u + p * filters * channels, <int>channels,
+                       v + p * channels * count, <int>count, <real>0,
+                       m + p * filters * count, <int>count)
+
+
+cdef void _block(const WinogradShape *ws, const real *x, const real *u,
+                 bint transposed_weight, const real *bias, real *y,
+                 real *v, real *m, Py_ssize_t first_tile,
+                 Py_ssize_t count) noexcept nogil:
+    """Tiles [first_tile, first_tile + count), all on this thread:
+    transform, multiply, write."""
+    cdef Py_ssize_t c, k, p
+    for c in range(ws.in_channels):
+        _input_channel(ws, x, c, v, first_tile, count)
+    for p in range(POINTS):
+        _point_product(ws, u, transposed_weight, v, m, p, count)
+    for k in range(ws.out_channels):
+        _output_filter(ws, m, k, bias[k] if bias != NULL else 0, y,
+                       first_tile, count)
+
+
+cdef WinogradShape _winograd_shape(x, y, Py_ssize_t pad_top,
+                                   Py_ssize_t pad_left):
+    cdef WinogradShape ws
+    ws.batch, ws.in_channels = x.shape[0], x.shape[1]
+    ws.in_height, ws.in_width = x.shape[2], x.shape[3]
+    ws.out_channels = y.shape[1]
+    ws.out_height, ws.out_width = y.shape[2], y.shape[3]
+    ws.pad_top, ws.pad_left = pad_top, pad_left
+    ws.tiles_h = (ws.out_height + OUT_TILE - 1) // OUT_TILE
+    ws.tiles_w = (ws.out_width + OUT_TILE - 1) // OUT_TILE
+    return ws
+
+
+def winograd_f43_staged(const real[:, :, :, ::1] x, const real[:, :, ::1] u,
+                        bint transposed_weight, const real[::1] bias,
+                        bint has_bias, real[:, :, :, ::1] y,
+                        real[::1] v_buffer, real[::1] m_buffer,
+                        Py_ssize_t pad_top,
+                        Py_ssize_t pad_left, Py_ssize_t block_tiles,
+                        int num_threads):
+    """As ``winograd_f43``, but each block of block_tiles tiles is shared
+    by all threads in three stages: input transforms split by channel, the
+    36 GEMMs split by point (each GEMM then spans the whole block, and each
+    U[p] is read once per block), output transforms split by filter.
+
+    For layers with many channels and few tiles, where per-thread blocks
+    would re-read all of U for a handful of tiles. v_buffer (36 * C *
+    block_tiles), m_buffer (36 * K * block_tiles).
+    """
+    cdef WinogradShape ws = _winograd_shape(x, y, pad_top, pad_left)
+    cdef Py_ssize_t total = ws.batch * ws.tiles_h * ws.tiles_w
+    cdef Py_ssize_t first, count, c, k, p
+    cdef const real *x_ptr = &x[0, 0, 0, 0]
+    cdef const real *u_ptr = &u[0, 0, 0]
+    cdef const real *bias_ptr = &bias[0] if has_bias else NULL
+    cdef real *y_ptr = &y[0, 0, 0, 0]
+    cdef real *v = &v_buffer[0]
+    cdef real *m = &m_buffer[0]
+    first = 0
+    while first < total:
+        count = total - first
+        if count > block_tiles:
+            count = block_tiles
+        with nogil, parallel(num_threads=num_threads):
+            for c in prange(ws.in_channels, schedule="static"):
+                _input_channel(&ws, x_ptr, c, v, first, count)
+            for p in prange(POINTS, schedule="static"):
+                _point_product(&ws, u_ptr, transposed_weight, v, m, p, count)
+            for k in prange(ws.out_channels, schedule="static"):
+                _output_filter(&ws, m, k,
+                               bias_ptr[k] if bias_ptr != NULL else 0,
+                               y_ptr, first, count)
+        first = first + count
 
 
 def winograd_f43(const real[:, :, :, ::1] x, const real[:, :, ::1] u,
@@ -266,16 +352,9 @@ def winograd_f43(const real[:, :, :, ::1] x, const real[:, :, ::1] u,
     transformed filters, (36, K, C), or (36, C, K) when transposed_weight;
     pad_top/pad_left place the first patch at (-pad_top, -pad_left) (any
     bottom/right padding is implied by OH, OW). workspace (num_threads,
-    36 * (C + K) * block_tiles + scratch_size(OW)).
+    36 * (C + K) * block_tiles).
     """
-    cdef WinogradShape ws
-    ws.batch, ws.in_channels = x.shape[0], x.shape[1]
-    ws.in_height, ws.in_width = x.shape[2], x.shape[3]
-    ws.out_channels = y.shape[1]
-    ws.out_height, ws.out_width = y.shape[2], y.shape[3]
-    ws.pad_top, ws.pad_left = pad_top, pad_left
-    ws.tiles_h = (ws.out_height + OUT_TILE - 1) // OUT_TILE
-    ws.tiles_w = (ws.out_width + OUT_TILE - 1) // OUT_TILE
+    cdef WinogradShape ws = _winograd_shape(x, y, pad_top, pad_left)
     cdef Py_ssize_t total = ws.batch * ws.tiles_h * ws.tiles_w
     cdef Py_ssize_t items = (total + block_tiles - 1) // block_tiles
     cdef Py_ssize_t item, first, count
@@ -286,7 +365,6 @@ def winograd_f43(const real[:, :, :, ::1] x, const real[:, :, ::1] u,
     cdef real *work_ptr = &workspace[0, 0]
     cdef Py_ssize_t work_stride = workspace.shape[1]
     cdef Py_ssize_t v_size = POINTS * ws.in_channels * block_tiles
-    cdef Py_ssize_t m_size = POINTS * ws.out_channels * block_tiles
     cdef real *v
     with nogil, parallel(num_threads=num_threads):
         v = work_ptr + threadid() * work_stride
@@ -296,7 +374,7 @@ def winograd_f43(const real[:, :, :, ::1] x, const real[:, :, ::1] u,
             if count > block_tiles:
                 count = block_tiles
             _block(&ws, x_ptr, u_ptr, transposed_weight, bias_ptr, y_ptr, v,
-                   v + v_size, v + v_size + m_size, first, count)
+                   v + v_size, first, count)
 
 
 cdef inline void _filter_1d(const double *g, Py_ssize_t g_stride,
