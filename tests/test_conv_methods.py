@@ -88,6 +88,36 @@ def test_winograd_forward_matches_naive(seed, dtype, algorithm,
                                atol=tolerance * scale)
 
 
+@pytest.mark.parametrize("schedule", ["per-thread", "staged"])
+def test_winograd_schedules_and_wide_rows(schedule, dtype, algorithm,
+                                          monkeypatch):
+    """Both schedules (per-thread blocks; blocks shared stage by stage),
+    several blocks per call, rows wider than one 16-tile segment."""
+    algorithm("winograd")
+    itemsize = np.dtype(dtype).itemsize
+    if schedule == "staged":
+        monkeypatch.setattr(cython_cpu, "WINOGRAD_STAGED_BELOW", 10 ** 9)
+        # three tiles per block: blocks end mid-row and mid-image
+        monkeypatch.setattr(cython_cpu, "WINOGRAD_STAGED_BYTES",
+                            3 * 36 * (3 + 4) * itemsize)
+    else:
+        monkeypatch.setattr(cython_cpu, "WINOGRAD_STAGED_BELOW", 0)
+        monkeypatch.setattr(cython_cpu, "WINOGRAD_MIN_TILES", 1)
+        monkeypatch.setattr(cython_cpu, "WINOGRAD_BLOCK_BYTES",
+                            5 * 36 * (3 + 4) * itemsize)
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((2, 3, 6, 71)).astype(dtype)
+    weight = rng.standard_normal((4, 3, 3, 3)).astype(dtype)
+    bias = rng.standard_normal(4).astype(dtype)
+    g = _geometry(x, weight, ((1, 0), (2, 1)))
+    expected = resolve("conv2d_forward", "naive").conv2d_forward(
+        x, weight, bias, g)
+    got = cython_cpu.conv2d_forward(x, weight, bias, g)
+    tolerance = WINOGRAD_FLOAT32_BOUND if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(got, expected, rtol=0,
+                               atol=tolerance * np.abs(expected).max())
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_winograd_input_gradient_matches_naive(seed, dtype, algorithm,
                                                winograd_calls):

@@ -239,8 +239,7 @@ def _winograd(x, filters, transposed, bias, out_shape, pad_top, pad_left):
     block_tiles = _winograd_block_tiles(total_tiles, in_channels,
                                         out_channels, dtype.itemsize,
                                         num_threads)
-    staged = (WINOGRAD_BLOCK_BYTES // per_tile < WINOGRAD_STAGED_BELOW
-              and num_threads > 1)
+    staged = WINOGRAD_BLOCK_BYTES // per_tile < WINOGRAD_STAGED_BELOW
     with _blas_held_to_one_thread(num_threads):
         if staged:
             block_tiles = int(max(1, min(total_tiles,
