@@ -20,6 +20,11 @@ import fastconv
 
 FLOAT_DTYPES = (np.float32, np.float64)
 
+# The tests' shapes are small, and calls below config.PARALLEL_MIN_WORK run
+# on one thread: with no minimum every call goes through the multi-threaded
+# paths that full-size work takes. tests/test_threads.py checks the minimum.
+fastconv.config.PARALLEL_MIN_WORK = 0
+
 # Relative tolerance against the float64-accumulating naive reference. The
 # compiled backends accumulate float32 in float32 (BLAS sgemm), so float32
 # gets a loose bound; float64 must agree to rounding.

@@ -258,6 +258,15 @@ def test_need_weight_grad_false_skips_and_matches(algo, algorithm):
             np.testing.assert_array_equal(grad_input, full[0])
 
 
+@pytest.fixture
+def parallel_small_calls(monkeypatch):
+    """Run even these small calls on every thread (no serial shortcut)."""
+    from fastconv import config
+
+    monkeypatch.setattr(config, "PARALLEL_MIN_WORK", 0)
+
+
+@pytest.mark.usefixtures("parallel_small_calls")
 @pytest.mark.parametrize("x_shape,w_shape", [
     ((6, 8, 9, 9), (5, 8, 3, 3)),       # row-tile schedule
     ((16, 32, 3, 3), (8, 32, 3, 3)),    # chunks of whole images

@@ -162,7 +162,7 @@ def test_gallery_with_chosen_kernels_and_output_together(tmp_path, photo_png):
     (["{png}", "-o", "{out}"], ValueError, "needs at least one -k"),
     ([], ValueError, "needs an INPUT image"),
     (["{png}", "-k", "sharpen", "-o", "{badext}"], ValueError,
-     "cannot write .*unknown file extension"),
+     "-o .*: unknown image extension '.unknownext'"),
     (["{png}", "-k", "sharpen", "-o", "{nodir}"], OSError, "cannot write"),
     (["{png}", "-k", "gaussian:99", "--padding", "valid", "-o", "{out}"],
      ValueError, "output would be empty"),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pathlib
 
 import numpy as np
 
@@ -42,10 +43,21 @@ THREAD_SCRATCH_BYTES = 8 * 1024 * 1024
 CHUNK_ASPECT = 8
 
 
+def _imported_from_source_tree() -> bool:
+    """Whether this fastconv is a repository checkout's (``setup.py`` and
+    ``pyproject.toml`` beside the package), not an installed copy."""
+    root = pathlib.Path(__file__).resolve().parents[2]
+    return (root / "setup.py").is_file() and (root / "pyproject.toml").is_file()
+
+
 def unavailable_reason() -> str | None:
     """None when the compiled kernels import, else why they do not."""
     if _IMPORT_ERROR is None:
         return None
+    if _imported_from_source_tree():
+        return ("the Cython extension is not built in this source tree "
+                f"({pathlib.Path(__file__).resolve().parents[2]}); build in "
+                f"place with `pip install -e .`: {_IMPORT_ERROR}")
     return ("the Cython extension was not compiled (reinstall with a C "
             f"compiler): {_IMPORT_ERROR}")
 
@@ -55,8 +67,10 @@ def openmp_enabled() -> bool:
     return _IMPORT_ERROR is None and _conv.openmp_enabled()
 
 
-def _num_threads() -> int:
-    return _threads.get_num_threads() if openmp_enabled() else 1
+def _num_threads(work) -> int:
+    """Threads for a call of ``work`` elementary steps: one for small work
+    (``fastconv.config.PARALLEL_MIN_WORK``) or without OpenMP."""
+    return _threads.kernel_threads(work) if openmp_enabled() else 1
 
 
 def _blas_held_to_one_thread(num_threads):
@@ -205,7 +219,7 @@ def winograd_filters(weight, flipped=False):
     channel-transposed)."""
     filters = np.empty((36,) + weight.shape[:2], dtype=weight.dtype)
     _winograd_kernels.winograd_filters_f43(weight, filters, bool(flipped),
-                                           _num_threads())
+                                           _num_threads(filters.size * 4))
     return filters
 
 
@@ -227,9 +241,10 @@ def _winograd(x, filters, transposed, bias, out_shape, pad_top, pad_left):
     own tiles) unless they would hold fewer than WINOGRAD_STAGED_BELOW
     tiles: then blocks of up to WINOGRAD_STAGED_BYTES are shared by all
     threads, stage by stage, so that each GEMM spans many tiles."""
-    num_threads = _num_threads()
     dtype = x.dtype
     in_channels, out_channels = x.shape[1], out_shape[1]
+    # as many threads as the direct method's multiply-adds would get
+    num_threads = _num_threads(int(np.prod(out_shape)) * in_channels * 9)
     total_tiles = out_shape[0] * (-(-out_shape[2] // 4)) * (
         -(-out_shape[3] // 4))
     per_tile = 36 * (in_channels + out_channels) * dtype.itemsize
@@ -272,7 +287,7 @@ def conv2d_forward(x, weight, bias, g, packed=None):
                                  lambda: winograd_filters(weight))
         return _winograd(x, filters, False, bias, g.output_shape, g.pad_top,
                          g.pad_left)
-    num_threads = _num_threads()
+    num_threads = _num_threads(_threads.conv_work(g))
     dtype = x.dtype
     budget = _thread_budget(num_threads)
     col_rows, filters = _col_rows(g), g.out_channels // g.groups
@@ -324,7 +339,7 @@ def conv2d_backward(grad_output, x, weight, g, need_input_grad, *,
     direct_input = need_input_grad and not winograd_input
     if not (direct_input or need_weight_grad):
         return grad_input, None, None
-    num_threads = _num_threads()
+    num_threads = _num_threads(2 * _threads.conv_work(g))
     dtype = grad_output.dtype
     if x is None:
         x = np.empty((1, 1, 1, 1), dtype=dtype)
@@ -375,7 +390,8 @@ def max_pool2d_forward(x, g):
     y = np.empty(g.output_shape, dtype=x.dtype)
     indices = np.empty(g.output_shape, dtype=np.int64)
     if y.size:
-        _pool.max_pool2d_forward(x, y, indices, g, _num_threads())
+        _pool.max_pool2d_forward(x, y, indices, g,
+                                 _num_threads(_threads.pool_work(g)))
     return y, indices
 
 
@@ -385,7 +401,7 @@ def max_pool2d_backward(grad_output, indices, g):
     if grad_input.size:
         if grad_output.size:
             _pool.max_pool2d_backward(grad_output, indices, grad_input,
-                                      _num_threads())
+                                      _num_threads(grad_input.size))
         else:
             grad_input.fill(0)
     return grad_input
@@ -396,7 +412,7 @@ def avg_pool2d_forward(x, g, divisors):
     y = np.empty(g.output_shape, dtype=x.dtype)
     if y.size:
         _pool.avg_pool2d_forward(x, y, np.ascontiguousarray(divisors), g,
-                                 _num_threads())
+                                 _num_threads(_threads.pool_work(g)))
     return y
 
 
@@ -406,7 +422,7 @@ def avg_pool2d_backward(grad_output, g, divisors):
     if grad_input.size:
         _pool.avg_pool2d_backward(grad_output, grad_input,
                                   np.ascontiguousarray(divisors), g,
-                                  _num_threads())
+                                  _num_threads(_threads.pool_work(g)))
     return grad_input
 
 
@@ -420,7 +436,7 @@ def dropout_mask(size, threshold, seed, like=None):
     if size:
         _dropout.dropout_mask(mask.view(np.uint8),
                               _dropout_hash.seed_key(seed), threshold,
-                              _num_threads())
+                              _num_threads(size))
     return mask
 
 
@@ -429,5 +445,6 @@ def dropout_apply(x, mask, scale):
     y = np.empty(x.shape, dtype=x.dtype)
     if x.size:
         _dropout.dropout_apply(x.reshape(-1), mask.reshape(-1).view(np.uint8),
-                               float(scale), y.reshape(-1), _num_threads())
+                               float(scale), y.reshape(-1),
+                               _num_threads(x.size))
     return y
