@@ -63,6 +63,7 @@ import fastconv  # noqa: E402
 from fastconv.backends import PRIMITIVES  # noqa: E402
 
 import cases  # noqa: E402
+import conv_peer  # noqa: E402
 
 #: (what, op, shapes, floor): the issue's floors, checked on 'auto' as the
 #: geometric mean of PyTorch time / fastconv time over the shapes (conv2d's
@@ -376,8 +377,8 @@ def measure_conv(compiled, threads, rounds, repeats, sample_ms):
 
 def conv_tables(medians, methods, sgemm_seconds):
     """The forward and forward+backward tables, and the bars' summary."""
-    sgemm_rate = 2.0 * cases_sgemm_size() ** 3 / sgemm_seconds
-    out = [f"numpy sgemm ({cases_sgemm_size()}^3): "
+    sgemm_rate = 2.0 * conv_peer.SGEMM_SIZE ** 3 / sgemm_seconds
+    out = [f"numpy sgemm ({conv_peer.SGEMM_SIZE}^3): "
            f"{sgemm_rate / 1e9:.0f} GFLOP/s.\n"]
     for op, factor in (("conv2d_forward", 1), ("conv2d_forward_backward", 3)):
         per_library = medians[op]
@@ -408,12 +409,6 @@ def conv_tables(medians, methods, sgemm_seconds):
     return "\n".join(out)
 
 
-def cases_sgemm_size():
-    import conv_peer
-
-    return conv_peer.SGEMM_SIZE
-
-
 def conv_summary(medians, sgemm_seconds):
     """The issue-9 bars on 'auto': Markdown and whether all pass."""
     header = ["bar", "geomean", "worst shape", "needed", "result"]
@@ -433,7 +428,7 @@ def conv_summary(medians, sgemm_seconds):
                      f"{_ratio(worst)} ({worst_label})",
                      f">= {mean_bar}x, each >= {shape_bar}x",
                      "PASS" if passed else "FAIL"])
-    sgemm_rate = 2.0 * cases_sgemm_size() ** 3 / sgemm_seconds
+    sgemm_rate = 2.0 * conv_peer.SGEMM_SIZE ** 3 / sgemm_seconds
     wide = [shape for shape in cases.CONV_SHAPES
             if shape.kernel == 3 and shape.stride == 1
             and min(shape.in_channels, shape.out_channels) >= 64]
@@ -528,9 +523,10 @@ def main(argv=None) -> int:
         medians, methods, sgemm_seconds, libraries = measure_conv(
             compiled, args.threads, args.rounds or (3 if args.quick else 5),
             timer.repeats, timer.sample_seconds * 1e3)
-        print(f"conv2d, each library in its own process ({', '.join(libraries)}"
-              f"), median of {args.rounds or (3 if args.quick else 5)} "
-              f"rounds; {_load_average()}:\n")
+        rounds = args.rounds or (3 if args.quick else 5)
+        print(f"conv2d, each library in its own process "
+              f"({', '.join(libraries)}), median of {rounds} rounds; "
+              f"{_load_average()}:\n")
         print(conv_tables(medians, methods, sgemm_seconds))
         summary, all_pass = conv_summary(medians, sgemm_seconds)
         print("conv2d bars, on 'auto' (peer time / fastconv time):\n")
