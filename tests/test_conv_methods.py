@@ -1,8 +1,8 @@
 """The convolution methods of the Cython backend, and conv2d_backward's
 need_weight_grad and grad_weight reproducibility on every CPU backend.
 
-Winograd F(4x4, 3x3) (forward, and the input gradient with the flipped
-filters) is forced with ``FASTCONV_CONV_ALGO=winograd`` and compared with the
+Winograd F(4x4, 3x3) (forward, the input gradient with the flipped
+filters, the weight gradient through the Winograd domain) is forced with ``FASTCONV_CONV_ALGO=winograd`` and compared with the
 naive reference and PyTorch on randomised small shapes; a counting wrapper
 proves which method ran. Its float32 error bound is checked against a
 float64 reference with unit-variance inputs up to 512 channels.
@@ -118,6 +118,30 @@ def test_winograd_schedules_and_wide_rows(schedule, dtype, algorithm,
                                atol=tolerance * np.abs(expected).max())
 
 
+def test_winograd_weight_gradient_runs_where_the_forward_does(
+        algorithm, monkeypatch):
+    calls = {"count": 0}
+    original = cython_cpu._winograd_weight_grad
+
+    def counting(*args):
+        calls["count"] += 1
+        return original(*args)
+
+    monkeypatch.setattr(cython_cpu, "_winograd_weight_grad", counting)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 16, 5, 5)).astype(np.float32)
+    weight = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    grad_output = rng.standard_normal((2, 16, 5, 5)).astype(np.float32)
+    for value, expected in (("auto", 1), ("direct", 1), ("winograd", 2)):
+        algorithm(value)
+        fastconv.conv2d_backward(grad_output, x, weight, padding=1,
+                                 backend="cython")
+        assert calls["count"] == expected
+    fastconv.conv2d_backward(grad_output, x, weight, padding=1,
+                             need_weight_grad=False, backend="cython")
+    assert calls["count"] == 2
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_winograd_input_gradient_matches_naive(seed, dtype, algorithm,
                                                winograd_calls):
@@ -152,20 +176,21 @@ def test_winograd_matches_torch(dtype, algorithm, winograd_calls):
     grad_output = rng.standard_normal(tuple(y_t.shape)).astype(dtype)
     y_t.backward(torch.from_numpy(grad_output).double())
     y = fastconv.conv2d(x, weight, bias, padding=(1, 2), backend="cython")
-    grad_x, _, _ = fastconv.conv2d_backward(grad_output, x, weight,
-                                            padding=(1, 2), backend="cython")
+    grad_x, grad_w, _ = fastconv.conv2d_backward(
+        grad_output, x, weight, padding=(1, 2), backend="cython")
     assert winograd_calls["count"] == 2
     tolerance = WINOGRAD_FLOAT32_BOUND if dtype == np.float32 else 1e-12
     for mine, reference in ((y, y_t.detach().numpy()),
-                            (grad_x, x_t.grad.numpy())):
+                            (grad_x, x_t.grad.numpy()),
+                            (grad_w, w_t.grad.numpy())):
         np.testing.assert_allclose(mine, reference, rtol=0,
                                    atol=tolerance * np.abs(reference).max())
 
 
 def test_winograd_gradients_by_finite_differences(algorithm,
                                                   finite_difference):
-    """float64: conv2d's input gradient through Winograd is the derivative
-    of conv2d's (Winograd) forward."""
+    """float64: conv2d's input and weight gradients through Winograd are
+    the derivatives of conv2d's (Winograd) forward."""
     algorithm("winograd")
     rng = np.random.default_rng(3)
     x = rng.standard_normal((1, 3, 6, 5))
@@ -176,9 +201,16 @@ def test_winograd_gradients_by_finite_differences(algorithm,
         return float((fastconv.conv2d(values, weight, padding=1,
                                       backend="cython") * grad_output).sum())
 
-    grad_x, _, _ = fastconv.conv2d_backward(grad_output, x, weight, padding=1,
-                                            backend="cython")
+    def loss_of_weight(values):
+        return float((fastconv.conv2d(x, values, padding=1,
+                                      backend="cython") * grad_output).sum())
+
+    grad_x, grad_w, _ = fastconv.conv2d_backward(
+        grad_output, x, weight, padding=1, backend="cython")
     np.testing.assert_allclose(grad_x, finite_difference(loss, x),
+                               rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(grad_w, finite_difference(loss_of_weight,
+                                                         weight),
                                rtol=1e-6, atol=1e-8)
 
 
@@ -271,6 +303,7 @@ def parallel_small_calls(monkeypatch):
     ((6, 8, 9, 9), (5, 8, 3, 3)),       # row-tile schedule
     ((16, 32, 3, 3), (8, 32, 3, 3)),    # chunks of whole images
     ((4, 6, 5, 5), (4, 6, 1, 1)),       # 1x1: x is its own im2col matrix
+    ((5, 16, 6, 7), (16, 16, 3, 3)),    # Winograd ('auto')
 ])
 def test_grad_weight_is_reproducible(x_shape, w_shape):
     """The same grad_weight bits run after run on each backend, and for any

@@ -170,6 +170,11 @@ WINOGRAD_BLOCK_BYTES = 1024 * 1024
 WINOGRAD_MIN_TILES = 16
 WINOGRAD_MAX_TILES = 256
 
+#: The weight gradient's blocks (V and E of a block of tiles, per thread)
+#: may be larger: each of its GEMMs reads and writes a (K, C) sum for a
+#: reduction only as deep as the block, so deep blocks pay.
+WINOGRAD_WEIGHT_GRAD_BLOCK_BYTES = 4 * 1024 * 1024
+
 #: Where a per-thread block would hold fewer tiles than this (many
 #: channels), the threads share blocks of up to WINOGRAD_STAGED_BYTES of V
 #: and M instead, stage by stage (winograd_f43_staged): each U[p] is then
@@ -317,6 +322,39 @@ def conv2d_forward(x, weight, bias, g, packed=None):
     return y
 
 
+def _winograd_weight_grad(grad_output, x, g):
+    """(grad_weight, grad_bias) of a 3x3 stride-1 convolution through the
+    Winograd domain (winograd.pyx): per-run sums of E[p] @ V[p]^T over
+    fixed runs of tiles (GRAD_WEIGHT_RUNS at most, and as many as
+    WORKSPACE_BYTES holds), blocks laid out for GRAD_WEIGHT_RUNS // 2
+    threads, summed in order: the bits depend on the shape alone."""
+    num_threads = _num_threads(2 * _threads.conv_work(g))
+    dtype = grad_output.dtype
+    in_channels, out_channels = g.in_channels, g.out_channels
+    total_tiles = g.batch * (-(-g.out_height // 4)) * (-(-g.out_width // 4))
+    point_bytes = 36 * in_channels * out_channels * dtype.itemsize
+    runs = int(max(1, min(GRAD_WEIGHT_RUNS, total_tiles,
+                          config.WORKSPACE_BYTES // point_bytes)))
+    per_tile = 36 * (in_channels + out_channels) * dtype.itemsize
+    block_tiles = int(max(WINOGRAD_MIN_TILES, min(
+        WINOGRAD_WEIGHT_GRAD_BLOCK_BYTES // per_tile, -(-total_tiles // runs))))
+    partials = np.zeros((runs, 36 * in_channels * out_channels), dtype)
+    workspace = np.empty(
+        (num_threads, 36 * (in_channels + out_channels) * block_tiles), dtype)
+    with _blas_held_to_one_thread(num_threads):
+        _winograd_kernels.winograd_f43_weight_grad(
+            x, grad_output, partials, workspace, g.pad_top, g.pad_left,
+            block_tiles, num_threads)
+    domain = np.empty(partials.shape[1], dtype)
+    _conv.sum_rows(partials, domain, num_threads)
+    grad_weight = np.empty(g.weight_shape, dtype)
+    _winograd_kernels.winograd_filters_adjoint_f43(domain, grad_weight,
+                                                   num_threads)
+    grad_bias = np.empty(g.out_channels, dtype)
+    _conv.bias_grad(grad_output, grad_bias, num_threads)
+    return grad_weight, grad_bias
+
+
 def conv2d_backward(grad_output, x, weight, g, need_input_grad, *,
                     need_weight_grad=True):
     """(grad_input or None, grad_weight, grad_bias), in grad_output's dtype;
@@ -337,6 +375,12 @@ def conv2d_backward(grad_output, x, weight, g, need_input_grad, *,
             g.input_shape, g.kernel_height - 1 - g.pad_top,
             g.kernel_width - 1 - g.pad_left)
     direct_input = need_input_grad and not winograd_input
+    if need_weight_grad and _uses_winograd(g, g.in_channels, g.out_channels):
+        grad_weight, grad_bias = _winograd_weight_grad(grad_output, x, g)
+        if direct_input:
+            grad_input, _, _ = conv2d_backward(grad_output, x, weight, g,
+                                               True, need_weight_grad=False)
+        return grad_input, grad_weight, grad_bias
     if not (direct_input or need_weight_grad):
         return grad_input, None, None
     num_threads = _num_threads(2 * _threads.conv_work(g))

@@ -437,3 +437,190 @@ def winograd_filters_f43(const real[:, :, :, ::1] weight, real[:, :, ::1] u,
             count = FILTER_BLOCK
         _filter_block(taps, block * FILTER_BLOCK, count, flipped, u_ptr,
                       pairs)
+
+
+# ------------------------------------------------------- weight gradient
+#
+# The forward is Y = A^T [U . V] A per tile, U = G g G^T; its adjoint with
+# respect to U is dU = sum over tiles of (A dY A^T) . V, and with respect to
+# g, dg = G^T dU G. So the weight gradient is, per point p, one GEMM that
+# sums over tiles: dU[p] (K, C) += E[p] (K, T) @ V[p]^T (T, C), where
+# E = A dY A^T of the output-gradient tiles; then one adjoint filter
+# transform per filter.
+
+cdef void _grad_output_segment(const real *plane, Py_ssize_t height,
+                               Py_ssize_t width, Py_ssize_t row0,
+                               Py_ssize_t col0, Py_ssize_t tiles, real *out,
+                               Py_ssize_t point_stride) noexcept nogil:
+    """A dY A^T (6x6) of ``tiles`` (<= SEGMENT_TILES) side-by-side 4x4
+    tiles of one output-gradient plane (height x width), the first at
+    (row0, col0); zeros past the plane's edge. Point p of tile q goes to
+    out[p * point_stride + q]."""
+    cdef Py_ssize_t span = OUT_TILE * tiles
+    cdef real strip[OUT_TILE * OUT_TILE * SEGMENT_TILES]
+    cdef real column[PATCH * OUT_TILE * SEGMENT_TILES]
+    cdef real points[POINTS * SEGMENT_TILES]
+    cdef Py_ssize_t i, j, q, r, stop
+    cdef const real *src
+    cdef real *dst
+    cdef real y0, y1, y2, y3
+    for i in range(OUT_TILE):
+        dst = strip + i * OUT_TILE * SEGMENT_TILES
+        r = row0 + i
+        stop = width - col0 if width - col0 < span else span
+        if r >= height:
+            stop = 0
+        src = plane + r * width + col0
+        for j in range(stop):
+            dst[j] = src[j]
+        for j in range(stop, span):
+            dst[j] = 0
+    for j in range(span):           # A down the columns: (6, 4 * tiles)
+        y0 = strip[j]
+        y1 = strip[OUT_TILE * SEGMENT_TILES + j]
+        y2 = strip[2 * OUT_TILE * SEGMENT_TILES + j]
+        y3 = strip[3 * OUT_TILE * SEGMENT_TILES + j]
+        column[j] = y0
+        column[OUT_TILE * SEGMENT_TILES + j] = y0 + y1 + y2 + y3
+        column[2 * OUT_TILE * SEGMENT_TILES + j] = y0 - y1 + y2 - y3
+        column[3 * OUT_TILE * SEGMENT_TILES + j] = (
+            y0 + <real>2 * y1 + <real>4 * y2 + <real>8 * y3)
+        column[4 * OUT_TILE * SEGMENT_TILES + j] = (
+            y0 - <real>2 * y1 + <real>4 * y2 - <real>8 * y3)
+        column[5 * OUT_TILE * SEGMENT_TILES + j] = y3
+    for i in range(PATCH):          # A^T along each tile's row
+        src = column + i * OUT_TILE * SEGMENT_TILES
+        dst = points + i * PATCH * SEGMENT_TILES
+        for q in range(tiles):
+            y0 = src[OUT_TILE * q]
+            y1 = src[OUT_TILE * q + 1]
+            y2 = src[OUT_TILE * q + 2]
+            y3 = src[OUT_TILE * q + 3]
+            dst[q] = y0
+            dst[SEGMENT_TILES + q] = y0 + y1 + y2 + y3
+            dst[2 * SEGMENT_TILES + q] = y0 - y1 + y2 - y3
+            dst[3 * SEGMENT_TILES + q] = (y0 + <real>2 * y1 + <real>4 * y2
+                                          + <real>8 * y3)
+            dst[4 * SEGMENT_TILES + q] = (y0 - <real>2 * y1 + <real>4 * y2
+                                          - <real>8 * y3)
+            dst[5 * SEGMENT_TILES + q] = y3
+    for i in range(POINTS):
+        src = points + i * SEGMENT_TILES
+        dst = out + i * point_stride
+        for q in range(SEGMENT_TILES):
+            if q < tiles:       # a masked vector store, not a memmove call
+                dst[q] = src[q]
+
+
+cdef void _grad_output_filter(const WinogradShape *ws, const real *grad,
+                              Py_ssize_t k, real *e, Py_ssize_t first_tile,
+                              Py_ssize_t count) noexcept nogil:
+    """E[:, k, :] (E is (36, K, count)) of tiles [first_tile, +count) of
+    the output gradient (ws's output shape)."""
+    cdef Py_ssize_t t = 0, n, ty, tx, segment
+    cdef Py_ssize_t plane_out = ws.out_height * ws.out_width
+    while t < count:
+        _segment_at(ws, first_tile + t, count - t, &n, &ty, &tx, &segment)
+        _grad_output_segment(grad + (n * ws.out_channels + k) * plane_out,
+                             ws.out_height, ws.out_width, ty * OUT_TILE,
+                             tx * OUT_TILE, segment, e + k * count + t,
+                             ws.out_channels * count)
+        t += segment
+
+
+def winograd_f43_weight_grad(const real[:, :, :, ::1] x,
+                             const real[:, :, :, ::1] grad_output,
+                             real[:, ::1] partials, real[:, ::1] workspace,
+                             Py_ssize_t pad_top, Py_ssize_t pad_left,
+                             Py_ssize_t block_tiles, int num_threads):
+    """Winograd-domain weight gradient of y = conv3x3(x) (stride 1).
+
+    x (N, C, H, W); grad_output (N, K, OH, OW). partials (R, 36*K*C)
+    zeros: the tiles are cut into R runs of consecutive tiles, and run j
+    adds dU = sum over its tiles, in block order, of E[p] @ V[p]^T to row
+    j (the caller sums the rows in order, then ``winograd_filters_adjoint``):
+    the bits depend on R and the shape alone. workspace (num_threads,
+    36 * (C + K) * block_tiles).
+    """
+    cdef WinogradShape ws = _winograd_shape(x, grad_output, pad_top,
+                                            pad_left)
+    cdef Py_ssize_t total = ws.batch * ws.tiles_h * ws.tiles_w
+    cdef Py_ssize_t runs = partials.shape[0]
+    cdef Py_ssize_t channels = ws.in_channels, filters = ws.out_channels
+    cdef Py_ssize_t run, first, stop, count, c, k, p
+    cdef const real *x_ptr = &x[0, 0, 0, 0]
+    cdef const real *grad_ptr = &grad_output[0, 0, 0, 0]
+    cdef real *partials_ptr = &partials[0, 0]
+    cdef Py_ssize_t partial_stride = partials.shape[1]
+    cdef real *work_ptr = &workspace[0, 0]
+    cdef Py_ssize_t work_stride = workspace.shape[1]
+    cdef Py_ssize_t v_size = POINTS * channels * block_tiles
+    cdef real *v
+    cdef real *e
+    cdef real *du
+    with nogil, parallel(num_threads=num_threads):
+        v = work_ptr + threadid() * work_stride
+        e = v + v_size
+        for run in prange(runs, schedule="dynamic"):
+            du = partials_ptr + run * partial_stride
+            first = run * total // runs
+            stop = (run + 1) * total // runs
+            while first < stop:
+                count = stop - first
+                if count > block_tiles:
+                    count = block_tiles
+                for c in range(channels):
+                    _input_channel(&ws, x_ptr, c, v, first, count)
+                for k in range(filters):
+                    _grad_output_filter(&ws, grad_ptr, k, e, first, count)
+                for p in range(POINTS):
+                    # dU[p] (K, C) += E[p] (K, count) @ V[p]^T (count, C)
+                    gemm_row_major(c'N', c'T', <int>filters, <int>channels,
+                                   <int>count, <real>1,
+                                   e + p * filters * count, <int>count,
+                                   v + p * channels * count, <int>count,
+                                   <real>1, du + p * filters * channels,
+                                   <int>channels)
+                first = first + count
+
+
+cdef inline void _filter_adjoint_1d(const double *u, Py_ssize_t u_stride,
+                                    double *out,
+                                    Py_ssize_t out_stride) noexcept nogil:
+    """out (3-vector) = G^T u for a 6-vector u."""
+    cdef double u0 = u[0], u1 = u[u_stride], u2 = u[2 * u_stride]
+    cdef double u3 = u[3 * u_stride], u4 = u[4 * u_stride]
+    cdef double u5 = u[5 * u_stride]
+    out[0] = u0 / 4 - (u1 + u2) / 6 + (u3 + u4) / 24
+    out[out_stride] = (u2 - u1) / 6 + (u3 - u4) / 12
+    out[2 * out_stride] = (u3 + u4 - u1 - u2) / 6 + u5
+
+
+cdef void _filter_adjoint(const real *du, Py_ssize_t point_stride,
+                          real *out) noexcept nogil:
+    """out (3x3) = G^T u G for u[p] = du[p * point_stride], p < 36."""
+    cdef double u[POINTS]
+    cdef double t[3 * PATCH]
+    cdef double g[9]
+    cdef Py_ssize_t i, p
+    for p in range(POINTS):
+        u[p] = du[p * point_stride]
+    for i in range(PATCH):          # t (3, 6) = G^T u
+        _filter_adjoint_1d(u + i, PATCH, t + i, PATCH)
+    for i in range(3):              # g (3, 3) = t G
+        _filter_adjoint_1d(t + i * PATCH, 1, g + i * 3, 1)
+    for i in range(9):
+        out[i] = <real>g[i]
+
+
+def winograd_filters_adjoint_f43(const real[::1] du, real[:, :, :, ::1] grad,
+                                 int num_threads):
+    """grad[k, c] = G^T dU[:, k, c] G (3x3) for dU = du as (36, K, C), in
+    double precision: the adjoint of ``winograd_filters_f43``."""
+    cdef Py_ssize_t pairs = grad.shape[0] * grad.shape[1]
+    cdef Py_ssize_t pair
+    cdef const real *du_ptr = &du[0]
+    cdef real *grad_ptr = &grad[0, 0, 0, 0]
+    for pair in prange(pairs, nogil=True, schedule="static",
+                       num_threads=num_threads):
+        _filter_adjoint(du_ptr + pair, pairs, grad_ptr + pair * 9)
