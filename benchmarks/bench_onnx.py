@@ -19,6 +19,7 @@ show which operators dominate.
 
     flock /tmp/fastconv-heavy.lock python benchmarks/bench_onnx.py
     python benchmarks/bench_onnx.py --models resnet18 --rounds 3 --runs 5
+    python benchmarks/bench_onnx.py --libraries fastconv fastconv-unfused
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LIBRARIES = ("fastconv", "onnxruntime", "pytorch")
+#: Not run by default: fastconv without BatchNormalization folding and
+#: Conv+activation fusion (``load(path, fuse=False)``), to measure them.
+VARIANTS = ("fastconv-unfused",)
 MODELS = ("resnet18", "mobilenet_v2")
 SIZE = 224
 SEED = 20240601
@@ -77,12 +81,12 @@ def export_models(folder, names):
 def _runner(library, folder, name, threads):
     """A zero-argument callable per batch: ``make(x)`` -> callable."""
     path = os.path.join(folder, f"{name}.onnx")
-    if library == "fastconv":
+    if library in ("fastconv", "fastconv-unfused"):
         import fastconv
         import fastconv.onnx
 
         fastconv.set_num_threads(threads)
-        model = fastconv.onnx.load(path)
+        model = fastconv.onnx.load(path, fuse=library == "fastconv")
         return lambda x: (lambda: model(x))
     if library == "onnxruntime":
         import onnxruntime
@@ -185,10 +189,11 @@ def drive(args):
 
 
 def report(args, samples, loads, profiles):
-    print(f"# ONNX models: fastconv vs onnxruntime vs PyTorch "
+    print(f"# ONNX models: {' vs '.join(args.libraries)} "
           f"({args.threads} threads, {SIZE}x{SIZE})\n")
     print(f"command: python benchmarks/bench_onnx.py --rounds {args.rounds} "
-          f"--runs {args.runs} --threads {args.threads}; load average "
+          f"--runs {args.runs} --threads {args.threads} --libraries "
+          f"{' '.join(args.libraries)}; load average "
           f"(1 min) {min(loads):.2f}-{max(loads):.2f} during the runs\n")
     print("| model | batch | library | median ms / batch | images/s | "
           "fastconv speed vs this |")
@@ -217,14 +222,17 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", choices=MODELS,
                         default=list(MODELS))
-    parser.add_argument("--libraries", nargs="+", choices=LIBRARIES,
-                        default=list(LIBRARIES))
+    parser.add_argument("--libraries", nargs="+",
+                        choices=LIBRARIES + VARIANTS, default=list(LIBRARIES),
+                        help="fastconv must be one of them (the ratios are "
+                             "to it); fastconv-unfused measures the fusion")
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 16])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--worker", choices=LIBRARIES, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=LIBRARIES + VARIANTS,
+                        help=argparse.SUPPRESS)
     parser.add_argument("--profile", action="store_true",
                         help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
@@ -232,6 +240,9 @@ def main(argv=None):
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     parser.add_argument("--library", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if not args.worker and not args.profile and \
+            "fastconv" not in args.libraries:
+        parser.error("--libraries must include fastconv")
     if args.worker:
         args.library = args.worker
         worker(args)

@@ -43,7 +43,7 @@ from fastconv.functional import (
 )
 
 #: Subpackages imported on first attribute access (PEP 562).
-_LAZY_SUBMODULES = ("nn", "optim", "models", "data", "kernels")
+_LAZY_SUBMODULES = ("nn", "optim", "models", "data", "kernels", "onnx")
 
 
 def __getattr__(name):

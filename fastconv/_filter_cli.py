@@ -110,11 +110,7 @@ def read_image(path: str, gray: bool = False) -> np.ndarray:
             single_band = image.mode in ("1", "L", "LA", "I", "I;16", "F")
             if image.mode in ("I", "I;16", "F"):
                 # 16-bit and float images: scale to 8 bits
-                values = np.asarray(image, dtype=np.float64)
-                top = values.max() if values.size else 0.0
-                scale = 255.0 / (65535.0 if top > 255 else 255.0)
-                image = Image.fromarray(
-                    np.clip(np.rint(values * scale), 0, 255).astype(np.uint8))
+                image = Image.fromarray(_scaled_to_uint8(np.asarray(image)))
             converted = image.convert("L" if (gray or single_band) else "RGB")
             return np.asarray(converted, dtype=np.uint8).copy()
     except FileNotFoundError:
@@ -124,10 +120,25 @@ def read_image(path: str, gray: bool = False) -> np.ndarray:
     except UnidentifiedImageError:
         raise OSError(
             f"cannot read {path!r}: not an image format Pillow knows") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise OSError(f"cannot read {path!r}: {_bomb_message(exc)}") from None
+    except (Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as exc:
+        raise OSError(f"cannot read {path!r}: {_bomb_message(exc)}"
+                      ) from None
     except OSError as exc:
         raise OSError(f"cannot read {path!r}: {exc}") from None
+
+
+def _scaled_to_uint8(values: np.ndarray) -> np.ndarray:
+    """16-bit (or int32, float32) pixels as uint8: / 257 when any value
+    passes 255, else as they are; rounded and clipped, a block of rows at a
+    time (a float64 copy of a 89-megapixel image would be 700 MiB)."""
+    top = values.max() if values.size else 0
+    scale = np.float32(255.0 / (65535.0 if top > 255 else 255.0))
+    pixels = np.empty(values.shape, np.uint8)
+    for row in range(0, values.shape[0], 256):
+        block = values[row:row + 256].astype(np.float32) * scale
+        pixels[row:row + 256] = np.clip(np.rint(block), 0, 255)
+    return pixels
 
 
 @contextlib.contextmanager

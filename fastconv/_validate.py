@@ -87,6 +87,35 @@ def float_array(value, name: str, ndim: int | None = None,
     return np.ascontiguousarray(value)
 
 
+#: What max pooling takes besides the float dtypes; the result keeps the
+#: dtype, padding counting as its minimum.
+INTEGER_MAX_POOL_DTYPES = tuple(np.dtype(t) for t in (
+    np.uint8, np.int8, np.int16, np.int32, np.int64))
+
+
+def max_pool_array(value, name: str, ndim: int,
+                   device: bool = False) -> np.ndarray:
+    """``float_array``, but an integer ndarray of INTEGER_MAX_POOL_DTYPES
+    passes too (max pooling keeps the dtype; CPU backends only)."""
+    dtype = dtype_of(value) if (isinstance(value, np.ndarray)
+                                or is_device_array(value)) else None
+    if dtype is None or dtype not in INTEGER_MAX_POOL_DTYPES:
+        if dtype is not None and dtype not in FLOAT_DTYPES:
+            raise TypeError(
+                f"{name} must have dtype float32, float64, uint8, int8, "
+                f"int16, int32 or int64, got {dtype}")
+        return float_array(value, name, ndim, device=device)
+    if not isinstance(value, np.ndarray):
+        raise TypeError(
+            f"{name} is a GPU array of {dtype}; integer max pooling runs on "
+            f"the CPU backends only (backend='cuda' takes float32 or "
+            f"float64)")
+    if value.ndim != ndim:
+        raise ValueError(
+            f"{name} must be {ndim}-D, got shape {value.shape} ({value.ndim}-D)")
+    return np.ascontiguousarray(value)
+
+
 def same_dtype(first: np.ndarray, first_name: str, second: np.ndarray,
                second_name: str) -> None:
     first_dtype, second_dtype = dtype_of(first), dtype_of(second)

@@ -227,7 +227,6 @@ def cmd_train(args) -> int:
     out_dir = args.out or os.path.join("runs", f"{args.model}-{args.dataset}")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ValueError(f"--out {out_dir!r} is a file; give a folder")
-    os.makedirs(out_dir, exist_ok=True)
 
     dataset = load_dataset(args.dataset, args.data_dir)
     if args.augment_shift >= dataset.image_size:
@@ -235,6 +234,9 @@ def cmd_train(args) -> int:
         raise ValueError(f"--augment-shift must be smaller than the "
                          f"{dataset.image_size}-pixel images, got "
                          f"{args.augment_shift}")
+    # only once the arguments and the data checked out: a failed command
+    # leaves no empty folder behind
+    os.makedirs(out_dir, exist_ok=True)
     model = _build_model(args.model, dataset, args.seed)
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
@@ -443,7 +445,12 @@ def cmd_info(args) -> int:
     print(f"fastconv {fastconv.__version__}")
     available = fastconv.available_backends()
     print(f"backends available: {', '.join(available)}")
-    print(f"default backend: {_resolved_backend()}")
+    try:
+        default = _resolved_backend()
+    except (ValueError, RuntimeError) as exc:  # e.g. FASTCONV_BACKEND=bogus
+        # info is what a user runs to find out what is wrong: report it
+        default = f"none ({exc})"
+    print(f"default backend: {default}")
     for name, reason in fastconv.unavailable_reasons().items():
         print(f"  {name}: unavailable ({reason})")
     print(f"threads: {fastconv.get_num_threads()} (of {os.cpu_count()} "

@@ -329,10 +329,13 @@ class _DepthwiseBands:
 class _FFTBands:
     """Each band correlated through a real FFT of the band (overlap-save)."""
 
-    def __init__(self, kernel, channels, stride, out_height, column_dilation):
-        # Tall bands: the halo of R - 1 rows is recomputed per band.
-        self.band_rows = min(out_height, max(FFT_BAND_ROWS,
-                                             4 * kernel.shape[0]))
+    #: Scratch per input value of a band, besides the band: rfft2's complex
+    #: half-spectrum and irfft2's real result (measured peaks run to about
+    #: 1.5 times the estimate: 34 MiB for a 2048^2 RGB image, 31 x 31).
+    scratch_per_input_value = 2
+
+    def __init__(self, kernel, channels, stride, band_rows, column_dilation):
+        self.band_rows = band_rows
         if column_dilation > 1:  # interleaved channels: stuff the columns
             stuffed = np.zeros((kernel.shape[0], (kernel.shape[1] - 1)
                                 * column_dilation + 1), dtype=kernel.dtype)
@@ -341,9 +344,23 @@ class _FFTBands:
         self.kernel, self.stride = kernel, stride
         self.interleave = column_dilation
         self._spectrum_key, self._spectrum = None, None
-        # rfft2's complex half-spectrum and irfft2's real result, per input
-        # value of a band
-        self.scratch_per_input_value = 2
+
+    @classmethod
+    def rows(cls, out_height, kernel_height, stride_h, band_values, itemsize):
+        """(output rows per band, whether a band fits WORKSPACE_BYTES).
+        Tall bands (``FFT_BAND_ROWS``, at least 4 R): the halo of R - 1 rows
+        is recomputed per band; a wide image gets fewer rows, down to about
+        2 R (below that the halo's cost dominates)."""
+        def band_bytes(rows):
+            return ((rows - 1) * stride_h + kernel_height) * band_values * \
+                itemsize * (1 + cls.scratch_per_input_value)
+
+        rows = max(FFT_BAND_ROWS, 4 * kernel_height)
+        while rows > 2 * kernel_height and band_bytes(rows) > \
+                config.WORKSPACE_BYTES:
+            rows //= 2
+        rows = min(out_height, rows)
+        return rows, band_bytes(rows) <= config.WORKSPACE_BYTES
 
     def __call__(self, batch):
         from scipy import fft
@@ -520,7 +537,11 @@ def filter2d(image, kernel, *, stride=1, padding="same", boundary="zero",
                                image3.shape, (top, left, bottom, right),
                                stride)
     # An image not in the compute dtype is converted band by band (an
-    # 8192^2 uint8 image would take 256 MiB as float32).
+    # 8192^2 uint8 image would take 256 MiB as float32), unless converting
+    # it whole fits the workspace: that is faster (one in-place pass).
+    if image3.dtype != compute_dtype and image3.size * \
+            compute_dtype.itemsize <= config.WORKSPACE_BYTES // 2:
+        image3 = image3.astype(compute_dtype)
     out = _filter(image3, kernel, stride, (top, left, bottom, right), mode,
                   method, backend, (out_height, out_width))
     if was_2d:
@@ -554,14 +575,32 @@ def _checked_geometry(out_shape, kernel_shape, image_shape, pads, stride):
 def _filter(image3, kernel, stride, pads, mode, method, backend, out_shape):
     """filter2d on checked arguments: (H, W, C) in, (H_out, W_out, C) out.
 
-    ``image3`` and ``kernel`` share a float dtype; ``pads`` is (top, left,
-    bottom, right) and may be asymmetric (fastconv.dask pads only the sides
-    of a block that are the image's edges); ``mode`` is a numpy.pad mode.
+    ``kernel`` is in the compute dtype, ``image3`` in it or any other real
+    dtype (then converted band by band); ``pads`` is (top, left, bottom,
+    right) and may be asymmetric (fastconv.dask pads only the sides of a
+    block that are the image's edges); ``mode`` is a numpy.pad mode.
     """
     channels = image3.shape[2]
     kernel_height = kernel.shape[0]
     out_height, out_width = out_shape
-    method = _choose_method(method, kernel)
+    chosen = _choose_method(method, kernel)
+    top, left, bottom, right = pads
+    row_map, band_stride_h = _read_positions(
+        image3.shape[0], kernel_height, stride[0], top, bottom, mode,
+        out_height)
+    col_map, band_stride_w = _read_positions(
+        image3.shape[1], kernel.shape[1], stride[1], left, right, mode,
+        out_width)
+    band_values = col_map.size * channels
+    if chosen == "fft":
+        fft_rows, fits = _FFTBands.rows(out_height, kernel_height,
+                                        band_stride_h, band_values,
+                                        kernel.dtype.itemsize)
+        if not fits and method == "auto":
+            # an image too wide for FFT bands in the workspace: depthwise
+            # bands are a few rows tall (in place, no scratch at all)
+            chosen = "depthwise"
+    method = chosen
     # Colour: rather than split (H, W, C) into planes and interleave the
     # result again (two strided copies), filter the rows as they lie, W * C
     # values long, with the kernel's columns C apart (dilation C). A column
@@ -574,25 +613,17 @@ def _filter(image3, kernel, stride, pads, mode, method, backend, out_shape):
                                                           interleave):
         return _depthwise_in_place(image3, kernel, stride, pads, mode,
                                    interleave, backend)
-    top, left, bottom, right = pads
-    row_map, band_stride_h = _read_positions(
-        image3.shape[0], kernel_height, stride[0], top, bottom, mode,
-        out_height)
-    col_map, band_stride_w = _read_positions(
-        image3.shape[1], kernel.shape[1], stride[1], left, right, mode,
-        out_width)
     gather_columns = band_stride_w != stride[1]
     stride = (band_stride_h, band_stride_w)
     band_channels = 1 if interleave > 1 else channels
-    band_values = col_map.size * channels
     if method == "fft":
-        bands = _FFTBands(kernel, band_channels, stride, out_height,
+        bands = _FFTBands(kernel, band_channels, stride, fft_rows,
                           interleave)
     elif method == "depthwise":
+        band_rows = _band_rows(out_height, kernel_height, stride[0],
+                               band_values, kernel.dtype.itemsize)
         bands = _DepthwiseBands(kernel, band_channels, stride, backend,
-                                _band_rows(out_height, kernel_height, stride[0],
-                                           band_values, kernel.dtype.itemsize),
-                                interleave)
+                                band_rows, interleave)
     else:
         bands = _RowBlockBands(kernel, band_channels, stride, backend,
                                (out_height, out_width), interleave)
@@ -600,9 +631,11 @@ def _filter(image3, kernel, stride, pads, mode, method, backend, out_shape):
     # _choose_method): rare, and then only where the data is not finite.
     fallback = None if method == "depthwise" else _DepthwiseBands(
         kernel, band_channels, stride, backend, bands.band_rows, interleave)
-    padded = _PaddedImage(image3, row_map, col_map, (-(-out_height // bands
-                          .band_rows) * bands.band_rows - 1) * stride[0]
-                          + kernel_height, interleave, gather_columns, left)
+    # the last band may run past the image (see _run_bands)
+    band_output_rows = -(-out_height // bands.band_rows) * bands.band_rows
+    padded = _PaddedImage(image3, row_map, col_map,
+                          (band_output_rows - 1) * stride[0] + kernel_height,
+                          interleave, gather_columns, left)
     return _run_bands(padded, kernel.dtype, channels, interleave, bands,
                       fallback, stride, kernel_height, out_shape)
 

@@ -404,10 +404,18 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1,
 
     Padding counts as -inf and may be at most half the kernel; NaN propagates.
     With ``return_indices`` also returns int64 indices, each the flat position
-    of the maximum inside its input H*W plane (PyTorch's convention).
+    of the maximum inside its input H*W plane (PyTorch's convention). x may
+    also be uint8, int8, int16, int32 or int64 (CPU backends): y keeps the
+    dtype, padding counts as its minimum and ties go to the first maximum.
     """
     device = _takes_device_arrays("max_pool2d_forward", backend, x)
-    x = _validate.float_array(x, "x", ndim=4, device=device)
+    x = _validate.max_pool_array(x, "x", ndim=4, device=device)
+    if (x.dtype in _validate.INTEGER_MAX_POOL_DTYPES and getattr(
+            resolve("max_pool2d_forward", backend), "ACCEPTS_DEVICE_ARRAYS",
+            False)):
+        raise TypeError(
+            f"x has dtype {x.dtype}: integer max pooling runs on the CPU "
+            f"backends only (backend='cuda' takes float32 or float64)")
     geometry = _pool_setup(tuple(x.shape), kernel_size, stride, padding,
                            dilation, ceil_mode, "max_pool2d")
     y, indices = resolve("max_pool2d_forward", backend).max_pool2d_forward(

@@ -5,14 +5,22 @@ from __future__ import annotations
 
 import json
 import struct
+import sys
 import zlib
 
 import numpy as np
+import pytest
 
 from fastconv import nn
 from fastconv.models import SmallCNN
 
 GIB = 1024**3
+
+#: The memory-capped subprocesses read /proc/self/status and set
+#: RLIMIT_AS, which only Linux enforces.
+linux_only = pytest.mark.skipif(
+    not sys.platform.startswith("linux"),
+    reason="the address-space cap (RLIMIT_AS, /proc/self/status) is Linux's")
 
 
 def _npy_header(shape, descr="<f4"):

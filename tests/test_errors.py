@@ -159,7 +159,7 @@ ERROR_CASES = [
      ValueError, r"same"),
     # ---- max_pool2d
     ("max_x_3d", max_pool(x=X[0]), ValueError, r"\bx\b"),
-    ("max_x_int", max_pool(x=X.astype(np.int16)), TypeError, r"\bx\b"),
+    ("max_x_uint16", max_pool(x=X.astype(np.uint16)), TypeError, r"\bx\b"),
     ("max_x_float16", max_pool(x=X.astype(np.float16)), TypeError, r"\bx\b"),
     ("max_kernel_zero", max_pool(kernel_size=0), ValueError, r"\bkernel_size\b"),
     ("max_kernel_pair_negative", max_pool(kernel_size=(2, -1)), ValueError,

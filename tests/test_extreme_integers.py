@@ -133,3 +133,47 @@ def test_shape_arithmetic_is_constant_memory():
     assert peak < 64 * 1024
     assert (trimmed.kernel_height, trimmed.pad_h) == (1, 0)
     assert divisors.shape == (geometry.out_height, geometry.out_width)
+
+
+def test_trimmed_kernel_gives_the_untrimmed_result():
+    """taps_reaching_input changes no output: the naive loops on the trimmed
+    and on the named geometry agree on random small sweeps (maxima, indices,
+    averages and the average's backward)."""
+    from fastconv import functional
+    from fastconv.backends import naive
+
+    rng = np.random.default_rng(0)
+    checked = trimmed_some = 0
+    while checked < 300:
+        size = tuple(int(v) for v in rng.integers(1, 6, 2))
+        kernel = tuple(int(v) for v in rng.integers(1, 8, 2))
+        pads = tuple(int(rng.integers(0, kernel[i % 2] // 2 + 1))
+                     for i in range(4))
+        stride = tuple(int(v) for v in rng.integers(1, 4, 2))
+        dilation = tuple(int(v) for v in rng.integers(1, 3, 2))
+        ceil_mode = bool(rng.integers(2))
+        try:
+            geometry = functional._pool_setup(
+                (1, 2) + size, kernel, stride, ((pads[0], pads[2]),
+                                                (pads[1], pads[3])),
+                dilation, ceil_mode, "max_pool2d")
+        except ValueError:
+            continue
+        checked += 1
+        trimmed = _shapes.taps_reaching_input(geometry)
+        trimmed_some += trimmed != geometry
+        x = rng.standard_normal((1, 2) + size)
+        for got, want in zip(naive.max_pool2d_forward(x, trimmed),
+                             naive.max_pool2d_forward(x, geometry)):
+            np.testing.assert_array_equal(got, want)
+        if dilation == (1, 1):
+            divisors = _shapes.avg_pool_divisors(geometry, False)
+            np.testing.assert_allclose(
+                naive.avg_pool2d_forward(x, trimmed, divisors),
+                naive.avg_pool2d_forward(x, geometry, divisors), rtol=1e-14)
+            grad = rng.standard_normal(geometry.output_shape)
+            np.testing.assert_allclose(
+                naive.avg_pool2d_backward(grad, trimmed, divisors),
+                naive.avg_pool2d_backward(grad, geometry, divisors),
+                rtol=1e-14)
+    assert trimmed_some > 20  # the property was exercised

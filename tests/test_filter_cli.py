@@ -201,3 +201,14 @@ def test_through_fastconv_cli_main(tmp_path, photo_png, capsys):
         code = exc.code
     assert code not in (0, None)
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_16_bit_images_are_scaled_to_8_bits(tmp_path):
+    from fastconv._filter_cli import read_image
+
+    values = (np.arange(40 * 30, dtype=np.uint32) * 54 % 65536).astype(
+        np.uint16).reshape(40, 30)
+    Image.fromarray(values).save(tmp_path / "deep.png")
+    pixels = read_image(str(tmp_path / "deep.png"))
+    assert pixels.dtype == np.uint8 and pixels.shape == (40, 30)
+    np.testing.assert_array_equal(pixels, np.rint(values / 257.0))

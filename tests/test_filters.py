@@ -585,6 +585,8 @@ def test_masked_arrays_are_refused_on_every_backend(backend):
         convolve2d(image, np.ones((3, 3)), backend=backend)
 
 
+@pytest.mark.filterwarnings(
+    "ignore:the matrix subclass:PendingDeprecationWarning")
 def test_ndarray_subclasses_are_filtered_as_plain_arrays(backend, tmp_path):
     values = np.arange(30.0).reshape(5, 6)
     kernel = kernels.sobel_x()
@@ -711,3 +713,26 @@ def test_scratch_follows_the_output_for_any_layout_and_stride(
     tolerance = 2e-3 if image.dtype == np.float16 else 1e-4
     np.testing.assert_allclose(check[:rows - 2], expected, rtol=tolerance,
                                atol=tolerance * 255)
+
+
+@pytest.mark.skipif("numba" not in fastconv.available_backends(),
+                    reason="the scratch bound is the numba direct kernel's")
+@pytest.mark.parametrize("method", ["auto", "fft"])
+def test_large_kernels_on_a_wide_image_stay_within_the_workspace(method):
+    """FFT bands of 256 rows of a 65536-wide image took 360 MiB: a wide
+    image gets shorter bands, and 'auto' filters it depthwise when even
+    those would not fit. Depthwise here is the numba backend's direct
+    kernel (no scratch); the cython backend's conv2d tiles its im2col
+    columns by whole output rows, R * S * W values per thread (see the
+    README's Guarantees)."""
+    image = np.asfortranarray(
+        np.random.default_rng(6).random((40, 65536), np.float32))
+    kernel = kernels.gaussian(17, 3.0)
+    rows, fits = filters._FFTBands.rows(40, 17, 1, 65536 + 16, 4)
+    assert rows <= 2 * 17 and not fits   # down to about 2 R, still too wide
+    result, scratch = scratch_of(lambda: filter2d(
+        image, kernel, method=method, backend="numba"), None)
+    if method == "auto":
+        assert scratch <= 2 * fastconv.config.WORKSPACE_BYTES, scratch
+    close(result[:, :64], numpy_reference(image[:, :96], kernel)[:, :64],
+          np.float32)

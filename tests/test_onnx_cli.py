@@ -81,7 +81,17 @@ def test_predict_matches_the_model(tmp_path, image, capsys):
     assert printed == str(int(np.argmax(logits)))
 
 
-def test_profile(tmp_path, capsys):
+@pytest.fixture
+def restore_backend():
+    """--backend sets the process default; put it back afterwards."""
+    import fastconv
+
+    previous = fastconv.get_backend()
+    yield
+    fastconv.set_backend(previous)
+
+
+def test_profile(tmp_path, capsys, restore_backend):
     path = classifier_model(tmp_path / "m.onnx")
     assert main(["profile", str(path), "--size", "8", "--batch", "2",
                  "--repeat", "2", "--backend", "numba"]) == 0

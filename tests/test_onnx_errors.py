@@ -233,3 +233,14 @@ def test_multi_input_model_needs_run():
         model(np.ones((1, 3, 6, 6), np.float32))
     ones = np.ones((1, 3, 6, 6), np.float32)
     np.testing.assert_array_equal(model.run({"a": ones, "b": ones})["y"], 2)
+
+
+def test_missing_onnx_package_is_named(monkeypatch):
+    import sys
+
+    from fastconv.cli import main
+
+    monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx fails
+    with pytest.raises(ImportError, match=r"fastconv\[onnx\]|\.\[onnx\]"):
+        fastconv.onnx.load(b"\x08\x07")
+    assert main(["profile", "model.onnx"]) == 1

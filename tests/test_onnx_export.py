@@ -47,6 +47,12 @@ MODELS = {
         nn.ConvTranspose2d(6, 3, (2, 3), stride=(1, 2),
                            padding=((0, 1), (1, 0)), dilation=(2, 1))),
         (2, 7, 6)),
+    "1d": (lambda: nn.Sequential(
+        nn.Conv1d(3, 4, 5, padding=(2, 1), stride=2), nn.ReLU(),
+        nn.MaxPool1d(3, 2, padding=1, ceil_mode=True),
+        nn.Conv1d(4, 4, 3, padding="same", groups=2, dilation=2),
+        nn.AvgPool1d(2, padding=1, count_include_pad=False), nn.Flatten(),
+        nn.Linear(16, 3)), (3, 23)),
 }
 
 
@@ -109,7 +115,7 @@ def test_export_errors(tmp_path):
     with pytest.raises(TypeError, match="fastconv.nn.Module"):
         fastconv.onnx.export(object(), path, (1, 1, 4, 4))
     with pytest.raises(ValueError, match="input_shape"):
-        fastconv.onnx.export(nn.ReLU(), path, (1, 4, 4))
+        fastconv.onnx.export(nn.ReLU(), path, (1, 4))
     with pytest.raises(ValueError, match="track_running_stats"):
         fastconv.onnx.export(
             nn.BatchNorm2d(1, track_running_stats=False), path, (1, 1, 4, 4))

@@ -329,3 +329,26 @@ def test_backend_argument_runs_every_backend(backend):
     with torch.no_grad():
         expected = model(torch.from_numpy(x)).numpy()
     assert_matches(loaded(x), expected, backend)
+
+
+@pytest.mark.parametrize("opset", [9, 11, 13, 18])
+@pytest.mark.parametrize("name", ["resnet18-view-flatten", "mobilenet_v2",
+                                  "squeezenet1_1"])
+def test_exports_at_other_opsets(name, opset):
+    """Clip's bounds as attributes (opset 9) or inputs, Squeeze/Unsqueeze
+    axes as attributes or inputs, ReduceMean and Pad forms across opsets."""
+    torch.manual_seed(0)
+    build, size = SMALL_MODELS[name]
+    model = randomize_batch_norm(build())
+    buffer = io.BytesIO()
+    torch.onnx.export(
+        model, (torch.zeros(1, 3, size, size),), buffer, dynamo=False,
+        input_names=["input"], output_names=["logits"], opset_version=opset,
+        dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
+    x = np.random.default_rng(opset).standard_normal(
+        (2, 3, size, size)).astype(np.float32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    loaded = fastconv.onnx.load(buffer.getvalue())
+    assert loaded.opset == opset
+    assert_matches(loaded(x), expected, f"{name} at opset {opset}")

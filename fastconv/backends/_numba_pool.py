@@ -30,12 +30,12 @@ _CACHE = config.NUMBA_CACHE
 
 
 @numba.njit(cache=_CACHE, nogil=True)
-def _max_row(x, x_base, y, indices, y_row, oh, col_lo, col_hi, g):
+def _max_row(x, x_base, y, indices, y_row, oh, col_lo, col_hi, g, lowest):
     """Max pool output row ``oh`` for any geometry, tap by tap over the
     row (``col_lo``/``col_hi``: each kernel column's in-bounds output
     columns, from ``tap_ranges``)."""
     for ow in range(g.out_width):
-        y[_u(y_row + ow)] = -np.inf
+        y[_u(y_row + ow)] = lowest
         indices[_u(y_row + ow)] = -1
     for r in range(g.kernel_height):
         ih = oh * g.stride_h - g.pad_h + r * g.dilation_h
@@ -59,9 +59,9 @@ def _max_row(x, x_base, y, indices, y_row, oh, col_lo, col_hi, g):
 
 
 @numba.njit(cache=_CACHE, nogil=True)
-def _max_window(x, x_base, oh, ow, g, negative_infinity):
+def _max_window(x, x_base, oh, ow, g, lowest):
     """(max, index) of one window, the reference's loop."""
-    best = negative_infinity
+    best = lowest
     best_index = -1
     top = oh * g.stride_h - g.pad_h
     left = ow * g.stride_w - g.pad_w
@@ -92,9 +92,10 @@ def _max_window(x, x_base, oh, ow, g, negative_infinity):
 # Output column j reads the window whose top-left tap is at
 # ``source[source_start + j * step]`` (rows ``source_width`` apart: x itself,
 # or a copy padded with -inf) and whose plane position in x is
-# ``index_start + j * step`` (rows ``in_w`` apart). Padding taps are -inf,
-# so they never beat an in-bounds tap; a window whose maximum is -inf or NaN
-# matches no tap reliably and is redone by the caller.
+# ``index_start + j * step`` (rows ``in_w`` apart). Padding taps are -inf
+# (an integer dtype's minimum), so they never beat an in-bounds tap; a window
+# whose maximum is that or NaN matches no tap reliably and is redone by the
+# caller.
 
 @numba.njit(cache=_CACHE, nogil=True, inline="always")
 def _max_2x2(source, source_start, source_width, y, indices, y_row, count,
@@ -154,8 +155,8 @@ def _max_3x3(source, source_start, source_width, y, indices, y_row, count,
 def _pad_plane(x, x_base, g, padded, padded_height, padded_width):
     """Copy one plane into ``padded`` (``padded_height x padded_width``,
     flat) at offset (pad_h, pad_w); rows and columns past what the windows
-    reach are left out, and the rest of ``padded`` is left as it was (-inf,
-    filled once per buffer)."""
+    reach are left out, and the rest of ``padded`` is left as it was (-inf
+    or the integer minimum, filled once per buffer)."""
     rows = min(g.in_height, padded_height - g.pad_h)
     cols = min(g.in_width, padded_width - g.pad_w)
     for ih in range(rows):
@@ -166,14 +167,13 @@ def _pad_plane(x, x_base, g, padded, padded_height, padded_width):
 
 
 @numba.njit(cache=_CACHE, nogil=True)
-def _max_pool_planes(x, y, indices, g, first_plane, stop_plane):
+def _max_pool_planes(x, y, indices, g, first_plane, stop_plane, lowest):
     """max_pool2d_forward_kernel on planes ``[first_plane, stop_plane)``."""
     in_w = g.in_width
     out_w = g.out_width
     in_pixels = g.in_height * in_w
     out_pixels = g.out_height * out_w
     kernel = g.kernel_height
-    negative_infinity = np.full(1, -np.inf, dtype=x.dtype)[0]
     step = g.stride_w
     unrolled = (kernel == g.kernel_width and (kernel == 2 or kernel == 3)
                 and g.dilation_h == 1 and g.dilation_w == 1
@@ -186,7 +186,7 @@ def _max_pool_planes(x, y, indices, g, first_plane, stop_plane):
     col_lo, col_hi = tap_ranges(out_w, in_w, g.stride_w, g.pad_w,
                                 g.kernel_width, g.dilation_w)
     padded = np.full(padded_height * padded_width
-                     if unrolled and needs_padding else 0, -np.inf,
+                     if unrolled and needs_padding else 0, lowest,
                      dtype=x.dtype)
     for plane in range(first_plane, stop_plane):
         x_base = plane * in_pixels
@@ -194,7 +194,7 @@ def _max_pool_planes(x, y, indices, g, first_plane, stop_plane):
             for oh in range(g.out_height):
                 _max_row(x, x_base, y, indices,
                          plane * out_pixels + oh * out_w, oh, col_lo,
-                         col_hi, g)
+                         col_hi, g, lowest)
             continue
         if needs_padding:
             _pad_plane(x, x_base, g, padded, padded_height, padded_width)
@@ -221,37 +221,39 @@ def _max_pool_planes(x, y, indices, g, first_plane, stop_plane):
                 else:
                     _max_3x3(source, source_start, source_width, y, indices,
                              y_row, out_w, index_start, in_w, step)
-            # windows whose maximum is NaN or -inf: the reference's loop
+            # windows whose maximum is NaN or the minimum: the reference's
+            # loop
             redo = False
             for ow in range(out_w):
-                redo |= not y[_u(y_row + ow)] > negative_infinity
+                redo |= not y[_u(y_row + ow)] > lowest
             if not redo:
                 continue
             for ow in range(out_w):
-                if y[_u(y_row + ow)] > negative_infinity:
+                if y[_u(y_row + ow)] > lowest:
                     continue
-                value, index = _max_window(x, x_base, oh, ow, g,
-                                           negative_infinity)
+                value, index = _max_window(x, x_base, oh, ow, g, lowest)
                 y[_u(y_row + ow)] = value
                 indices[_u(y_row + ow)] = index
 
 
 @numba.njit(parallel=True, cache=_CACHE)
-def max_pool2d_forward_kernel(x, y, indices, g, n_chunks):
+def max_pool2d_forward_kernel(x, y, indices, g, n_chunks, lowest):
     """y, indices (flat, (N, C, OH, OW)) = max and argmax of each window.
 
-    The rule is the reference's: the first in-bounds tap starts the window
-    (so an all -inf window reports its first in-bounds position), a larger
-    value replaces it (ties keep the earlier one) and a NaN always replaces
-    it, so the last NaN of a window wins. A window with no in-bounds tap
-    gives -inf and index -1. Planes are split into ``n_chunks`` contiguous
+    x and y: float32, float64 or an integer dtype; ``lowest``: what padding
+    counts as, -inf or the integer dtype's minimum, in x's dtype. The rule
+    is the reference's: the first in-bounds tap starts the window (so an all
+    -inf window reports its first in-bounds position), a larger value
+    replaces it (ties keep the earlier one) and a NaN always replaces it, so
+    the last NaN of a window wins. A window with no in-bounds tap gives
+    ``lowest`` and index -1. Planes are split into ``n_chunks`` contiguous
     runs, one per thread. (The work is a serial function called from the
     parallel loop: Numba's parallel passes are slow on a large body.)
     """
     planes = g.batch * g.channels
     for chunk in prange(n_chunks):
         _max_pool_planes(x, y, indices, g, chunk * planes // n_chunks,
-                         (chunk + 1) * planes // n_chunks)
+                         (chunk + 1) * planes // n_chunks, lowest)
 
 
 @numba.njit(parallel=True, cache=_CACHE)

@@ -92,11 +92,15 @@ def conv2d_backward(grad_output, x, weight, g, need_input_grad=True, *,
 def max_pool2d_forward(x, g):
     y = np.empty(g.output_shape, dtype=x.dtype)
     indices = np.empty(g.output_shape, dtype=np.int64)
+    # what padding counts as; values are compared in x's dtype (exact for
+    # int64 too)
+    lowest = (-math.inf if x.dtype.kind == "f"
+              else np.iinfo(x.dtype).min)
     for n in range(g.batch):
         for c in range(g.channels):
             for oh in range(g.out_height):
                 for ow in range(g.out_width):
-                    best_value = -math.inf
+                    best_value = lowest
                     best_index = -1
                     for r in range(g.kernel_height):
                         ih = _input_position(oh, g.stride_h, g.pad_h, r,
@@ -108,11 +112,12 @@ def max_pool2d_forward(x, g):
                                                  g.dilation_w)
                             if not 0 <= iw < g.in_width:
                                 continue
-                            value = float(x[n, c, ih, iw])
+                            value = x[n, c, ih, iw]
                             # PyTorch's rule: a NaN wins, and so does the
-                            # first in-bounds element of an all -inf window.
+                            # first in-bounds element of an all -inf window
+                            # (of the dtype's minimum).
                             if (best_index < 0 or value > best_value
-                                    or math.isnan(value)):
+                                    or value != value):
                                 best_value = value
                                 best_index = ih * g.in_width + iw
                     y[n, c, oh, ow] = best_value

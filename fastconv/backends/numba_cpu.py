@@ -253,15 +253,20 @@ def conv2d_backward(grad_output, x, weight, g, need_input_grad, *,
 # ------------------------------------------------------------------- pooling
 
 def max_pool2d_forward(x, g):
-    """(y, indices): window maxima (x's dtype) and their int64 flat positions
-    inside each input H*W plane, both (N, C, OH, OW)."""
+    """(y, indices): window maxima (x's dtype: float32, float64 or an integer
+    dtype) and their int64 flat positions inside each input H*W plane, both
+    (N, C, OH, OW)."""
     g = _as_ints(g)
     y = np.empty(g.output_shape, dtype=x.dtype)
     indices = np.empty(g.output_shape, dtype=np.int64)
     n_chunks = max(1, min(_use_threads(_threads.pool_work(g)),
                           g.batch * g.channels))
+    # padding counts as -inf, or as an integer dtype's minimum (each integer
+    # dtype compiles its own kernel at its first call)
+    lowest = x.dtype.type(-np.inf if x.dtype.kind == "f"
+                          else np.iinfo(x.dtype).min)
     max_pool2d_forward_kernel(_flat(x), y.reshape(-1), indices.reshape(-1), g,
-                              n_chunks)
+                              n_chunks, lowest)
     return y, indices
 
 

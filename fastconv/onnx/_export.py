@@ -4,8 +4,8 @@ The graph is the model's inference computation: BatchNorm2d with its
 running statistics, Dropout as the identity, whatever mode the model is in
 (the model itself is not touched). Supported: ``Sequential`` stacks of
 Conv2d, ConvTranspose2d, BatchNorm2d, ReLU, MaxPool2d, AvgPool2d,
-AdaptiveAvgPool2d, Flatten, Linear, Dropout and Identity, and the bundled
-SmallCNN and ResNet (with its BasicBlocks).
+AdaptiveAvgPool2d, Conv1d, MaxPool1d, AvgPool1d, Flatten, Linear, Dropout
+and Identity, and the bundled SmallCNN and ResNet (with its BasicBlocks).
 """
 
 from __future__ import annotations
@@ -112,6 +112,64 @@ def _write_conv_transpose(writer, layer, value, shape):
             shape[2:], layer.stride, (top, left), (bottom, right),
             layer.dilation, layer.kernel_size, layer.output_padding)]
     return output, (shape[0], layer.out_channels, *sizes)
+
+
+def _single(value, name):
+    """A 1-D layer's int-or-1-tuple argument as an int."""
+    if isinstance(value, (tuple, list)) and len(value) == 1:
+        value = value[0]
+    return _validate.pair(value, name, minimum=0)[0]
+
+
+def _pads_1d(padding):
+    """(left, right) of a 1-D layer's padding: an int, (p,) or (l, r)."""
+    if isinstance(padding, (tuple, list)):
+        padding = padding[0] if len(padding) == 1 else tuple(padding)
+    return _validate.padding_1d(padding)
+
+
+def _write_conv1d(writer, layer, value, shape):
+    (kernel,), (stride,), (dilation,) = (layer.kernel_size, layer.stride,
+                                         layer.dilation)
+    if layer.padding == "same":
+        left, right = _shapes.same_padding(kernel, dilation)
+    elif layer.padding == "valid":
+        left, right = 0, 0
+    else:
+        left, right = _pads_1d(layer.padding)
+    inputs = [value, writer.constant("weight", layer.weight.data)]
+    if layer.bias is not None:
+        inputs.append(writer.constant("bias", layer.bias.data))
+    output = writer.node("Conv", inputs, "conv1d", kernel_shape=[kernel],
+                         strides=[stride], dilations=[dilation],
+                         pads=[left, right], group=layer.groups)
+    length = _shapes.conv_output_size(shape[2], kernel, stride, left, right,
+                                      dilation)
+    return output, (shape[0], layer.out_channels, length)
+
+
+def _write_pool1d(writer, layer, value, shape):
+    kernel = _single(layer.kernel_size, "kernel_size")
+    stride = _single(layer.stride, "stride")
+    left, right = _pads_1d(layer.padding)
+    ceil_mode = bool(layer.ceil_mode)
+    attributes = dict(kernel_shape=[kernel], strides=[stride],
+                      pads=[left, right], ceil_mode=int(ceil_mode))
+    dilation = 1
+    if hasattr(layer, "count_include_pad"):
+        op_type = "AveragePool"
+        attributes["count_include_pad"] = int(bool(layer.count_include_pad))
+    else:
+        if layer.return_indices:
+            raise ValueError("a MaxPool1d with return_indices=True cannot be "
+                             "exported (its indices are not ONNX's)")
+        op_type = "MaxPool"
+        dilation = _single(layer.dilation, "dilation")
+        attributes["dilations"] = [dilation]
+    length = _shapes.pool_output_size(shape[2], kernel, stride, left, right,
+                                      dilation, ceil_mode)
+    return writer.node(op_type, [value], op_type.lower(), **attributes), \
+        (shape[0], shape[1], length)
 
 
 def _write_batch_norm(writer, layer, value, shape):
@@ -247,6 +305,8 @@ def _writers():
 
     return {
         nn.Conv2d: _write_conv, nn.ConvTranspose2d: _write_conv_transpose,
+        nn.Conv1d: _write_conv1d, nn.MaxPool1d: _write_pool1d,
+        nn.AvgPool1d: _write_pool1d,
         nn.BatchNorm2d: _write_batch_norm,
         nn.ReLU: relu, nn.Identity: identity, nn.Dropout: identity,
         nn.MaxPool2d: _write_max_pool, nn.AvgPool2d: _write_avg_pool,
@@ -268,9 +328,12 @@ def _write(writer, module, value, shape):
 
 
 def _input_shape(value):
-    if not isinstance(value, (tuple, list)) or len(value) != 4:
+    """(N, C, H, W), or (N, C, L) for a model of 1-D layers."""
+    if not isinstance(value, (tuple, list)) or len(value) not in (3, 4):
         raise ValueError(
-            f"input_shape must be (N, C, H, W), got {value!r}")
+            f"input_shape must be (N, C, H, W) or (N, C, L), got {value!r}")
+    if len(value) == 3:
+        return _validate.shape4(tuple(value) + (1,), "input_shape")[:3]
     return _validate.shape4(tuple(value), "input_shape")
 
 
@@ -278,7 +341,8 @@ def export(model, path, input_shape, *, input_name="input",
            output_name="output", dynamic_batch=True):
     """Write ``model`` (a fastconv.nn Module) to ``path`` as an ONNX model.
 
-    ``input_shape`` is the (N, C, H, W) the graph is built for; with
+    ``input_shape`` is the (N, C, H, W) (or (N, C, L) for 1-D layers) the
+    graph is built for; with
     ``dynamic_batch`` (default) the batch dim is left free (``"N"``), so
     any batch size runs. The graph computes the model's inference output
     (BatchNorm2d from running statistics, Dropout as the identity) in the

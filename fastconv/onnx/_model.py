@@ -221,19 +221,17 @@ def _fuse(steps, graph_outputs):
             if step.op_type not in follower_types or not step.inputs:
                 continue
             source = producer_of.get(step.inputs[0])
-            if source is None or source in removed:
+            if source is None:
                 continue
             conv = steps[source]
             if not isinstance(conv.kernel, _ops.ConvKernel) or \
                     reads[step.inputs[0]] != 1:
                 continue
+            if conv.kernel.activation is not None:
+                continue  # nothing folds past an activation
             if step.op_type == "BatchNormalization":
-                if conv.kernel.activation is not None:
-                    continue
                 _fold_batch_norm(conv.kernel, step.kernel)
             else:
-                if conv.kernel.activation is not None:
-                    continue
                 conv.kernel.activation = step.kernel.function
             conv.outputs = step.outputs
             conv.fused = conv.fused + (step.op_type,)

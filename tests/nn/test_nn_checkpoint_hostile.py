@@ -18,10 +18,10 @@ import pytest
 
 from fastconv.models import SmallCNN, load_checkpoint, save_checkpoint
 from hostile_files import (GIB, Member, _npy, _npy_header, checkpoint_with,
-                           config_asking, config_member, good_members,
-                           huge_config_member, huge_expected_member,
-                           huge_unexpected_member, deep_resnet,
-                           declared_size_lie, replaced, small_config,
+                           config_asking, config_member, declared_size_lie,
+                           deep_resnet, good_members, huge_config_member,
+                           huge_expected_member, huge_unexpected_member,
+                           linux_only, replaced, small_config,
                            trillion_element_header)
 
 HEADROOM = 256 * 1024**2
@@ -71,6 +71,7 @@ def load_capped(path):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@linux_only
 def test_the_capped_loader_loads_a_good_checkpoint(tmp_path):
     """The cap leaves room for a real load (else the tests below prove
     nothing)."""
@@ -79,6 +80,7 @@ def test_the_capped_loader_loads_a_good_checkpoint(tmp_path):
     assert load_checkpoint(path).fc.weight.shape == (3, 8)
 
 
+@linux_only
 @pytest.mark.parametrize("case", list(HOSTILE))
 def test_hostile_file_is_refused_within_the_memory_cap(tmp_path, case):
     make, message = HOSTILE[case]

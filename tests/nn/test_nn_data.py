@@ -357,6 +357,8 @@ def test_load_image_errors(tmp_path):
 
 # ------------------------------------------------- hostile compressed files
 
+from hostile_files import linux_only  # noqa: E402
+
 def run_capped(code, headroom=256 * 1024**2):
     """``code`` in a subprocess whose address space is capped at what it had
     after importing fastconv.data plus ``headroom``; its last stdout line."""
@@ -387,6 +389,7 @@ READ_IDX = """
 """
 
 
+@linux_only
 def test_a_gzip_idx_declaring_gigabytes_is_refused_within_the_cap(tmp_path):
     from hostile_files import GIB, gzip_of, zero_filled
 
@@ -400,6 +403,7 @@ def test_a_gzip_idx_declaring_gigabytes_is_refused_within_the_cap(tmp_path):
         message
 
 
+@linux_only
 def test_a_gzip_idx_holding_gigabytes_more_than_declared_is_refused(
         tmp_path):
     from hostile_files import GIB, gzip_of, zero_filled

@@ -303,5 +303,8 @@ def test_import_fastconv_is_enough_for_the_subpackages():
             "assert 'fastconv.kernels' not in sys.modules; "
             "fastconv.nn.Conv2d; fastconv.optim.SGD; fastconv.models.ResNet; "
             "fastconv.data; fastconv.kernels; "
-            "assert 'nn' in dir(fastconv)")
+            "assert 'fastconv.onnx' not in sys.modules; "
+            "fastconv.onnx.load; "
+            "assert 'onnx' not in sys.modules; "  # the parser loads at load()
+            "assert 'nn' in dir(fastconv) and 'onnx' in dir(fastconv)")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -1,27 +1,51 @@
 # cython: language_level=3
 # cython: boundscheck=False, wraparound=False, cdivision=True
 # cython: initializedcheck=False, nonecheck=False
-"""Max and average pooling kernels, float32/float64, parallel over planes.
+"""Max and average pooling kernels, parallel over planes.
 
 Every (image, channel) plane is independent, so OpenMP threads take whole
 planes and no two threads ever write the same element (the backward scatters
 included). The window of output (oh, ow) covers rows
 ``oh * stride_h - pad_h + r * dilation_h`` and likewise columns; the part of
 each window inside the input is precomputed once per call as index ranges
-(``Taps``), so the inner loops carry no bounds tests. Float32 max pooling
-folds each tap into a whole run of windows at once (``_max_run``), in loops
-the C compiler vectorises; the rest goes window by window (``_max_window``).
-Both follow ``fastconv/backends/naive.py``'s index and NaN rules exactly.
+(``Taps``), so the inner loops carry no bounds tests.
+
+Max pooling takes float32, float64 and the integer dtypes (uint8, int8,
+int16, int32, int64; padding counts as the dtype's minimum). Square 2x2 and
+3x3 windows without dilation, the ones CNNs use, run unrolled over whole
+output rows (``_max_2x2_row``, ``_max_3x3_row``): every tap of a window in
+a register, the winner picked by selects, in loops the C compiler
+vectorises; a plane with padding is first copied into a scratch plane
+filled with the dtype's minimum so that every window is whole. Other float32
+windows fold each tap into a whole run of windows at once (``_max_run``);
+the rest goes window by window (``_max_window``). All follow
+``fastconv/backends/naive.py``'s index and NaN rules exactly.
+
+Average pooling (float32, float64) sweeps each tap over a whole output row
+(``_avg_row``, ``_avg_row_backward``), summing in float64 in the
+reference's order.
 """
 
-from cython.parallel cimport parallel, prange
+from cython.parallel cimport parallel, prange, threadid
 from libc.stdlib cimport calloc, free, malloc
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 from libc.math cimport INFINITY
+from libc.stdint cimport (INT8_MIN, INT16_MIN, INT32_MIN, INT64_MIN, int8_t,
+                          int16_t, int32_t, int64_t, uint8_t)
 
 ctypedef fused real:
     float
     double
+
+# what max pooling takes
+ctypedef fused pool_value:
+    float
+    double
+    uint8_t
+    int8_t
+    int16_t
+    int32_t
+    int64_t
 
 
 cdef enum:
@@ -77,6 +101,9 @@ cdef int _taps_fill(Taps *taps, Py_ssize_t out_size, Py_ssize_t in_size,
 cdef struct Window:
     Taps rows, cols
     Py_ssize_t kernel_h, kernel_w, dilation_h, dilation_w, stride_w
+    Py_ssize_t in_h, in_w, out_h, out_w, stride_h, pad_h, pad_w
+    # the extent the windows cover, padding included
+    Py_ssize_t padded_h, padded_w
     # tap t = r * kernel_w + s lies tap_offset[t] after its window's first
     # (top-left) tap in the flat plane
     Py_ssize_t *tap_offset
@@ -104,6 +131,14 @@ cdef class _Window:
         self.w.kernel_h, self.w.kernel_w = g.kernel_height, g.kernel_width
         self.w.dilation_h, self.w.dilation_w = g.dilation_h, g.dilation_w
         self.w.stride_w = g.stride_w
+        self.w.in_h, self.w.in_w = g.in_height, g.in_width
+        self.w.out_h, self.w.out_w = g.out_height, g.out_width
+        self.w.stride_h, self.w.pad_h, self.w.pad_w = (g.stride_h, g.pad_h,
+                                                       g.pad_w)
+        self.w.padded_h = ((g.out_height - 1) * g.stride_h
+                           + (g.kernel_height - 1) * g.dilation_h + 1)
+        self.w.padded_w = ((g.out_width - 1) * g.stride_w
+                           + (g.kernel_width - 1) * g.dilation_w + 1)
         self.w.tap_offset = <Py_ssize_t *>malloc(
             g.kernel_height * g.kernel_width * sizeof(Py_ssize_t))
         self.w.tap_phase_offset = <Py_ssize_t *>malloc(
@@ -130,26 +165,49 @@ cdef class _Window:
 
 # ---------------------------------------------------------------- max pool
 
-cdef inline void _max_window(const real *x_plane, Py_ssize_t in_w,
+cdef inline pool_value _lowest(pool_value like) noexcept nogil:
+    """What padding counts as: -inf, or the integer dtype's minimum."""
+    if pool_value is float or pool_value is double:
+        return -INFINITY
+    elif pool_value is uint8_t:
+        return 0
+    elif pool_value is int8_t:
+        return INT8_MIN
+    elif pool_value is int16_t:
+        return INT16_MIN
+    elif pool_value is int32_t:
+        return INT32_MIN
+    else:
+        return INT64_MIN
+
+
+cdef inline bint _beats(pool_value value, pool_value best) noexcept nogil:
+    """Whether a later tap replaces the best so far: larger, or a NaN."""
+    return (value > best) | (value != value)
+
+
+cdef inline void _max_window(const pool_value *x_plane, Py_ssize_t in_w,
                              const Taps *rows, const Taps *cols,
                              Py_ssize_t dil_h, Py_ssize_t dil_w,
-                             Py_ssize_t oh, Py_ssize_t ow, real *best_out,
+                             Py_ssize_t oh, Py_ssize_t ow,
+                             pool_value *best_out,
                              long long *position_out) noexcept nogil:
     """One window, any position: the reference's rule.
 
     A NaN always wins and a later NaN replaces an earlier one; otherwise the
     first strictly greater element; a window of -inf keeps its first
-    in-bounds element; a window wholly in the padding gives -inf and -1.
+    in-bounds element (integers: a window of the dtype's minimum); a window
+    wholly in the padding gives -inf (the minimum) and -1.
     Written with selects (compiled to maxss and cmov): comparisons on random
     data mispredict as branches. NaNs are tracked apart so that best stays a
     plain max.
     """
     cdef Py_ssize_t r, s, ih, position
-    cdef real value, best = -INFINITY
+    cdef pool_value value, best = _lowest(best_out[0])
     cdef Py_ssize_t best_position = -1, nan_position = -1
     cdef bint greater
     if rows.first[oh] < rows.stop[oh] and cols.first[ow] < cols.stop[ow]:
-        # start at the first in-bounds tap, with -inf
+        # start at the first in-bounds tap, with -inf (the minimum)
         best_position = ((rows.start[oh] + rows.first[oh] * dil_h) * in_w
                          + cols.start[ow] + cols.first[ow] * dil_w)
         for r in range(rows.first[oh], rows.stop[oh]):
@@ -264,10 +322,11 @@ cdef void _max_run(const float *x_plane, Py_ssize_t in_w,
                                   + window.tap_offset[<Py_ssize_t>run_tap[j]])
 
 
-cdef void _max_pool_plane(const real *x_plane, Py_ssize_t in_w,
+cdef void _max_pool_plane(const pool_value *x_plane, Py_ssize_t in_w,
                           Py_ssize_t out_h, Py_ssize_t out_w,
                           const Window *window, float *phases,
-                          real *y_plane, long long *idx_plane) noexcept nogil:
+                          pool_value *y_plane,
+                          long long *idx_plane) noexcept nogil:
     """Max pooling of one plane: runs of windows whose columns are inside
     through _max_run (float32, when ``phases`` scratch is given), the rest
     (left and right borders) one by one."""
@@ -275,13 +334,13 @@ cdef void _max_pool_plane(const real *x_plane, Py_ssize_t in_w,
     cdef const Taps *cols = &window.cols
     cdef Py_ssize_t oh, ow, run_start, count
     cdef Py_ssize_t first = cols.full_first, stop = cols.full_stop
-    cdef real *y_row
+    cdef pool_value *y_row
     cdef long long *idx_row
     for oh in range(out_h):
         y_row = y_plane + oh * out_w
         idx_row = idx_plane + oh * out_w
         ow = 0
-        if real is float:
+        if pool_value is float:
             if (phases != NULL and first < stop
                     and rows.first[oh] < rows.stop[oh]):
                 for ow in range(first):
@@ -300,7 +359,204 @@ cdef void _max_pool_plane(const real *x_plane, Py_ssize_t in_w,
                         window.dilation_w, oh, ow, &y_row[ow], &idx_row[ow])
 
 
-def max_pool2d_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y,
+# Square 2x2 and 3x3 windows, dilation 1, over one output row: window j's
+# top-left tap is source[j * step] (rows ``source_w`` apart: x itself, or a
+# copy padded with the dtype's minimum) and its plane position in x is
+# first_index + j * step (rows ``in_w`` apart). The taps go in the
+# reference's row-major order through selects (``_beats``): every tap in a
+# register and no branch, so the compiler vectorises across the row; the
+# call sites pass ``step`` 1 and 2 as constants, so that the loads vectorise
+# (contiguous, or split into even and odd lanes). A padding tap (the
+# minimum) never beats a real one, except where the window's maximum is the
+# minimum itself: the caller redoes those (``_redo_padded``). Offsets are
+# int32, as wide as a float32 lane.
+#
+# (Measured alternatives, slower on the 17-window rows of a 33x33 plane:
+# copying each row into its stride_w column phases first, for contiguous
+# loads, or computing runs of a multiple of 8 windows into stack buffers.
+# What stays slow here: 3x3 stride 2 rows of exactly 16 windows, which the
+# vectoriser leaves to its scalar loop, since a strided load with a gap
+# needs a scalar last iteration.)
+
+cdef inline void _max_2x2_row(const pool_value *source, Py_ssize_t source_w,
+                              Py_ssize_t count, Py_ssize_t step,
+                              long long first_index, int in_w,
+                              pool_value *y_row,
+                              long long *idx_row) noexcept nogil:
+    cdef const pool_value *below = source + source_w
+    cdef Py_ssize_t j
+    cdef pool_value best, value
+    cdef int offset
+    cdef bint take
+    for j in range(count):
+        best = source[j * step]
+        offset = 0
+        value = source[j * step + 1]
+        take = _beats(value, best)
+        best = value if take else best
+        offset = 1 if take else offset
+        value = below[j * step]
+        take = _beats(value, best)
+        best = value if take else best
+        offset = in_w if take else offset
+        value = below[j * step + 1]
+        take = _beats(value, best)
+        best = value if take else best
+        offset = in_w + 1 if take else offset
+        y_row[j] = best
+        idx_row[j] = first_index + j * step + offset
+
+
+cdef inline void _max_3x3_row(const pool_value *source, Py_ssize_t source_w,
+                              Py_ssize_t count, Py_ssize_t step,
+                              long long first_index, int in_w,
+                              pool_value *y_row,
+                              long long *idx_row) noexcept nogil:
+    cdef const pool_value *middle = source + source_w
+    cdef const pool_value *bottom = middle + source_w
+    cdef Py_ssize_t j
+    cdef pool_value best, value
+    cdef int offset, in_w2 = 2 * in_w
+    cdef bint take
+    for j in range(count):
+        best = source[j * step]
+        offset = 0
+        value = source[j * step + 1]
+        take = _beats(value, best)
+        best = value if take else best
+        offset = 1 if take else offset
+        value = source[j * step + 2]
+        take = _beats(value, best)
+        best = value if take else best
+        offset = 2 if take else offset
+        value = middle[j * step]
+        take = _beats(value, best)
+        best = value if take else best
+        offset = in_w if take else offset
+        value = middle[j * step + 1]
+        take = _beats(value, best)
+        best = value if take else best
+        offset = in_w + 1 if take else offset
+        value = middle[j * step + 2]
+        take = _beats(value, best)
+        best = value if take else best
+        offset = in_w + 2 if take else offset
+        value = bottom[j * step]
+        take = _beats(value, best)
+        best = value if take else best
+        offset = in_w2 if take else offset
+        value = bottom[j * step + 1]
+        take = _beats(value, best)
+        best = value if take else best
+        offset = in_w2 + 1 if take else offset
+        value = bottom[j * step + 2]
+        take = _beats(value, best)
+        best = value if take else best
+        offset = in_w2 + 2 if take else offset
+        y_row[j] = best
+        idx_row[j] = first_index + j * step + offset
+
+
+cdef inline void _max_unrolled_row(const pool_value *source,
+                                   Py_ssize_t source_w, Py_ssize_t count,
+                                   Py_ssize_t kernel, Py_ssize_t step,
+                                   long long first_index, int in_w,
+                                   pool_value *y_row,
+                                   long long *idx_row) noexcept nogil:
+    """_max_2x2_row or _max_3x3_row, with ``step`` 1 and 2 as constants."""
+    if kernel == 2:
+        if step == 2:
+            _max_2x2_row(source, source_w, count, 2, first_index, in_w,
+                         y_row, idx_row)
+        elif step == 1:
+            _max_2x2_row(source, source_w, count, 1, first_index, in_w,
+                         y_row, idx_row)
+        else:
+            _max_2x2_row(source, source_w, count, step, first_index, in_w,
+                         y_row, idx_row)
+    else:
+        if step == 2:
+            _max_3x3_row(source, source_w, count, 2, first_index, in_w,
+                         y_row, idx_row)
+        elif step == 1:
+            _max_3x3_row(source, source_w, count, 1, first_index, in_w,
+                         y_row, idx_row)
+        else:
+            _max_3x3_row(source, source_w, count, step, first_index, in_w,
+                         y_row, idx_row)
+
+
+cdef inline void _redo_padded(const pool_value *x_plane, const Window *window,
+                              Py_ssize_t oh, Py_ssize_t ow_start,
+                              Py_ssize_t ow_stop, pool_value lowest,
+                              pool_value *y_row,
+                              long long *idx_row) noexcept nogil:
+    """Windows ow_start .. ow_stop-1 of row oh whose maximum is the minimum
+    (where a padding tap may have won): the reference's loop."""
+    cdef Py_ssize_t ow
+    cdef bint redo = False
+    for ow in range(ow_start, ow_stop):
+        redo |= y_row[ow] == lowest
+    if not redo:
+        return
+    for ow in range(ow_start, ow_stop):
+        if y_row[ow] == lowest:
+            _max_window(x_plane, window.in_w, &window.rows, &window.cols, 1,
+                        1, oh, ow, &y_row[ow], &idx_row[ow])
+
+
+cdef inline bint _needs_padding(const Window *window) noexcept nogil:
+    """Whether some window reaches outside the input (padding, ceil_mode)."""
+    return (window.pad_h > 0 or window.pad_w > 0
+            or window.padded_h > window.in_h or window.padded_w > window.in_w)
+
+
+cdef void _max_pool_plane_unrolled(const pool_value *x_plane,
+                                   const Window *window, pool_value *padded,
+                                   pool_value *y_plane,
+                                   long long *idx_plane) noexcept nogil:
+    """Max pooling of one plane with a square 2x2 or 3x3 window, dilation 1,
+    every row through _max_unrolled_row. ``padded`` (NULL where every window
+    lies inside the input): padded_h x padded_w scratch whose cells outside
+    the input hold the minimum; the plane is copied into it."""
+    cdef const Taps *rows = &window.rows
+    cdef const Taps *cols = &window.cols
+    cdef Py_ssize_t in_w = window.in_w, out_w = window.out_w
+    cdef Py_ssize_t kernel = window.kernel_h
+    cdef Py_ssize_t source_w = in_w, ih, copy_rows, copy_cols, oh
+    cdef long long first_index
+    cdef const pool_value *source = x_plane
+    cdef pool_value *y_row
+    cdef long long *idx_row
+    cdef pool_value lowest = _lowest(x_plane[0])
+    if padded != NULL:
+        source_w = window.padded_w
+        copy_rows = min(window.in_h, window.padded_h - window.pad_h)
+        copy_cols = min(in_w, window.padded_w - window.pad_w)
+        for ih in range(copy_rows):
+            memcpy(padded + (ih + window.pad_h) * source_w + window.pad_w,
+                   x_plane + ih * in_w, copy_cols * sizeof(pool_value))
+        source = padded
+    for oh in range(window.out_h):
+        first_index = (oh * window.stride_h - window.pad_h) * in_w - window.pad_w
+        y_row = y_plane + oh * out_w
+        idx_row = idx_plane + oh * out_w
+        _max_unrolled_row(source + oh * window.stride_h * source_w, source_w,
+                          out_w, kernel, window.stride_w, first_index,
+                          <int>in_w, y_row, idx_row)
+        if padded == NULL:
+            continue
+        if rows.first[oh] > 0 or rows.stop[oh] < kernel:
+            _redo_padded(x_plane, window, oh, 0, out_w, lowest, y_row, idx_row)
+        else:  # only the columns that reach into the padding
+            _redo_padded(x_plane, window, oh, 0, cols.full_first, lowest,
+                         y_row, idx_row)
+            _redo_padded(x_plane, window, oh, cols.full_stop, out_w, lowest,
+                         y_row, idx_row)
+
+
+def max_pool2d_forward(const pool_value[:, :, :, ::1] x,
+                       pool_value[:, :, :, ::1] y,
                        long long[:, :, :, ::1] indices, g, int num_threads):
     """y, indices = max over each window (PyTorch's NaN and -inf rules, as
     the reference: see ``_max_window``); indices are flat H*W positions."""
@@ -309,24 +565,48 @@ def max_pool2d_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y,
     cdef Py_ssize_t in_h = x.shape[2], in_w = x.shape[3]
     cdef Py_ssize_t out_h = y.shape[2], out_w = y.shape[3]
     cdef Py_ssize_t in_plane = in_h * in_w, out_plane = out_h * out_w
-    cdef const real *x_base = &x[0, 0, 0, 0]
-    cdef real *y_base = &y[0, 0, 0, 0]
+    cdef const pool_value *x_base = &x[0, 0, 0, 0]
+    cdef pool_value *y_base = &y[0, 0, 0, 0]
     cdef long long *idx_base = &indices[0, 0, 0, 0]
     cdef Py_ssize_t phase_size = window.w.stride_w * window.w.phase_stride
+    cdef Py_ssize_t kernel = window.w.kernel_h
+    cdef bint unrolled = (kernel == window.w.kernel_w
+                          and (kernel == 2 or kernel == 3)
+                          and window.w.dilation_h == 1
+                          and window.w.dilation_w == 1
+                          and 2 * in_w + 2 < (<Py_ssize_t>1 << 31))
+    cdef bint needs_padding = unrolled and _needs_padding(&window.w)
+    cdef Py_ssize_t padded_size = window.w.padded_h * window.w.padded_w
     # runs keep tap numbers in floats
-    cdef bint use_runs = (real is float and window.w.kernel_h
-                          * window.w.kernel_w <= (<Py_ssize_t>1 << 24))
-    cdef Py_ssize_t plane
+    cdef bint use_runs = (pool_value is float and not unrolled
+                          and window.w.kernel_h * window.w.kernel_w
+                          <= (<Py_ssize_t>1 << 24))
+    cdef pool_value lowest = _lowest(x_base[0])
+    cdef Py_ssize_t plane, i
     cdef float *phases
+    cdef pool_value *scratch
     with nogil, parallel(num_threads=num_threads):
         # zeroed once: runs read (and drop) entries past what they copied
         phases = <float *>calloc(phase_size, sizeof(float)) if use_runs \
             else NULL
+        scratch = NULL
+        if needs_padding:
+            scratch = <pool_value *>malloc(padded_size * sizeof(pool_value))
+            if scratch != NULL:
+                for i in range(padded_size):
+                    scratch[i] = lowest
         for plane in prange(planes, schedule="static"):
-            _max_pool_plane(x_base + plane * in_plane, in_w, out_h, out_w,
-                            &window.w, phases, y_base + plane * out_plane,
-                            idx_base + plane * out_plane)
+            # without scratch (malloc failed) the generic path
+            if unrolled and (scratch != NULL or not needs_padding):
+                _max_pool_plane_unrolled(
+                    x_base + plane * in_plane, &window.w, scratch,
+                    y_base + plane * out_plane, idx_base + plane * out_plane)
+            else:
+                _max_pool_plane(x_base + plane * in_plane, in_w, out_h, out_w,
+                                &window.w, phases, y_base + plane * out_plane,
+                                idx_base + plane * out_plane)
         free(phases)
+        free(scratch)
 
 
 def max_pool2d_backward(const real[:, :, :, ::1] grad_output,
@@ -354,71 +634,231 @@ def max_pool2d_backward(const real[:, :, :, ::1] grad_output,
 
 
 # ---------------------------------------------------------------- avg pool
+#
+# Each plane is first converted into a float64 scratch plane padded with
+# zeros (``_avg_fill_plane``; padded_h x padded_w, the extent the windows
+# cover), so that every window is whole and every loop runs over a whole
+# output row without bounds: adding a zero leaves a float64 sum exactly as
+# it was, so the sums are the reference's, tap by tap in its order. Square
+# 2x2 and 3x3 windows sum all their taps in one sweep of the row
+# (``_avg_2x2_row``, ``_avg_3x3_row``); other windows go tap by tap. The
+# backward spreads each output's share over a zeroed float64 scratch plane
+# tap by tap, then rounds its inner part into grad_input once; windows that
+# neither overlap nor reach outside the input write grad_input directly.
+
+
+cdef struct AvgScratch:
+    # per thread: a padded float64 plane, then a row of out_w, ``pitch``
+    # doubles apart in all (whole cache lines: threads sharing a line made
+    # the sweeps several times slower)
+    double *buffer
+    Py_ssize_t plane_size, pitch
+
+
+cdef int _avg_scratch_alloc(AvgScratch *scratch, const Window *window,
+                            Py_ssize_t threads) except -1:
+    scratch.plane_size = window.padded_h * window.padded_w
+    scratch.pitch = (scratch.plane_size + window.out_w + 7) // 8 * 8 + 8
+    scratch.buffer = <double *>calloc(threads * scratch.pitch, sizeof(double))
+    if scratch.buffer == NULL:
+        raise MemoryError()
+    return 0
+
+
+cdef inline void _avg_fill_plane(const real *x_plane, const Window *window,
+                                 double *padded) noexcept nogil:
+    """padded (zero outside the input, set once) = x_plane, in float64."""
+    cdef Py_ssize_t in_w = window.in_w, ih, iw
+    cdef Py_ssize_t copy_rows = min(window.in_h, window.padded_h - window.pad_h)
+    cdef Py_ssize_t copy_cols = min(in_w, window.padded_w - window.pad_w)
+    cdef double *target
+    cdef const real *source
+    for ih in range(copy_rows):
+        target = padded + (ih + window.pad_h) * window.padded_w + window.pad_w
+        source = x_plane + ih * in_w
+        for iw in range(copy_cols):
+            target[iw] = source[iw]
+
+
+cdef inline void _avg_2x2_row(const double *top, Py_ssize_t pitch,
+                              Py_ssize_t count, Py_ssize_t step,
+                              double *totals) noexcept nogil:
+    cdef const double *below = top + pitch
+    cdef Py_ssize_t j
+    for j in range(count):
+        totals[j] = (top[j * step] + top[j * step + 1] + below[j * step]
+                     + below[j * step + 1])
+
+
+cdef inline void _avg_3x3_row(const double *top, Py_ssize_t pitch,
+                              Py_ssize_t count, Py_ssize_t step,
+                              double *totals) noexcept nogil:
+    cdef const double *middle = top + pitch
+    cdef const double *bottom = middle + pitch
+    cdef Py_ssize_t j
+    for j in range(count):
+        totals[j] = (top[j * step] + top[j * step + 1] + top[j * step + 2]
+                     + middle[j * step] + middle[j * step + 1]
+                     + middle[j * step + 2] + bottom[j * step]
+                     + bottom[j * step + 1] + bottom[j * step + 2])
+
+
+cdef inline void _avg_taps_row(const double *top, Py_ssize_t pitch,
+                               Py_ssize_t count, Py_ssize_t kernel_h,
+                               Py_ssize_t kernel_w, Py_ssize_t step,
+                               double *totals) noexcept nogil:
+    """Any window, tap by tap over the row."""
+    cdef Py_ssize_t j, r, s
+    cdef const double *tap
+    for j in range(count):
+        totals[j] = 0
+    for r in range(kernel_h):
+        for s in range(kernel_w):
+            tap = top + r * pitch + s
+            for j in range(count):
+                totals[j] += tap[j * step]
+
+
+cdef void _avg_row_sums(const double *top, const Window *window,
+                        double *totals) noexcept nogil:
+    """totals[ow] = sum of window (oh, ow) whose top-left tap is top[ow *
+    stride_w] in the padded plane; constant strides 1 and 2 let the loads
+    vectorise."""
+    cdef Py_ssize_t pitch = window.padded_w, count = window.out_w
+    cdef Py_ssize_t step = window.stride_w
+    if window.kernel_h == window.kernel_w == 2:
+        if step == 2:
+            _avg_2x2_row(top, pitch, count, 2, totals)
+        elif step == 1:
+            _avg_2x2_row(top, pitch, count, 1, totals)
+        else:
+            _avg_2x2_row(top, pitch, count, step, totals)
+    elif window.kernel_h == window.kernel_w == 3:
+        if step == 2:
+            _avg_3x3_row(top, pitch, count, 2, totals)
+        elif step == 1:
+            _avg_3x3_row(top, pitch, count, 1, totals)
+        else:
+            _avg_3x3_row(top, pitch, count, step, totals)
+    else:
+        _avg_taps_row(top, pitch, count, window.kernel_h, window.kernel_w,
+                      step, totals)
+
 
 def avg_pool2d_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y,
                        const double[:, ::1] divisors, g, int num_threads):
-    """y = (sum of each window's in-bounds elements) / divisors[oh, ow].
-
-    Sums are accumulated in float64, as the reference does.
-    """
+    """y = (sum of each window's in-bounds elements) / divisors[oh, ow],
+    summed in float64 in the reference's order."""
     cdef _Window window = _Window(g)
-    cdef Taps rows = window.w.rows, cols = window.w.cols
     cdef Py_ssize_t planes = x.shape[0] * x.shape[1]
-    cdef Py_ssize_t in_h = x.shape[2], in_w = x.shape[3]
+    cdef Py_ssize_t in_plane = x.shape[2] * x.shape[3]
     cdef Py_ssize_t out_h = y.shape[2], out_w = y.shape[3]
+    cdef Py_ssize_t row_step = window.w.stride_h * window.w.padded_w
     cdef const real *x_base = &x[0, 0, 0, 0]
     cdef real *y_base = &y[0, 0, 0, 0]
     cdef const double *div_base = &divisors[0, 0]
-    cdef Py_ssize_t plane, oh, ow, r, s, col_start
-    cdef Py_ssize_t row_first, row_stop, col_first, col_stop
-    cdef const real *x_row
-    cdef double total
-    for plane in prange(planes, nogil=True, schedule="static",
-                        num_threads=num_threads):
-        for oh in range(out_h):
-            row_first, row_stop = rows.first[oh], rows.stop[oh]
-            for ow in range(out_w):
-                col_first, col_stop = cols.first[ow], cols.stop[ow]
-                col_start = cols.start[ow]
-                total = 0
-                for r in range(row_first, row_stop):
-                    x_row = x_base + (plane * in_h + rows.start[oh] + r) * in_w
-                    for s in range(col_first, col_stop):
-                        total = total + x_row[col_start + s]
-                y_base[(plane * out_h + oh) * out_w + ow] = <real>(
-                    total / div_base[oh * out_w + ow])
+    cdef Py_ssize_t plane, oh, ow
+    cdef double *padded
+    cdef double *totals
+    cdef real *y_row
+    cdef AvgScratch scratch
+    _avg_scratch_alloc(&scratch, &window.w, num_threads)
+    try:
+        for plane in prange(planes, nogil=True, schedule="static",
+                            num_threads=num_threads):
+            padded = scratch.buffer + threadid() * scratch.pitch
+            totals = padded + scratch.plane_size
+            _avg_fill_plane(x_base + plane * in_plane, &window.w, padded)
+            for oh in range(out_h):
+                _avg_row_sums(padded + oh * row_step, &window.w, totals)
+                y_row = y_base + (plane * out_h + oh) * out_w
+                for ow in range(out_w):
+                    y_row[ow] = <real>(totals[ow] / div_base[oh * out_w + ow])
+    finally:
+        free(scratch.buffer)
+
+
+cdef inline void _assign_tap(real *target, const double *shares,
+                             Py_ssize_t count, Py_ssize_t step) noexcept nogil:
+    """target[j * step] = shares[j] for j < count (constant strides 1 and 2
+    vectorise the stores)."""
+    cdef Py_ssize_t j
+    if step == 2:
+        for j in range(count):
+            target[j * 2] = <real>shares[j]
+    elif step == 1:
+        for j in range(count):
+            target[j] = <real>shares[j]
+    else:
+        for j in range(count):
+            target[j * step] = <real>shares[j]
 
 
 def avg_pool2d_backward(const real[:, :, :, ::1] grad_output,
                         real[:, :, :, ::1] grad_input,
                         const double[:, ::1] divisors, g, int num_threads):
     """grad_input = each grad_output / divisor spread over its window's
-    in-bounds elements (zeroed here; overlapping windows add up)."""
+    in-bounds elements (overlapping windows add up, in float64, rounded to
+    the dtype once)."""
     cdef _Window window = _Window(g)
-    cdef Taps rows = window.w.rows, cols = window.w.cols
     cdef Py_ssize_t planes = grad_input.shape[0] * grad_input.shape[1]
     cdef Py_ssize_t in_h = grad_input.shape[2], in_w = grad_input.shape[3]
     cdef Py_ssize_t out_h = grad_output.shape[2], out_w = grad_output.shape[3]
+    cdef Py_ssize_t pitch = window.w.padded_w, step = window.w.stride_w
+    cdef Py_ssize_t kernel_h = window.w.kernel_h, kernel_w = window.w.kernel_w
+    cdef Py_ssize_t pad_h = window.w.pad_h, pad_w = window.w.pad_w
+    cdef Py_ssize_t padded_h = window.w.padded_h
     cdef const real *grad_base = &grad_output[0, 0, 0, 0]
     cdef real *target_base = &grad_input[0, 0, 0, 0]
     cdef const double *div_base = &divisors[0, 0]
-    cdef Py_ssize_t plane, oh, ow, r, s, col_start
-    cdef Py_ssize_t row_first, row_stop, col_first, col_stop
-    cdef real *target_row
-    cdef real share
-    for plane in prange(planes, nogil=True, schedule="static",
-                        num_threads=num_threads):
-        memset(target_base + plane * in_h * in_w, 0,
-               in_h * in_w * sizeof(real))
-        for oh in range(out_h):
-            row_first, row_stop = rows.first[oh], rows.stop[oh]
-            for ow in range(out_w):
-                col_first, col_stop = cols.first[ow], cols.stop[ow]
-                col_start = cols.start[ow]
-                share = <real>(grad_base[(plane * out_h + oh) * out_w + ow]
-                               / div_base[oh * out_w + ow])
-                for r in range(row_first, row_stop):
-                    target_row = target_base + (
-                        plane * in_h + rows.start[oh] + r) * in_w
-                    for s in range(col_first, col_stop):
-                        target_row[col_start + s] += share
+    cdef Py_ssize_t plane, oh, ow, r, s, ih, iw, copy_cols
+    cdef const real *grad_row
+    cdef real *target
+    cdef double *padded
+    cdef double *shares
+    cdef double *tap
+    cdef AvgScratch scratch
+    # windows that neither overlap nor leave the input: grad_input written
+    # directly, one share per element
+    cdef bint disjoint = (window.w.stride_h >= kernel_h and step >= kernel_w
+                          and not _needs_padding(&window.w))
+    _avg_scratch_alloc(&scratch, &window.w, num_threads)
+    copy_cols = min(in_w, pitch - pad_w)
+    try:
+        for plane in prange(planes, nogil=True, schedule="static",
+                            num_threads=num_threads):
+            padded = scratch.buffer + threadid() * scratch.pitch
+            shares = padded + scratch.plane_size
+            target = target_base + plane * in_h * in_w
+            if disjoint:
+                memset(target, 0, in_h * in_w * sizeof(real))
+            else:
+                memset(padded, 0, scratch.plane_size * sizeof(double))
+            for oh in range(out_h):
+                grad_row = grad_base + (plane * out_h + oh) * out_w
+                for ow in range(out_w):
+                    shares[ow] = grad_row[ow] / div_base[oh * out_w + ow]
+                if disjoint:  # each element in one window at most: assign
+                    for r in range(kernel_h):
+                        for s in range(kernel_w):
+                            _assign_tap(target + (oh * window.w.stride_h + r)
+                                        * in_w + s, shares, out_w, step)
+                    continue
+                for r in range(kernel_h):
+                    for s in range(kernel_w):
+                        tap = padded + (oh * window.w.stride_h + r) * pitch + s
+                        for ow in range(out_w):
+                            tap[ow * step] += shares[ow]
+            if disjoint:
+                continue
+            for ih in range(in_h):
+                if ih + pad_h < padded_h:
+                    for iw in range(copy_cols):
+                        target[ih * in_w + iw] = <real>padded[
+                            (ih + pad_h) * pitch + iw + pad_w]
+                    for iw in range(copy_cols, in_w):
+                        target[ih * in_w + iw] = 0
+                else:
+                    memset(target + ih * in_w, 0, in_w * sizeof(real))
+    finally:
+        free(scratch.buffer)

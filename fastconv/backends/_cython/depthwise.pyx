@@ -1,0 +1,204 @@
+# cython: language_level=3
+# cython: boundscheck=False, wraparound=False, cdivision=True
+# cython: initializedcheck=False, nonecheck=False
+"""Direct depthwise conv2d forward, float32/float64: no im2col, no BLAS.
+
+For a convolution whose groups each hold one input channel
+(``in_channels == groups``), with ``multiplier = out_channels // groups``
+filters per group, output channel ``k`` reads input channel
+``k // multiplier`` through its own R x S filter. Work items are (image,
+input channel, tile of ``tile_rows`` output rows), spread over OpenMP
+threads; an item serves all ``multiplier`` output channels of its input
+channel. Each item first copies the input rows its tile reads into a
+zero-padded tile of the thread's scratch (rows ``padded_w = W + pad_left +
+pad_right`` values long), so no loop below tests a bound:
+
+* stride 1 and narrow rows (``_sweep_tile``, when the caller asks): output
+  (t, ow) of the tile reads tile position ``p + r * dilation_h * padded_w +
+  s * dilation_w`` with ``p = t * padded_w + ow``, so each tap is one sweep over every output row of the
+  tile at once, computed ``padded_w`` wide (the columns past OW are
+  dropped when the rows are copied out): long loops, where R * S short
+  ones per row would spend their time in loop overhead on small planes;
+* otherwise (``_sweep_rows``, any stride): each tap sweeps one output row,
+  in y.
+
+Taps of a kernel row go in threes (then a pair, then one) per sweep: one
+load and store of the accumulator per three products. The accumulator starts
+at the bias and adds the taps in the dtype, kernel row by kernel row.
+
+Shapes, C-contiguous: x (N, C, H, W), weight (K, 1, R, S), bias (K,) (read
+only when ``has_bias``), y (N, K, OH, OW).
+"""
+
+from cython.parallel cimport prange, threadid
+from libc.stdlib cimport calloc, free
+from libc.string cimport memcpy, memset
+
+ctypedef fused real:
+    float
+    double
+
+
+cdef inline void _add_taps(real *acc, const real *src, Py_ssize_t count,
+                           Py_ssize_t step, Py_ssize_t dilation,
+                           const real *w, Py_ssize_t taps) noexcept nogil:
+    """acc[j] += sum of w[t] * src[j * step + t * dilation] over t < taps
+    (1, 2 or 3), for j < count."""
+    cdef Py_ssize_t j
+    cdef real w0 = w[0], w1, w2
+    cdef const real *src1 = src + dilation
+    cdef const real *src2 = src1 + dilation
+    if taps == 3:
+        w1, w2 = w[1], w[2]
+        for j in range(count):
+            acc[j] += (w0 * src[j * step] + w1 * src1[j * step]
+                       + w2 * src2[j * step])
+    elif taps == 2:
+        w1 = w[1]
+        for j in range(count):
+            acc[j] += w0 * src[j * step] + w1 * src1[j * step]
+    else:
+        for j in range(count):
+            acc[j] += w0 * src[j * step]
+
+
+cdef inline void _add_kernel_row(real *acc, const real *src, Py_ssize_t count,
+                                 Py_ssize_t step, Py_ssize_t dilation,
+                                 const real *w,
+                                 Py_ssize_t kernel_w) noexcept nogil:
+    """One kernel row's taps (w[0 .. kernel_w-1]) in threes, a pair, one;
+    constant steps 1 and 2 let the loads vectorise."""
+    cdef Py_ssize_t s = 0, taps
+    while s < kernel_w:
+        taps = min(<Py_ssize_t>3, kernel_w - s)
+        if step == 1:
+            _add_taps(acc, src + s * dilation, count, 1, dilation, w + s, taps)
+        elif step == 2:
+            _add_taps(acc, src + s * dilation, count, 2, dilation, w + s, taps)
+        else:
+            _add_taps(acc, src + s * dilation, count, step, dilation, w + s,
+                      taps)
+        s += taps
+
+
+cdef inline void _copy_tile(const real *x_plane, Py_ssize_t in_h,
+                            Py_ssize_t in_w, Py_ssize_t first_row,
+                            Py_ssize_t rows, Py_ssize_t padded_w,
+                            Py_ssize_t pad_left, real *tile) noexcept nogil:
+    """tile row i (i < rows) = input row first_row + i, at column pad_left;
+    rows outside the input are zeroed, and the side columns (zero since the
+    scratch was allocated) are never written."""
+    cdef Py_ssize_t i, ih
+    for i in range(rows):
+        ih = first_row + i
+        if 0 <= ih < in_h:
+            memcpy(tile + i * padded_w + pad_left, x_plane + ih * in_w,
+                   in_w * sizeof(real))
+        else:
+            memset(tile + i * padded_w, 0, padded_w * sizeof(real))
+
+
+cdef void _sweep_tile(const real *tile, Py_ssize_t padded_w, Py_ssize_t rows,
+                      Py_ssize_t out_w, Py_ssize_t dilation_h,
+                      Py_ssize_t dilation_w, const real *w,
+                      Py_ssize_t kernel_h, Py_ssize_t kernel_w, real value,
+                      real *wide, real *y_rows) noexcept nogil:
+    """Stride 1: every tap one sweep over all ``rows`` output rows of the
+    tile, ``padded_w`` wide, then the rows copied into y (rows out_w apart)."""
+    cdef Py_ssize_t span = (rows - 1) * padded_w + out_w, j, r, t
+    for j in range(span):
+        wide[j] = value
+    for r in range(kernel_h):
+        _add_kernel_row(wide, tile + r * dilation_h * padded_w, span, 1,
+                        dilation_w, w + r * kernel_w, kernel_w)
+    for t in range(rows):
+        memcpy(y_rows + t * out_w, wide + t * padded_w, out_w * sizeof(real))
+
+
+cdef void _sweep_rows(const real *tile, Py_ssize_t padded_w, Py_ssize_t rows,
+                      Py_ssize_t out_w, Py_ssize_t stride_h,
+                      Py_ssize_t stride_w, Py_ssize_t dilation_h,
+                      Py_ssize_t dilation_w, const real *w,
+                      Py_ssize_t kernel_h, Py_ssize_t kernel_w, real value,
+                      real *y_rows) noexcept nogil:
+    """Any stride: each tap sweeps one output row at a time, in y."""
+    cdef Py_ssize_t t, r, ow
+    cdef real *y_row
+    for t in range(rows):
+        y_row = y_rows + t * out_w
+        for ow in range(out_w):
+            y_row[ow] = value
+        for r in range(kernel_h):
+            _add_kernel_row(y_row, tile + (t * stride_h + r * dilation_h)
+                            * padded_w, out_w, stride_w, dilation_w,
+                            w + r * kernel_w, kernel_w)
+
+
+def depthwise_forward(const real[:, :, :, ::1] x,
+                      const real[:, :, :, ::1] weight,
+                      const real[::1] bias, bint has_bias,
+                      real[:, :, :, ::1] y, g, Py_ssize_t tile_rows,
+                      bint tile_sweeps, int num_threads):
+    """y = depthwise conv(x, weight) + bias (see the module docstring);
+    ``tile_rows`` output rows per work item; ``tile_sweeps`` (stride 1
+    only): each tap one sweep over a whole tile."""
+    cdef Py_ssize_t batch = x.shape[0], channels = x.shape[1]
+    cdef Py_ssize_t in_h = x.shape[2], in_w = x.shape[3]
+    cdef Py_ssize_t out_channels = y.shape[1]
+    cdef Py_ssize_t out_h = y.shape[2], out_w = y.shape[3]
+    cdef Py_ssize_t kernel_h = weight.shape[2], kernel_w = weight.shape[3]
+    cdef Py_ssize_t multiplier = out_channels // channels
+    cdef Py_ssize_t stride_h = g.stride_h, stride_w = g.stride_w
+    cdef Py_ssize_t dilation_h = g.dilation_h, dilation_w = g.dilation_w
+    cdef Py_ssize_t pad_top = g.pad_top, pad_left = g.pad_left
+    cdef Py_ssize_t padded_w = in_w + pad_left + g.pad_right
+    cdef Py_ssize_t tiles = (out_h + tile_rows - 1) // tile_rows
+    cdef Py_ssize_t items = batch * channels * tiles
+    # input rows a tile reads, and the sweep buffer of a stride-1 tile
+    cdef Py_ssize_t tile_in_rows = ((tile_rows - 1) * stride_h
+                                    + (kernel_h - 1) * dilation_h + 1)
+    cdef Py_ssize_t wide_size = tile_rows * padded_w if tile_sweeps else 0
+    # whole cache lines per thread
+    cdef Py_ssize_t pitch = (tile_in_rows * padded_w + wide_size + 15) // 16 * 16
+    cdef const real *x_base = &x[0, 0, 0, 0]
+    cdef const real *w_base = &weight[0, 0, 0, 0]
+    cdef real *y_base = &y[0, 0, 0, 0]
+    cdef real *scratch = <real *>calloc(num_threads * pitch, sizeof(real))
+    cdef Py_ssize_t item, plane, image, channel, oh_start, rows, m, k
+    cdef real *tile
+    cdef real *wide
+    cdef real *y_row
+    cdef const real *w_k
+    cdef real value
+    if scratch == NULL:
+        raise MemoryError()
+    try:
+        for item in prange(items, nogil=True, schedule="static",
+                           num_threads=num_threads):
+            tile = scratch + threadid() * pitch
+            wide = tile + tile_in_rows * padded_w
+            plane = item // tiles
+            oh_start = (item % tiles) * tile_rows
+            rows = min(tile_rows, out_h - oh_start)
+            image = plane // channels
+            channel = plane % channels
+            _copy_tile(x_base + plane * in_h * in_w, in_h, in_w,
+                       oh_start * stride_h - pad_top,
+                       (rows - 1) * stride_h + (kernel_h - 1) * dilation_h + 1,
+                       padded_w, pad_left, tile)
+            for m in range(multiplier):
+                k = channel * multiplier + m
+                w_k = w_base + k * kernel_h * kernel_w
+                value = bias[k] if has_bias else 0
+                y_row = y_base + ((image * out_channels + k) * out_h
+                                  + oh_start) * out_w
+                if tile_sweeps:
+                    _sweep_tile(tile, padded_w, rows, out_w, dilation_h,
+                                dilation_w, w_k, kernel_h, kernel_w, value,
+                                wide, y_row)
+                else:
+                    _sweep_rows(tile, padded_w, rows, out_w, stride_h,
+                                stride_w, dilation_h, dilation_w, w_k,
+                                kernel_h, kernel_w, value, y_row)
+    finally:
+        free(scratch)
