@@ -35,6 +35,19 @@ def algorithm(monkeypatch):
     return set_algorithm
 
 
+#: Winograd's minimum tile counts as shipped, before _no_minimum_tiles.
+SHIPPED_MIN_TILES = {name: getattr(cython_cpu, name) for name in (
+    "WINOGRAD_MIN_CALL_TILES", "WINOGRAD_MIN_CALL_TILES_PACKED")}
+
+
+@pytest.fixture(autouse=True)
+def _no_minimum_tiles(monkeypatch):
+    """The small shapes here run Winograd wherever their channel counts
+    would (test_auto_needs_enough_tiles_for_winograd checks the minimums)."""
+    for name in SHIPPED_MIN_TILES:
+        monkeypatch.setattr(cython_cpu, name, 0)
+
+
 @pytest.fixture
 def winograd_calls(monkeypatch):
     """Counts the calls of the Winograd path: {'count': n}."""
@@ -376,3 +389,37 @@ def test_conv2d_layer_never_serves_stale_packed_weights(algorithm,
     optimizer.step()                                   # in-place update
     check()
     assert winograd_calls["count"] >= 7
+
+
+def test_auto_needs_enough_tiles_for_winograd(monkeypatch, algorithm,
+                                              winograd_calls):
+    """With the shipped minimums (this module sets them to 0): a few tiles run
+    the direct method, unless a layer's packed filters pay for fewer."""
+    for name, value in SHIPPED_MIN_TILES.items():
+        monkeypatch.setattr(cython_cpu, name, value)
+    algorithm("auto")
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1, 16, 16, 16)).astype(np.float32)   # 16 tiles
+    weight = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    g = _geometry(x, weight, ((1, 1), (1, 1)))
+    assert output_tiles(g) == 16
+    assert cython_cpu.conv2d_method(g) == "im2col-gemm"
+    assert cython_cpu.conv2d_method(g, packed=True) == "winograd-f4x4"
+    expected = fastconv.conv2d(x, weight, padding=1, backend="naive")
+    np.testing.assert_allclose(
+        fastconv.conv2d(x, weight, padding=1, backend="cython"), expected,
+        rtol=1e-4, atol=1e-4)
+    assert winograd_calls["count"] == 0
+    layer = fastconv.nn.Conv2d(16, 16, 3, padding=1)
+    layer.weight.data[...] = weight
+    layer.bias.data[...] = 0
+    with fastconv.use_backend("cython"):
+        np.testing.assert_allclose(layer(x), expected, rtol=1e-4, atol=1e-4)
+    assert winograd_calls["count"] == 1
+    big = rng.standard_normal((8, 16, 16, 16)).astype(np.float32)  # 128
+    fastconv.conv2d(big, weight, padding=1, backend="cython")
+    assert winograd_calls["count"] == 2
+
+
+def output_tiles(g):
+    return g.batch * (-(-g.out_height // 4)) * (-(-g.out_width // 4))

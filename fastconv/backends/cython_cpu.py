@@ -163,6 +163,24 @@ CONV_ALGOS = ("auto", "direct", "winograd")
 #: they save.
 WINOGRAD_MIN_CHANNELS = 16
 
+#: ... and when the call has at least this many 4x4 output tiles (N times
+#: the tiles of a plane). Winograd-domain filters are 4x the filters'
+#: bytes and, without a layer's packed copy, transformed on every call: a
+#: few tiles do not pay for that. Measured (float32, 2 threads, load 1.0-1.6,
+#: noisy; winograd / direct time, filters transformed per call): 6.1 at
+#: (1, 512, 7, 7) (4 tiles), 1.5 at (16, 512, 7, 7) (64 tiles), 1.2 at
+#: (1, 256, 14, 14) (16 tiles), 0.9 at (1, 128, 28, 28) (49 tiles), 0.6-0.7
+#: at (32, 256, 8, 8) (128 tiles). The filter transform has since become
+#: 3.5x faster (8.5 to 2.4 ms for 256 x 256 filters), so this errs on the
+#: side of the direct method.
+WINOGRAD_MIN_CALL_TILES = 128
+
+#: The same with the filters packed by an ``nn.Conv2d`` (transformed once
+#: per weight value). Measured as above: 2.5 at (1, 512, 7, 7) (4 tiles),
+#: 0.9 at (4, 512, 7, 7) (16 tiles), 0.64 at (1, 256, 14, 14), 0.62 at
+#: (16, 512, 7, 7), 0.45 at (32, 256, 8, 8).
+WINOGRAD_MIN_CALL_TILES_PACKED = 16
+
 #: Scratch bytes per thread for one Winograd tile block: the transformed
 #: inputs V (36, C, T) and products M (36, K, T) of T tiles, sized to stay
 #: in a core's L2 cache; T is kept within [WINOGRAD_MIN_TILES,
@@ -199,22 +217,28 @@ def _winograd_applies(g):
             and g.groups == 1)
 
 
-def _uses_winograd(g, in_channels, out_channels):
-    """Whether a 3x3 stride-1 convolution of these channel counts (the
-    forward's, or the input gradient's, swapped) runs through Winograd."""
+def _uses_winograd(g, in_channels, out_channels, out_plane, packed=False):
+    """Whether a 3x3 stride-1 convolution of these channel counts and output
+    plane (the forward's, or the input gradient's, swapped) runs through
+    Winograd; ``packed``: its filters are a layer's packed copy."""
     if not _winograd_applies(g):
         return False
     algorithm = conv_algorithm()
     if algorithm != "auto":
         return algorithm == "winograd"
-    return min(in_channels, out_channels) >= WINOGRAD_MIN_CHANNELS
+    tiles = g.batch * (-(-out_plane[0] // 4)) * (-(-out_plane[1] // 4))
+    min_tiles = (WINOGRAD_MIN_CALL_TILES_PACKED if packed
+                 else WINOGRAD_MIN_CALL_TILES)
+    return (min(in_channels, out_channels) >= WINOGRAD_MIN_CHANNELS
+            and tiles >= min_tiles)
 
 
-def conv2d_method(g, dtype=np.float32) -> str:
-    """What ``conv2d_forward`` runs for this geometry: ``'depthwise'``,
-    ``'winograd-f4x4'``, ``'gemm-1x1'`` (x is its own im2col matrix) or
-    ``'im2col-gemm'``."""
-    if _uses_winograd(g, g.in_channels, g.out_channels):
+def conv2d_method(g, dtype=np.float32, packed=False) -> str:
+    """What ``conv2d_forward`` runs for this geometry (``packed``: with a
+    layer's packed filters): ``'depthwise'``, ``'winograd-f4x4'``,
+    ``'gemm-1x1'`` (x is its own im2col matrix) or ``'im2col-gemm'``."""
+    if _uses_winograd(g, g.in_channels, g.out_channels,
+                      (g.out_height, g.out_width), packed):
         return "winograd-f4x4"
     if _is_depthwise(g):
         return "depthwise"
@@ -289,7 +313,8 @@ def conv2d_forward(x, weight, bias, g, packed=None):
 
     ``packed`` (a ``PackedWeights`` or None) keeps the Winograd-domain
     filters between calls while weight keeps its values."""
-    if _uses_winograd(g, g.in_channels, g.out_channels):
+    if _uses_winograd(g, g.in_channels, g.out_channels,
+                      (g.out_height, g.out_width), packed is not None):
         if packed is None:
             filters = winograd_filters(weight)
         else:
@@ -375,14 +400,15 @@ def conv2d_backward(grad_output, x, weight, g, need_input_grad, *,
     """
     grad_input = None
     winograd_input = need_input_grad and _uses_winograd(
-        g, g.out_channels, g.in_channels)
+        g, g.out_channels, g.in_channels, (g.in_height, g.in_width))
     if winograd_input:
         grad_input = _winograd(
             grad_output, winograd_filters(weight, flipped=True), True, None,
             g.input_shape, g.kernel_height - 1 - g.pad_top,
             g.kernel_width - 1 - g.pad_left)
     direct_input = need_input_grad and not winograd_input
-    if need_weight_grad and _uses_winograd(g, g.in_channels, g.out_channels):
+    if need_weight_grad and _uses_winograd(
+            g, g.in_channels, g.out_channels, (g.out_height, g.out_width)):
         grad_weight, grad_bias = _winograd_weight_grad(grad_output, x, g)
         if direct_input:
             grad_input, _, _ = conv2d_backward(grad_output, x, weight, g,
