@@ -82,7 +82,8 @@ class PoolShape(NamedTuple):
     @property
     def output_shape(self):
         size = [_shapes.pool_output_size(side, self.kernel, self.stride,
-                                         self.padding, 1, False)
+                                         self.padding, self.padding, 1,
+                                         False)
                 for side in (self.height, self.width)]
         return (self.batch, self.channels, *size)
 

@@ -3,9 +3,14 @@
 Follows PyTorch's conventions (NCHW, weights ``(K, C // groups, R, S)``,
 PyTorch's argument names and output-size rules). Backends: ``naive``
 (reference loops), ``numba``, ``cython`` and, with a GPU, ``cuda``.
+
+The subpackages ``fastconv.nn``, ``optim``, ``models``, ``data`` and
+``kernels`` load on first use (``import fastconv`` is enough to reach them),
+so that ``import fastconv`` stays as cheap as the kernels' own imports.
 """
 
-from fastconv import kernels
+import importlib
+
 from fastconv._threads import get_num_threads, set_num_threads
 from fastconv._version import __version__
 from fastconv._warmup import warmup
@@ -18,22 +23,49 @@ from fastconv.backends import (
 )
 from fastconv.filters import convolve2d, filter2d
 from fastconv.functional import (
+    avg_pool1d,
+    avg_pool1d_backward,
     avg_pool2d,
     avg_pool2d_backward,
+    conv1d,
+    conv1d_backward,
     conv2d,
     conv2d_backward,
+    conv_transpose2d,
+    conv_transpose2d_backward,
     dropout,
     dropout_backward,
     dropout_mask,
+    max_pool1d,
+    max_pool1d_backward,
     max_pool2d,
     max_pool2d_backward,
 )
+
+#: Subpackages imported on first attribute access (PEP 562).
+_LAZY_SUBMODULES = ("nn", "optim", "models", "data", "kernels", "onnx")
+
+
+def __getattr__(name):
+    if name in _LAZY_SUBMODULES:
+        # import_module binds the submodule on this package, so this runs
+        # once per name
+        return importlib.import_module(f"fastconv.{name}")
+    raise AttributeError(f"module 'fastconv' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY_SUBMODULES))
+
 
 __all__ = [
     "__version__",
     "available_backends", "get_backend", "set_backend", "use_backend",
     "unavailable_reasons", "get_num_threads", "set_num_threads", "warmup",
-    "conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward",
-    "avg_pool2d", "avg_pool2d_backward", "dropout_mask", "dropout",
-    "dropout_backward", "filter2d", "convolve2d", "kernels",
+    "conv2d", "conv2d_backward", "conv_transpose2d",
+    "conv_transpose2d_backward", "conv1d", "conv1d_backward", "max_pool2d",
+    "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "max_pool1d",
+    "max_pool1d_backward", "avg_pool1d", "avg_pool1d_backward",
+    "dropout_mask", "dropout", "dropout_backward", "filter2d", "convolve2d",
+    "kernels",
 ]

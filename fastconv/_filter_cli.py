@@ -18,7 +18,9 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import warnings
 
 import numpy as np
 
@@ -103,16 +105,12 @@ def read_image(path: str, gray: bool = False) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
+        with _refusing_bombs(), Image.open(path) as image:
             image.load()
             single_band = image.mode in ("1", "L", "LA", "I", "I;16", "F")
             if image.mode in ("I", "I;16", "F"):
                 # 16-bit and float images: scale to 8 bits
-                values = np.asarray(image, dtype=np.float64)
-                top = values.max() if values.size else 0.0
-                scale = 255.0 / (65535.0 if top > 255 else 255.0)
-                image = Image.fromarray(
-                    np.clip(np.rint(values * scale), 0, 255).astype(np.uint8))
+                image = Image.fromarray(_scaled_to_uint8(np.asarray(image)))
             converted = image.convert("L" if (gray or single_band) else "RGB")
             return np.asarray(converted, dtype=np.uint8).copy()
     except FileNotFoundError:
@@ -122,8 +120,61 @@ def read_image(path: str, gray: bool = False) -> np.ndarray:
     except UnidentifiedImageError:
         raise OSError(
             f"cannot read {path!r}: not an image format Pillow knows") from None
+    except (Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as exc:
+        raise OSError(f"cannot read {path!r}: {_bomb_message(exc)}"
+                      ) from None
     except OSError as exc:
         raise OSError(f"cannot read {path!r}: {exc}") from None
+
+
+def _scaled_to_uint8(values: np.ndarray) -> np.ndarray:
+    """16-bit (or int32, float32) pixels as uint8: / 257 when any value
+    passes 255, else as they are; rounded and clipped, a block of rows at a
+    time (a float64 copy of a 89-megapixel image would be 700 MiB)."""
+    top = values.max() if values.size else 0
+    scale = np.float32(255.0 / (65535.0 if top > 255 else 255.0))
+    pixels = np.empty(values.shape, np.uint8)
+    for row in range(0, values.shape[0], 256):
+        block = values[row:row + 256].astype(np.float32) * scale
+        pixels[row:row + 256] = np.clip(np.rint(block), 0, 255)
+    return pixels
+
+
+@contextlib.contextmanager
+def _refusing_bombs():
+    """Pillow's DecompressionBombWarning (an image of more than
+    ``PIL.Image.MAX_IMAGE_PIXELS`` pixels) raised as an error, as its
+    DecompressionBombError (twice that) is: the command refuses both."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield
+
+
+def _bomb_message(exc) -> str:
+    from PIL import Image
+
+    return (f"{str(exc).split(', could be')[0]} (a decompression bomb? "
+            f"PIL.Image.MAX_IMAGE_PIXELS is {Image.MAX_IMAGE_PIXELS})")
+
+
+def check_output_path(path: str, option: str) -> None:
+    """Refuse an output that is a folder or whose extension Pillow does not
+    write, before any work is done."""
+    from PIL import Image
+
+    if os.path.isdir(path):
+        raise ValueError(f"{option} {path!r} is a directory; give a file name"
+                         " such as out.png")
+    extension = os.path.splitext(path)[1].lower()
+    if extension not in Image.registered_extensions():
+        raise ValueError(
+            f"{option} {path!r}: "
+            + (f"unknown image extension {extension!r}" if extension else
+               "the name has no extension")
+            + " (use .png, .jpg, .bmp, .tif, ...)")
 
 
 def write_image(path: str, pixels: np.ndarray) -> None:
@@ -271,6 +322,10 @@ def run_filter(args) -> int:
     specs = args.kernels or []
     for spec in specs:  # every name checked before any work
         _kernels.get(spec)
+    if args.output:
+        check_output_path(args.output, "-o")
+    if args.gallery:
+        check_output_path(args.gallery, "--gallery")
     image = read_image(args.input, gray=args.gray)
     if args.output:
         result = apply_kernels(image, specs, args.stride, args.padding,

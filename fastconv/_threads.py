@@ -1,20 +1,39 @@
-"""One thread count for Numba, the Cython kernels' OpenMP and BLAS.
+"""Threads: one count for every kernel, small work on one thread, BLAS kept
+off the kernels' cores, and fork.
 
-``set_num_threads(n)`` applies ``n`` to all three; ``get_num_threads()``
-reports it. The default is what Numba picked (``NUMBA_NUM_THREADS``, else the
-number of cores). BLAS is governed through threadpoolctl, which sees SciPy's
-OpenBLAS (the one Numba's ``np.dot`` calls) only once ``scipy.linalg`` has
-been imported, so it is imported here first.
+``set_num_threads(n)`` sets the count the compiled kernels use (the Cython
+kernels' OpenMP loops and Numba's ``prange``, in every Python thread) and
+BLAS's; ``get_num_threads()`` reports it. The default is Numba's
+(``NUMBA_NUM_THREADS``, else the cores this process may run on), found
+without importing Numba, which costs a tenth of a second and is not needed
+while the Cython kernels serve the calls.
 
-``single_threaded_blas()`` is the context backends wrap around a parallel
-region whose threads each call BLAS, so that BLAS's own threads do not
-oversubscribe the cores.
+Each kernel call asks ``conv_threads``, ``pool_threads`` or
+``elementwise_threads`` how many threads to use: below the minimum work in
+``fastconv.config`` (``PARALLEL_MIN_MACS`` and its neighbours) it runs on
+the calling thread alone, since waking a second thread costs more than such
+a call saves (and, on a busy machine, waiting for a descheduled worker
+costs milliseconds).
+
+BLAS: a kernel whose threads each call BLAS holds it to one thread
+(``single_threaded_blas``), and the nn layers' own products (``matmul``)
+run on one BLAS thread unless they are big: OpenBLAS's worker threads spin
+for about 0.1 s after each multi-threaded call, and on the next kernel's
+cores that spin made a whole SmallCNN training step 1.5x slower. A user's
+own NumPy products keep every BLAS thread.
+
+Fork: GNU OpenMP cannot start threads in a child forked after its thread
+pool started (the child hangs), so in such a child every kernel runs on one
+thread, as PyTorch does; the parent keeps its threads.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import threading
+
+from fastconv import config
 
 # OpenMP worker threads (GNU libgomp, shared by Numba's threading layer and
 # the Cython kernels) spin after each parallel region by default. On a
@@ -26,40 +45,150 @@ import os
 # ``import fastconv``, before any kernel runs; a value the user set wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-_state = {"threads": None, "controller": None, "blas_limit": None}
+_state = {
+    "threads": None,        # the count set_num_threads chose, else None
+    "controller": None,     # threadpoolctl's, built on first use
+    "parallel_started": False,  # a kernel ran on more than one thread
+    "forked": False,        # this is a child forked after that: one thread
+    "blas_limit": None,     # set_num_threads's threadpoolctl limiter
+}
 
 
-def _controller():
-    if _state["controller"] is None:
-        import scipy.linalg  # noqa: F401  (loads SciPy's OpenBLAS)
-        from threadpoolctl import ThreadpoolController
-
-        _state["controller"] = ThreadpoolController()
-    return _state["controller"]
+def default_num_threads() -> int:
+    """Numba's default thread count, computed as Numba does: the integer in
+    ``NUMBA_NUM_THREADS``, else the number of cores this process may use."""
+    value = os.environ.get("NUMBA_NUM_THREADS", "").strip()
+    if value:
+        try:
+            count = int(value)
+        except ValueError:
+            count = 0
+        if count < 1:
+            raise ValueError(
+                f"NUMBA_NUM_THREADS must be a positive integer, got {value!r}")
+        return count
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def get_num_threads() -> int:
-    """Threads the compiled kernels use."""
+    """Threads the compiled kernels use (1 in a child forked after they ran
+    on more)."""
+    if _state["forked"]:
+        return 1
     if _state["threads"] is None:
-        import numba
-
-        _state["threads"] = numba.config.NUMBA_NUM_THREADS
+        _state["threads"] = default_num_threads()
     return _state["threads"]
 
 
 def set_num_threads(n: int) -> None:
-    """Use ``n`` threads in Numba kernels, OpenMP (Cython) kernels and BLAS."""
-    import numba
-
+    """Use ``n`` threads in the Cython and Numba kernels (in every Python
+    thread) and in BLAS."""
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"n must be an int, got {n!r}")
-    maximum = numba.config.NUMBA_NUM_THREADS
+    maximum = default_num_threads()
     if not 1 <= n <= maximum:
         raise ValueError(
-            f"n must be in [1, {maximum}] (NUMBA_NUM_THREADS), got {n}")
-    numba.set_num_threads(n)
+            f"n must be in [1, {maximum}] (NUMBA_NUM_THREADS, else the "
+            f"cores available), got {n}")
+    if _state["forked"] and n > 1:
+        raise RuntimeError(
+            "this process was forked after fastconv's kernels ran on several "
+            "threads, and GNU OpenMP cannot start threads in such a child: "
+            "it runs them on one thread (n=1); start worker processes with "
+            "the 'spawn' or 'forkserver' method to use threads in them")
     _state["blas_limit"] = _controller().limit(limits=n, user_api="blas")
-    _state["threads"] = n  # the Cython kernels read it at each call
+    _state["threads"] = n
+
+
+_local = threading.local()
+
+
+@contextlib.contextmanager
+def one_thread_here():
+    """Run the kernels that this Python thread calls inside the block on one
+    thread each (other Python threads keep the process's count): for a pool
+    of Python threads that already keeps the cores busy."""
+    previous = getattr(_local, "one_thread", False)
+    _local.one_thread = True
+    try:
+        yield
+    finally:
+        _local.one_thread = previous
+
+
+def _threads_for(work: int, minimum: int) -> int:
+    """One thread for less work than ``minimum`` (or inside
+    ``one_thread_here``), else get_num_threads()."""
+    if work < minimum or getattr(_local, "one_thread", False):
+        return 1
+    threads = get_num_threads()
+    if threads > 1:
+        _state["parallel_started"] = True
+    return threads
+
+
+def conv_threads(g, passes: int = 1) -> int:
+    """Threads for a convolution of geometry ``g`` (``passes`` 2 for the
+    backward pass), by its multiply-adds (config.PARALLEL_MIN_MACS)."""
+    macs = (g.batch * g.out_channels * g.out_height * g.out_width
+            * (g.in_channels // g.groups) * g.kernel_height * g.kernel_width)
+    return _threads_for(passes * macs, config.PARALLEL_MIN_MACS)
+
+
+def pool_threads(g) -> int:
+    """Threads for a pooling call (forward or backward) of geometry ``g``,
+    by its window taps (config.PARALLEL_MIN_TAPS)."""
+    taps = (g.batch * g.channels * g.out_height * g.out_width
+            * g.kernel_height * g.kernel_width)
+    return _threads_for(taps, config.PARALLEL_MIN_TAPS)
+
+
+def elementwise_threads(size: int) -> int:
+    """Threads for a call that touches each of ``size`` elements once
+    (dropout, max-pool scatter), config.PARALLEL_MIN_ELEMENTS."""
+    return _threads_for(size, config.PARALLEL_MIN_ELEMENTS)
+
+
+def _after_fork_in_child():
+    # Numba's pool may have started GNU OpenMP's threads too (its 'omp'
+    # layer), even if no Cython kernel ran on several threads.
+    if _state["parallel_started"] or numba_threading_layer() is not None:
+        _state["forked"] = True
+
+
+def numba_threading_layer():
+    """The threading layer Numba started in this process ('omp', 'tbb',
+    'workqueue'), or None if no Numba parallel kernel has run (or Numba is
+    not imported)."""
+    import sys
+
+    numba = sys.modules.get("numba")
+    if numba is None:
+        return None
+    try:
+        return numba.threading_layer()
+    except ValueError:  # not started yet
+        return None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+# ---------------------------------------------------------------------- BLAS
+
+def _controller():
+    if _state["controller"] is None:
+        from threadpoolctl import ThreadpoolController
+
+        from fastconv import _scipy_blas
+
+        _scipy_blas.load()  # SciPy's OpenBLAS, the one the kernels call
+        _state["controller"] = ThreadpoolController()
+    return _state["controller"]
 
 
 def _blas_libraries():
@@ -69,18 +198,33 @@ def _blas_libraries():
 
 @contextlib.contextmanager
 def single_threaded_blas():
-    """Hold BLAS to one thread for the enclosed (parallel) region.
+    """Hold every BLAS library to one thread for the enclosed region.
 
-    Sets each BLAS library's count directly on the cached controller rather
-    than through ``ThreadpoolController.limit``, which re-inspects every
-    loaded library on each call (~100 us, noticeable on small convolutions).
+    Sets each library's count directly on the cached controller rather than
+    through ``ThreadpoolController.limit``, which re-inspects every loaded
+    library on each call (~100 us, noticeable on small convolutions).
     """
     libraries = _blas_libraries()
     previous = [library.num_threads for library in libraries]
-    for library in libraries:
-        library.set_num_threads(1)
+    for library, count in zip(libraries, previous):
+        if count != 1:
+            library.set_num_threads(1)
     try:
         yield
     finally:
         for library, count in zip(libraries, previous):
-            library.set_num_threads(count)
+            if count != 1:
+                library.set_num_threads(count)
+
+
+def matmul(a, b):
+    """``a @ b`` for an nn layer: on one BLAS thread unless it takes at
+    least ``config.BLAS_THREADED_MIN_FLOPS`` (the spin of BLAS's idle
+    workers after a multi-threaded call would slow the kernels that
+    follow by more than a second thread saves on a smaller product)."""
+    flops = 2 * a.size * (b.shape[-1] if b.ndim > 1 else 1)
+    if flops >= config.BLAS_THREADED_MIN_FLOPS:
+        return a @ b
+    with single_threaded_blas():
+        return a @ b
+

@@ -12,6 +12,17 @@ import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
+#: The largest size, stride, padding, dilation, kernel size, group count or
+#: output length a call may name (2**31 - 1). The kernels index with int64;
+#: BLAS (the GEMM sizes and leading dimensions of the convolutions) and CUDA
+#: grids take int32. Any product of two such values fits int64.
+MAX_AXIS = 2**31 - 1
+
+#: The most elements an array a call reads or produces may have (2**60):
+#: flat int64 indices, and its size in bytes (at most 8 per element), fit
+#: int64. Beyond this NumPy says "Maximum allowed dimension exceeded".
+MAX_ELEMENTS = 2**60
+
 
 def is_device_array(value) -> bool:
     """True for a GPU array: anything with ``__cuda_array_interface__`` (Numba,
@@ -69,6 +80,10 @@ def float_array(value, name: str, ndim: int | None = None,
     if ndim is not None and value.ndim != ndim:
         raise ValueError(
             f"{name} must be {ndim}-D, got shape {value.shape} ({value.ndim}-D)")
+    if ndim is not None and value.size:
+        # before the copy: a broadcast view may name any shape
+        at_most_max_axis(value.shape, f"every axis of {name}", value.shape)
+        array_size(value.shape, name)
     return np.ascontiguousarray(value)
 
 
@@ -110,15 +125,23 @@ def same_dtype(first: np.ndarray, first_name: str, second: np.ndarray,
             f"{first_dtype} and {second_dtype}")
 
 
-def _int(value, name: str) -> int:
+def _int(value, name: str, expected: str = "an int or a pair of ints"
+         ) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(
             value, numbers.Integral):
-        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+        raise TypeError(f"{name} must be {expected}, got {value!r}")
     return int(value)
 
 
+def at_most_max_axis(values, name: str, given) -> None:
+    """ValueError naming ``name`` when a value exceeds ``MAX_AXIS``."""
+    if max(values) > MAX_AXIS:
+        raise ValueError(
+            f"{name} must be at most 2**31 - 1 = {MAX_AXIS}, got {given!r}")
+
+
 def pair(value, name: str, minimum: int) -> tuple[int, int]:
-    """An int or a 2-sequence of ints, each >= minimum, as a pair."""
+    """An int or a 2-sequence of ints, each in [minimum, MAX_AXIS], as a pair."""
     if isinstance(value, (tuple, list)):
         if len(value) != 2:
             raise ValueError(
@@ -129,13 +152,62 @@ def pair(value, name: str, minimum: int) -> tuple[int, int]:
     if min(result) < minimum:
         what = "positive" if minimum == 1 else f">= {minimum}"
         raise ValueError(f"{name} must be {what}, got {value!r}")
+    at_most_max_axis(result, name, value)
     return result
 
 
+def _before_after(value, name: str, expected: str) -> tuple[int, int]:
+    """An int p as (p, p), or a (before, after) 2-sequence of ints."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{name} must be {expected}, got {value!r}")
+        return (_int(value[0], name, expected), _int(value[1], name, expected))
+    return (_int(value, name, expected),) * 2
+
+
+def padding_2d(value, name: str = "padding") -> tuple[int, int, int, int]:
+    """Padding of a 2-D window as ``(top, left, bottom, right)``, each in
+    [0, MAX_AXIS].
+
+    ``value`` is an int (every side), a pair ``(pad_h, pad_w)`` (PyTorch's:
+    top and bottom pad_h, left and right pad_w) or ``((top, bottom), (left,
+    right))`` as in ``numpy.pad``.
+    """
+    expected = ("an int, a pair (pad_h, pad_w) or ((top, bottom), "
+                "(left, right))")
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(
+            isinstance(side, (tuple, list)) for side in value):
+        (top, bottom), (left, right) = (
+            _before_after(side, name, expected) for side in value)
+    elif isinstance(value, (tuple, list)) and any(
+            isinstance(side, (tuple, list)) for side in value):
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    else:
+        top, left = _before_after(value, name, expected)
+        bottom, right = top, left
+    pads = (top, left, bottom, right)
+    if min(pads) < 0:
+        raise ValueError(f"{name} must be >= 0 on every side, got {value!r}")
+    at_most_max_axis(pads, name, value)
+    return pads
+
+
+def padding_1d(value, name: str = "padding") -> tuple[int, int]:
+    """Padding of a 1-D window as ``(left, right)``: an int (both sides) or
+    a ``(left, right)`` pair, each in [0, MAX_AXIS]."""
+    pads = _before_after(value, name, "an int or a pair (left, right)")
+    if min(pads) < 0:
+        raise ValueError(f"{name} must be >= 0 on both sides, got {value!r}")
+    at_most_max_axis(pads, name, value)
+    return pads
+
+
 def positive_int(value, name: str) -> int:
-    result = _int(value, name)
+    """An int in [1, MAX_AXIS]."""
+    result = _int(value, name, "an int")
     if result < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
+    at_most_max_axis((result,), name, value)
     return result
 
 
@@ -159,20 +231,43 @@ def seed(value, name: str = "seed") -> int:
 
 
 def shape4(value, name: str) -> tuple[int, int, int, int]:
+    """A 4-sequence (N, C, H, W) of ints, each in [1, MAX_AXIS], with at most
+    MAX_ELEMENTS elements in all."""
     if not isinstance(value, (tuple, list)) or len(value) != 4:
         raise ValueError(
             f"{name} must be a 4-tuple (N, C, H, W), got {value!r}")
-    result = tuple(_int(v, name) for v in value)
+    result = tuple(_int(v, name, "a tuple of ints") for v in value)
     if min(result) < 1:
         raise ValueError(f"{name} must have positive sizes, got {value!r}")
+    at_most_max_axis(result, f"each size in {name}", value)
+    array_size(result, name)
     return result
 
 
+def array_size(shape, what: str) -> int:
+    """The element count of ``shape``; ValueError naming ``what`` past
+    MAX_ELEMENTS (checked before anything of that shape is allocated)."""
+    size = 1
+    for extent in shape:
+        size *= int(extent)
+    if size > MAX_ELEMENTS:
+        raise ValueError(
+            f"{what} would have {size} elements (shape {tuple(shape)}), more "
+            f"than the 2**60 fastconv's int64 indexing allows")
+    return size
+
+
 def nonempty_output(out_height: int, out_width: int, what: str) -> None:
+    """The output lengths of a window sweep: each in [1, MAX_AXIS]."""
     if out_height < 1 or out_width < 1:
         raise ValueError(
-            f"{what}: the output would be empty ({out_height}x{out_width}); "
-            f"the input is too small for this kernel_size/padding/dilation")
+            f"{what}: the output would be empty ({max(out_height, 0)}x"
+            f"{max(out_width, 0)}); the input is too small for this "
+            f"kernel_size/padding/dilation")
+    if max(out_height, out_width) > MAX_AXIS:
+        raise ValueError(
+            f"{what}: the output would be {out_height}x{out_width}, longer "
+            f"than 2**31 - 1 on an axis; padding is too large for this input")
 
 
 def grad_shape(grad_output: np.ndarray, expected, name: str = "grad_output"):

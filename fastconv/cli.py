@@ -52,14 +52,15 @@ class _Parser(argparse.ArgumentParser):
 
 def _model_name(value: str) -> str:
     from fastconv.models import resnet_depth
+    from fastconv.models.checkpoint import MAX_RESNET_DEPTH
 
     depth = resnet_depth(value)
-    if value == "small-cnn" or (depth is not None and depth >= 8
-                                and (depth - 2) % 6 == 0):
+    if value == "small-cnn" or (depth is not None and 8 <= depth
+                                <= MAX_RESNET_DEPTH and (depth - 2) % 6 == 0):
         return value
     raise argparse.ArgumentTypeError(
-        f"unknown model {value!r}: use small-cnn or resnet<6n+2> "
-        f"({', '.join(EXAMPLE_MODELS)}, ...)")
+        f"unknown model {value!r}: use small-cnn or resnet<6n+2> up to "
+        f"resnet{MAX_RESNET_DEPTH} ({', '.join(EXAMPLE_MODELS)}, ...)")
 
 
 def _positive_int(value: str) -> int:
@@ -224,9 +225,18 @@ def cmd_train(args) -> int:
             setattr(args, key, value)
     _apply_runtime_options(args)
     out_dir = args.out or os.path.join("runs", f"{args.model}-{args.dataset}")
-    os.makedirs(out_dir, exist_ok=True)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"--out {out_dir!r} is a file; give a folder")
 
     dataset = load_dataset(args.dataset, args.data_dir)
+    if args.augment_shift >= dataset.image_size:
+        # a shift pads every batch by it: 2^70 asked for exabytes
+        raise ValueError(f"--augment-shift must be smaller than the "
+                         f"{dataset.image_size}-pixel images, got "
+                         f"{args.augment_shift}")
+    # only once the arguments and the data checked out: a failed command
+    # leaves no empty folder behind
+    os.makedirs(out_dir, exist_ok=True)
     model = _build_model(args.model, dataset, args.seed)
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
@@ -294,11 +304,61 @@ def cmd_train(args) -> int:
 
 # ---------------------------------------------------------------- evaluate
 
-def _checkpoint_dataset_info(metadata, path) -> dict:
+#: Largest side of the images a checkpoint's metadata may ask 'predict' to
+#: resize pictures to (a 4096^2 RGB float32 image is 192 MiB).
+MAX_IMAGE_SIDE = 4096
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _finite_numbers(values, count) -> bool:
+    import math
+
+    return isinstance(values, list) and len(values) == count and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool)
+        and math.isfinite(v) for v in values)
+
+
+def _checkpoint_dataset_info(metadata, path, model) -> dict:
+    """The dataset description 'fastconv train' saved, every field that
+    evaluate and predict use checked against the model (the file is
+    hostile: an image_shape of 10^9 would ask predict for exabytes)."""
     info = metadata.get("dataset")
     if not isinstance(info, dict) or "normalization" not in info:
         raise ValueError(f"{path} carries no dataset normalisation; it was "
                          "not written by 'fastconv train'")
+    config = getattr(model, "config", {})
+    shape = info.get("image_shape")
+    if not (isinstance(shape, list) and len(shape) == 3
+            and all(_is_int(v) for v in shape)
+            and shape[0] == config.get("in_channels") and shape[1] == shape[2]
+            and 4 <= shape[1] <= MAX_IMAGE_SIDE
+            and shape[1] == config.get("image_size", shape[1])):
+        raise ValueError(
+            f"{path}: metadata dataset.image_shape must be [in_channels, S, "
+            f"S] with the model's {config.get('in_channels')} channels and "
+            f"4 <= S <= {MAX_IMAGE_SIDE}, got {str(shape)[:80]}")
+    if info.get("num_classes") != config.get("num_classes"):
+        raise ValueError(f"{path}: metadata dataset.num_classes "
+                         f"{str(info.get('num_classes'))[:40]} does not match"
+                         f" the model's {config.get('num_classes')}")
+    names = info.get("class_names")
+    if names is not None and not (isinstance(names, list) and len(names) ==
+                                  info["num_classes"]):
+        raise ValueError(f"{path}: metadata dataset.class_names must be a "
+                         f"list of {info['num_classes']} names")
+    normalization = info["normalization"]
+    if not (isinstance(normalization, dict)
+            and _finite_numbers([normalization.get("scale")], 1)
+            and normalization["scale"] > 0
+            and _finite_numbers(normalization.get("mean"), shape[0])
+            and _finite_numbers(normalization.get("std"), shape[0])
+            and all(v > 0 for v in normalization["std"])):
+        raise ValueError(f"{path}: metadata dataset.normalization must hold a"
+                         f" positive scale and {shape[0]} finite means and "
+                         "positive stds")
     return info
 
 
@@ -311,8 +371,8 @@ def cmd_evaluate(args) -> int:
 
     _apply_runtime_options(args)
     model, metadata = read_checkpoint(args.checkpoint)
-    info = _checkpoint_dataset_info(metadata, args.checkpoint)
-    name = args.dataset or info["name"]
+    info = _checkpoint_dataset_info(metadata, args.checkpoint, model)
+    name = args.dataset or info.get("name")
     dataset = load_dataset(name, args.data_dir,
                            Normalization.from_dict(info["normalization"]))
     if list(dataset.test_images.shape[1:]) != list(info["image_shape"]):
@@ -352,8 +412,12 @@ def cmd_predict(args) -> int:
     from fastconv.nn import softmax
 
     _apply_runtime_options(args)
+    if args.onnx is not None:
+        from fastconv.onnx._cli import predict as predict_onnx
+
+        return predict_onnx(args)
     model, metadata = read_checkpoint(args.checkpoint)
-    info = _checkpoint_dataset_info(metadata, args.checkpoint)
+    info = _checkpoint_dataset_info(metadata, args.checkpoint, model)
     normalization = Normalization.from_dict(info["normalization"])
     channels, size = info["image_shape"][0], info["image_shape"][1]
     invert = {"auto": "auto", "yes": True, "no": False}[args.invert]
@@ -381,16 +445,32 @@ def cmd_info(args) -> int:
     print(f"fastconv {fastconv.__version__}")
     available = fastconv.available_backends()
     print(f"backends available: {', '.join(available)}")
-    print(f"default backend: {_resolved_backend()}")
+    try:
+        default = _resolved_backend()
+    except (ValueError, RuntimeError) as exc:  # e.g. FASTCONV_BACKEND=bogus
+        # info is what a user runs to find out what is wrong: report it
+        default = f"none ({exc})"
+    print(f"default backend: {default}")
     for name, reason in fastconv.unavailable_reasons().items():
         print(f"  {name}: unavailable ({reason})")
     print(f"threads: {fastconv.get_num_threads()} (of {os.cpu_count()} "
           "cores)")
     versions = _version_table()
+    # Cython only builds the extension: it need not be installed to run it.
     print("versions: " + ", ".join(
         f"{name} {version or 'not installed'}"
-        for name, version in versions.items() if name != "fastconv"))
+        for name, version in versions.items()
+        if name != "fastconv" and (name != "cython" or version)))
     return 0
+
+
+# ----------------------------------------------------------------- profile
+
+def cmd_profile(args) -> int:
+    from fastconv.onnx._cli import profile
+
+    _apply_runtime_options(args)
+    return profile(args)
 
 
 # ------------------------------------------------------------------ parser
@@ -467,13 +547,18 @@ def build_parser() -> argparse.ArgumentParser:
                     "and, for grayscale with a light border (dark ink on "
                     "paper), inverted, since MNIST digits are light on "
                     "black.")
-    predict.add_argument("--checkpoint", required=True)
+    source = predict.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint")
+    source.add_argument("--onnx", metavar="MODEL.onnx",
+                        help="classify with an ONNX model instead")
     predict.add_argument("images", nargs="+", metavar="IMAGE")
     predict.add_argument("--invert", choices=("auto", "yes", "no"),
                          default="auto")
     predict.add_argument("--top", type=_positive_int, default=3,
                          help="how many classes to show (default 3)")
     _add_runtime_options(predict)
+    from fastconv.onnx._cli import add_predict_options
+    add_predict_options(predict)
     predict.set_defaults(func=cmd_predict)
 
     info = subparsers.add_parser(
@@ -482,6 +567,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     if add_filter_parser is not None:
         add_filter_parser(subparsers)
+    from fastconv.onnx._cli import add_profile_parser
+    add_profile_parser(subparsers, _add_runtime_options, cmd_profile)
     parser.command_names = list(subparsers.choices)
     return parser
 
@@ -511,11 +598,16 @@ def main(argv=None) -> int:
         # does not raise again.
         sys.stdout = open(os.devnull, "w")
         return 0
-    except (ValueError, TypeError, OSError, RuntimeError) as exc:
+    except (ValueError, TypeError, OSError, RuntimeError, OverflowError,
+            MemoryError) as exc:
+        # The errors a user's arguments and files cause; anything else is a
+        # bug of ours and keeps its traceback.
         if os.environ.get("FASTCONV_DEBUG"):
             raise
         message = str(exc).strip().splitlines()[0] if str(exc).strip() \
             else type(exc).__name__
+        if isinstance(exc, MemoryError):
+            message = f"out of memory ({message})"
         _print_err(f"fastconv: error: {message}")
         return 1
 

@@ -3,25 +3,93 @@
 Environment variables:
 
 ``FASTCONV_BACKEND``
-    Default backend name (``auto`` if unset).
+    Default backend name (``auto`` if unset); an unknown name is a
+    ValueError naming the variable at the first call.
 ``FASTCONV_NUMBA_CACHE``
-    ``0`` turns Numba's on-disk cache off (default on). Where the cache goes
-    is Numba's own ``NUMBA_CACHE_DIR``; with a read-only site-packages Numba
-    falls back to a per-user cache directory by itself.
+    ``1``/``true``/``yes``/``on`` (the default) or ``0``/``false``/``no``/
+    ``off``: whether Numba caches its compiled kernels on disk; any other
+    value is a ValueError on ``import fastconv``. Where the cache goes is
+    Numba's own ``NUMBA_CACHE_DIR`` (else ``__pycache__`` next to the
+    sources, else a per-user cache directory); where none of them is
+    writable the kernels are compiled in each process instead, rather than
+    the backend failing.
 """
 
 import os
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
 
 def _env_flag(name: str, default: bool) -> bool:
+    """A yes/no environment variable; unset or empty gives ``default``."""
     value = os.environ.get(name, "").strip().lower()
     if not value:
         return default
-    return value not in ("0", "false", "no", "off")
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(
+        f"environment variable {name}={os.environ[name]!r} must be one of "
+        f"{', '.join(_TRUE)} (on) or {', '.join(_FALSE)} (off)")
 
 
-#: Cache compiled Numba kernels on disk (``cache=True``).
-NUMBA_CACHE = _env_flag("FASTCONV_NUMBA_CACHE", True)
+#: Whether the user asked for Numba's on-disk cache (FASTCONV_NUMBA_CACHE).
+NUMBA_CACHE_REQUESTED = _env_flag("FASTCONV_NUMBA_CACHE", True)
+
+
+def _numba_cache_usable() -> bool:
+    """Whether Numba finds a writable place for the cache files of a
+    function in fastconv's installed tree: asks Numba's own cache locators
+    (user-given NUMBA_CACHE_DIR, ``__pycache__`` next to the sources, the
+    per-user cache directory), which raise where none is writable."""
+    try:
+        from numba.core.caching import FunctionCache
+    except ImportError:  # another Numba: let it decide
+        return True
+    try:
+        FunctionCache(_numba_cache_usable)  # what cache=True builds
+    except RuntimeError:  # "cannot cache function ...: no locator available"
+        return False
+    return True
+
+
+def __getattr__(name):
+    # NUMBA_CACHE (``cache=`` of every Numba kernel) is worked out when the
+    # Numba kernels first ask, so that ``import fastconv`` does not import
+    # Numba; a test may still set it.
+    if name == "NUMBA_CACHE":
+        value = NUMBA_CACHE_REQUESTED and _numba_cache_usable()
+        globals()["NUMBA_CACHE"] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# A kernel call with less work than these runs on the calling thread alone:
+# waking a second thread costs more than it saves on such a call, and on a
+# busy machine waiting for a descheduled worker costs 0.1-10 ms. Each is
+# about 100 us of one thread's work here (conv2d ~0.05 ns per multiply-add,
+# pooling ~0.5 ns per window tap, dropout ~1 ns per element), where on the
+# shared 2-core machine two threads were slower than one up to 2-9x that
+# (`python benchmarks/bench_small_calls.py grain`).
+
+#: Multiply-adds of one convolution call (the backward pass counts twice).
+PARALLEL_MIN_MACS = 2_000_000
+
+#: Window taps of one pooling call (output elements x kernel area).
+PARALLEL_MIN_TAPS = 200_000
+
+#: Elements of one elementwise call (dropout; max-pool's scatter).
+PARALLEL_MIN_ELEMENTS = 100_000
+
+#: An nn layer's matrix product (fastconv._threads.matmul) uses BLAS's
+#: threads only from this many flops: after a multi-threaded call
+#: OpenBLAS's idle workers spin for about 0.1 s on the cores the next
+#: kernels need, which cost a SmallCNN training step about 10 ms (28 ms
+#: against 18 ms); a second thread saves that much only on products of some
+#: 4 GFLOP (20 ms on one thread here).
+BLAS_THREADED_MIN_FLOPS = 4_000_000_000
 
 #: Upper bound, in bytes, on the scratch space (im2col columns and the like)
 #: one convolution call allocates; backends tile the batch to stay under it.

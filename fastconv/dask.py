@@ -8,7 +8,7 @@ the FFT sum in an order that depends on a block's width).
 images chunked along N. Both run on any Dask scheduler: the local threaded
 one, or a ``dask.distributed`` cluster.
 
-Requires the ``dask`` extra: ``pip install fastconv[dask]``.
+Requires the ``dask`` extra: ``pip install ".[dask]"`` from a clone.
 
 How ``filter2d`` splits the work: the boundary is applied lazily first (the
 padded array is built from slices of the image, following ``numpy.pad``'s
@@ -42,7 +42,7 @@ def _dask_array_module():
         import dask.array as dask_array
     except ImportError as exc:  # pragma: no cover - exercised without dask
         raise ImportError(
-            "fastconv.dask needs Dask: pip install fastconv[dask] "
+            "fastconv.dask needs Dask: pip install \".[dask]\" "
             f"({exc})") from exc
     return dask_array
 
@@ -195,7 +195,7 @@ def _one_thread_per_task():
     LocalCluster of two processes ran 100 times slower here). In a
     distributed worker process the setting is made for the whole process
     (all of its work is Dask tasks); elsewhere (the local threaded
-    scheduler) only for this thread, through Numba's thread-local count.
+    scheduler) only for this thread.
     """
     from fastconv import _threads
 
@@ -204,14 +204,8 @@ def _one_thread_per_task():
             _threads.set_num_threads(1)
         yield
         return
-    import numba
-
-    previous = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
+    with _threads.one_thread_here():
         yield
-    finally:
-        numba.set_num_threads(previous)
 
 
 def _filter_edge_block(block, kernel, stride, method, backend, mode,
@@ -264,8 +258,11 @@ def filter2d(darr, kernel, *, stride=1, padding="same", boundary="zero",
     until you ask (``.compute()``, ``.to_zarr(...)``, ``da.store(...)``).
     """
     dask_array = _dask_array_module()
+    _filters._refuse_masked(darr, "darr")
     if isinstance(darr, np.ndarray):
-        darr = dask_array.from_array(darr, chunks=darr.shape)
+        darr = dask_array.from_array(np.asarray(darr), chunks=darr.shape)
+    if isinstance(getattr(darr, "_meta", None), np.ma.MaskedArray):
+        _filters._refuse_masked(darr._meta, "darr")  # masked blocks
     if not isinstance(darr, dask_array.Array):
         raise TypeError(
             f"darr must be a dask.array.Array (or numpy.ndarray), got "
@@ -292,7 +289,10 @@ def filter2d(darr, kernel, *, stride=1, padding="same", boundary="zero",
                                           top, bottom, 1)
     out_width = _shapes.conv_output_size(width, kernel_width, stride[1], left,
                                          right, 1)
-    _validate.nonempty_output(out_height, out_width, "filter2d")
+    stride = _filters._checked_geometry(
+        (out_height, out_width), kernel.shape,
+        (height, width, darr.shape[2] if darr.ndim == 3 else 1),
+        (top, left, bottom, right), stride)
 
     image = darr.astype(compute_dtype) if darr.dtype != compute_dtype else darr
     meta = np.empty((0,) * darr.ndim, dtype=compute_dtype)

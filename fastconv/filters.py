@@ -103,11 +103,18 @@ FFT_BAND_ROWS = 256
 # ------------------------------------------------------------------ checks
 
 def _float_image(image):
-    """(image as (H, W, C), compute dtype, result dtype, was_2d)."""
+    """(image as (H, W, C), compute dtype, result dtype, was_2d).
+
+    A masked array is refused (the filter would have to decide what a masked
+    pixel holds); any other ndarray subclass (``np.matrix``, ``np.memmap``)
+    is filtered as the plain ndarray it views.
+    """
+    _refuse_masked(image, "image")
     if not isinstance(image, np.ndarray):
         raise TypeError(
             f"image must be a numpy.ndarray of shape (H, W) or (H, W, C), got "
             f"{type(image).__name__} (use numpy.asarray first)")
+    image = np.asarray(image)  # a subclass as the ndarray it views
     if image.ndim not in (2, 3):
         raise ValueError(
             f"image must be 2-D (H, W) or 3-D (H, W, C), got shape "
@@ -132,7 +139,16 @@ def _float_image(image):
         result_dtype, was_2d
 
 
+def _refuse_masked(array, name):
+    if isinstance(array, np.ma.MaskedArray):
+        raise TypeError(
+            f"{name} is a numpy.ma.MaskedArray, which filter2d does not "
+            f"take: pass {name}.filled(value) to choose what masked pixels "
+            f"hold (or {name}.data to ignore the mask)")
+
+
 def _float_kernel(kernel, dtype):
+    _refuse_masked(kernel, "kernel")
     try:
         array = np.asarray(kernel)
     except Exception as exc:  # ragged lists and the like
@@ -313,10 +329,13 @@ class _DepthwiseBands:
 class _FFTBands:
     """Each band correlated through a real FFT of the band (overlap-save)."""
 
-    def __init__(self, kernel, channels, stride, out_height, column_dilation):
-        # Tall bands: the halo of R - 1 rows is recomputed per band.
-        self.band_rows = min(out_height, max(FFT_BAND_ROWS,
-                                             4 * kernel.shape[0]))
+    #: Scratch per input value of a band, besides the band: rfft2's complex
+    #: half-spectrum and irfft2's real result (measured peaks run to about
+    #: 1.5 times the estimate: 34 MiB for a 2048^2 RGB image, 31 x 31).
+    scratch_per_input_value = 2
+
+    def __init__(self, kernel, channels, stride, band_rows, column_dilation):
+        self.band_rows = band_rows
         if column_dilation > 1:  # interleaved channels: stuff the columns
             stuffed = np.zeros((kernel.shape[0], (kernel.shape[1] - 1)
                                 * column_dilation + 1), dtype=kernel.dtype)
@@ -325,9 +344,23 @@ class _FFTBands:
         self.kernel, self.stride = kernel, stride
         self.interleave = column_dilation
         self._spectrum_key, self._spectrum = None, None
-        # rfft2's complex half-spectrum and irfft2's real result, per input
-        # value of a band
-        self.scratch_per_input_value = 2
+
+    @classmethod
+    def rows(cls, out_height, kernel_height, stride_h, band_values, itemsize):
+        """(output rows per band, whether a band fits WORKSPACE_BYTES).
+        Tall bands (``FFT_BAND_ROWS``, at least 4 R): the halo of R - 1 rows
+        is recomputed per band; a wide image gets fewer rows, down to about
+        2 R (below that the halo's cost dominates)."""
+        def band_bytes(rows):
+            return ((rows - 1) * stride_h + kernel_height) * band_values * \
+                itemsize * (1 + cls.scratch_per_input_value)
+
+        rows = max(FFT_BAND_ROWS, 4 * kernel_height)
+        while rows > 2 * kernel_height and band_bytes(rows) > \
+                config.WORKSPACE_BYTES:
+            rows //= 2
+        rows = min(out_height, rows)
+        return rows, band_bytes(rows) <= config.WORKSPACE_BYTES
 
     def __call__(self, batch):
         from scipy import fft
@@ -366,26 +399,38 @@ class _PaddedImage:
     """Rows of the padded image, copied on demand into a band buffer.
 
     The padded image itself is never built: a band copies its rows from the
-    image and fills the padding from the index maps (numpy.pad's rule).
+    image and fills the padding from the index maps (numpy.pad's rule),
+    converting to the band buffer's dtype as it copies (an integer image is
+    never converted whole). ``row_map`` and ``col_map`` give the image row
+    and column (-1: a zero) of each row and column the bands see: the padded
+    image's, or with a large stride only those that outputs read (see
+    ``_read_positions``), in which case the columns are gathered.
     """
 
-    def __init__(self, image, pads, mode, rows_needed, interleave):
-        top, left, bottom, right = pads
+    def __init__(self, image, row_map, col_map, rows_needed, interleave,
+                 gather_columns, left):
         height, width, channels = image.shape
-        self.row_map = _index_map(height, top, bottom, mode)
+        self.row_map = row_map
         if rows_needed > self.row_map.size:
             # rows past the padded image (the last band's overhang) are zeros
             self.row_map = np.concatenate([self.row_map, np.full(
                 rows_needed - self.row_map.size, -1, np.int64)])
-        col_map = _index_map(width, left, right, mode)
         if interleave > 1:
             # pixel p's channels are values p * C ... p * C + C - 1
             col_map = np.where(col_map[:, None] < 0, -1, col_map[:, None]
                                * channels + np.arange(channels)).reshape(-1)
+            # a view: _filter interleaves only images whose pixels are C
+            # consecutive values
             image = image.reshape(height, width * channels, 1)
-            left, width = left * channels, width * channels
-        self.image, self.top, self.left = image, top, left
-        self.width = col_map.size
+            width = width * channels
+        self.image, self.width = image, col_map.size
+        self.gather = gather_columns
+        if gather_columns:
+            self.columns, self.zero_columns = np.maximum(col_map, 0), \
+                col_map < 0
+            return
+        # the image's columns run unbroken between the left and right pads
+        left = self.left = left * interleave
         # (destination slice, source columns or None for zeros) per side
         self.column_pads = []
         for start, stop in ((0, left), (left + width, col_map.size)):
@@ -395,32 +440,61 @@ class _PaddedImage:
                     columns < 0) else np.maximum(columns, 0), columns < 0))
 
     def fill(self, start, out):
-        """``out`` (C, rows, padded_width) = padded rows [start, start+rows)."""
+        """``out`` (C, rows, band_width) = band rows [start, start + rows)."""
         image = self.image
         count = out.shape[1]
-        height, width = image.shape[:2]
-        first = start - self.top
-        if first >= 0 and first + count <= height:
+        rows = self.row_map[start:start + count]
+        zero_rows = rows < 0
+        first = int(rows[0])
+        if not self.gather and first >= 0 and first + count <= \
+                image.shape[0] and np.array_equal(
+                    rows, np.arange(first, first + count)):
             source = image[first:first + count]            # a view, no copy
             zero_rows = None
+        elif self.gather:
+            # only the rows and columns the outputs read, in one gather
+            source = image[np.ix_(np.maximum(rows, 0), self.columns)]
         else:
-            rows = self.row_map[start:start + count]
-            zero_rows = rows < 0
             source = image[np.maximum(rows, 0)]
-        target = out[:, :, self.left:self.left + width]
+        if self.gather:
+            target, width = out, self.width
+        else:
+            width = image.shape[1]
+            target = out[:, :, self.left:self.left + width]
         if out.shape[0] == 1:
             target[0] = source[:, :, 0]
         else:
             target[...] = source.transpose(2, 0, 1)
-        for destination, columns, zero_columns in self.column_pads:
-            if columns is None:
-                out[:, :, destination] = 0
-                continue
-            out[:, :, destination] = source[:, columns].transpose(2, 0, 1)
-            if zero_columns.any():
-                out[:, :, destination][:, :, zero_columns] = 0
+        if self.gather:
+            if self.zero_columns.any():
+                out[:, :, self.zero_columns] = 0
+        else:
+            for destination, columns, zero_columns in self.column_pads:
+                if columns is None:
+                    out[:, :, destination] = 0
+                    continue
+                out[:, :, destination] = source[:, columns].transpose(2, 0, 1)
+                if zero_columns.any():
+                    out[:, :, destination][:, :, zero_columns] = 0
         if zero_rows is not None and zero_rows.any():
             out[:, zero_rows, :] = 0
+
+
+def _read_positions(size, kernel, stride, before, after, mode, out_size):
+    """(index map, stride) of what the bands see along one axis.
+
+    The index map gives the image index (-1: a zero) of each position. With
+    a stride up to the kernel size the outputs read every padded position;
+    with a larger one only ``out_size`` windows of ``kernel`` positions, so
+    only those are kept, each window after the last, and the stride over
+    them becomes ``kernel``: scratch then follows the output, not the input.
+    """
+    padded = _index_map(size, before, after, mode)
+    if stride <= kernel:
+        return padded, stride
+    positions = (np.arange(out_size, dtype=np.int64)[:, None] * stride
+                 + np.arange(kernel, dtype=np.int64)).reshape(-1)
+    return padded[positions], kernel
 
 
 def filter2d(image, kernel, *, stride=1, padding="same", boundary="zero",
@@ -459,10 +533,14 @@ def filter2d(image, kernel, *, stride=1, padding="same", boundary="zero",
                                           top, bottom, 1)
     out_width = _shapes.conv_output_size(width, kernel_width, stride[1], left,
                                          right, 1)
-    _validate.nonempty_output(out_height, out_width, "filter2d")
-
-    if image3.dtype != compute_dtype:
-        # one conversion of the whole image is cheaper than one per band
+    stride = _checked_geometry((out_height, out_width), kernel.shape,
+                               image3.shape, (top, left, bottom, right),
+                               stride)
+    # An image not in the compute dtype is converted band by band (an
+    # 8192^2 uint8 image would take 256 MiB as float32), unless converting
+    # it whole fits the workspace: that is faster (one in-place pass).
+    if image3.dtype != compute_dtype and image3.size * \
+            compute_dtype.itemsize <= config.WORKSPACE_BYTES // 2:
         image3 = image3.astype(compute_dtype)
     out = _filter(image3, kernel, stride, (top, left, bottom, right), mode,
                   method, backend, (out_height, out_width))
@@ -471,34 +549,81 @@ def filter2d(image, kernel, *, stride=1, padding="same", boundary="zero",
     return out if out.dtype == result_dtype else out.astype(result_dtype)
 
 
+def _checked_geometry(out_shape, kernel_shape, image_shape, pads, stride):
+    """The stride to run with, once the output is known not to be empty.
+
+    A stride past the padded image reads only the first window: clamped to
+    the padded size it gives the same result, and keeps the backends' index
+    arithmetic in range (a stride of 2**70 reached Numba as an overflow).
+    """
+    top, left, bottom, right = pads
+    if min(out_shape) < 1:
+        raise ValueError(
+            f"filter2d: the output would be empty: a {kernel_shape[0]}x"
+            f"{kernel_shape[1]} kernel does not fit in the {image_shape[0]}x"
+            f"{image_shape[1]} image padded by (top, left, bottom, right) = "
+            f"{pads}")
+    if out_shape[0] * out_shape[1] * image_shape[-1] * 8 > np.iinfo(
+            np.intp).max:
+        raise ValueError(
+            f"filter2d: the output would be {out_shape[0]}x{out_shape[1]}, "
+            f"too large for any array: check padding {pads}")
+    return (min(stride[0], image_shape[0] + top + bottom),
+            min(stride[1], image_shape[1] + left + right))
+
+
 def _filter(image3, kernel, stride, pads, mode, method, backend, out_shape):
     """filter2d on checked arguments: (H, W, C) in, (H_out, W_out, C) out.
 
-    ``image3`` and ``kernel`` share a float dtype; ``pads`` is (top, left,
-    bottom, right) and may be asymmetric (fastconv.dask pads only the sides
-    of a block that are the image's edges); ``mode`` is a numpy.pad mode.
+    ``kernel`` is in the compute dtype, ``image3`` in it or any other real
+    dtype (then converted band by band); ``pads`` is (top, left, bottom,
+    right) and may be asymmetric (fastconv.dask pads only the sides of a
+    block that are the image's edges); ``mode`` is a numpy.pad mode.
     """
     channels = image3.shape[2]
     kernel_height = kernel.shape[0]
     out_height, out_width = out_shape
-    method = _choose_method(method, kernel)
+    chosen = _choose_method(method, kernel)
+    top, left, bottom, right = pads
+    row_map, band_stride_h = _read_positions(
+        image3.shape[0], kernel_height, stride[0], top, bottom, mode,
+        out_height)
+    col_map, band_stride_w = _read_positions(
+        image3.shape[1], kernel.shape[1], stride[1], left, right, mode,
+        out_width)
+    band_values = col_map.size * channels
+    if chosen == "fft":
+        fft_rows, fits = _FFTBands.rows(out_height, kernel_height,
+                                        band_stride_h, band_values,
+                                        kernel.dtype.itemsize)
+        if not fits and method == "auto":
+            # an image too wide for FFT bands in the workspace: depthwise
+            # bands are a few rows tall (in place, no scratch at all)
+            chosen = "depthwise"
+    method = chosen
     # Colour: rather than split (H, W, C) into planes and interleave the
     # result again (two strided copies), filter the rows as they lie, W * C
     # values long, with the kernel's columns C apart (dilation C). A column
     # stride then needs whole pixels, which only the FFT path subsamples.
+    # The interleaved view must be a view: pixels of C consecutive values.
     interleave = channels if channels > 1 and (
-        stride[1] == 1 or method == "fft") else 1
+        stride[1] == 1 or method == "fft") and (
+        image3.strides[1] == channels * image3.strides[2]) else 1
     if method == "depthwise" and _in_place_depthwise_fits(image3, kernel,
                                                           interleave):
         return _depthwise_in_place(image3, kernel, stride, pads, mode,
                                    interleave, backend)
+    gather_columns = band_stride_w != stride[1]
+    stride = (band_stride_h, band_stride_w)
     band_channels = 1 if interleave > 1 else channels
     if method == "fft":
-        bands = _FFTBands(kernel, band_channels, stride, out_height,
+        bands = _FFTBands(kernel, band_channels, stride, fft_rows,
                           interleave)
     elif method == "depthwise":
+        band_rows = _band_rows(out_height, kernel_height, stride[0],
+                               band_values, kernel.dtype.itemsize)
         bands = _DepthwiseBands(kernel, band_channels, stride, backend,
-                                min(out_height, BAND_ROWS), interleave)
+                                band_rows, interleave)
     else:
         bands = _RowBlockBands(kernel, band_channels, stride, backend,
                                (out_height, out_width), interleave)
@@ -506,8 +631,24 @@ def _filter(image3, kernel, stride, pads, mode, method, backend, out_shape):
     # _choose_method): rare, and then only where the data is not finite.
     fallback = None if method == "depthwise" else _DepthwiseBands(
         kernel, band_channels, stride, backend, bands.band_rows, interleave)
-    return _run_bands(image3, interleave, bands, fallback, stride, pads,
-                      mode, kernel_height, out_shape)
+    # the last band may run past the image (see _run_bands)
+    band_output_rows = -(-out_height // bands.band_rows) * bands.band_rows
+    padded = _PaddedImage(image3, row_map, col_map,
+                          (band_output_rows - 1) * stride[0] + kernel_height,
+                          interleave, gather_columns, left)
+    return _run_bands(padded, kernel.dtype, channels, interleave, bands,
+                      fallback, stride, kernel_height, out_shape)
+
+
+def _band_rows(out_height, kernel_height, stride_h, band_values, itemsize):
+    """Output rows per depthwise band: ``BAND_ROWS``, fewer where a band's
+    input rows would pass half of WORKSPACE_BYTES (a very wide image)."""
+    row_bytes = band_values * itemsize
+    rows = BAND_ROWS
+    while rows > 1 and ((rows - 1) * stride_h + kernel_height) * row_bytes \
+            > config.WORKSPACE_BYTES // 2:
+        rows //= 2
+    return min(out_height, rows)
 
 
 def _in_place_depthwise_fits(image, kernel, interleave):
@@ -518,7 +659,7 @@ def _in_place_depthwise_fits(image, kernel, interleave):
     zero padding gives 0 * inf = NaN exactly as the definition does (a
     backend that skips padded taps would not).
     """
-    return (image.flags.c_contiguous
+    return (image.flags.c_contiguous and image.dtype == kernel.dtype
             and (image.shape[2] == 1 or interleave > 1)
             and bool(np.isfinite(kernel).all()))
 
@@ -597,20 +738,20 @@ def _depthwise_in_place(image, kernel, stride, pads, mode, interleave,
     return out
 
 
-def _run_bands(image, interleave, bands, fallback, stride, pads, mode,
-               kernel_height, out_shape):
-    """Filter ``image`` (H, W, C) band by band into a new (H_out, W_out, C).
+def _run_bands(padded, dtype, channels, interleave, bands, fallback,
+               stride, kernel_height, out_shape):
+    """Filter ``padded`` (a ``_PaddedImage``) band by band into a new
+    (H_out, W_out, C) array of ``dtype``.
 
     ``bands`` computes a batch of bands; ``fallback`` (or None) recomputes a
     batch whose result from ``bands`` holds an inf or NaN. With
     ``interleave`` = C > 1 the bands see each row as one channel of W * C
     values (channels interleaved), otherwise C channels of W values.
     """
-    height, width, channels = image.shape
     out_height, out_width = out_shape
-    out = np.empty((out_height, out_width, channels), dtype=image.dtype)
+    out = np.empty((out_height, out_width, channels), dtype=dtype)
     if interleave > 1:
-        out_width, width, channels = out_width * channels, width * channels, 1
+        out_width, channels = out_width * channels, 1
         out_view = out.reshape(out_height, out_width, 1)
     else:
         out_view = out
@@ -621,21 +762,17 @@ def _run_bands(image, interleave, bands, fallback, stride, pads, mode,
     # stay within half of WORKSPACE_BYTES; the backend bounds its own scratch
     # (im2col columns) by WORKSPACE_BYTES, so that the whole call stays
     # within about 1.5 WORKSPACE_BYTES beyond the image and the result.
-    input_values = band_input_rows * (width + interleave * sum(pads[1::2]))
-    band_bytes = channels * image.dtype.itemsize * (
-        input_values * (1 + bands.scratch_per_input_value)
+    padded_width = padded.width
+    band_bytes = channels * dtype.itemsize * (
+        band_input_rows * padded_width * (1 + bands.scratch_per_input_value)
         + band_rows * out_width)
     bands_per_call = max(1, min(band_count,
                                 config.WORKSPACE_BYTES // 2 // band_bytes))
 
     # The last band may run past the image: its extra rows read zeros and
     # their results are dropped, so that every band has one shape.
-    padded = _PaddedImage(image, pads, mode, (band_count * band_rows - 1)
-                          * stride[0] + kernel_height, interleave)
-    padded_width = padded.width
-
     batch = np.empty((bands_per_call, channels, band_input_rows,
-                      padded_width), dtype=image.dtype)
+                      padded_width), dtype=dtype)
     for first_band in range(0, band_count, bands_per_call):
         count = min(bands_per_call, band_count - first_band)
         for i in range(count):

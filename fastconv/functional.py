@@ -17,9 +17,11 @@ from fastconv import _dropout_hash, _shapes, _validate
 from fastconv.backends import resolve
 
 __all__ = [
-    "conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward",
-    "avg_pool2d", "avg_pool2d_backward", "dropout_mask", "dropout",
-    "dropout_backward",
+    "conv2d", "conv2d_backward", "conv_transpose2d",
+    "conv_transpose2d_backward", "conv1d", "conv1d_backward", "max_pool2d",
+    "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "max_pool1d",
+    "max_pool1d_backward", "avg_pool1d", "avg_pool1d_backward",
+    "dropout_mask", "dropout", "dropout_backward",
 ]
 
 
@@ -35,7 +37,8 @@ def _takes_device_arrays(primitive, backend, *values) -> bool:
 # --------------------------------------------------------------- convolution
 
 def _conv_padding(padding, kernel, dilation, stride):
-    """(top, left, bottom, right) from an int, a pair, 'valid' or 'same'."""
+    """(top, left, bottom, right) from an int, a pair (pad_h, pad_w),
+    ((top, bottom), (left, right)), 'valid' or 'same'."""
     if isinstance(padding, str):
         if padding == "valid":
             return (0, 0, 0, 0)
@@ -47,12 +50,13 @@ def _conv_padding(padding, kernel, dilation, stride):
             left, right = _shapes.same_padding(kernel[1], dilation[1])
             return (top, left, bottom, right)
         raise ValueError(
-            f"padding must be an int, a pair, 'valid' or 'same'; got {padding!r}")
-    pad_h, pad_w = _validate.pair(padding, "padding", minimum=0)
-    return (pad_h, pad_w, pad_h, pad_w)
+            f"padding must be an int, a pair, ((top, bottom), (left, right)),"
+            f" 'valid' or 'same'; got {padding!r}")
+    return _validate.padding_2d(padding, "padding")
 
 
-def _conv_setup(x, weight, stride, padding, dilation, groups, device=False):
+def _conv_setup(x, weight, stride, padding, dilation, groups, device=False,
+                what="conv2d"):
     x = _validate.float_array(x, "x", ndim=4, device=device)
     weight = _validate.float_array(weight, "weight", ndim=4, device=device)
     _validate.same_dtype(x, "x", weight, "weight")
@@ -79,8 +83,21 @@ def _conv_setup(x, weight, stride, padding, dilation, groups, device=False):
     pads = _conv_padding(padding, weight.shape[2:], dilation, stride)
     geometry = _shapes.conv_geometry(x.shape, weight.shape, stride, pads,
                                      dilation, groups)
-    _validate.nonempty_output(geometry.out_height, geometry.out_width, "conv2d")
+    _validate.nonempty_output(geometry.out_height, geometry.out_width, what)
+    _check_conv_planes(geometry, what)
     return x, weight, geometry
+
+
+def _check_conv_planes(geometry, what):
+    _validate.array_size(geometry.output_shape, f"{what}'s output")
+    _validate.array_size(geometry.input_shape, f"{what}'s input")
+    for height, width in ((geometry.out_height, geometry.out_width),
+                          (geometry.in_height, geometry.in_width)):
+        if height * width > _validate.MAX_AXIS:
+            # the GEMMs address a plane with int32 leading dimensions
+            raise ValueError(
+                f"{what}: a plane of {height}x{width} has more than "
+                f"2**31 - 1 elements")
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
@@ -88,7 +105,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
     """2-D cross-correlation, as ``torch.nn.functional.conv2d``.
 
     x: (N, C, H, W); weight: (K, C // groups, R, S); bias: (K,) or None.
-    padding: int, pair, ``'valid'`` or ``'same'`` (stride 1 only).
+    padding: an int, a pair ``(pad_h, pad_w)``, ``((top, bottom), (left,
+    right))`` as in ``numpy.pad``, ``'valid'`` or ``'same'`` (stride 1 only;
+    an odd total puts the extra row/column at the bottom/right).
     Returns y: (N, K, H_out, W_out) in x's dtype.
     """
     device = _takes_device_arrays("conv2d_forward", backend, x, weight, bias)
@@ -106,12 +125,15 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
 
 
 def conv2d_backward(grad_output, x, weight, stride=1, padding=0, dilation=1,
-                    groups=1, *, need_input_grad=True, backend=None):
+                    groups=1, *, need_input_grad=True, need_weight_grad=True,
+                    backend=None):
     """Gradients of ``conv2d`` with respect to x, weight and bias.
 
     Returns ``(grad_input, grad_weight, grad_bias)`` with the shapes of x,
-    weight and (K,). ``need_input_grad=False`` skips grad_input (returned as
-    None), which a network's first layer does not need.
+    weight and (K,), in x's dtype. ``need_input_grad=False`` skips
+    grad_input (returned as None), which a network's first layer does not
+    need; ``need_weight_grad=False`` returns None for grad_weight and
+    grad_bias (a frozen layer).
     """
     device = _takes_device_arrays("conv2d_backward", backend, grad_output, x,
                                   weight)
@@ -121,26 +143,251 @@ def conv2d_backward(grad_output, x, weight, stride=1, padding=0, dilation=1,
                                         device=device)
     _validate.same_dtype(x, "x", grad_output, "grad_output")
     _validate.grad_shape(grad_output, geometry.output_shape)
-    return resolve("conv2d_backward", backend).conv2d_backward(
-        grad_output, x, weight, geometry, bool(need_input_grad))
+    need_weight_grad = bool(need_weight_grad)
+    grad_input, grad_weight, grad_bias = resolve(
+        "conv2d_backward", backend).conv2d_backward(
+            grad_output, x, weight, geometry, bool(need_input_grad),
+            need_weight_grad=need_weight_grad)
+    if not need_weight_grad:
+        grad_weight = grad_bias = None
+    return grad_input, grad_weight, grad_bias
+
+
+# --------------------------------------------------- transposed convolution
+
+def _transpose_setup(x, weight, stride, padding, output_padding, groups,
+                     dilation, what):
+    """x, weight and the conv2d geometry whose input gradient the
+    transposed convolution is, with the output rows/columns it leaves
+    uncovered (see ``_shapes.conv_transpose_geometry``)."""
+    x = _validate.float_array(x, "x", ndim=4)
+    weight = _validate.float_array(weight, "weight", ndim=4)
+    _validate.same_dtype(x, "x", weight, "weight")
+    groups = _validate.positive_int(groups, "groups")
+    stride = _validate.pair(stride, "stride", minimum=1)
+    dilation = _validate.pair(dilation, "dilation", minimum=1)
+    if isinstance(padding, str):
+        raise TypeError(
+            f"padding of {what} must be an int, a pair or ((top, bottom), "
+            f"(left, right)); got {padding!r}")
+    pads = _validate.padding_2d(padding, "padding")
+    output_padding = _validate.pair(output_padding, "output_padding",
+                                    minimum=0)
+    for extra, step, spacing in zip(output_padding, stride, dilation):
+        if extra >= step and extra >= spacing:
+            raise ValueError(
+                f"output_padding must be smaller than stride or dilation, got"
+                f" output_padding={output_padding} for stride={stride} and "
+                f"dilation={dilation}")
+    in_channels = x.shape[1]
+    if weight.shape[0] != in_channels:
+        raise ValueError(
+            f"weight must be (C_in, C_out // groups, R, S) with C_in = "
+            f"x.shape[1] = {in_channels}, got weight of shape {weight.shape}")
+    if in_channels % groups:
+        raise ValueError(
+            f"groups={groups} must divide the input channels "
+            f"(x.shape[1]={in_channels})")
+    if min(weight.shape) < 1 or min(x.shape) < 1:
+        raise ValueError(
+            f"x and weight must have no empty axis, got {x.shape} and "
+            f"{weight.shape}")
+    _validate.at_most_max_axis((weight.shape[1] * groups,),
+                               "weight.shape[1] * groups", weight.shape)
+    geometry, uncovered = _shapes.conv_transpose_geometry(
+        x.shape, weight.shape, stride, pads, dilation, groups,
+        output_padding)
+    out_height = geometry.in_height + uncovered[0]
+    out_width = geometry.in_width + uncovered[1]
+    _validate.nonempty_output(out_height, out_width, what)
+    if geometry.in_height < 1 or geometry.in_width < 1:
+        raise ValueError(
+            f"{what}: padding={padding} cuts away every output row or column"
+            f" that x reaches")
+    _check_conv_planes(geometry, what)
+    _validate.array_size((x.shape[0], geometry.in_channels, out_height,
+                          out_width), f"{what}'s output")
+    return x, weight, geometry, uncovered
+
+
+def _extend_uncovered(values, uncovered):
+    """``values`` (N, C, H, W) with ``uncovered`` (rows, columns) of zeros
+    appended at the bottom and right."""
+    if uncovered == (0, 0):
+        return values
+    batch, channels, height, width = values.shape
+    extended = np.zeros((batch, channels, height + uncovered[0],
+                         width + uncovered[1]), dtype=values.dtype)
+    extended[:, :, :height, :width] = values
+    return extended
+
+
+def conv_transpose2d(x, weight, bias=None, stride=1, padding=0,
+                     output_padding=0, groups=1, dilation=1, *, backend=None):
+    """Transposed convolution, as ``torch.nn.functional.conv_transpose2d``.
+
+    x: (N, C_in, H, W); weight: (C_in, C_out // groups, R, S) (PyTorch's
+    layout); bias: (C_out,) or None. Output (N, C_out, H_out, W_out) in x's
+    dtype with ``H_out = (H - 1) * stride - pad_top - pad_bottom + dilation *
+    (R - 1) + output_padding + 1``, likewise W_out. padding: an int, a pair or
+    ((top, bottom), (left, right)): rows and columns cut from the full
+    output; output_padding (each smaller than stride or dilation) adds rows
+    and columns at the bottom/right. It is the input gradient of
+    ``conv2d`` and runs on conv2d's backward kernels. NumPy arrays only.
+    """
+    x, weight, geometry, uncovered = _transpose_setup(
+        x, weight, stride, padding, output_padding, groups, dilation,
+        "conv_transpose2d")
+    if bias is not None:
+        bias = _validate.float_array(bias, "bias", ndim=1)
+        _validate.same_dtype(x, "x", bias, "bias")
+        if bias.shape[0] != geometry.in_channels:
+            raise ValueError(
+                f"bias must have length C_out = {geometry.in_channels} "
+                f"(weight.shape[1] * groups), got {bias.shape[0]}")
+    y, _, _ = resolve("conv2d_backward", backend).conv2d_backward(
+        x, None, weight, geometry, True, need_weight_grad=False)
+    y = _extend_uncovered(y, uncovered)
+    if bias is not None:
+        y += bias.reshape(1, -1, 1, 1)
+    return y
+
+
+def conv_transpose2d_backward(grad_output, x, weight, stride=1, padding=0,
+                              output_padding=0, groups=1, dilation=1, *,
+                              need_input_grad=True, backend=None):
+    """Gradients of ``conv_transpose2d`` with respect to x, weight and bias.
+
+    Returns ``(grad_input, grad_weight, grad_bias)`` with the shapes of x,
+    weight and (C_out,), in x's dtype; ``need_input_grad=False`` returns
+    None for grad_input. grad_input is conv2d of grad_output with the same
+    weight; grad_weight is conv2d's weight gradient with the roles of input
+    and output gradient swapped.
+    """
+    x, weight, geometry, uncovered = _transpose_setup(
+        x, weight, stride, padding, output_padding, groups, dilation,
+        "conv_transpose2d_backward")
+    grad_output = _validate.float_array(grad_output, "grad_output", ndim=4)
+    _validate.same_dtype(x, "x", grad_output, "grad_output")
+    batch, channels, height, width = geometry.input_shape
+    _validate.grad_shape(grad_output, (batch, channels, height + uncovered[0],
+                                       width + uncovered[1]))
+    # the uncovered rows/columns depend on the bias alone
+    covered = np.ascontiguousarray(grad_output[:, :, :height, :width])
+    grad_input = None
+    if need_input_grad:
+        grad_input = resolve("conv2d_forward", backend).conv2d_forward(
+            covered, weight, None, geometry)
+    _, grad_weight, _ = resolve("conv2d_backward", backend).conv2d_backward(
+        x, covered, weight, geometry, False)
+    grad_bias = grad_output.sum(axis=(0, 2, 3), dtype=np.float64).astype(
+        x.dtype)
+    return grad_input, grad_weight, grad_bias
+
+
+# ---------------------------------------------------------- 1-D convolution
+
+def _single(value, name, minimum):
+    """An int or a 1-sequence of one, in [minimum, MAX_AXIS]."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 1:
+            raise ValueError(f"{name} must be an int or a 1-tuple, got "
+                             f"{value!r}")
+        value = value[0]
+    return _validate.pair(value, name, minimum)[0]
+
+
+def _conv1d_args(x, weight, stride, padding, dilation):
+    """x and weight with an H of 1, and the 2-D stride, padding, dilation."""
+    x = _validate.float_array(x, "x", ndim=3)
+    weight = _validate.float_array(weight, "weight", ndim=3)
+    stride = _single(stride, "stride", 1)
+    dilation = _single(dilation, "dilation", 1)
+    if isinstance(padding, str):
+        if padding not in ("same", "valid"):
+            raise ValueError(
+                f"padding must be an int, a pair (left, right), 'valid' or "
+                f"'same'; got {padding!r}")
+        if padding == "same" and stride != 1:
+            raise ValueError(
+                f"padding='same' needs stride 1, got stride={stride}")
+        pads = padding
+    else:
+        left, right = _validate.padding_1d(padding, "padding")
+        pads = ((0, 0), (left, right))
+    return x[:, :, None, :], weight[:, :, None, :], (1, stride), pads, (
+        1, dilation)
+
+
+def conv1d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
+           *, backend=None):
+    """1-D cross-correlation, as ``torch.nn.functional.conv1d``.
+
+    x: (N, C, L); weight: (K, C // groups, R); bias: (K,) or None.
+    padding: an int, ``(left, right)``, ``'valid'`` or ``'same'`` (stride 1;
+    an odd total puts the extra element on the right). Returns (N, K,
+    L_out) in x's dtype. Runs on the 2-D kernels with H = 1; NumPy arrays
+    only.
+    """
+    x, weight, stride, pads, dilation = _conv1d_args(x, weight, stride,
+                                                     padding, dilation)
+    x, weight, geometry = _conv_setup(x, weight, stride, pads, dilation,
+                                      groups, what="conv1d")
+    if bias is not None:
+        bias = _validate.float_array(bias, "bias", ndim=1)
+        _validate.same_dtype(x, "x", bias, "bias")
+        if bias.shape[0] != geometry.out_channels:
+            raise ValueError(
+                f"bias must have length {geometry.out_channels} (weight.shape[0])"
+                f", got {bias.shape[0]}")
+    y = resolve("conv2d_forward", backend).conv2d_forward(x, weight, bias,
+                                                          geometry)
+    return y[:, :, 0, :]
+
+
+def conv1d_backward(grad_output, x, weight, stride=1, padding=0, dilation=1,
+                    groups=1, *, need_input_grad=True, backend=None):
+    """Gradients of ``conv1d``: ``(grad_input, grad_weight, grad_bias)`` with
+    the shapes of x (N, C, L), weight (K, C // groups, R) and (K,);
+    ``need_input_grad=False`` returns None for grad_input."""
+    x, weight, stride, pads, dilation = _conv1d_args(x, weight, stride,
+                                                     padding, dilation)
+    x, weight, geometry = _conv_setup(x, weight, stride, pads, dilation,
+                                      groups, what="conv1d_backward")
+    grad_output = _validate.float_array(grad_output, "grad_output", ndim=3)
+    _validate.same_dtype(x, "x", grad_output, "grad_output")
+    _validate.grad_shape(grad_output, (geometry.batch, geometry.out_channels,
+                                       geometry.out_width))
+    grad_input, grad_weight, grad_bias = resolve(
+        "conv2d_backward", backend).conv2d_backward(
+            grad_output[:, :, None, :], x, weight, geometry,
+            bool(need_input_grad))
+    if grad_input is not None:
+        grad_input = grad_input[:, :, 0, :]
+    return grad_input, grad_weight[:, :, 0, :], grad_bias
 
 
 # ------------------------------------------------------------------- pooling
 
 def _pool_setup(input_shape, kernel_size, stride, padding, dilation,
                 ceil_mode, what):
+    """The pooling geometry as the call names it (checked: padding at most
+    half the kernel on each side, a non-empty output, every window reaching
+    into the input)."""
     kernel = _validate.pair(kernel_size, "kernel_size", minimum=1)
     stride = kernel if stride is None or stride == () else _validate.pair(
         stride, "stride", minimum=1)
-    pads = _validate.pair(padding, "padding", minimum=0)
+    pads = _validate.padding_2d(padding, "padding")
     dilation = _validate.pair(dilation, "dilation", minimum=1)
-    if pads[0] > kernel[0] // 2 or pads[1] > kernel[1] // 2:
+    half = (kernel[0] // 2, kernel[1] // 2)
+    if max(pads[0], pads[2]) > half[0] or max(pads[1], pads[3]) > half[1]:
         raise ValueError(
-            f"padding must be at most half of kernel_size, got padding={padding}"
-            f" for kernel_size={kernel_size}")
+            f"padding must be at most half of kernel_size on each side, got "
+            f"padding={padding} for kernel_size={kernel_size}")
     geometry = _shapes.pool_geometry(input_shape, kernel, stride, pads,
                                      dilation, bool(ceil_mode))
     _validate.nonempty_output(geometry.out_height, geometry.out_width, what)
+    _validate.array_size(geometry.output_shape, f"{what}'s output")
     if _shapes.pool_window_misses_input(geometry):
         raise ValueError(
             f"{what}: with dilation={dilation} and padding={padding} some "
@@ -170,7 +417,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1,
     geometry = _pool_setup(tuple(x.shape), kernel_size, stride, padding,
                            dilation, ceil_mode, "max_pool2d")
     y, indices = resolve("max_pool2d_forward", backend).max_pool2d_forward(
-        x, geometry)
+        x, _shapes.taps_reaching_input(geometry))
     return (y, indices) if return_indices else y
 
 
@@ -217,10 +464,11 @@ def max_pool2d_backward(grad_output, indices, input_shape, *, backend=None):
 
 def _avg_setup(input_shape, kernel_size, stride, padding, ceil_mode,
                count_include_pad):
+    """(geometry for the backend, divisor table) of an average pooling."""
     geometry = _pool_setup(input_shape, kernel_size, stride, padding, 1,
                            ceil_mode, "avg_pool2d")
     divisors = _shapes.avg_pool_divisors(geometry, bool(count_include_pad))
-    return geometry, divisors
+    return _shapes.taps_reaching_input(geometry), divisors
 
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
@@ -249,6 +497,104 @@ def avg_pool2d_backward(grad_output, input_shape, kernel_size, stride=None,
         grad_output, geometry, divisors)
 
 
+# --------------------------------------------------------------- 1-D pooling
+#
+# An (N, C, L) sweep is the 2-D one on (N, C, 1, L) with a kernel of height
+# 1; indices are then positions along L, as PyTorch's. The 1-D arguments
+# are checked first (messages name the 1-D call), the 2-D function runs.
+
+def _unit_height(value, name):
+    """An ndarray (N, C, L) as an (N, C, 1, L) view (dtype checked later)."""
+    if not isinstance(value, np.ndarray):
+        _validate.float_array(value, name)  # raises the TypeError
+    if value.ndim != 3:
+        raise ValueError(
+            f"{name} must be 3-D (N, C, L), got shape {value.shape} "
+            f"({value.ndim}-D)")
+    return value[:, :, None, :]
+
+
+def _shape3(value, name):
+    if not isinstance(value, (tuple, list)) or len(value) != 3:
+        raise ValueError(f"{name} must be a 3-tuple (N, C, L), got {value!r}")
+    batch, channels, length = _validate.shape4((1,) + tuple(value), name)[1:]
+    return (batch, channels, 1, length)
+
+
+def _pool1d_args(input_shape, kernel_size, stride, padding, dilation,
+                 ceil_mode, what):
+    """The 2-D (kernel, stride, padding, dilation) of a 1-D pooling, after
+    checking it as the 1-D call names it."""
+    kernel = _single(kernel_size, "kernel_size", 1)
+    stride = kernel if stride is None or stride == () else _single(
+        stride, "stride", 1)
+    left, right = _validate.padding_1d(padding, "padding")
+    dilation = _single(dilation, "dilation", 1)
+    if max(left, right) > kernel // 2:
+        raise ValueError(
+            f"padding must be at most half of kernel_size on each side, got "
+            f"padding={padding} for kernel_size={kernel_size}")
+    args = ((1, kernel), (1, stride), ((0, 0), (left, right)), (1, dilation))
+    _pool_setup(input_shape, *args, ceil_mode, what)
+    return args
+
+
+def max_pool1d(x, kernel_size, stride=None, padding=0, dilation=1,
+               ceil_mode=False, return_indices=False, *, backend=None):
+    """Max pooling of (N, C, L), as ``torch.nn.functional.max_pool1d``.
+
+    padding: an int or ``(left, right)``, each at most half the kernel
+    (-inf). Returns (N, C, L_out) in x's dtype, and with ``return_indices``
+    int64 positions along L. NumPy arrays only.
+    """
+    x4 = _unit_height(x, "x")
+    kernel, stride, padding, dilation = _pool1d_args(
+        x4.shape, kernel_size, stride, padding, dilation, ceil_mode,
+        "max_pool1d")
+    result = max_pool2d(x4, kernel, stride, padding, dilation, ceil_mode,
+                        return_indices, backend=backend)
+    if return_indices:
+        return result[0][:, :, 0, :], result[1][:, :, 0, :]
+    return result[:, :, 0, :]
+
+
+def max_pool1d_backward(grad_output, indices, input_shape, *, backend=None):
+    """Gradient of ``max_pool1d``: grad_output (N, C, L_out) added at
+    ``indices`` into (N, C, L) = ``input_shape``."""
+    grad_output = _unit_height(grad_output, "grad_output")
+    if isinstance(indices, np.ndarray):
+        indices = _unit_height(indices, "indices")
+    input_shape = _shape3(input_shape, "input_shape")
+    return max_pool2d_backward(grad_output, indices, input_shape,
+                               backend=backend)[:, :, 0, :]
+
+
+def avg_pool1d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
+               count_include_pad=True, *, backend=None):
+    """Average pooling of (N, C, L), as ``torch.nn.functional.avg_pool1d``;
+    padding an int or ``(left, right)``. Returns (N, C, L_out) in x's dtype.
+    NumPy arrays only."""
+    x4 = _unit_height(x, "x")
+    kernel, stride, padding, _ = _pool1d_args(
+        x4.shape, kernel_size, stride, padding, 1, ceil_mode, "avg_pool1d")
+    return avg_pool2d(x4, kernel, stride, padding, ceil_mode,
+                      count_include_pad, backend=backend)[:, :, 0, :]
+
+
+def avg_pool1d_backward(grad_output, input_shape, kernel_size, stride=None,
+                        padding=0, ceil_mode=False, count_include_pad=True, *,
+                        backend=None):
+    """Gradient of ``avg_pool1d``: (N, C, L) = ``input_shape``."""
+    grad_output = _unit_height(grad_output, "grad_output")
+    input_shape = _shape3(input_shape, "input_shape")
+    kernel, stride, padding, _ = _pool1d_args(
+        input_shape, kernel_size, stride, padding, 1, ceil_mode,
+        "avg_pool1d_backward")
+    return avg_pool2d_backward(grad_output, input_shape, kernel, stride,
+                               padding, ceil_mode, count_include_pad,
+                               backend=backend)[:, :, 0, :]
+
+
 # ------------------------------------------------------------------- dropout
 
 def _mask_shape(shape):
@@ -261,7 +607,9 @@ def _mask_shape(shape):
     if any(s < 0 for s in shape):
         raise ValueError(
             f"shape must have non-negative sizes, got {tuple(shape)}")
-    return tuple(int(s) for s in shape)
+    shape = tuple(int(s) for s in shape)
+    _validate.array_size(shape, "shape")
+    return shape
 
 
 def dropout_mask(shape, p, seed, *, backend=None):
@@ -295,20 +643,21 @@ def dropout(x, p=0.5, *, seed=None, training=True, backend=None):
     contiguous_x = _validate.float_array(x, "x", device=device)
     if not training:
         return x, None
+    shape = tuple(x.shape)  # x's own: float_array makes a 0-d array 1-d
     x = contiguous_x
     seed = secrets.randbits(64) if seed is None else _validate.seed(seed)
     module = resolve("dropout_mask", backend)
-    shape = tuple(x.shape)
     # like=x: a device backend keeps the mask where x is
     mask = module.dropout_mask(_shapes.numel(shape), _dropout_hash.threshold(p),
-                               seed, like=x).reshape(shape)
+                               seed, like=x).reshape(x.shape)
     y = resolve("dropout_apply", backend).dropout_apply(x, mask, _keep_scale(p))
-    return y, mask
+    return y.reshape(shape), mask.reshape(shape)
 
 
 def dropout_backward(grad_output, mask, p, *, backend=None):
     """Gradient of ``dropout``: ``grad_output * mask / (1 - p)``."""
     device = _takes_device_arrays("dropout_apply", backend, grad_output, mask)
+    shape = tuple(getattr(grad_output, "shape", ()))  # 0-d stays 0-d
     grad_output = _validate.float_array(grad_output, "grad_output",
                                         device=device)
     p = _validate.probability(p)
@@ -318,11 +667,12 @@ def dropout_backward(grad_output, mask, p, *, backend=None):
                             f"dtype {_validate.dtype_of(mask)}")
     elif not isinstance(mask, np.ndarray) or mask.dtype != np.bool_:
         raise TypeError("mask must be a bool numpy.ndarray (from dropout)")
-    if tuple(mask.shape) != tuple(grad_output.shape):
+    if tuple(mask.shape) != shape:
         raise ValueError(
-            f"mask must have grad_output's shape {tuple(grad_output.shape)}, "
+            f"mask must have grad_output's shape {shape}, "
             f"got {tuple(mask.shape)}")
     if isinstance(mask, np.ndarray):
         mask = np.ascontiguousarray(mask)
     return resolve("dropout_apply", backend).dropout_apply(
-        grad_output, mask, _keep_scale(p))
+        grad_output, mask.reshape(grad_output.shape), _keep_scale(p)
+    ).reshape(shape)

@@ -25,12 +25,19 @@ __all__ = [
 ]
 
 
+#: Largest kernel side the builders make: a 1025 x 1025 float64 kernel is
+#: 8 MiB, and a kernel wider than that is better done another way (a size
+#: from a command line must not ask for gigabytes).
+MAX_SIZE = 1025
+
+
 def _size(value, name: str) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(
             value, numbers.Integral):
         raise TypeError(f"{name} must be a positive int, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if not 1 <= value <= MAX_SIZE:
+        raise ValueError(f"{name} must be an int from 1 to {MAX_SIZE}, got "
+                         f"{value!r}")
     return int(value)
 
 
@@ -77,7 +84,15 @@ def gaussian(size: int = 5, sigma: float | None = None) -> np.ndarray:
         sigma = 0.3 * ((size - 1) * 0.5 - 1) + 0.8
     sigma = _positive_real(sigma, "sigma")
     offsets = np.arange(size) - (size - 1) / 2.0
-    profile = np.exp(-(offsets**2) / (2.0 * sigma * sigma))
+    # Dividing by sigma before squaring keeps a tiny sigma (whose square
+    # underflows to 0) from making 0 / 0 at the centre: the kernel tends to
+    # the delta it should.
+    with np.errstate(over="ignore"):
+        profile = np.exp(-0.5 * (offsets / sigma) ** 2)
+    if not profile.sum() > 0:
+        # an even size's nearest taps are half a pixel out: with a sigma
+        # this small every weight underflows to 0, the limit is their mean
+        profile = (np.abs(offsets) == 0.5).astype(np.float64)
     profile /= profile.sum()
     # The outer product of a normalised profile is normalised and exactly
     # symmetric under both flips.

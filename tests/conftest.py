@@ -20,6 +20,14 @@ import fastconv
 
 FLOAT_DTYPES = (np.float32, np.float64)
 
+# The tests' shapes are small, and calls below config.PARALLEL_MIN_MACS
+# (and its neighbours) run on one thread: with no minimum every call goes
+# through the multi-threaded paths that full-size work takes.
+# tests/test_threads.py checks the minimums.
+for _minimum in ("PARALLEL_MIN_MACS", "PARALLEL_MIN_TAPS",
+                 "PARALLEL_MIN_ELEMENTS"):
+    setattr(fastconv.config, _minimum, 0)
+
 # Relative tolerance against the float64-accumulating naive reference. The
 # compiled backends accumulate float32 in float32 (BLAS sgemm), so float32
 # gets a loose bound; float64 must agree to rounding.

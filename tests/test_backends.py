@@ -245,6 +245,7 @@ def test_environment_variable_unknown_name_is_value_error():
     result = _run_python(ENV_PROBE, FASTCONV_BACKEND="bogus")
     assert result.returncode != 0
     assert "ValueError" in result.stderr and "'naive'" in result.stderr
+    assert "FASTCONV_BACKEND='bogus'" in result.stderr
 
 
 # ------------------------------------------------------ cross-backend checks
@@ -445,3 +446,36 @@ def test_warmup_every_cpu_backend():
 def test_warmup_rejects_unknown_backend():
     with pytest.raises(ValueError, match="backends"):
         fastconv.warmup(("bogus",))
+
+
+def _cython_reason_in_copy(tmp_path, source_tree):
+    """unavailable_reason() of a copy of the package without its compiled
+    extension, laid out as a source checkout or as an installed copy."""
+    import shutil
+    from pathlib import Path
+
+    package = Path(fastconv.__file__).resolve().parent
+    shutil.copytree(package, tmp_path / "fastconv",
+                    ignore=shutil.ignore_patterns("*.so", "*.pyd",
+                                                  "__pycache__", "*.c"))
+    if source_tree:
+        (tmp_path / "setup.py").write_text("")
+        (tmp_path / "pyproject.toml").write_text("")
+    code = ("from fastconv.backends import cython_cpu; "
+            "print(cython_cpu.unavailable_reason())")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(tmp_path)},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_uncompiled_source_tree_says_build_in_place(tmp_path):
+    reason = _cython_reason_in_copy(tmp_path, source_tree=True)
+    assert "build in place with `pip install -e .`" in reason
+    assert "reinstall" not in reason
+
+
+def test_uncompiled_install_says_reinstall(tmp_path):
+    reason = _cython_reason_in_copy(tmp_path, source_tree=False)
+    assert "reinstall with a C compiler" in reason

@@ -300,5 +300,22 @@ def test_bad_arguments_fail_before_any_work(call, error, message):
 
 def test_missing_dask_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "dask.array", None)
-    with pytest.raises(ImportError, match=r"pip install fastconv\[dask\]"):
+    with pytest.raises(ImportError, match=r'pip install "\.\[dask\]"'):
         fastconv_dask.filter2d(np.ones((3, 3)), np.ones((1, 1)))
+
+
+def test_masked_images_are_refused_before_any_work():
+    image = np.ma.masked_array(np.ones((6, 6)), mask=np.eye(6, dtype=bool))
+    with pytest.raises(TypeError, match="darr is a numpy.ma.MaskedArray"):
+        fastconv_dask.filter2d(image, np.ones((3, 3)))
+    with pytest.raises(TypeError, match="MaskedArray"):
+        fastconv_dask.filter2d(da.from_array(image, chunks=3),
+                               np.ones((3, 3)))
+
+
+def test_a_stride_past_the_image_equals_in_memory():
+    image = np.arange(80.0).reshape(8, 10)
+    lazy = fastconv_dask.filter2d(da.from_array(image, chunks=(3, 4)),
+                                  np.ones((3, 3)), stride=(2**31 - 1, 3))
+    np.testing.assert_array_equal(lazy.compute(), filter2d(
+        image, np.ones((3, 3)), stride=(2**31 - 1, 3)))

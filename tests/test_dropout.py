@@ -301,3 +301,30 @@ def test_numpy_integer_seed_equals_python_int(backend):
     np.testing.assert_array_equal(
         fastconv.dropout_mask((5, 10), np.float32(0.5), 2**63 + 5,
                               backend=backend).reshape(-1), expected)
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("shape", [(), (1,), (2, 0, 3)], ids=str)
+def test_dropout_keeps_the_shape_of_zero_d_and_empty_arrays(backend, shape,
+                                                            training):
+    """A 0-d input came back with shape (1,) in training mode."""
+    x = np.full(shape, 3.0, np.float32)
+    y, mask = fastconv.dropout(x, 0.5, seed=7, training=training,
+                               backend=backend)
+    assert y.shape == shape
+    if training:
+        assert mask.shape == shape and mask.dtype == np.bool_
+        np.testing.assert_array_equal(y, np.where(mask, 6.0, 0.0))
+        grad = fastconv.dropout_backward(np.ones(shape, np.float32), mask,
+                                         0.5, backend=backend)
+        assert grad.shape == shape
+        np.testing.assert_array_equal(grad, np.where(mask, 2.0, 0.0))
+    else:
+        assert mask is None
+
+
+def test_dropout_backward_of_a_0d_gradient_checks_the_mask_shape(backend):
+    with pytest.raises(ValueError, match=r"mask must have grad_output's "
+                                         r"shape \(\), got \(1,\)"):
+        fastconv.dropout_backward(np.array(1.0, np.float32),
+                                  np.array([True]), 0.5, backend=backend)

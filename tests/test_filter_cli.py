@@ -162,7 +162,7 @@ def test_gallery_with_chosen_kernels_and_output_together(tmp_path, photo_png):
     (["{png}", "-o", "{out}"], ValueError, "needs at least one -k"),
     ([], ValueError, "needs an INPUT image"),
     (["{png}", "-k", "sharpen", "-o", "{badext}"], ValueError,
-     "cannot write .*unknown file extension"),
+     "-o .*: unknown image extension '.unknownext'"),
     (["{png}", "-k", "sharpen", "-o", "{nodir}"], OSError, "cannot write"),
     (["{png}", "-k", "gaussian:99", "--padding", "valid", "-o", "{out}"],
      ValueError, "output would be empty"),
@@ -201,3 +201,14 @@ def test_through_fastconv_cli_main(tmp_path, photo_png, capsys):
         code = exc.code
     assert code not in (0, None)
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_16_bit_images_are_scaled_to_8_bits(tmp_path):
+    from fastconv._filter_cli import read_image
+
+    values = (np.arange(40 * 30, dtype=np.uint32) * 54 % 65536).astype(
+        np.uint16).reshape(40, 30)
+    Image.fromarray(values).save(tmp_path / "deep.png")
+    pixels = read_image(str(tmp_path / "deep.png"))
+    assert pixels.dtype == np.uint8 and pixels.shape == (40, 30)
+    np.testing.assert_array_equal(pixels, np.rint(values / 257.0))

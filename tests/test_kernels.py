@@ -106,8 +106,11 @@ def test_get_parses_parameters(spec, expected):
 @pytest.mark.parametrize("spec, message", [
     ("blurr", "unknown kernel 'blurr'; known kernels are identity, sharpen"),
     ("gaussian:seven", "'seven' in 'gaussian:seven' is not a number"),
-    ("gaussian:0", "bad parameters in kernel 'gaussian:0': size must be a "
-                   "positive int"),
+    ("gaussian:0", "bad parameters in kernel 'gaussian:0': size must be an "
+                   "int from 1 to 1025"),
+    ("gaussian:100001,3", "size must be an int from 1 to 1025, got 100001"),
+    ("box_blur:1180591620717411303424", "size must be an int from 1 to 1025"),
+    ("unsharp_mask:2001", "size must be an int from 1 to 1025"),
     ("gaussian:5,-1", "sigma must be a positive finite number"),
     ("gaussian:2.5", "size must be a positive int"),
     ("sharpen:3", "bad parameters in kernel 'sharpen:3'"),
@@ -136,3 +139,22 @@ def test_get_rejects_non_strings():
 def test_builders_validate_their_arguments(call, error):
     with pytest.raises(error):
         call()
+
+
+def test_kernel_sizes_are_bounded_before_anything_is_allocated():
+    """gaussian:100001 asked for 75 GiB; the bound is checked first."""
+    assert kernels.box_blur(kernels.MAX_SIZE).shape == (kernels.MAX_SIZE,) * 2
+    with pytest.raises(ValueError, match="from 1 to"):
+        kernels.gaussian(kernels.MAX_SIZE + 1)
+
+
+@pytest.mark.parametrize("size, sigma", [(3, 1e-320), (5, 1e-200),
+                                         (4, 1e-320), (4, 1e-3)])
+def test_a_vanishing_sigma_gives_the_delta_not_nan(size, sigma):
+    kernel = kernels.gaussian(size, sigma)
+    assert np.isfinite(kernel).all() and kernel.sum() == 1.0
+    centre = slice(size // 2, size // 2 + 1) if size % 2 else \
+        slice(size // 2 - 1, size // 2 + 1)
+    expected = np.zeros((size, size))
+    expected[centre, centre] = 1.0 / expected[centre, centre].size
+    np.testing.assert_array_equal(kernel, expected)

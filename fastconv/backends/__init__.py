@@ -12,8 +12,11 @@ the backend; ``g`` is a ``ConvGeometry`` or ``PoolGeometry``):
 
 ``conv2d_forward(x, weight, bias, g) -> y``
     ``bias`` is None or a 1-D array of ``g.out_channels``.
-``conv2d_backward(grad_output, x, weight, g, need_input_grad) -> (grad_input, grad_weight, grad_bias)``
-    ``grad_input`` is None when ``need_input_grad`` is False.
+``conv2d_backward(grad_output, x, weight, g, need_input_grad, *, need_weight_grad=True) -> (grad_input, grad_weight, grad_bias)``
+    ``grad_input`` is None when ``need_input_grad`` is False; ``grad_weight``
+    and ``grad_bias`` are None when ``need_weight_grad`` is False, and ``x``
+    may then be None (only ``g.input_shape`` matters): ``conv_transpose2d``
+    runs as the input gradient of a convolution that has no input array.
 ``max_pool2d_forward(x, g) -> (y, indices)``
     indices int64, flat position inside each input H*W plane.
 ``max_pool2d_backward(grad_output, indices, g) -> grad_input``
@@ -38,6 +41,8 @@ import importlib
 import os
 import threading
 
+from fastconv import _threads
+
 PRIMITIVES = (
     "conv2d_forward",
     "conv2d_backward",
@@ -57,16 +62,19 @@ _MODULES = {
     "cuda": "fastconv.backends.cuda",
 }
 
-# What 'auto' runs for each primitive, fastest first, as measured by
-# `python benchmarks/report.py --fastest` on the 2-core development machine
-# (conv2d is close to a tie; Cython's scatter and elementwise loops win the
-# two marked below). The naive reference is the last resort, so 'auto'
-# always works.
+# What 'auto' runs for each primitive, first available first. The Cython
+# kernels come first everywhere: they are compiled when fastconv is installed,
+# so the first call in a fresh process runs at once, where a Numba kernel
+# is compiled on its first use (1-10 s per kernel with an empty cache, about
+# 0.1 s loading each from a warm one; `python benchmarks/bench_startup.py`).
+# Numba serves 'auto' only where the Cython extension was not built; the
+# naive reference is the last resort, so 'auto' always works. The rule for
+# a primitive to go back to Numba first: it must be measurably faster there
+# (`python benchmarks/report.py --fastest`) *and* only once its kernels are
+# compiled in this process, which this registry does not track; none is.
 _AUTO_ORDER = {
-    primitive: ("numba", "cython", "naive") for primitive in PRIMITIVES
+    primitive: ("cython", "numba", "naive") for primitive in PRIMITIVES
 }
-_AUTO_ORDER["max_pool2d_backward"] = ("cython", "numba", "naive")
-_AUTO_ORDER["dropout_apply"] = ("cython", "numba", "naive")
 
 VALID_NAMES = ("auto",) + tuple(_MODULES)
 
@@ -127,7 +135,11 @@ def get_backend() -> str:
     """The backend used when a call passes ``backend=None``."""
     name = getattr(_state, "name", None) or _default["name"]
     if name is None:
-        name = _check_name(os.environ.get("FASTCONV_BACKEND", "auto") or "auto")
+        name = os.environ.get("FASTCONV_BACKEND", "").strip() or "auto"
+        if name not in VALID_NAMES:
+            raise ValueError(
+                f"environment variable FASTCONV_BACKEND={name!r} is not a "
+                f"backend; valid backends are {list(VALID_NAMES)}")
         _default["name"] = name
     return name
 
@@ -179,3 +191,28 @@ def backend_name(module) -> str:
         if loaded is module:
             return name
     raise KeyError(module)
+
+
+# Numba's parallel kernels cannot run in a child forked after Numba started
+# its threads: with the GNU OpenMP layer the child is killed ("Terminating:
+# fork() called from a process already using GNU OpenMP"), even on one
+# thread; only TBB's layer is fork-safe. There the numba backend is made
+# unavailable (an explicit backend='numba' is a RuntimeError saying why, and
+# 'auto' passes over it); the Cython kernels run on one thread
+# (fastconv._threads).
+_FORKED_NUMBA_REASON = (
+    "this process was forked after Numba's parallel kernels started their "
+    "threads, and Numba's {layer!r} threading layer cannot run in a forked "
+    "child; use backend='cython' (what 'auto' runs) in forked workers, or "
+    "start them with the 'spawn' or 'forkserver' method")
+
+
+def _after_fork_in_child():
+    layer = _threads.numba_threading_layer()
+    if layer is not None and layer != "tbb":
+        _loaded.pop("numba", None)
+        _unavailable["numba"] = _FORKED_NUMBA_REASON.format(layer=layer)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

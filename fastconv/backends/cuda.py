@@ -29,7 +29,7 @@ PyTorch and CuPy have; see that module for when reuse is safe.
 
 Requirements and errors
 -----------------------
-Needs the ``numba-cuda`` package (``pip install fastconv[cuda]``) and either
+Needs the ``numba-cuda`` package (``pip install ".[cuda]"`` from a clone) and either
 an NVIDIA GPU or Numba's simulator (``NUMBA_ENABLE_CUDASIM=1`` set before
 numba is imported; one Python thread per CUDA thread, so for tiny tests
 only). ``unavailable_reason()`` says which is missing; the registry then
@@ -56,12 +56,13 @@ def _import_numba_cuda():
     except (ImportError, ValueError):  # hidden, or half-imported
         installed = False
     if not installed:
-        return None, "numba-cuda is not installed (pip install fastconv[cuda])"
+        return None, ('numba-cuda is not installed (pip install ".[cuda]" '
+                      'from a fastconv clone)')
     try:
         from numba import cuda as numba_cuda
     except Exception as exc:  # a broken install or toolkit
         return None, (f"numba-cuda does not import ({type(exc).__name__}: "
-                      f"{exc}); reinstall it with pip install fastconv[cuda]")
+                      f'{exc}); reinstall it with pip install ".[cuda]"')
     return numba_cuda, None
 
 
@@ -217,11 +218,12 @@ def _grad_weight_splits(g, rows, cols, depth, itemsize, launch) -> int:
     return max(1, splits)
 
 
-def conv2d_backward(grad_output, x, weight, g, need_input_grad=True):
+def conv2d_backward(grad_output, x, weight, g, need_input_grad=True, *,
+                    need_weight_grad=True):
     placement = _Placement()
     grad_output = placement.take(grad_output)
-    x, weight = placement.take(x), placement.take(weight)
-    dtype = x.dtype
+    weight = placement.take(weight)
+    dtype = grad_output.dtype
     kernel = _kernels(dtype)
     launch = launch_config()
     geometry = _geometry(g)
@@ -245,6 +247,10 @@ def conv2d_backward(grad_output, x, weight, g, need_input_grad=True):
             _flat(weight), flat_grad_output, _flat(grad_input), unused, 0,
             geometry, rows, cols, depth, depth, 1)
 
+    if not need_weight_grad:
+        return (None if grad_input is None else placement.give(grad_input),
+                None, None)
+    x = placement.take(x)
     grad_weight = cuda.device_array(g.weight_shape, dtype=dtype)
     rows = filters_per_group
     cols = channels_per_group * kernel_area

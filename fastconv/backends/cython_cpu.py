@@ -13,6 +13,7 @@ validated and C-contiguous from ``fastconv.functional``; see the contract in
 from __future__ import annotations
 
 import contextlib
+import pathlib
 
 import numpy as np
 
@@ -41,10 +42,21 @@ THREAD_SCRATCH_BYTES = 8 * 1024 * 1024
 CHUNK_ASPECT = 8
 
 
+def _imported_from_source_tree() -> bool:
+    """Whether this fastconv is a repository checkout's (``setup.py`` and
+    ``pyproject.toml`` beside the package), not an installed copy."""
+    root = pathlib.Path(__file__).resolve().parents[2]
+    return (root / "setup.py").is_file() and (root / "pyproject.toml").is_file()
+
+
 def unavailable_reason() -> str | None:
     """None when the compiled kernels import, else why they do not."""
     if _IMPORT_ERROR is None:
         return None
+    if _imported_from_source_tree():
+        return ("the Cython extension is not built in this source tree "
+                f"({pathlib.Path(__file__).resolve().parents[2]}); build in "
+                f"place with `pip install -e .`: {_IMPORT_ERROR}")
     return ("the Cython extension was not compiled (reinstall with a C "
             f"compiler): {_IMPORT_ERROR}")
 
@@ -54,8 +66,10 @@ def openmp_enabled() -> bool:
     return _IMPORT_ERROR is None and _conv.openmp_enabled()
 
 
-def _num_threads() -> int:
-    return _threads.get_num_threads() if openmp_enabled() else 1
+def _num_threads(threads) -> int:
+    """``threads`` (what fastconv._threads gives the call: one for small
+    work), or one where the kernels were built without OpenMP."""
+    return threads if openmp_enabled() else 1
 
 
 def _blas_held_to_one_thread(num_threads):
@@ -123,7 +137,7 @@ def conv2d_forward(x, weight, bias, g):
     """y (N, K, OH, OW) = conv2d(x, weight) + bias, in x's dtype."""
     if _is_depthwise(g):
         return _depthwise_forward(x, weight, bias, g)
-    num_threads = _num_threads()
+    num_threads = _num_threads(_threads.conv_threads(g))
     dtype = x.dtype
     budget = _thread_budget(num_threads)
     col_rows, filters = _col_rows(g), g.out_channels // g.groups
@@ -153,9 +167,14 @@ def conv2d_forward(x, weight, bias, g):
     return y
 
 
-def conv2d_backward(grad_output, x, weight, g, need_input_grad):
-    """(grad_input or None, grad_weight, grad_bias), all in x's dtype."""
-    num_threads = _num_threads()
+def conv2d_backward(grad_output, x, weight, g, need_input_grad, *,
+                    need_weight_grad=True):
+    """(grad_input or None, grad_weight, grad_bias), all in x's dtype;
+    grad_weight and grad_bias None when ``need_weight_grad`` is False."""
+    if not need_weight_grad:
+        # The kernel cannot skip the weight GEMMs yet: computed, dropped.
+        x = np.zeros(g.input_shape, dtype=grad_output.dtype)
+    num_threads = _num_threads(_threads.conv_threads(g, passes=2))
     dtype = x.dtype
     partials = np.zeros((num_threads, weight.size), dtype=dtype)
     budget = _thread_budget(num_threads, reserved=partials.nbytes)
@@ -183,6 +202,8 @@ def conv2d_backward(grad_output, x, weight, g, need_input_grad):
     _conv.sum_rows(partials, grad_weight.reshape(-1), num_threads)
     grad_bias = np.empty(g.out_channels, dtype=dtype)
     _conv.bias_grad(grad_output, grad_bias, num_threads)
+    if not need_weight_grad:
+        grad_weight = grad_bias = None
     return (grad_input if need_input_grad else None), grad_weight, grad_bias
 
 
@@ -252,7 +273,7 @@ def _depthwise_tile_sweeps(g):
 
 def _depthwise_forward(x, weight, bias, g):
     """conv2d_forward for _is_depthwise geometries: the direct kernel."""
-    num_threads = _num_threads()
+    num_threads = _num_threads(_threads.conv_threads(g))
     y = np.empty(g.output_shape, dtype=x.dtype)
     if y.size:
         has_bias = bias is not None
@@ -270,7 +291,8 @@ def max_pool2d_forward(x, g):
     y = np.empty(g.output_shape, dtype=x.dtype)
     indices = np.empty(g.output_shape, dtype=np.int64)
     if y.size:
-        _pool.max_pool2d_forward(x, y, indices, g, _num_threads())
+        _pool.max_pool2d_forward(x, y, indices, g,
+                                 _num_threads(_threads.pool_threads(g)))
     return y, indices
 
 
@@ -279,8 +301,9 @@ def max_pool2d_backward(grad_output, indices, g):
     grad_input = np.empty(g.input_shape, dtype=grad_output.dtype)
     if grad_input.size:
         if grad_output.size:
+            threads = _threads.elementwise_threads(grad_input.size)
             _pool.max_pool2d_backward(grad_output, indices, grad_input,
-                                      _num_threads())
+                                      _num_threads(threads))
         else:
             grad_input.fill(0)
     return grad_input
@@ -291,7 +314,7 @@ def avg_pool2d_forward(x, g, divisors):
     y = np.empty(g.output_shape, dtype=x.dtype)
     if y.size:
         _pool.avg_pool2d_forward(x, y, np.ascontiguousarray(divisors), g,
-                                 _num_threads())
+                                 _num_threads(_threads.pool_threads(g)))
     return y
 
 
@@ -301,7 +324,7 @@ def avg_pool2d_backward(grad_output, g, divisors):
     if grad_input.size:
         _pool.avg_pool2d_backward(grad_output, grad_input,
                                   np.ascontiguousarray(divisors), g,
-                                  _num_threads())
+                                  _num_threads(_threads.pool_threads(g)))
     return grad_input
 
 
@@ -315,7 +338,7 @@ def dropout_mask(size, threshold, seed, like=None):
     if size:
         _dropout.dropout_mask(mask.view(np.uint8),
                               _dropout_hash.seed_key(seed), threshold,
-                              _num_threads())
+                              _num_threads(_threads.elementwise_threads(size)))
     return mask
 
 
@@ -324,5 +347,6 @@ def dropout_apply(x, mask, scale):
     y = np.empty(x.shape, dtype=x.dtype)
     if x.size:
         _dropout.dropout_apply(x.reshape(-1), mask.reshape(-1).view(np.uint8),
-                               float(scale), y.reshape(-1), _num_threads())
+                               float(scale), y.reshape(-1),
+                               _num_threads(_threads.elementwise_threads(x.size)))
     return y

@@ -47,7 +47,8 @@ def conv2d_forward(x, weight, bias, g):
     return y
 
 
-def conv2d_backward(grad_output, x, weight, g, need_input_grad=True):
+def conv2d_backward(grad_output, x, weight, g, need_input_grad=True, *,
+                    need_weight_grad=True):
     grad_input = np.zeros(g.input_shape, dtype=np.float64)
     grad_weight = np.zeros(g.weight_shape, dtype=np.float64)
     channels_per_group = g.in_channels // g.groups
@@ -72,15 +73,18 @@ def conv2d_backward(grad_output, x, weight, g, need_input_grad=True):
                                     continue
                                 grad_input[n, c, ih, iw] += grad * float(
                                     weight[k, c_local, r, s])
-                                grad_weight[k, c_local, r, s] += grad * float(
-                                    x[n, c, ih, iw])
+                                if need_weight_grad:
+                                    grad_weight[k, c_local, r, s] += (
+                                        grad * float(x[n, c, ih, iw]))
     grad_bias = np.zeros(g.out_channels, dtype=np.float64)
     for n in range(g.batch):
         for k in range(g.out_channels):
             for oh in range(g.out_height):
                 for ow in range(g.out_width):
                     grad_bias[k] += float(grad_output[n, k, oh, ow])
-    dtype = x.dtype
+    dtype = grad_output.dtype
+    if not need_weight_grad:
+        return grad_input.astype(dtype) if need_input_grad else None, None, None
     return (grad_input.astype(dtype) if need_input_grad else None,
             grad_weight.astype(dtype), grad_bias.astype(dtype))
 

@@ -30,7 +30,7 @@ import math
 import numba
 import numpy as np
 
-from fastconv import _dropout_hash, config
+from fastconv import _dropout_hash, _threads, config
 from fastconv._threads import single_threaded_blas
 from fastconv.backends._numba_conv import (
     conv2d_backward_kernel,
@@ -79,6 +79,35 @@ DEPTHWISE_PADDED_PLANE_MAX = 256 * 256
 #: channel, 0.8-1.1 at 16, 1.0-1.15 at 32 (an MNIST first layer: 1 channel,
 #: 32 filters).
 DEPTHWISE_MAX_MULTIPLIER = 8
+
+
+def unavailable_reason() -> str | None:
+    """None when Numba's parallel kernels can run here, else why not.
+
+    A threading layer the user asked for (``NUMBA_THREADING_LAYER``, e.g.
+    ``tbb`` without TBB installed) is started here, so that its failure
+    makes this backend unavailable, and 'auto' falls back, rather than
+    raising from a kernel call. Numba's default choice always finds one.
+    """
+    if numba.config.THREADING_LAYER == "default":
+        return None
+    try:
+        numba.get_num_threads()  # starts the threading layer
+    except ValueError as exc:
+        first_line = str(exc).splitlines()[0]
+        return (f"NUMBA_THREADING_LAYER={numba.config.THREADING_LAYER!r}: "
+                f"{first_line}")
+    return None
+
+
+def _use_threads(threads: int) -> int:
+    """Set Numba's thread count for this call to ``threads`` (what
+    fastconv._threads gives it: one for small work), in the calling thread:
+    Numba keeps one count per thread, so a count set in another thread does
+    not hold here. Returns it."""
+    if numba.get_num_threads() != threads:
+        numba.set_num_threads(threads)
+    return threads
 
 
 def _as_ints(geometry):
@@ -137,6 +166,7 @@ def _depthwise_padded_planes(g, n_threads: int) -> bool:
 def conv2d_forward(x, weight, bias, g):
     """y (N, K, OH, OW) = conv2d(x, weight) + bias, in x's dtype."""
     g = _as_ints(g)
+    _use_threads(_threads.conv_threads(g))
     if _is_depthwise(g):
         return _depthwise_forward(x, weight, bias, g)
     return _im2col_forward(x, weight, bias, g)
@@ -177,13 +207,19 @@ def _im2col_forward(x, weight, bias, g):
     return y
 
 
-def conv2d_backward(grad_output, x, weight, g, need_input_grad):
-    """(grad_input or None, grad_weight, grad_bias), each in x's dtype."""
+def conv2d_backward(grad_output, x, weight, g, need_input_grad, *,
+                    need_weight_grad=True):
+    """(grad_input or None, grad_weight, grad_bias), each in x's dtype;
+    grad_weight and grad_bias None when ``need_weight_grad`` is False."""
     g = _as_ints(g)
+    if not need_weight_grad:
+        # The kernel cannot skip the weight GEMMs yet: computed, dropped.
+        x = np.zeros(g.input_shape, dtype=grad_output.dtype)
     dtype = x.dtype
     direct = _is_pointwise(g)
     need_input_grad = bool(need_input_grad)
-    n_chunks = min(numba.get_num_threads(), g.batch)
+    n_chunks = min(_use_threads(_threads.conv_threads(g, passes=2)),
+                   g.batch)
     if direct:
         tile_rows = g.out_height
     else:
@@ -205,6 +241,8 @@ def conv2d_backward(grad_output, x, weight, g, need_input_grad):
             need_input_grad)
     grad_weight = grad_weight_parts.sum(axis=0).reshape(weight.shape)
     grad_bias = grad_bias_parts.sum(axis=0).astype(dtype)
+    if not need_weight_grad:
+        grad_weight = grad_bias = None
     return (grad_input if need_input_grad else None), grad_weight, grad_bias
 
 
@@ -217,7 +255,8 @@ def max_pool2d_forward(x, g):
     g = _as_ints(g)
     y = np.empty(g.output_shape, dtype=x.dtype)
     indices = np.empty(g.output_shape, dtype=np.int64)
-    n_chunks = max(1, min(numba.get_num_threads(), g.batch * g.channels))
+    n_chunks = max(1, min(_use_threads(_threads.pool_threads(g)),
+                          g.batch * g.channels))
     # padding counts as -inf, or as an integer dtype's minimum (each integer
     # dtype compiles its own kernel at its first call)
     lowest = x.dtype.type(-np.inf if x.dtype.kind == "f"
@@ -231,6 +270,7 @@ def max_pool2d_backward(grad_output, indices, g):
     """grad_input (N, C, H, W): grad_output scatter-added to ``indices``."""
     g = _as_ints(g)
     grad_input = np.empty(g.input_shape, dtype=grad_output.dtype)
+    _use_threads(_threads.elementwise_threads(grad_input.size))
     max_pool2d_backward_kernel(_flat(grad_output),
                                _flat(indices.astype(np.int64, copy=False)),
                                grad_input.reshape(-1), g)
@@ -242,6 +282,7 @@ def avg_pool2d_forward(x, g, divisors):
     g = _as_ints(g)
     y = np.empty(g.output_shape, dtype=x.dtype)
     divisors = np.ascontiguousarray(divisors, dtype=np.float64)
+    _use_threads(_threads.pool_threads(g))
     avg_pool2d_forward_kernel(_flat(x), y.reshape(-1), divisors, g)
     return y
 
@@ -252,6 +293,7 @@ def avg_pool2d_backward(grad_output, g, divisors):
     g = _as_ints(g)
     grad_input = np.empty(g.input_shape, dtype=grad_output.dtype)
     divisors = np.ascontiguousarray(divisors, dtype=np.float64)
+    _use_threads(_threads.pool_threads(g))
     avg_pool2d_backward_kernel(_flat(grad_output), grad_input.reshape(-1),
                                divisors, g)
     return grad_input
@@ -264,6 +306,7 @@ def dropout_mask(size, threshold, seed, like=None):
     threshold (``fastconv._dropout_hash``). ``like`` is ignored: the mask is
     always NumPy here."""
     mask = np.empty(int(size), dtype=np.bool_)
+    _use_threads(_threads.elementwise_threads(int(size)))
     dropout_mask_kernel(mask, np.uint64(_dropout_hash.seed_key(seed)),
                         np.uint64(threshold))
     return mask
@@ -272,6 +315,7 @@ def dropout_mask(size, threshold, seed, like=None):
 def dropout_apply(x, mask, scale):
     """x * mask * scale in x's dtype and shape (0 where dropped)."""
     y = np.empty(x.shape, dtype=x.dtype)
+    _use_threads(_threads.elementwise_threads(x.size))
     dropout_apply_kernel(_flat(x), _flat(mask), x.dtype.type(scale),
                          y.reshape(-1))
     return y

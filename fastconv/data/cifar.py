@@ -27,6 +27,9 @@ META_FILE = "batches.meta"
 ARCHIVE = "cifar-10-python.tar.gz"
 FOLDER = "cifar-10-batches-py"
 IMAGE_SHAPE = (3, 32, 32)
+#: Largest batch file read from the tarball (each of CIFAR-10's is 31 MB);
+#: a few MB of gzip can hold a tar member of gigabytes.
+MAX_BATCH_BYTES = 256 * 1024**2
 LABEL_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
                "horse", "ship", "truck")
 
@@ -147,6 +150,11 @@ def _batch_reader(data_dir):
         def read(name):
             if name not in members:
                 raise ValueError(f"{archive} has no {name}")
+            if members[name].size > MAX_BATCH_BYTES:
+                # the tar header's size, checked before decompressing it
+                raise ValueError(
+                    f"{archive}:{name} declares {members[name].size} bytes, "
+                    f"more than a CIFAR batch's ~31 MB (MAX_BATCH_BYTES)")
             return tar.extractfile(members[name]).read(), f"{archive}:{name}"
         return read
     raise FileNotFoundError(

@@ -34,17 +34,48 @@ GZIP_MAGIC = b"\x1f\x8b"
 __all__ = ["read_idx", "write_idx", "IDX_TYPES"]
 
 
+#: Largest IDX payload ``read_idx`` accepts (full MNIST's training images
+#: are 47 MB): a gzip file of a few MB can declare and hold gigabytes.
+MAX_IDX_BYTES = 2**31
+
+
+def _declared_bytes(head: bytes) -> int:
+    """The payload size a complete IDX header declares (0 if it is not one:
+    read_idx then says what is wrong)."""
+    if len(head) < 4 or head[2] not in IDX_TYPES or len(head) != 4 + 4 * \
+            head[3]:
+        return 0
+    shape = struct.unpack(f">{head[3]}I", head[4:])
+    return math.prod(shape) * IDX_TYPES[head[2]].itemsize
+
+
 def _read_bytes(path) -> bytes:
-    """The file's bytes, gunzipped when it is gzip (by content, not name)."""
+    """The file's bytes, gunzipped when it is gzip (by content, not name).
+
+    A gzip file is decompressed as a stream: its header first, then what
+    the header declares (if within MAX_IDX_BYTES) and one byte more, to
+    find trailing data, so that a small file cannot ask for gigabytes.
+    """
     with open(path, "rb") as handle:
-        raw = handle.read()
-    if raw[:2] != GZIP_MAGIC:
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise ValueError(f"{os.fspath(path)}: corrupt or truncated gzip data "
-                         f"({exc})") from None
+        if handle.read(2) != GZIP_MAGIC:
+            handle.seek(0)
+            return handle.read()
+        handle.seek(0)
+        try:
+            with gzip.GzipFile(fileobj=handle) as stream:
+                head = stream.read(4)
+                if len(head) == 4:
+                    head += stream.read(4 * head[3])
+                declared = _declared_bytes(head)
+                if declared > MAX_IDX_BYTES:
+                    raise ValueError(
+                        f"{os.fspath(path)}: the IDX header declares "
+                        f"{declared} bytes, more than MAX_IDX_BYTES "
+                        f"({MAX_IDX_BYTES})")
+                return head + stream.read(declared + 1)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise ValueError(f"{os.fspath(path)}: corrupt or truncated gzip "
+                             f"data ({exc})") from None
 
 
 def read_idx(path) -> np.ndarray:
@@ -72,6 +103,9 @@ def read_idx(path) -> np.ndarray:
     shape = struct.unpack(f">{ndim}I", raw[4:header_size])
     dtype = IDX_TYPES[type_code]
     expected = math.prod(shape) * dtype.itemsize
+    if expected > MAX_IDX_BYTES:
+        raise ValueError(f"{name}: the IDX header declares {expected} bytes, "
+                         f"more than MAX_IDX_BYTES ({MAX_IDX_BYTES})")
     found = len(raw) - header_size
     if found < expected:
         raise ValueError(
@@ -79,8 +113,7 @@ def read_idx(path) -> np.ndarray:
             f"bytes, the file holds {found}")
     if found > expected:
         raise ValueError(
-            f"{name}: {found - expected} unexpected bytes after the IDX data "
-            f"of shape {shape}")
+            f"{name}: unexpected bytes after the IDX data of shape {shape}")
     values = np.frombuffer(raw, dtype=dtype, count=math.prod(shape),
                            offset=header_size)
     return values.reshape(shape).astype(dtype.newbyteorder("="))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 
@@ -72,13 +73,18 @@ def load_image(path, in_channels: int, image_size: int, invert="auto"
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as opened:
-            opened.load()
-            picture = opened
+        with warnings.catch_warnings():
+            # more than PIL.Image.MAX_IMAGE_PIXELS: refused, as twice that is
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as opened:
+                opened.load()
+                picture = opened
     except FileNotFoundError:
         raise FileNotFoundError(f"image {os.fspath(path)} does not exist"
                                 ) from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError,
+            Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as exc:
         raise ValueError(f"{os.fspath(path)}: not a readable image ({exc})"
                          ) from None
     if picture.mode in ("RGBA", "LA", "PA") or (

@@ -2,12 +2,16 @@
 
 Convolution, pooling and dropout run on fastconv's kernels
 (``fastconv.functional``) on the process's current backend; the cheap glue
-(ReLU, the dense layer through BLAS, batch norm) is NumPy. Every layer keeps,
-from its latest ``forward``, what its ``backward`` needs.
+(ReLU, the dense layer through BLAS, batch norm) is NumPy. Each forward
+saves what its backward needs with ``Module.save_for_backward``; a layer may
+run several forwards before their backwards (see ``fastconv.nn.module``).
 
-Arrays are NCHW float32 or float64; a layer with parameters computes in its
-parameters' dtype (inputs of another dtype are cast), a layer without
-parameters in its input's dtype.
+Inputs and output gradients must be NumPy float32 or float64 arrays,
+checked like the functional API's: a list, a torch tensor or an integer
+array is a TypeError. One deliberate exception: a layer with parameters
+computes in its parameters' dtype and casts a float input of the other
+float dtype (PyTorch raises there); a layer without parameters computes in
+its input's dtype.
 """
 
 from __future__ import annotations
@@ -16,14 +20,15 @@ import numbers
 
 import numpy as np
 
-from fastconv import _validate
+from fastconv import _threads, _validate
 from fastconv import functional as F
 from fastconv.nn import init
 from fastconv.nn.module import FLOAT_DTYPES, Module, Parameter
 
 __all__ = [
-    "Conv2d", "Linear", "ReLU", "Flatten", "Identity", "MaxPool2d",
-    "AvgPool2d", "AdaptiveAvgPool2d", "Dropout", "BatchNorm2d",
+    "Conv2d", "ConvTranspose2d", "Conv1d", "Linear", "ReLU", "Flatten",
+    "Identity", "MaxPool2d", "AvgPool2d", "MaxPool1d", "AvgPool1d",
+    "AdaptiveAvgPool2d", "Dropout", "BatchNorm2d",
 ]
 
 
@@ -41,28 +46,75 @@ def _check_device(device) -> None:
             f"arrays), got {device!r}")
 
 
-def _as_float_array(x, dtype=None) -> np.ndarray:
-    """x as an ndarray of ``dtype`` (or of its own float dtype)."""
-    x = np.asarray(x)
+def _as_float_array(x, dtype=None, name="input") -> np.ndarray:
+    """x, a float32/float64 ndarray, cast to ``dtype`` when given."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(
+            f"{name} must be a numpy.ndarray of float32 or float64, got "
+            f"{type(x).__module__}.{type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32 or float64, got {x.dtype}")
     if dtype is not None:
         return x.astype(dtype, copy=False)
-    if x.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"input must be float32 or float64, got {x.dtype}")
     return x
 
 
-def _saved(value, layer):
-    if value is None:
-        raise RuntimeError(
-            f"{type(layer).__name__}.backward called before forward")
-    return value
+def _grad_array(grad_output, dtype=None) -> np.ndarray:
+    return _as_float_array(grad_output, dtype, "grad_output")
+
+
+def _require_ndim(x, ndim, layer, layout):
+    if x.ndim != ndim:
+        raise ValueError(
+            f"{type(layer).__name__} expects {ndim}-D input {layout}, got "
+            f"shape {x.shape}")
 
 
 def _positive_count(value, name) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) \
-            or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+            or not 1 <= value <= _validate.MAX_AXIS:
+        raise ValueError(
+            f"{name} must be a positive int (at most 2**31 - 1), got "
+            f"{value!r}")
     return int(value)
+
+
+def _stored_padding_2d(padding):
+    """(pad_h, pad_w) as PyTorch stores it, or ((top, bottom), (left,
+    right)) when the sides differ."""
+    top, left, bottom, right = _validate.padding_2d(padding, "padding")
+    if (top, left) == (bottom, right):
+        return (top, left)
+    return ((top, bottom), (left, right))
+
+
+def _check_padding_mode(padding_mode):
+    if padding_mode != "zeros":
+        raise ValueError(
+            f"padding_mode must be 'zeros' (the only mode fastconv's "
+            f"kernels implement), got {padding_mode!r}")
+
+
+def _channels_and_groups(in_channels, out_channels, groups):
+    in_channels = _positive_count(in_channels, "in_channels")
+    out_channels = _positive_count(out_channels, "out_channels")
+    groups = _positive_count(groups, "groups")
+    if in_channels % groups or out_channels % groups:
+        raise ValueError(
+            f"groups={groups} must divide in_channels={in_channels} and "
+            f"out_channels={out_channels}")
+    return in_channels, out_channels, groups
+
+
+def _single(value, name, minimum):
+    """PyTorch's 1-D layer argument: an int or a 1-tuple, stored as a
+    1-tuple."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 1:
+            raise ValueError(
+                f"{name} must be an int or a 1-tuple, got {value!r}")
+        value = value[0]
+    return (_validate.pair(value, name, minimum)[0],)
 
 
 # --------------------------------------------------------------- convolution
@@ -109,7 +161,7 @@ class Conv2d(Module):
                 raise ValueError("padding='same' needs stride 1")
             self.padding = padding
         else:
-            self.padding = _validate.pair(padding, "padding", minimum=0)
+            self.padding = _stored_padding_2d(padding)
         self.dilation = _validate.pair(dilation, "dilation", minimum=1)
         self.groups = groups
         self.padding_mode = padding_mode
@@ -119,20 +171,19 @@ class Conv2d(Module):
             out_channels if bias else None, _param_dtype(dtype), generator)
         self.weight = Parameter(weight)
         self.bias = Parameter(bias_values) if bias else None
-        self._input = None
 
     def _bias_array(self):
         return None if self.bias is None else self.bias.data
 
     def forward(self, x):
         x = _as_float_array(x, self.weight.dtype)
-        self._input = x
+        self.save_for_backward(x)
         return F.conv2d(x, self.weight.data, self._bias_array(), self.stride,
                         self.padding, self.dilation, self.groups)
 
     def backward(self, grad_output):
-        x = _saved(self._input, self)
-        grad_output = _as_float_array(grad_output, self.weight.dtype)
+        x, = self.pop_saved()
+        grad_output = _grad_array(grad_output, self.weight.dtype)
         grad_input, grad_weight, grad_bias = F.conv2d_backward(
             grad_output, x, self.weight.data, self.stride, self.padding,
             self.dilation, self.groups, need_input_grad=self.need_input_grad)
@@ -147,6 +198,167 @@ class Conv2d(Module):
         if self.padding not in ((0, 0), "valid"):
             text += f", padding={self.padding}"
         if self.dilation != (1, 1):
+            text += f", dilation={self.dilation}"
+        if self.groups != 1:
+            text += f", groups={self.groups}"
+        if self.bias is None:
+            text += ", bias=False"
+        return text
+
+
+class ConvTranspose2d(Module):
+    """Transposed 2-D convolution, as ``torch.nn.ConvTranspose2d``.
+
+    weight: (in_channels, out_channels // groups, kH, kW) (PyTorch's
+    layout); bias: (out_channels,). Initialised like PyTorch (uniform in
+    +-1/sqrt(fan_in), fan_in from the weight's second axis). ``padding`` is
+    an int, a pair or ((top, bottom), (left, right)); ``output_padding``
+    must be smaller than stride or dilation. ``forward`` takes no
+    ``output_size``. ``need_input_grad`` as in ``Conv2d``.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1,
+                 padding=0, output_padding=0, groups=1, bias=True,
+                 dilation=1, padding_mode="zeros", device=None, dtype=None,
+                 *, generator=None):
+        super().__init__()
+        _check_device(device)
+        _check_padding_mode(padding_mode)
+        in_channels, out_channels, groups = _channels_and_groups(
+            in_channels, out_channels, groups)
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = _validate.pair(kernel_size, "kernel_size",
+                                          minimum=1)
+        self.stride = _validate.pair(stride, "stride", minimum=1)
+        self.padding = _stored_padding_2d(padding)
+        self.output_padding = _validate.pair(output_padding,
+                                             "output_padding", minimum=0)
+        self.dilation = _validate.pair(dilation, "dilation", minimum=1)
+        for extra, step, spacing in zip(self.output_padding, self.stride,
+                                        self.dilation):
+            if extra >= step and extra >= spacing:
+                raise ValueError(
+                    f"output_padding must be smaller than stride or "
+                    f"dilation, got output_padding={output_padding}")
+        self.groups = groups
+        self.padding_mode = padding_mode
+        self.need_input_grad = True
+        weight, bias_values = init.default_weight_and_bias(
+            (in_channels, out_channels // groups) + self.kernel_size,
+            out_channels if bias else None, _param_dtype(dtype), generator)
+        self.weight = Parameter(weight)
+        self.bias = Parameter(bias_values) if bias else None
+
+    def forward(self, x):
+        x = _as_float_array(x, self.weight.dtype)
+        y = F.conv_transpose2d(
+            x, self.weight.data, None if self.bias is None else self.bias.data,
+            self.stride, self.padding, self.output_padding, self.groups,
+            self.dilation)
+        self.save_for_backward(x)
+        return y
+
+    def backward(self, grad_output):
+        x, = self.pop_saved()
+        grad_input, grad_weight, grad_bias = F.conv_transpose2d_backward(
+            _grad_array(grad_output, self.weight.dtype), x, self.weight.data,
+            self.stride, self.padding, self.output_padding, self.groups,
+            self.dilation, need_input_grad=self.need_input_grad)
+        self.weight.accumulate_grad(grad_weight)
+        if self.bias is not None:
+            self.bias.accumulate_grad(grad_bias)
+        return grad_input
+
+    def extra_repr(self):
+        text = (f"{self.in_channels}, {self.out_channels}, kernel_size="
+                f"{self.kernel_size}, stride={self.stride}")
+        if self.padding != (0, 0):
+            text += f", padding={self.padding}"
+        if self.output_padding != (0, 0):
+            text += f", output_padding={self.output_padding}"
+        if self.dilation != (1, 1):
+            text += f", dilation={self.dilation}"
+        if self.groups != 1:
+            text += f", groups={self.groups}"
+        if self.bias is None:
+            text += ", bias=False"
+        return text
+
+
+class Conv1d(Module):
+    """1-D convolution of (N, C, L), as ``torch.nn.Conv1d``.
+
+    weight: (out_channels, in_channels // groups, k); bias:
+    (out_channels,); ``padding`` an int, ``(left, right)``, ``'same'`` or
+    ``'valid'``. Arguments are stored as PyTorch stores them (1-tuples).
+    ``need_input_grad`` as in ``Conv2d``.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1,
+                 padding=0, dilation=1, groups=1, bias=True,
+                 padding_mode="zeros", device=None, dtype=None, *,
+                 generator=None):
+        super().__init__()
+        _check_device(device)
+        _check_padding_mode(padding_mode)
+        in_channels, out_channels, groups = _channels_and_groups(
+            in_channels, out_channels, groups)
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = _single(kernel_size, "kernel_size", 1)
+        self.stride = _single(stride, "stride", 1)
+        if isinstance(padding, str):
+            if padding not in ("same", "valid"):
+                raise ValueError(f"padding must be an int, (left, right), "
+                                 f"'same' or 'valid'; got {padding!r}")
+            if padding == "same" and self.stride != (1,):
+                raise ValueError("padding='same' needs stride 1")
+            self.padding = padding
+        else:
+            left, right = _validate.padding_1d(padding, "padding")
+            self.padding = (left,) if left == right else (left, right)
+        self.dilation = _single(dilation, "dilation", 1)
+        self.groups = groups
+        self.padding_mode = padding_mode
+        self.need_input_grad = True
+        weight, bias_values = init.default_weight_and_bias(
+            (out_channels, in_channels // groups) + self.kernel_size,
+            out_channels if bias else None, _param_dtype(dtype), generator)
+        self.weight = Parameter(weight)
+        self.bias = Parameter(bias_values) if bias else None
+
+    def _padding_arg(self):
+        if isinstance(self.padding, str) or len(self.padding) == 2:
+            return self.padding
+        return self.padding[0]
+
+    def forward(self, x):
+        x = _as_float_array(x, self.weight.dtype)
+        y = F.conv1d(x, self.weight.data,
+                     None if self.bias is None else self.bias.data,
+                     self.stride, self._padding_arg(), self.dilation,
+                     self.groups)
+        self.save_for_backward(x)
+        return y
+
+    def backward(self, grad_output):
+        x, = self.pop_saved()
+        grad_input, grad_weight, grad_bias = F.conv1d_backward(
+            _grad_array(grad_output, self.weight.dtype), x, self.weight.data,
+            self.stride, self._padding_arg(), self.dilation, self.groups,
+            need_input_grad=self.need_input_grad)
+        self.weight.accumulate_grad(grad_weight)
+        if self.bias is not None:
+            self.bias.accumulate_grad(grad_bias)
+        return grad_input
+
+    def extra_repr(self):
+        text = (f"{self.in_channels}, {self.out_channels}, kernel_size="
+                f"{self.kernel_size}, stride={self.stride}")
+        if self.padding not in ((0,), "valid"):
+            text += f", padding={self.padding}"
+        if self.dilation != (1,):
             text += f", dilation={self.dilation}"
         if self.groups != 1:
             text += f", groups={self.groups}"
@@ -174,28 +386,27 @@ class Linear(Module):
             generator)
         self.weight = Parameter(weight)
         self.bias = Parameter(bias_values) if bias else None
-        self._input = None
 
     def forward(self, x):
         x = _as_float_array(x, self.weight.dtype)
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ValueError(
                 f"Linear expects (..., {self.in_features}), got {x.shape}")
-        self._input = x
-        y = x @ self.weight.data.T
+        self.save_for_backward(x)
+        y = _threads.matmul(x, self.weight.data.T)
         if self.bias is not None:
             y += self.bias.data
         return y
 
     def backward(self, grad_output):
-        x = _saved(self._input, self)
-        grad_output = _as_float_array(grad_output, self.weight.dtype)
+        x, = self.pop_saved()
+        grad_output = _grad_array(grad_output, self.weight.dtype)
         flat_x = x.reshape(-1, self.in_features)
         flat_grad = grad_output.reshape(-1, self.out_features)
-        self.weight.accumulate_grad(flat_grad.T @ flat_x)
+        self.weight.accumulate_grad(_threads.matmul(flat_grad.T, flat_x))
         if self.bias is not None:
             self.bias.accumulate_grad(flat_grad.sum(axis=0))
-        return (flat_grad @ self.weight.data).reshape(x.shape)
+        return _threads.matmul(flat_grad, self.weight.data).reshape(x.shape)
 
     def extra_repr(self):
         return (f"in_features={self.in_features}, out_features="
@@ -210,15 +421,15 @@ class ReLU(Module):
     def __init__(self, inplace=False):
         super().__init__()
         self.inplace = inplace  # accepted for PyTorch's signature; never in place
-        self._positive = None
 
     def forward(self, x):
         x = _as_float_array(x)
-        self._positive = x > 0
+        self.save_for_backward(x > 0)
         return np.maximum(x, 0, dtype=x.dtype)
 
     def backward(self, grad_output):
-        return grad_output * _saved(self._positive, self)
+        positive, = self.pop_saved()
+        return _grad_array(grad_output) * positive
 
 
 class Identity(Module):
@@ -236,17 +447,17 @@ class Flatten(Module):
         super().__init__()
         self.start_dim = start_dim
         self.end_dim = end_dim
-        self._input_shape = None
 
     def forward(self, x):
-        x = np.asarray(x)
-        self._input_shape = x.shape
+        x = _as_float_array(x)
+        self.save_for_backward(x.shape)
         start = self.start_dim % x.ndim
         end = self.end_dim % x.ndim
         return x.reshape(x.shape[:start] + (-1,) + x.shape[end + 1:])
 
     def backward(self, grad_output):
-        return grad_output.reshape(_saved(self._input_shape, self))
+        input_shape, = self.pop_saved()
+        return _grad_array(grad_output).reshape(input_shape)
 
     def extra_repr(self):
         return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
@@ -266,21 +477,19 @@ class MaxPool2d(Module):
         self.dilation = dilation
         self.return_indices = return_indices
         self.ceil_mode = ceil_mode
-        self._indices = None
-        self._input_shape = None
 
     def forward(self, x):
         x = _as_float_array(x)
         y, indices = F.max_pool2d(x, self.kernel_size, self.stride,
                                   self.padding, self.dilation, self.ceil_mode,
                                   return_indices=True)
-        self._indices = indices
-        self._input_shape = x.shape
+        self.save_for_backward(indices, x.shape)
         return (y, indices) if self.return_indices else y
 
     def backward(self, grad_output):
-        indices = _saved(self._indices, self)
-        return F.max_pool2d_backward(grad_output, indices, self._input_shape)
+        indices, input_shape = self.pop_saved()
+        return F.max_pool2d_backward(_grad_array(grad_output), indices,
+                                     input_shape)
 
     def extra_repr(self):
         return (f"kernel_size={self.kernel_size}, stride={self.stride}, "
@@ -301,17 +510,82 @@ class AvgPool2d(Module):
         self.padding = padding
         self.ceil_mode = ceil_mode
         self.count_include_pad = count_include_pad
-        self._input_shape = None
 
     def forward(self, x):
         x = _as_float_array(x)
-        self._input_shape = x.shape
-        return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding,
-                            self.ceil_mode, self.count_include_pad)
+        y = F.avg_pool2d(x, self.kernel_size, self.stride, self.padding,
+                         self.ceil_mode, self.count_include_pad)
+        self.save_for_backward(x.shape)
+        return y
 
     def backward(self, grad_output):
+        input_shape, = self.pop_saved()
         return F.avg_pool2d_backward(
-            grad_output, _saved(self._input_shape, self), self.kernel_size,
+            _grad_array(grad_output), input_shape, self.kernel_size,
+            self.stride, self.padding, self.ceil_mode, self.count_include_pad)
+
+    def extra_repr(self):
+        return (f"kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}")
+
+
+class MaxPool1d(Module):
+    """Max pooling of (N, C, L), as ``torch.nn.MaxPool1d``; ``padding`` an
+    int or ``(left, right)``."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1,
+                 return_indices=False, ceil_mode=False):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.stride = kernel_size if stride is None else stride
+        self.padding = padding
+        self.dilation = dilation
+        self.return_indices = return_indices
+        self.ceil_mode = ceil_mode
+
+    def forward(self, x):
+        x = _as_float_array(x)
+        y, indices = F.max_pool1d(x, self.kernel_size, self.stride,
+                                  self.padding, self.dilation, self.ceil_mode,
+                                  return_indices=True)
+        self.save_for_backward(indices, x.shape)
+        return (y, indices) if self.return_indices else y
+
+    def backward(self, grad_output):
+        indices, input_shape = self.pop_saved()
+        return F.max_pool1d_backward(_grad_array(grad_output), indices,
+                                     input_shape)
+
+    def extra_repr(self):
+        return (f"kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, dilation={self.dilation}, "
+                f"ceil_mode={self.ceil_mode}")
+
+
+class AvgPool1d(Module):
+    """Average pooling of (N, C, L), as ``torch.nn.AvgPool1d``; ``padding``
+    an int or ``(left, right)``."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False,
+                 count_include_pad=True):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.stride = kernel_size if stride is None else stride
+        self.padding = padding
+        self.ceil_mode = ceil_mode
+        self.count_include_pad = count_include_pad
+
+    def forward(self, x):
+        x = _as_float_array(x)
+        y = F.avg_pool1d(x, self.kernel_size, self.stride, self.padding,
+                         self.ceil_mode, self.count_include_pad)
+        self.save_for_backward(x.shape)
+        return y
+
+    def backward(self, grad_output):
+        input_shape, = self.pop_saved()
+        return F.avg_pool1d_backward(
+            _grad_array(grad_output), input_shape, self.kernel_size,
             self.stride, self.padding, self.ceil_mode, self.count_include_pad)
 
     def extra_repr(self):
@@ -329,7 +603,6 @@ class AdaptiveAvgPool2d(Module):
         super().__init__()
         self.output_size = _validate.pair(output_size, "output_size",
                                           minimum=1)
-        self._pool_args = None
 
     def forward(self, x):
         x = _as_float_array(x)
@@ -342,12 +615,14 @@ class AdaptiveAvgPool2d(Module):
                 f"AdaptiveAvgPool2d here needs the input size {height}x{width}"
                 f" to be a multiple of output_size {out_h}x{out_w}")
         kernel = (height // out_h, width // out_w)
-        self._pool_args = (x.shape, kernel)
-        return F.avg_pool2d(x, kernel, kernel)
+        y = F.avg_pool2d(x, kernel, kernel)
+        self.save_for_backward(x.shape, kernel)
+        return y
 
     def backward(self, grad_output):
-        input_shape, kernel = _saved(self._pool_args, self)
-        return F.avg_pool2d_backward(grad_output, input_shape, kernel, kernel)
+        input_shape, kernel = self.pop_saved()
+        return F.avg_pool2d_backward(_grad_array(grad_output), input_shape,
+                                     kernel, kernel)
 
     def extra_repr(self):
         return f"output_size={self.output_size}"
@@ -370,7 +645,6 @@ class Dropout(Module):
         self.inplace = inplace  # accepted for PyTorch's signature
         self._generator = np.random.default_rng(
             init.as_generator(generator).integers(2**63))
-        self._mask = None
 
     def manual_seed(self, seed: int) -> None:
         self._generator = np.random.default_rng(seed)
@@ -378,16 +652,19 @@ class Dropout(Module):
     def forward(self, x):
         x = _as_float_array(x)
         if not self.training or self.p == 0.0:
-            self._mask = None
+            self.save_for_backward(None)  # the identity
             return x
         seed = int(self._generator.integers(2**63))
-        y, self._mask = F.dropout(x, self.p, seed=seed)
+        y, mask = F.dropout(x, self.p, seed=seed)
+        self.save_for_backward(mask)
         return y
 
     def backward(self, grad_output):
-        if self._mask is None:
+        mask, = self.pop_saved()
+        grad_output = _grad_array(grad_output)
+        if mask is None:
             return grad_output
-        return F.dropout_backward(grad_output, self._mask, self.p)
+        return F.dropout_backward(grad_output, mask, self.p)
 
     def extra_repr(self):
         return f"p={self.p}"
@@ -405,8 +682,8 @@ def _channel_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Per-channel sum of a * b for C-contiguous (N, C, H, W) arrays: (C,),
     as N*C BLAS dot products (no (N, C, H, W) temporary)."""
     batch, channels = a.shape[:2]
-    products = a.reshape(batch, channels, 1, -1) @ b.reshape(
-        batch, channels, -1, 1)
+    products = _threads.matmul(a.reshape(batch, channels, 1, -1),
+                               b.reshape(batch, channels, -1, 1))
     return products.reshape(batch, channels).sum(axis=0)
 
 
@@ -446,7 +723,6 @@ class BatchNorm2d(Module):
             self.running_mean = None
             self.running_var = None
             self.num_batches_tracked = None
-        self._saved = None
 
     def _compute_dtype(self, x):
         if self.weight is not None:
@@ -485,7 +761,7 @@ class BatchNorm2d(Module):
             variance = self.running_var
         inv_std = (1.0 / np.sqrt(variance + self.eps)).astype(x.dtype)
         # Keep x - mean and 1/std; backward rebuilds normalized x from them.
-        self._saved = (centered, inv_std, use_batch_stats)
+        self.save_for_backward(centered, inv_std, use_batch_stats)
         if self.weight is None:
             return centered * inv_std.reshape(shape)
         output = centered * (self.weight.data * inv_std).reshape(shape)
@@ -504,9 +780,9 @@ class BatchNorm2d(Module):
                             + factor * unbiased).astype(self.running_var.dtype)
 
     def backward(self, grad_output):
-        centered, inv_std, used_batch_stats = _saved(self._saved, self)
+        centered, inv_std, used_batch_stats = self.pop_saved()
         grad_output = np.ascontiguousarray(
-            _as_float_array(grad_output, centered.dtype))
+            _grad_array(grad_output, centered.dtype))
         shape = (1, -1, 1, 1)
         grad_sum = _channel_sum(grad_output)
         # sum(grad * normalized) per channel, normalized = centered * inv_std

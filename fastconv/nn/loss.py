@@ -40,7 +40,6 @@ class CrossEntropyLoss(Module):
                 f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
         self.reduction = reduction
         self.label_smoothing = float(label_smoothing)
-        self._saved = None
 
     def _target_distribution(self, targets, num_classes, dtype):
         distribution = np.zeros((targets.shape[0], num_classes), dtype=dtype)
@@ -71,13 +70,11 @@ class CrossEntropyLoss(Module):
             targets, num_classes, logits.dtype)
         per_sample = -(target_distribution * log_probabilities).sum(axis=1)
         divisor = logits.shape[0] if self.reduction == "mean" else 1
-        self._saved = (log_probabilities, target_distribution, divisor)
+        self.save_for_backward(log_probabilities, target_distribution, divisor)
         return float(per_sample.sum() / divisor)
 
     def backward(self, grad_output=1.0) -> np.ndarray:
-        if self._saved is None:
-            raise RuntimeError("CrossEntropyLoss.backward called before forward")
-        log_probabilities, target_distribution, divisor = self._saved
+        log_probabilities, target_distribution, divisor = self.pop_saved()
         grad = np.exp(log_probabilities) - target_distribution
         grad *= np.asarray(grad_output / divisor, dtype=grad.dtype)
         return grad

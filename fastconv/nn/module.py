@@ -1,10 +1,18 @@
 """``Parameter``, ``Module`` and ``Sequential``: a PyTorch-shaped module system
 with explicit backward passes.
 
-A module's ``forward(x)`` keeps whatever its ``backward`` will need (the
-input, a mask, pooling indices) on the module itself; ``backward(grad_output)``
-returns the gradient with respect to the input of the latest ``forward`` and
-adds the gradients of the module's parameters into ``Parameter.grad``.
+A module's ``forward(x)`` saves whatever its ``backward`` will need (the
+input, a mask, pooling indices) with ``save_for_backward``;
+``backward(grad_output)`` takes it back with ``pop_saved``, returns the
+gradient with respect to that forward's input and adds the gradients of the
+module's parameters into ``Parameter.grad``. A module may be called several
+times before its backward passes (a layer shared or used twice): in training
+mode every forward pushes its values on a stack and the backward calls
+consume them last-in first-out, the order in which a network's backward
+meets them. In eval mode a forward keeps only its own values (an inference
+loop's memory stays flat; a backward right after it still works, except
+through a layer that the forward used twice, which kept its second call
+only: backpropagate through shared layers in training mode).
 
 Names, registration order and ``state_dict`` keys follow PyTorch, so that a
 ``state_dict`` moves between the two as a dict of arrays.
@@ -86,6 +94,7 @@ class Module:
         object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "_modules", OrderedDict())
         object.__setattr__(self, "training", True)
+        object.__setattr__(self, "_saved_for_backward", [])
 
     # ------------------------------------------------------------ registration
 
@@ -143,6 +152,30 @@ class Module:
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
+
+    def save_for_backward(self, *values) -> None:
+        """Keep ``values`` for the backward of the forward now running.
+
+        Training mode: pushed on this module's stack, one entry per forward
+        not yet consumed by a backward (each holds its arrays until then).
+        Eval mode: they replace whatever was saved, so at most the latest
+        forward's values are kept.
+        """
+        saved = self.__dict__["_saved_for_backward"]
+        if not self.training:
+            saved.clear()
+        saved.append(values)
+
+    def pop_saved(self) -> tuple:
+        """Remove and return the values of the latest forward whose backward
+        has not run (a tuple, as given to ``save_for_backward``)."""
+        saved = self.__dict__["_saved_for_backward"]
+        if not saved:
+            raise RuntimeError(
+                f"{type(self).__name__}.backward called before forward, or "
+                f"more often: nothing saved (each backward consumes what one "
+                f"forward saved)")
+        return saved.pop()
 
     # ------------------------------------------------------------- traversal
 

@@ -1,7 +1,8 @@
 """Fixtures of the CUDA backend's tests: simulator or GPU, and launch configs.
 
-These tests need numba-cuda and either a GPU or Numba's CUDA simulator, which
-must be switched on before numba is first imported, so from the shell:
+These tests need numba-cuda (``pip install ".[cuda]"`` from the repository
+root) and either a GPU or Numba's CUDA simulator, which must be switched on
+before numba is first imported, so from the shell:
 
     NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/cuda
 

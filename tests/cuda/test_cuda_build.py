@@ -106,5 +106,5 @@ def test_without_numba_cuda_import_works_and_cuda_raises_clearly():
     """)
     result = _run_python(script, _environment_without_simulator(), 300)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "numba-cuda is not installed (pip install fastconv[cuda])" in (
+    assert 'numba-cuda is not installed (pip install ".[cuda]"' in (
         result.stdout)

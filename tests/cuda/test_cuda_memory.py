@@ -22,7 +22,8 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM", "") == "1":
                 "device memory manager)", allow_module_level=True)
 if cuda_backend.unavailable_reason() is not None:
     pytest.skip(f"CUDA backend unavailable: "
-                f"{cuda_backend.unavailable_reason()}",
+                f"{cuda_backend.unavailable_reason()} (needs numba-cuda: "
+                f"pip install \".[cuda]\", and a GPU)",
                 allow_module_level=True)
 
 SCRIPT = textwrap.dedent("""

@@ -23,8 +23,9 @@ from fastconv.backends import cuda as cuda_backend
 _UNAVAILABLE = cuda_backend.unavailable_reason()
 if _UNAVAILABLE is not None:
     pytest.skip(
-        f"CUDA backend unavailable: {_UNAVAILABLE}. Run these tests under "
-        "Numba's simulator: NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/cuda",
+        f"CUDA backend unavailable: {_UNAVAILABLE}. These tests need "
+        "numba-cuda (pip install \".[cuda]\") and a GPU or Numba's "
+        "simulator: NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/cuda",
         allow_module_level=True)
 
 pytestmark = [

@@ -17,8 +17,9 @@ from fastconv.backends import cuda as cuda_backend
 _UNAVAILABLE = cuda_backend.unavailable_reason()
 if _UNAVAILABLE is not None:
     pytest.skip(
-        f"CUDA backend unavailable: {_UNAVAILABLE}. Run these tests under "
-        "Numba's simulator: NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/cuda",
+        f"CUDA backend unavailable: {_UNAVAILABLE}. These tests need "
+        "numba-cuda (pip install \".[cuda]\") and a GPU or Numba's "
+        "simulator: NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/cuda",
         allow_module_level=True)
 
 pytestmark = [
@@ -47,6 +48,8 @@ CONV_CASES = {
                                   True),
     "valid_strided_dilated": ((1, 2, 9, 9), (3, 2, 3, 3), 2, "valid", 2, 1,
                               False),
+    "nested_asymmetric_padding": ((1, 2, 5, 6), (3, 2, 3, 2), (1, 2),
+                                  ((2, 0), (1, 3)), 1, 1, True),
 }
 
 # (x shape, kernel_size, stride, padding, dilation, ceil_mode)
@@ -56,6 +59,7 @@ POOL_CASES = {
     "k2_ceil_ragged": ((2, 1, 5, 5), 2, None, 0, 1, True),
     "overlapping_stride1": ((1, 2, 6, 6), 3, 1, 1, 1, False),
     "ceil_padded": ((1, 2, 6, 5), 3, 2, 1, 1, True),
+    "asymmetric_ceil": ((1, 2, 7, 6), 3, 2, ((0, 1), (1, 0)), 1, True),
 }
 
 
@@ -491,3 +495,67 @@ def test_unavailable_reasons(monkeypatch):
     monkeypatch.setattr(cuda_backend, "_IMPORT_PROBLEM",
                         "numba-cuda is not installed")
     assert "not installed" in cuda_backend.unavailable_reason()
+
+
+# ----------------------------------- transposed and 1-D ops (conv2d kernels)
+
+def test_conv2d_backward_without_weight_grad(random_array, assert_close):
+    x, weight, _, options = _conv_args("strided_asymmetric", np.float64,
+                                       random_array)
+    grad_output = random_array(_output_shape(x, weight, options), np.float64,
+                               "cuda-nwg", "strided_asymmetric")
+    grads = fastconv.conv2d_backward(grad_output, x, weight,
+                                     need_weight_grad=False, backend="cuda",
+                                     **options)
+    expected = fastconv.conv2d_backward(grad_output, x, weight,
+                                        backend="naive", **options)
+    assert grads[1] is None and grads[2] is None
+    assert_close(grads[0], expected[0], what="grad_input")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_conv_transpose2d_matches_naive(dtype, random_array, assert_close):
+    x = random_array((2, 4, 3, 4), dtype, "cuda-tconv-x")
+    weight = random_array((4, 3, 3, 2), dtype, "cuda-tconv-w")
+    bias = random_array((6,), dtype, "cuda-tconv-b")
+    options = dict(stride=(2, 1), padding=(1, 0), output_padding=(1, 0),
+                   groups=2, dilation=(1, 2))
+    y = fastconv.conv_transpose2d(x, weight, bias, backend="cuda", **options)
+    assert_close(y, fastconv.conv_transpose2d(x, weight, bias,
+                                              backend="naive", **options),
+                 what="conv_transpose2d")
+    grad_output = random_array(y.shape, dtype, "cuda-tconv-g")
+    grads = fastconv.conv_transpose2d_backward(grad_output, x, weight,
+                                               backend="cuda", **options)
+    expected = fastconv.conv_transpose2d_backward(grad_output, x, weight,
+                                                  backend="naive", **options)
+    for name, actual, wanted in zip(("grad_input", "grad_weight", "grad_bias"),
+                                    grads, expected):
+        assert actual.dtype == dtype
+        assert_close(actual, wanted, what=name)
+
+
+def test_1d_ops_match_naive(random_array, assert_close):
+    x = random_array((2, 3, 9), np.float64, "cuda-1d-x")
+    weight = random_array((4, 3, 3), np.float64, "cuda-1d-w")
+    conv = dict(stride=2, padding=(2, 1))
+    y = fastconv.conv1d(x, weight, backend="cuda", **conv)
+    assert_close(y, fastconv.conv1d(x, weight, backend="naive", **conv))
+    grad_output = random_array(y.shape, np.float64, "cuda-1d-g")
+    for actual, wanted in zip(
+            fastconv.conv1d_backward(grad_output, x, weight, backend="cuda",
+                                     **conv),
+            fastconv.conv1d_backward(grad_output, x, weight, backend="naive",
+                                     **conv)):
+        assert_close(actual, wanted)
+    pool = dict(kernel_size=3, stride=2, padding=(1, 0), ceil_mode=True)
+    y, indices = fastconv.max_pool1d(x, **pool, return_indices=True,
+                                     backend="cuda")
+    y_ref, indices_ref = fastconv.max_pool1d(x, **pool, return_indices=True,
+                                             backend="naive")
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(indices, indices_ref)
+    assert_close(fastconv.avg_pool1d(x, **pool, count_include_pad=False,
+                                     backend="cuda"),
+                 fastconv.avg_pool1d(x, **pool, count_include_pad=False,
+                                     backend="naive"))

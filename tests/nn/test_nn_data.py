@@ -353,3 +353,76 @@ def test_load_image_errors(tmp_path):
         load_image(tmp_path / "x.png", 1, 28)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_image(tmp_path / "missing.png", 1, 28)
+
+
+# ------------------------------------------------- hostile compressed files
+
+from hostile_files import linux_only  # noqa: E402
+
+def run_capped(code, headroom=256 * 1024**2):
+    """``code`` in a subprocess whose address space is capped at what it had
+    after importing fastconv.data plus ``headroom``; its last stdout line."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import resource
+        import fastconv.data
+        with open("/proc/self/status") as status:
+            size = next(int(line.split()[1]) * 1024 for line in status
+                        if line.startswith("VmSize"))
+        resource.setrlimit(resource.RLIMIT_AS, (size + {headroom},) * 2)
+    """) + textwrap.dedent(code)
+    result = subprocess.run([sys.executable, "-c", script],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()[-1]
+
+
+READ_IDX = """
+    try:
+        fastconv.data.read_idx({path!r})
+        print("read")
+    except ValueError as exc:
+        print(exc)
+"""
+
+
+@linux_only
+def test_a_gzip_idx_declaring_gigabytes_is_refused_within_the_cap(tmp_path):
+    from hostile_files import GIB, gzip_of, zero_filled
+
+    count = 3 * GIB // 784
+    header = b"\x00\x00\x08\x03" + struct.pack(">III", count, 28, 28)
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(gzip_of(zero_filled("", header, 16 + count * 784)))
+    assert path.stat().st_size < 16 * 1024**2
+    message = run_capped(READ_IDX.format(path=str(path)))
+    assert message.startswith(str(path)) and "more than MAX_IDX_BYTES" in \
+        message
+
+
+@linux_only
+def test_a_gzip_idx_holding_gigabytes_more_than_declared_is_refused(
+        tmp_path):
+    from hostile_files import GIB, gzip_of, zero_filled
+
+    header = b"\x00\x00\x08\x03" + struct.pack(">III", 10, 28, 28)
+    path = tmp_path / "long.gz"
+    path.write_bytes(gzip_of(zero_filled("", header, 3 * GIB)))
+    message = run_capped(READ_IDX.format(path=str(path)))
+    assert message.startswith(str(path)) and "unexpected bytes" in message
+
+
+def test_a_cifar_tarball_member_declaring_too_much_is_refused(tmp_path):
+    from hostile_files import gzip_of, zero_filled
+
+    info = tarfile.TarInfo("cifar-10-batches-py/data_batch_1")
+    info.size = 300 * 1024**2
+    header = info.tobuf(format=tarfile.USTAR_FORMAT)
+    (tmp_path / "cifar-10-python.tar.gz").write_bytes(gzip_of(zero_filled(
+        "", header, len(header) + info.size + 1024)))
+    with pytest.raises(ValueError, match="data_batch_1 declares 314572800 "
+                                         "bytes, more than a CIFAR batch"):
+        load_cifar10(tmp_path)

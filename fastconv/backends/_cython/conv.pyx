@@ -77,9 +77,9 @@ cdef void *_capsule_pointer(object capsule) except NULL:
 
 def _load_blas():
     global _sgemm, _dgemm
-    from scipy.linalg import cython_blas
+    from fastconv import _scipy_blas  # without all of scipy.linalg's import
 
-    exported = cython_blas.__pyx_capi__
+    exported = _scipy_blas.load().__pyx_capi__
     _sgemm = <sgemm_fn>_capsule_pointer(exported["sgemm"])
     _dgemm = <dgemm_fn>_capsule_pointer(exported["dgemm"])
 
