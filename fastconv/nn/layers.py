@@ -680,12 +680,12 @@ def _rows(x: np.ndarray) -> np.ndarray:
 def _channel_sum(x: np.ndarray) -> np.ndarray:
     """Per-channel sum of a C-contiguous (N, C, H, W) array: (C,) float64.
 
-    One BLAS matrix-vector product with a ones vector (a single streaming
-    read; numpy's reduction over axes (0, 2, 3) is several times slower),
-    each row of H * W summed in x's dtype and the N rows of a channel in
-    float64.
+    Each row of H * W is summed by ``einsum`` in x's dtype (one streaming
+    read on one thread; numpy's reduction over axes (0, 2, 3) is several
+    times slower, and a BLAS product with a ones vector stalls on BLAS's
+    threads next to the OpenMP kernels), the N rows of a channel in float64.
     """
-    row_sums = _rows(x) @ np.ones(x.shape[2] * x.shape[3], x.dtype)
+    row_sums = np.einsum("ij->i", _rows(x))
     return row_sums.reshape(x.shape[:2]).sum(axis=0, dtype=np.float64)
 
 
@@ -810,21 +810,21 @@ class BatchNorm2d(Module):
             scale = self.weight.data * inv_std
         else:
             scale = inv_std
-        grad_input = np.multiply(grad_output, scale.reshape(shape))
         if not used_batch_stats:
-            return grad_input
-        # The batch mean and variance depend on every element: remove the
-        # gradient's per-channel mean and its projection on normalized x,
-        # scale / count * (grad_sum + normalized * grad_dot_normalized),
-        # written as x * x_coefficient + constant (two passes over x).
+            return np.multiply(grad_output, scale.reshape(shape))
+        # The batch mean and variance depend on every element: the gradient
+        # is scale * (grad - (grad_sum + normalized * grad_dot_normalized)
+        # / count), written as scale * (grad - x * x_coefficient - constant)
+        # to run in four passes over one array (no temporaries).
         count = grad_output.shape[0] * grad_output.shape[2] * \
             grad_output.shape[3]
-        x_coefficient = scale * inv_std * grad_dot_normalized / count
-        constant = scale * grad_sum / count - x_coefficient * mean
-        correction = np.multiply(x, x_coefficient.astype(x.dtype).reshape(
+        x_coefficient = inv_std * grad_dot_normalized / count
+        constant = grad_sum / count - x_coefficient * mean
+        grad_input = np.multiply(x, (-x_coefficient).astype(x.dtype).reshape(
             shape))
-        correction += constant.astype(x.dtype).reshape(shape)
-        grad_input -= correction
+        grad_input -= constant.astype(x.dtype).reshape(shape)
+        grad_input += grad_output
+        grad_input *= scale.reshape(shape)
         return grad_input
 
     def extra_repr(self):
