@@ -615,14 +615,30 @@ class AdaptiveAvgPool2d(Module):
                 f"AdaptiveAvgPool2d here needs the input size {height}x{width}"
                 f" to be a multiple of output_size {out_h}x{out_w}")
         kernel = (height // out_h, width // out_w)
-        y = F.avg_pool2d(x, kernel, kernel)
         self.save_for_backward(x.shape, kernel)
-        return y
+        if (out_h, out_w) == (1, 1):
+            # Global pooling: one streaming row sum per (n, c), far cheaper
+            # than a pooling kernel's launch on the small final maps.
+            batch, channels = x.shape[:2]
+            row_sums = np.einsum("ij->i", np.ascontiguousarray(x).reshape(
+                batch * channels, -1))
+            return (row_sums / (height * width)).astype(x.dtype).reshape(
+                batch, channels, 1, 1)
+        return F.avg_pool2d(x, kernel, kernel)
 
     def backward(self, grad_output):
         input_shape, kernel = self.pop_saved()
-        return F.avg_pool2d_backward(_grad_array(grad_output), input_shape,
-                                     kernel, kernel)
+        grad_output = _grad_array(grad_output)
+        if kernel == input_shape[2:]:
+            if grad_output.shape != input_shape[:2] + (1, 1):
+                raise ValueError(
+                    f"grad_output must have shape {input_shape[:2] + (1, 1)}"
+                    f", got {grad_output.shape}")
+            area = input_shape[2] * input_shape[3]
+            return np.repeat(grad_output / grad_output.dtype.type(area),
+                             area, axis=3).reshape(input_shape)
+        return F.avg_pool2d_backward(grad_output, input_shape, kernel,
+                                     kernel)
 
     def extra_repr(self):
         return f"output_size={self.output_size}"
