@@ -91,3 +91,25 @@ def _weight_grad(x, grad):
     layer(x)
     layer.backward(grad)
     return layer.weight.grad
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_global_average_pooling_matches_pytorch(dtype):
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((3, 4, 5, 6)).astype(dtype)
+    grad = rng.standard_normal((3, 4, 1, 1)).astype(dtype)
+    layer = nn.AdaptiveAvgPool2d(1)
+    y = layer(x)
+    grad_x = layer.backward(grad)
+    x_torch = torch.from_numpy(x).requires_grad_(True)
+    y_torch = torch.nn.AdaptiveAvgPool2d(1)(x_torch)
+    y_torch.backward(torch.from_numpy(grad))
+    assert y.dtype == grad_x.dtype == dtype
+    tolerance = 1e-6 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(y, y_torch.detach().numpy(), rtol=tolerance,
+                               atol=tolerance)
+    np.testing.assert_allclose(grad_x, x_torch.grad.numpy(), rtol=tolerance,
+                               atol=tolerance)
+    layer(x)
+    with pytest.raises(ValueError, match="grad_output must have shape"):
+        layer.backward(np.ones((3, 4, 2, 1), dtype))
