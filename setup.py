@@ -35,7 +35,7 @@ except ImportError:  # pragma: no cover
     from distutils.errors import CCompilerError, CompileError, LinkError
 
 CYTHON_DIR = os.path.join("fastconv", "backends", "_cython")
-KERNELS = ("conv", "pool", "dropout", "depthwise")
+KERNELS = ("conv", "winograd", "pool", "dropout", "depthwise")
 
 #: Added where the compiler accepts them. GCC's -O3 unroll-and-jam fuses the
 #: max-pool tap loop (pool.pyx, _max_run) pairwise into one scalar loop that

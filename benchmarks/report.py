@@ -1,7 +1,21 @@
-"""fastconv against PyTorch CPU, timed side by side, printed as Markdown.
+"""fastconv against PyTorch and ONNX Runtime on CPU, printed as Markdown.
 
     python benchmarks/report.py [--threads 2] [--repeats 11] [--quick]
+    python benchmarks/report.py --ops conv2d --quick   # the conv tables alone
     python benchmarks/report.py --fastest     # fastest CPU backend per primitive
+
+conv2d (forward, and forward+backward) is timed with each library in a
+process of its own (``conv_peer.py``): fastconv's 'auto' and each compiled
+backend, PyTorch, ONNX Runtime (a one-node Conv model, forward only) and
+numpy's sgemm (the ceiling of a GEMM-based convolution). The processes take
+turns, one library after another in a rotated order, for ``--rounds``
+rounds; a figure is the median over the rounds of each round's median. The
+table gives ms, GFLOP/s (direct-method FLOPs, 2 N K OH OW C R S / groups,
+three times that forward+backward), the fraction of the sgemm rate, both
+ratios (peer time / fastconv time: above 1, fastconv is faster) and the
+method 'auto' ran.
+
+The other ops run in this one process:
 
 Every workload (``cases.py``: the issue's conv2d shapes, pooling, dropout;
 float32) runs in this one process on each compiled CPU backend, on ``'auto'``
@@ -27,10 +41,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from typing import Callable, NamedTuple
@@ -47,13 +63,12 @@ import fastconv  # noqa: E402
 from fastconv.backends import PRIMITIVES  # noqa: E402
 
 import cases  # noqa: E402
+import conv_peer  # noqa: E402
 
 #: (what, op, shapes, floor): the issue's floors, checked on 'auto' as the
-#: geometric mean of PyTorch time / fastconv time over the shapes.
+#: geometric mean of PyTorch time / fastconv time over the shapes (conv2d's
+#: bars are checked by ``conv_summary``).
 FLOORS = (
-    ("conv2d forward", "conv2d_forward", cases.CONV_SHAPES, 0.5),
-    ("conv2d forward+backward", "conv2d_forward_backward",
-     cases.CONV_SHAPES, 0.7),
     ("max_pool2d forward (+indices)", "max_pool2d_forward",
      cases.POOL_SHAPES, 5.0),
     ("dropout (mask + apply)", "dropout", cases.DROPOUT_SHAPES, 5.0),
@@ -64,6 +79,17 @@ UNFLOORED = (
     ("avg_pool2d forward", "avg_pool2d_forward", cases.POOL_SHAPES),
     ("avg_pool2d backward", "avg_pool2d_backward", cases.POOL_SHAPES),
 )
+#: conv2d bars (issue 9), on 'auto': (peer, op, geometric mean at least,
+#: every shape at least).
+CONV_BARS = (
+    ("onnxruntime", "conv2d_forward", 1.0, 0.85),
+    ("torch", "conv2d_forward", 1.3, 1.0),
+    ("torch", "conv2d_forward_backward", 1.4, 1.0),
+)
+#: The worker that times one library in a process of its own.
+CONV_PEER = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                         "conv_peer.py")
+
 #: Ops compared with the naive loops (on cases.NAIVE_* shapes).
 NAIVE_OPS = cases.CONV_OPS + cases.POOL_OPS + cases.DROPOUT_OPS
 
@@ -282,6 +308,144 @@ def fastest_backends(compiled_names, timer, prefixes=()):
     return _table(header, rows, text_columns=(0, last - 1, last)), order
 
 
+# ------------------------------------------------------ conv, per process
+
+def _conv_flops(shape) -> float:
+    """Direct-method FLOPs of one forward: 2 N K OH OW (C / groups) R S."""
+    batch, out_channels, out_height, out_width = shape.output_shape
+    return (2.0 * batch * out_channels * out_height * out_width
+            * shape.in_channels // shape.groups * shape.kernel ** 2)
+
+
+def _conv_libraries(compiled):
+    libraries = ["fastconv:auto"] + [f"fastconv:{name}" for name in compiled]
+    for module in ("torch", "onnxruntime"):
+        try:
+            __import__(module)
+        except ImportError:
+            continue
+        libraries.append(module)
+    return libraries
+
+
+def _run_peer(library, op, threads, repeats, sample_ms):
+    """{shape label: (seconds, method)} from one conv_peer.py process."""
+    command = [sys.executable, CONV_PEER, library, "--op", op, "--threads",
+               str(threads), "--repeats", str(repeats), "--sample-ms",
+               str(sample_ms)]
+    done = subprocess.run(command, capture_output=True, text=True,
+                          check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr}")
+    rows = [json.loads(line) for line in done.stdout.splitlines() if line]
+    return {row["shape"]: (row["seconds"], row["method"]) for row in rows}
+
+
+def measure_conv(compiled, threads, rounds, repeats, sample_ms):
+    """Median over rounds of each library's per-shape time, every library
+    in its own process, taking turns in a rotated order.
+
+    Returns ({op: {library: {label: seconds}}}, {label: method of auto},
+    sgemm seconds for 2048^3, libraries)."""
+    libraries = _conv_libraries(compiled)
+    samples = {op: {library: {} for library in libraries}
+               for op in cases.CONV_OPS}
+    sgemm, methods = [], {}
+    jobs = [("sgemm", "conv2d_forward")] + [
+        (library, op) for op in cases.CONV_OPS for library in libraries
+        if not (library == "onnxruntime" and op != "conv2d_forward")]
+    for round_index in range(rounds):
+        shift = round_index % len(jobs)
+        for library, op in jobs[shift:] + jobs[:shift]:
+            result = _run_peer(library, op, threads, repeats, sample_ms)
+            if library == "sgemm":
+                sgemm.append(result["sgemm"][0])
+                continue
+            for label, (seconds, method) in result.items():
+                samples[op][library].setdefault(label, []).append(seconds)
+                if library == "fastconv:auto" and method:
+                    methods[label] = method
+        print(f"  conv round {round_index + 1}/{rounds}", file=sys.stderr,
+              flush=True)
+    medians = {op: {library: {label: statistics.median(values)
+                              for label, values in per_shape.items()}
+                    for library, per_shape in per_library.items()
+                    if per_shape}
+               for op, per_library in samples.items()}
+    return medians, methods, statistics.median(sgemm), libraries
+
+
+def conv_tables(medians, methods, sgemm_seconds):
+    """The forward and forward+backward tables, and the bars' summary."""
+    sgemm_rate = 2.0 * conv_peer.SGEMM_SIZE ** 3 / sgemm_seconds
+    out = [f"numpy sgemm ({conv_peer.SGEMM_SIZE}^3): "
+           f"{sgemm_rate / 1e9:.0f} GFLOP/s.\n"]
+    for op, factor in (("conv2d_forward", 1), ("conv2d_forward_backward", 3)):
+        per_library = medians[op]
+        auto = per_library["fastconv:auto"]
+        peers = [name for name in ("onnxruntime", "torch")
+                 if name in per_library]
+        others = [name for name in per_library
+                  if name.startswith("fastconv:") and name != "fastconv:auto"]
+        header = (["shape", "auto method", "auto ms", "GFLOP/s", "of sgemm"]
+                  + [f"{name} ms" for name in peers]
+                  + [f"{name}/auto" for name in peers]
+                  + [f"{name.split(':')[1]} ms" for name in others])
+        rows = []
+        for shape in cases.CONV_SHAPES:
+            label = shape.label
+            rate = factor * _conv_flops(shape) / auto[label]
+            rows.append(
+                [label, methods.get(label, "-"), _ms(auto[label]),
+                 f"{rate / 1e9:.0f}", f"{rate / sgemm_rate:.2f}"]
+                + [_ms(per_library[name][label]) for name in peers]
+                + [_ratio(per_library[name][label] / auto[label])
+                   for name in peers]
+                + [_ms(per_library[name][label]) for name in others])
+        title = "forward" if factor == 1 else "forward+backward"
+        out.append(f"conv2d {title} (float32):\n")
+        out.append(_table(header, rows, text_columns=(0, 1)))
+        out.append("")
+    return "\n".join(out)
+
+
+def conv_summary(medians, sgemm_seconds):
+    """The issue-9 bars on 'auto': Markdown and whether all pass."""
+    header = ["bar", "geomean", "worst shape", "needed", "result"]
+    rows, all_pass = [], True
+    for peer, op, mean_bar, shape_bar in CONV_BARS:
+        per_library = medians[op]
+        if peer not in per_library:
+            continue
+        ratios = {shape.label: per_library[peer][shape.label]
+                  / per_library["fastconv:auto"][shape.label]
+                  for shape in cases.CONV_SHAPES}
+        mean, worst = geometric_mean(ratios.values()), min(ratios.values())
+        passed = mean >= mean_bar and worst >= shape_bar
+        all_pass &= passed
+        worst_label = min(ratios, key=ratios.get)
+        rows.append([f"{op} vs {peer}", _ratio(mean),
+                     f"{_ratio(worst)} ({worst_label})",
+                     f">= {mean_bar}x, each >= {shape_bar}x",
+                     "PASS" if passed else "FAIL"])
+    sgemm_rate = 2.0 * conv_peer.SGEMM_SIZE ** 3 / sgemm_seconds
+    wide = [shape for shape in cases.CONV_SHAPES
+            if shape.kernel == 3 and shape.stride == 1
+            and min(shape.in_channels, shape.out_channels) >= 64]
+    rates = {shape.label: _conv_flops(shape)
+             / medians["conv2d_forward"]["fastconv:auto"][shape.label]
+             / sgemm_rate for shape in wide}
+    if rates:
+        worst_label = min(rates, key=rates.get)
+        passed = rates[worst_label] > 1
+        all_pass &= passed
+        rows.append(["3x3 s1, C,K >= 64: rate / sgemm rate",
+                     f"{geometric_mean(rates.values()):.2f}",
+                     f"{rates[worst_label]:.2f} ({worst_label})", "> 1",
+                     "PASS" if passed else "FAIL"])
+    return _table(header, rows, text_columns=(0, 2, 3, 4)), all_pass
+
+
 # -------------------------------------------------------------------- main
 
 def main(argv=None) -> int:
@@ -306,6 +470,9 @@ def main(argv=None) -> int:
     parser.add_argument("--ops", nargs="+", default=(), metavar="PREFIX",
                         help="time only the ops whose name starts with one "
                              "of these (e.g. conv2d max_pool2d dropout)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="conv2d: rounds of one process per library "
+                             "(default 5, or 3 with --quick)")
     parser.add_argument("--no-naive", action="store_true",
                         help="skip the speedup-over-naive table")
     args = parser.parse_args(argv)
@@ -349,16 +516,36 @@ def main(argv=None) -> int:
         print(f"\nFinished with {_load_average()}.")
         return 0
 
-    fastconv_names = compiled + ["auto"]
-    timings = compare_with_torch(torch, fastconv_names, timer, args.ops)
-    print(torch_table(timings, fastconv_names, torch is not None))
     all_pass = True
-    if torch is not None:
-        summary, all_pass = summary_table(timings, fastconv_names)
+    if not args.ops or any("conv2d".startswith(prefix)
+                           or prefix.startswith("conv2d")
+                           for prefix in args.ops):
+        medians, methods, sgemm_seconds, libraries = measure_conv(
+            compiled, args.threads, args.rounds or (3 if args.quick else 5),
+            timer.repeats, timer.sample_seconds * 1e3)
+        rounds = args.rounds or (3 if args.quick else 5)
+        print(f"conv2d, each library in its own process "
+              f"({', '.join(libraries)}), median of {rounds} rounds; "
+              f"{_load_average()}:\n")
+        print(conv_tables(medians, methods, sgemm_seconds))
+        summary, all_pass = conv_summary(medians, sgemm_seconds)
+        print("conv2d bars, on 'auto' (peer time / fastconv time):\n")
+        print(summary)
+        print()
+    fastconv_names = compiled + ["auto"]
+    other_ops = [op for op in _selected(cases.TORCH_OPS, args.ops)
+                 if not op.startswith("conv2d")]
+    timings = compare_with_torch(torch, fastconv_names, timer,
+                                 other_ops) if other_ops else {}
+    if timings:
+        print(torch_table(timings, fastconv_names, torch is not None))
+    if torch is not None and timings:
+        summary, passed = summary_table(timings, fastconv_names)
+        all_pass &= passed
         print("\nSummary (PyTorch time / fastconv time; above 1 means "
               "fastconv is faster):\n")
         print(summary)
-    else:
+    elif torch is None:
         print("\nPyTorch is not installed: no ratios, floors not checked.")
     if not args.no_naive:
         print("\nSpeedup over the naive reference loops (same small shapes):\n")

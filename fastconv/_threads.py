@@ -130,12 +130,18 @@ def _threads_for(work: int, minimum: int) -> int:
     return threads
 
 
+def macs_threads(macs: int) -> int:
+    """Threads for a call of ``macs`` multiply-adds
+    (config.PARALLEL_MIN_MACS)."""
+    return _threads_for(macs, config.PARALLEL_MIN_MACS)
+
+
 def conv_threads(g, passes: int = 1) -> int:
     """Threads for a convolution of geometry ``g`` (``passes`` 2 for the
     backward pass), by its multiply-adds (config.PARALLEL_MIN_MACS)."""
     macs = (g.batch * g.out_channels * g.out_height * g.out_width
             * (g.in_channels // g.groups) * g.kernel_height * g.kernel_width)
-    return _threads_for(passes * macs, config.PARALLEL_MIN_MACS)
+    return macs_threads(passes * macs)
 
 
 def pool_threads(g) -> int:

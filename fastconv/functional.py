@@ -101,7 +101,7 @@ def _check_conv_planes(geometry, what):
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
-           *, backend=None):
+           *, backend=None, _packed=None):
     """2-D cross-correlation, as ``torch.nn.functional.conv2d``.
 
     x: (N, C, H, W); weight: (K, C // groups, R, S); bias: (K,) or None.
@@ -120,8 +120,10 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
             raise ValueError(
                 f"bias must have length {geometry.out_channels} (weight.shape[0])"
                 f", got {bias.shape[0]}")
+    # _packed: nn.Conv2d's fastconv._packed.PackedWeights (or None), where
+    # a backend may keep forms of the weight it computes (never stale).
     return resolve("conv2d_forward", backend).conv2d_forward(
-        x, weight, bias, geometry)
+        x, weight, bias, geometry, packed=_packed)
 
 
 def conv2d_backward(grad_output, x, weight, stride=1, padding=0, dilation=1,

@@ -10,8 +10,10 @@ that one backend unavailable.
 Primitives (all arrays C-contiguous, already validated, output allocated by
 the backend; ``g`` is a ``ConvGeometry`` or ``PoolGeometry``):
 
-``conv2d_forward(x, weight, bias, g) -> y``
-    ``bias`` is None or a 1-D array of ``g.out_channels``.
+``conv2d_forward(x, weight, bias, g, packed=None) -> y``
+    ``bias`` is None or a 1-D array of ``g.out_channels``. ``packed`` is
+    None or a ``fastconv._packed.PackedWeights`` in which a backend may keep
+    forms it computes from ``weight`` (others ignore it).
 ``conv2d_backward(grad_output, x, weight, g, need_input_grad, *, need_weight_grad=True) -> (grad_input, grad_weight, grad_bias)``
     ``grad_input`` is None when ``need_input_grad`` is False; ``grad_weight``
     and ``grad_bias`` are None when ``need_weight_grad`` is False, and ``x``

@@ -158,8 +158,11 @@ def conv2d_forward_kernel(x, weight, bias, y, g, tile_rows, n_chunks, direct):
 @numba.njit(parallel=True, cache=_CACHE)
 def conv2d_backward_kernel(grad_output, x, weight, grad_input,
                            grad_weight_parts, grad_bias_parts, g, tile_rows,
-                           n_chunks, direct, need_input_grad):
-    """Weight, bias and (optionally) input gradients, all flat.
+                           n_chunks, direct, need_input_grad,
+                           need_weight_grad):
+    """Weight and bias gradients (unless ``need_weight_grad`` is False:
+    then x, grad_weight_parts and grad_bias_parts are not touched) and
+    (optionally) input gradients, all flat.
 
     Each chunk owns whole images, so its col2im scatter never races with
     another chunk's. It accumulates its own ``grad_weight_parts[chunk]``
@@ -177,8 +180,9 @@ def conv2d_backward_kernel(grad_output, x, weight, grad_input,
     out_pixels = g.out_height * g.out_width
     in_pixels = g.in_height * g.in_width
     tiles_per_image = (g.out_height + tile_rows - 1) // tile_rows
-    buffer_size = 0 if direct else taps * tile_rows * g.out_width
-    grad_buffer_size = buffer_size if need_input_grad else 0
+    tile_size = 0 if direct else taps * tile_rows * g.out_width
+    buffer_size = tile_size if need_weight_grad else 0
+    grad_buffer_size = tile_size if need_input_grad else 0
     for chunk in prange(n_chunks):
         cols = np.empty(buffer_size, dtype=x.dtype)
         grad_cols = np.empty(grad_buffer_size, dtype=x.dtype)
@@ -187,7 +191,7 @@ def conv2d_backward_kernel(grad_output, x, weight, grad_input,
         scalars[1] = 1
         for image in range(chunk * g.batch // n_chunks,
                            (chunk + 1) * g.batch // n_chunks):
-            for k in range(out_channels):
+            for k in range(out_channels if need_weight_grad else 0):
                 start = (image * out_channels + k) * out_pixels
                 total = 0.0
                 for p in range(start, start + out_pixels):
@@ -204,7 +208,8 @@ def conv2d_backward_kernel(grad_output, x, weight, grad_input,
                                      + pixel_offset)
                     source_stride = in_pixels
                 else:
-                    im2col_tile(x, image, oh_start, oh_stop, g, cols)
+                    if need_weight_grad:
+                        im2col_tile(x, image, oh_start, oh_stop, g, cols)
                     source = cols
                     source_offset = 0
                     source_stride = tile_pixels
@@ -213,15 +218,15 @@ def conv2d_backward_kernel(grad_output, x, weight, grad_input,
                     grad_offset = ((image * out_channels + first_filter)
                                    * out_pixels + pixel_offset)
                     weight_offset = first_filter * taps_per_group
-                    # grad_weight_g += grad_out_g (Kg x P) @ cols_g^T
-                    #                  (P x CRSg)
-                    gemm(filters_per_group, taps_per_group, tile_pixels,
-                         grad_output, grad_offset, out_pixels, False,
-                         source,
-                         source_offset + grp * taps_per_group * source_stride,
-                         source_stride, True,
-                         grad_weight, weight_offset, taps_per_group, True,
-                         scalars)
+                    if need_weight_grad:
+                        # grad_weight_g += grad_out_g (Kg x P) @ cols_g^T
+                        #                  (P x CRSg)
+                        gemm(filters_per_group, taps_per_group, tile_pixels,
+                             grad_output, grad_offset, out_pixels, False,
+                             source, source_offset
+                             + grp * taps_per_group * source_stride,
+                             source_stride, True, grad_weight, weight_offset,
+                             taps_per_group, True, scalars)
                     if not need_input_grad:
                         continue
                     # grad_cols_g (CRSg x P) = weight_g^T @ grad_out_g

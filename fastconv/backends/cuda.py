@@ -176,7 +176,7 @@ def _dummy(dtype):
 
 # --------------------------------------------------------------- convolution
 
-def conv2d_forward(x, weight, bias, g):
+def conv2d_forward(x, weight, bias, g, packed=None):
     placement = _Placement()
     x, weight = placement.take(x), placement.take(weight)
     bias = placement.take(bias) if bias is not None else None

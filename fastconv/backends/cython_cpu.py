@@ -13,6 +13,7 @@ validated and C-contiguous from ``fastconv.functional``; see the contract in
 from __future__ import annotations
 
 import contextlib
+import os
 import pathlib
 
 import numpy as np
@@ -26,6 +27,7 @@ try:
     from fastconv.backends._cython import depthwise as _depthwise
     from fastconv.backends._cython import dropout as _dropout
     from fastconv.backends._cython import pool as _pool
+    from fastconv.backends._cython import winograd as _winograd_kernels
 except ImportError as exc:  # not compiled (no C compiler at install time)
     _IMPORT_ERROR = exc
 else:
@@ -133,8 +135,193 @@ def _thread_budget(num_threads, reserved=0):
     return min(THREAD_SCRATCH_BYTES, shared)
 
 
-def conv2d_forward(x, weight, bias, g):
-    """y (N, K, OH, OW) = conv2d(x, weight) + bias, in x's dtype."""
+#: grad_weight is summed in this many partial sums (fewer when there are
+#: fewer work items), each over a fixed run of consecutive work items, then
+#: added in order: the result has the same bits for any thread count.
+#: More runs balance more threads; each costs one weight-sized buffer.
+GRAD_WEIGHT_RUNS = 8
+
+
+def _grad_weight_runs(g):
+    """Partial sums of grad_weight: GRAD_WEIGHT_RUNS, at most one per work
+    item (the same item count for either schedule: images x groups, or
+    image chunks x groups, which is at least the number of runs wanted
+    whenever chunking is on, as chunks give every thread two items)."""
+    return max(1, min(GRAD_WEIGHT_RUNS, g.batch * g.groups))
+
+
+#: Environment variable naming the convolution method, read at each call:
+#: ``auto`` (default: by shape, see ``conv2d_method``), ``direct`` (always
+#: im2col + GEMM, the most accurate) or ``winograd`` (Winograd wherever it
+#: applies, whatever the channel counts).
+CONV_ALGO_ENV = "FASTCONV_CONV_ALGO"
+CONV_ALGOS = ("auto", "direct", "winograd")
+
+#: 'auto' runs Winograd F(4x4, 3x3) on a 3x3 stride-1 convolution when both
+#: the input and the output channels number at least this many: with fewer,
+#: the transforms (per channel and tile) cost more than the multiplications
+#: they save.
+WINOGRAD_MIN_CHANNELS = 16
+
+#: ... and when the call has at least this many 4x4 output tiles (N times
+#: the tiles of a plane). Winograd-domain filters are 4x the filters'
+#: bytes and, without a layer's packed copy, transformed on every call: a
+#: few tiles do not pay for that. Measured (float32, 2 threads, load 1.0-1.6,
+#: noisy; winograd / direct time, filters transformed per call): 6.1 at
+#: (1, 512, 7, 7) (4 tiles), 1.5 at (16, 512, 7, 7) (64 tiles), 1.2 at
+#: (1, 256, 14, 14) (16 tiles), 0.9 at (1, 128, 28, 28) (49 tiles), 0.6-0.7
+#: at (32, 256, 8, 8) (128 tiles). The filter transform has since become
+#: 3.5x faster (8.5 to 2.4 ms for 256 x 256 filters), so this errs on the
+#: side of the direct method.
+WINOGRAD_MIN_CALL_TILES = 128
+
+#: The same with the filters packed by an ``nn.Conv2d`` (transformed once
+#: per weight value). Measured as above: 2.5 at (1, 512, 7, 7) (4 tiles),
+#: 0.9 at (4, 512, 7, 7) (16 tiles), 0.64 at (1, 256, 14, 14), 0.62 at
+#: (16, 512, 7, 7), 0.45 at (32, 256, 8, 8).
+WINOGRAD_MIN_CALL_TILES_PACKED = 16
+
+#: Scratch bytes per thread for one Winograd tile block: the transformed
+#: inputs V (36, C, T) and products M (36, K, T) of T tiles, sized to stay
+#: in a core's L2 cache; T is kept within [WINOGRAD_MIN_TILES,
+#: WINOGRAD_MAX_TILES] (fewer makes the 36 GEMMs too narrow for BLAS).
+WINOGRAD_BLOCK_BYTES = 1024 * 1024
+WINOGRAD_MIN_TILES = 16
+WINOGRAD_MAX_TILES = 256
+
+#: The weight gradient's blocks (V and E of a block of tiles, per thread)
+#: may be larger: each of its GEMMs reads and writes a (K, C) sum for a
+#: reduction only as deep as the block, so deep blocks pay.
+WINOGRAD_WEIGHT_GRAD_BLOCK_BYTES = 4 * 1024 * 1024
+
+#: Where a per-thread block would hold fewer tiles than this (many
+#: channels), the threads share blocks of up to WINOGRAD_STAGED_BYTES of V
+#: and M instead, stage by stage (winograd_f43_staged): each U[p] is then
+#: read once per block rather than once per few tiles.
+WINOGRAD_STAGED_BELOW = 20
+WINOGRAD_STAGED_BYTES = 16 * 1024 * 1024
+
+def conv_algorithm() -> str:
+    """The method the environment asks for (``FASTCONV_CONV_ALGO``)."""
+    value = os.environ.get(CONV_ALGO_ENV, "").strip().lower() or "auto"
+    if value not in CONV_ALGOS:
+        raise ValueError(
+            f"{CONV_ALGO_ENV} must be one of {list(CONV_ALGOS)}, got "
+            f"{value!r}")
+    return value
+
+
+def _winograd_applies(g):
+    return (g.kernel_height == g.kernel_width == 3 and g.stride_h == 1
+            and g.stride_w == 1 and g.dilation_h == 1 and g.dilation_w == 1
+            and g.groups == 1)
+
+
+def _uses_winograd(g, in_channels, out_channels, out_plane, packed=False):
+    """Whether a 3x3 stride-1 convolution of these channel counts and output
+    plane (the forward's, or the input gradient's, swapped) runs through
+    Winograd; ``packed``: its filters are a layer's packed copy."""
+    if not _winograd_applies(g):
+        return False
+    algorithm = conv_algorithm()
+    if algorithm != "auto":
+        return algorithm == "winograd"
+    tiles = g.batch * (-(-out_plane[0] // 4)) * (-(-out_plane[1] // 4))
+    min_tiles = (WINOGRAD_MIN_CALL_TILES_PACKED if packed
+                 else WINOGRAD_MIN_CALL_TILES)
+    return (min(in_channels, out_channels) >= WINOGRAD_MIN_CHANNELS
+            and tiles >= min_tiles)
+
+
+def conv2d_method(g, dtype=np.float32, packed=False) -> str:
+    """What ``conv2d_forward`` runs for this geometry (``packed``: with a
+    layer's packed filters): ``'depthwise'``, ``'winograd-f4x4'``,
+    ``'gemm-1x1'`` (x is its own im2col matrix) or ``'im2col-gemm'``."""
+    if _uses_winograd(g, g.in_channels, g.out_channels,
+                      (g.out_height, g.out_width), packed):
+        return "winograd-f4x4"
+    if _is_depthwise(g):
+        return "depthwise"
+    return "gemm-1x1" if _is_direct(g) else "im2col-gemm"
+
+
+def winograd_filters(weight, flipped=False):
+    """(36, K, C): the Winograd-domain form U[p, k, c] of 3x3 filters
+    (K, C, 3, 3), in weight's dtype; ``flipped`` transforms each filter
+    rotated by 180 degrees (for the input gradient, which reads it
+    channel-transposed)."""
+    filters = np.empty((36,) + weight.shape[:2], dtype=weight.dtype)
+    _winograd_kernels.winograd_filters_f43(weight, filters, bool(flipped),
+                                           _num_threads(_threads.elementwise_threads(filters.size)))
+    return filters
+
+
+def _winograd_block_tiles(total_tiles, in_channels, out_channels, itemsize,
+                          num_threads):
+    """Tiles per work item: the block's V and M fit WINOGRAD_BLOCK_BYTES,
+    and every thread gets two items where there are enough tiles."""
+    per_tile = 36 * (in_channels + out_channels) * itemsize
+    tiles = WINOGRAD_BLOCK_BYTES // per_tile
+    tiles = min(tiles, -(-total_tiles // (2 * num_threads)))
+    return int(max(WINOGRAD_MIN_TILES, min(WINOGRAD_MAX_TILES, tiles)))
+
+
+def _winograd(x, filters, transposed, bias, out_shape, pad_top, pad_left):
+    """A 3x3 stride-1 convolution through F(4x4, 3x3): y (out_shape), the
+    transformed ``filters`` from ``winograd_filters``; see winograd.pyx.
+
+    Per-thread blocks (each thread transforms, multiplies and writes its
+    own tiles) unless they would hold fewer than WINOGRAD_STAGED_BELOW
+    tiles: then blocks of up to WINOGRAD_STAGED_BYTES are shared by all
+    threads, stage by stage, so that each GEMM spans many tiles."""
+    dtype = x.dtype
+    in_channels, out_channels = x.shape[1], out_shape[1]
+    # as many threads as the direct method's multiply-adds would get
+    num_threads = _num_threads(_threads.macs_threads(
+        int(np.prod(out_shape)) * in_channels * 9))
+    total_tiles = out_shape[0] * (-(-out_shape[2] // 4)) * (
+        -(-out_shape[3] // 4))
+    per_tile = 36 * (in_channels + out_channels) * dtype.itemsize
+    y = np.empty(out_shape, dtype=dtype)
+    has_bias = bias is not None
+    bias_array = bias if has_bias else np.empty(1, dtype=dtype)
+    block_tiles = _winograd_block_tiles(total_tiles, in_channels,
+                                        out_channels, dtype.itemsize,
+                                        num_threads)
+    staged = WINOGRAD_BLOCK_BYTES // per_tile < WINOGRAD_STAGED_BELOW
+    with _blas_held_to_one_thread(num_threads):
+        if staged:
+            block_tiles = int(max(1, min(total_tiles,
+                                         WINOGRAD_STAGED_BYTES // per_tile)))
+            _winograd_kernels.winograd_f43_staged(
+                x, filters, transposed, bias_array, has_bias, y,
+                np.empty(36 * in_channels * block_tiles, dtype),
+                np.empty(36 * out_channels * block_tiles, dtype), pad_top,
+                pad_left, block_tiles, num_threads)
+        else:
+            workspace = np.empty(
+                (num_threads, per_tile // dtype.itemsize * block_tiles),
+                dtype=dtype)
+            _winograd_kernels.winograd_f43(
+                x, filters, transposed, bias_array, has_bias, y, workspace,
+                pad_top, pad_left, block_tiles, num_threads)
+    return y
+
+
+def conv2d_forward(x, weight, bias, g, packed=None):
+    """y (N, K, OH, OW) = conv2d(x, weight) + bias, in x's dtype.
+
+    ``packed`` (a ``PackedWeights`` or None) keeps the Winograd-domain
+    filters between calls while weight keeps its values."""
+    if _uses_winograd(g, g.in_channels, g.out_channels,
+                      (g.out_height, g.out_width), packed is not None):
+        if packed is None:
+            filters = winograd_filters(weight)
+        else:
+            filters = packed.get(weight, "winograd-f4x4",
+                                 lambda: winograd_filters(weight))
+        return _winograd(x, filters, False, bias, g.output_shape, g.pad_top,
+                         g.pad_left)
     if _is_depthwise(g):
         return _depthwise_forward(x, weight, bias, g)
     num_threads = _num_threads(_threads.conv_threads(g))
@@ -167,23 +354,87 @@ def conv2d_forward(x, weight, bias, g):
     return y
 
 
+def _winograd_weight_grad(grad_output, x, g):
+    """(grad_weight, grad_bias) of a 3x3 stride-1 convolution through the
+    Winograd domain (winograd.pyx): per-run sums of E[p] @ V[p]^T over
+    fixed runs of tiles (GRAD_WEIGHT_RUNS at most, and as many as
+    WORKSPACE_BYTES holds), blocks laid out for GRAD_WEIGHT_RUNS // 2
+    threads, summed in order: the bits depend on the shape alone."""
+    num_threads = _num_threads(_threads.conv_threads(g, passes=2))
+    dtype = grad_output.dtype
+    in_channels, out_channels = g.in_channels, g.out_channels
+    total_tiles = g.batch * (-(-g.out_height // 4)) * (-(-g.out_width // 4))
+    point_bytes = 36 * in_channels * out_channels * dtype.itemsize
+    runs = int(max(1, min(GRAD_WEIGHT_RUNS, total_tiles,
+                          config.WORKSPACE_BYTES // point_bytes)))
+    per_tile = 36 * (in_channels + out_channels) * dtype.itemsize
+    block_tiles = int(max(WINOGRAD_MIN_TILES, min(
+        WINOGRAD_WEIGHT_GRAD_BLOCK_BYTES // per_tile, -(-total_tiles // runs))))
+    partials = np.zeros((runs, 36 * in_channels * out_channels), dtype)
+    workspace = np.empty(
+        (num_threads, 36 * (in_channels + out_channels) * block_tiles), dtype)
+    with _blas_held_to_one_thread(num_threads):
+        _winograd_kernels.winograd_f43_weight_grad(
+            x, grad_output, partials, workspace, g.pad_top, g.pad_left,
+            block_tiles, num_threads)
+    domain = np.empty(partials.shape[1], dtype)
+    _conv.sum_rows(partials, domain, num_threads)
+    grad_weight = np.empty(g.weight_shape, dtype)
+    _winograd_kernels.winograd_filters_adjoint_f43(domain, grad_weight,
+                                                   num_threads)
+    grad_bias = np.empty(g.out_channels, dtype)
+    _conv.bias_grad(grad_output, grad_bias, num_threads)
+    return grad_weight, grad_bias
+
+
 def conv2d_backward(grad_output, x, weight, g, need_input_grad, *,
                     need_weight_grad=True):
-    """(grad_input or None, grad_weight, grad_bias), all in x's dtype;
-    grad_weight and grad_bias None when ``need_weight_grad`` is False."""
-    if not need_weight_grad:
-        # The kernel cannot skip the weight GEMMs yet: computed, dropped.
-        x = np.zeros(g.input_shape, dtype=grad_output.dtype)
+    """(grad_input or None, grad_weight, grad_bias), in grad_output's dtype;
+    grad_weight and grad_bias are None (and x may be None) when
+    need_weight_grad is False: their GEMMs are then skipped.
+
+    grad_input of a 3x3 stride-1 convolution runs through Winograd where
+    the forward would (it is the forward of grad_output with the flipped
+    filters, channels swapped); grad_weight is summed in GRAD_WEIGHT_RUNS
+    fixed runs of work items, so its bits depend on the shape alone.
+    """
+    grad_input = None
+    winograd_input = need_input_grad and _uses_winograd(
+        g, g.out_channels, g.in_channels, (g.in_height, g.in_width))
+    if winograd_input:
+        grad_input = _winograd(
+            grad_output, winograd_filters(weight, flipped=True), True, None,
+            g.input_shape, g.kernel_height - 1 - g.pad_top,
+            g.kernel_width - 1 - g.pad_left)
+    direct_input = need_input_grad and not winograd_input
+    if need_weight_grad and _uses_winograd(
+            g, g.in_channels, g.out_channels, (g.out_height, g.out_width)):
+        grad_weight, grad_bias = _winograd_weight_grad(grad_output, x, g)
+        if direct_input:
+            grad_input, _, _ = conv2d_backward(grad_output, x, weight, g,
+                                               True, need_weight_grad=False)
+        return grad_input, grad_weight, grad_bias
+    if not (direct_input or need_weight_grad):
+        return grad_input, None, None
     num_threads = _num_threads(_threads.conv_threads(g, passes=2))
-    dtype = x.dtype
-    partials = np.zeros((num_threads, weight.size), dtype=dtype)
-    budget = _thread_budget(num_threads, reserved=partials.nbytes)
+    dtype = grad_output.dtype
+    if x is None:
+        x = np.empty((1, 1, 1, 1), dtype=dtype)
+    runs = _grad_weight_runs(g) if need_weight_grad else 1
+    partials = np.zeros((runs, weight.size if need_weight_grad else 1),
+                        dtype=dtype)
+    # The work items (and so the order of the sums) are laid out for
+    # GRAD_WEIGHT_RUNS // 2 threads whatever the real count, so that the
+    # bits do not depend on it; above that many threads the scratch
+    # exceeds WORKSPACE_BYTES in proportion.
+    layout_threads = max(1, GRAD_WEIGHT_RUNS // 2)
+    budget = _thread_budget(layout_threads, reserved=partials.nbytes)
     col_rows, filters = _col_rows(g), g.out_channels // g.groups
     plane_out = g.out_height * g.out_width
     # an item's scratch: col and col_grad, and its output gradients
     chunk_images = _chunk_images(
         g, (2 * col_rows + filters) * plane_out * dtype.itemsize,
-        num_threads, budget)
+        layout_threads, budget)
     if chunk_images:
         tile_rows = g.out_height
         work_size = (2 * col_rows + filters) * chunk_images * plane_out
@@ -192,19 +443,21 @@ def conv2d_backward(grad_output, x, weight, g, need_input_grad, *,
         work_size = 2 if _is_direct(g) else (
             2 * col_rows * tile_rows * g.out_width)
     workspace = np.empty((num_threads, work_size), dtype=dtype)
-    grad_input = np.empty(g.input_shape if need_input_grad else (1, 1, 1, 1),
-                          dtype=dtype)
+    if direct_input:
+        grad_input = np.empty(g.input_shape, dtype=dtype)
     with _blas_held_to_one_thread(num_threads):
-        _conv.conv2d_backward(grad_output, x, weight, grad_input,
-                              bool(need_input_grad), partials, workspace, g,
-                              tile_rows, chunk_images, num_threads)
+        _conv.conv2d_backward(
+            grad_output, x, weight,
+            grad_input if direct_input else np.empty((1, 1, 1, 1), dtype),
+            direct_input, bool(need_weight_grad), partials, workspace, g,
+            tile_rows, chunk_images, num_threads)
+    if not need_weight_grad:
+        return grad_input, None, None
     grad_weight = np.empty(g.weight_shape, dtype=dtype)
     _conv.sum_rows(partials, grad_weight.reshape(-1), num_threads)
     grad_bias = np.empty(g.out_channels, dtype=dtype)
     _conv.bias_grad(grad_output, grad_bias, num_threads)
-    if not need_weight_grad:
-        grad_weight = grad_bias = None
-    return (grad_input if need_input_grad else None), grad_weight, grad_bias
+    return grad_input, grad_weight, grad_bias
 
 
 # ------------------------------------------------------- depthwise convolution

@@ -19,7 +19,7 @@ def _input_position(out_index, stride, pad, kernel_index, dilation):
     return out_index * stride - pad + kernel_index * dilation
 
 
-def conv2d_forward(x, weight, bias, g):
+def conv2d_forward(x, weight, bias, g, packed=None):
     y = np.zeros(g.output_shape, dtype=x.dtype)
     channels_per_group = g.in_channels // g.groups
     filters_per_group = g.out_channels // g.groups

@@ -163,7 +163,7 @@ def _depthwise_padded_planes(g, n_threads: int) -> bool:
             and g.batch * g.out_channels >= n_threads)
 
 
-def conv2d_forward(x, weight, bias, g):
+def conv2d_forward(x, weight, bias, g, packed=None):
     """y (N, K, OH, OW) = conv2d(x, weight) + bias, in x's dtype."""
     g = _as_ints(g)
     _use_threads(_threads.conv_threads(g))
@@ -209,41 +209,44 @@ def _im2col_forward(x, weight, bias, g):
 
 def conv2d_backward(grad_output, x, weight, g, need_input_grad, *,
                     need_weight_grad=True):
-    """(grad_input or None, grad_weight, grad_bias), each in x's dtype;
-    grad_weight and grad_bias None when ``need_weight_grad`` is False."""
+    """(grad_input or None, grad_weight, grad_bias), each in grad_output's
+    dtype; grad_weight and grad_bias are None (and x may be None) when
+    ``need_weight_grad`` is False: the kernel then skips their GEMMs."""
     g = _as_ints(g)
-    if not need_weight_grad:
-        # The kernel cannot skip the weight GEMMs yet: computed, dropped.
-        x = np.zeros(g.input_shape, dtype=grad_output.dtype)
-    dtype = x.dtype
+    dtype = grad_output.dtype
     direct = _is_pointwise(g)
     need_input_grad = bool(need_input_grad)
-    n_chunks = min(_use_threads(_threads.conv_threads(g, passes=2)),
-                   g.batch)
+    need_weight_grad = bool(need_weight_grad)
+    if x is None:
+        x = np.empty((1, 1, 1, 1), dtype=dtype)
+    n_chunks = min(_use_threads(_threads.conv_threads(g, passes=2)), g.batch)
     if direct:
         tile_rows = g.out_height
     else:
-        buffers = 2 if need_input_grad else 1
-        tile_rows = _tile_rows(g, x.itemsize, n_chunks, buffers)
+        buffers = int(need_input_grad) + int(need_weight_grad)
+        tile_rows = _tile_rows(g, dtype.itemsize, n_chunks, max(1, buffers))
     if not need_input_grad:
         grad_input = np.empty(0, dtype=dtype)
     elif direct:  # written by a GEMM, not accumulated
         grad_input = np.empty(g.input_shape, dtype=dtype)
     else:
         grad_input = np.zeros(g.input_shape, dtype=dtype)
-    grad_weight_parts = np.zeros((n_chunks, weight.size), dtype=dtype)
-    grad_bias_parts = np.zeros((n_chunks, g.out_channels), dtype=np.float64)
+    weight_parts = weight.size if need_weight_grad else 0
+    bias_parts = g.out_channels if need_weight_grad else 0
+    grad_weight_parts = np.zeros((n_chunks, weight_parts), dtype=dtype)
+    grad_bias_parts = np.zeros((n_chunks, bias_parts), dtype=np.float64)
     with single_threaded_blas():
         conv2d_backward_kernel(
             _flat(grad_output), _flat(x), _flat(weight),
             grad_input.reshape(-1),
             grad_weight_parts, grad_bias_parts, g, tile_rows, n_chunks, direct,
-            need_input_grad)
+            need_input_grad, need_weight_grad)
+    grad_input = grad_input if need_input_grad else None
+    if not need_weight_grad:
+        return grad_input, None, None
     grad_weight = grad_weight_parts.sum(axis=0).reshape(weight.shape)
     grad_bias = grad_bias_parts.sum(axis=0).astype(dtype)
-    if not need_weight_grad:
-        grad_weight = grad_bias = None
-    return (grad_input if need_input_grad else None), grad_weight, grad_bias
+    return grad_input, grad_weight, grad_bias
 
 
 # ------------------------------------------------------------------- pooling

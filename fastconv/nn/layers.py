@@ -22,6 +22,7 @@ import numpy as np
 
 from fastconv import _threads, _validate
 from fastconv import functional as F
+from fastconv._packed import PackedWeights
 from fastconv.nn import init
 from fastconv.nn.module import FLOAT_DTYPES, Module, Parameter
 
@@ -171,6 +172,9 @@ class Conv2d(Module):
             out_channels if bias else None, _param_dtype(dtype), generator)
         self.weight = Parameter(weight)
         self.bias = Parameter(bias_values) if bias else None
+        # Forms of the weight the backend computes (Winograd-domain
+        # filters), kept while the weight's values stay the same.
+        self._packed = PackedWeights()
 
     def _bias_array(self):
         return None if self.bias is None else self.bias.data
@@ -179,7 +183,8 @@ class Conv2d(Module):
         x = _as_float_array(x, self.weight.dtype)
         self.save_for_backward(x)
         return F.conv2d(x, self.weight.data, self._bias_array(), self.stride,
-                        self.padding, self.dilation, self.groups)
+                        self.padding, self.dilation, self.groups,
+                        _packed=self._packed)
 
     def backward(self, grad_output):
         x, = self.pop_saved()

@@ -23,6 +23,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from fastconv import functional as F
+from fastconv._packed import PackedWeights
 
 #: Largest array (bytes) an operator whose output size comes from the model
 #: (Pad, explicit padding) may allocate: a hostile pads attribute is an
@@ -451,10 +452,13 @@ class ConvKernel(Kernel):
 
     ``weight`` (K, C // groups, kH, kW) and ``bias`` (K,) are held in the
     2-D layout (a 1-D convolution is a 2-D one of height 1); the loader
-    folds a following BatchNormalization into them.
+    folds a following BatchNormalization into them. Like ``nn.Conv2d`` it
+    keeps the forms of its (constant) weight that a backend computes, such
+    as Winograd-domain filters, between runs.
     """
 
     def __init__(self, window, weight, bias, groups, backend):
+        self.packed = PackedWeights()
         self.window = window
         self.weight = weight if window.rank == 2 else weight[:, :, None, :]
         self.bias = bias
@@ -472,7 +476,8 @@ class ConvKernel(Kernel):
         stride = (1,) * (2 - window.rank) + window.strides
         dilation = (1,) * (2 - window.rank) + window.dilations
         y = F.conv2d(x2, self.weight, self.bias, stride, tuple(pads),
-                     dilation, self.groups, backend=self.backend)
+                     dilation, self.groups, backend=self.backend,
+                     _packed=self.packed)
         if self.activation is not None:
             y = self.activation(y, y)
         return [y[:, :, 0, :] if window.rank == 1 else y]

@@ -25,15 +25,16 @@ holds BLAS to one thread around these calls). Two schedules:
   channels BLAS would otherwise spend more time packing the weights than
   multiplying.
 
-Backward: grad_weight is summed in one partial per thread, then the partials
-are added (``sum_rows``): no two threads write the same memory. grad_input
+Backward: grad_weight is summed in a fixed number of partials, each over a
+fixed run of work items in order, then the partials are added in order
+(``sum_rows``): no two threads write the same memory, and the bits do not
+depend on the thread count or on which thread ran which run. grad_input
 is a GEMM then the col2im scatter, one image per thread at a time.
 
 The caller (``fastconv.backends.cython_cpu``) validates, allocates outputs
 and workspaces and chooses the schedule; nothing here checks arguments.
 """
 
-from cpython.pycapsule cimport PyCapsule_GetName, PyCapsule_GetPointer
 from cython.parallel cimport parallel, prange, threadid
 from libc.string cimport memset
 
@@ -57,52 +58,7 @@ def openmp_enabled():
     return bool(FASTCONV_HAVE_OPENMP)
 
 
-# ------------------------------------------------------------------ BLAS
-
-ctypedef void (*sgemm_fn)(char *transa, char *transb, int *m, int *n, int *k,
-                          float *alpha, float *a, int *lda, float *b, int *ldb,
-                          float *beta, float *c, int *ldc) noexcept nogil
-ctypedef void (*dgemm_fn)(char *transa, char *transb, int *m, int *n, int *k,
-                          double *alpha, double *a, int *lda, double *b,
-                          int *ldb, double *beta, double *c,
-                          int *ldc) noexcept nogil
-
-cdef sgemm_fn _sgemm = NULL
-cdef dgemm_fn _dgemm = NULL
-
-
-cdef void *_capsule_pointer(object capsule) except NULL:
-    return PyCapsule_GetPointer(capsule, PyCapsule_GetName(capsule))
-
-
-def _load_blas():
-    global _sgemm, _dgemm
-    from fastconv import _scipy_blas  # without all of scipy.linalg's import
-
-    exported = _scipy_blas.load().__pyx_capi__
-    _sgemm = <sgemm_fn>_capsule_pointer(exported["sgemm"])
-    _dgemm = <dgemm_fn>_capsule_pointer(exported["dgemm"])
-
-
-_load_blas()
-
-
-cdef inline void gemm_row_major(char trans_a, char trans_b, int m, int n,
-                                int k, real alpha, const real *a, int lda,
-                                const real *b, int ldb, real beta, real *c,
-                                int ldc) noexcept nogil:
-    """C (m, n) = alpha * op(A) @ op(B) + beta * C, all row-major.
-
-    BLAS is column-major, where a row-major matrix reads as its transpose, so
-    this asks BLAS for C^T = op(B)^T @ op(A)^T: operands swapped, m and n
-    swapped, transposition flags unchanged.
-    """
-    if real is float:
-        _sgemm(&trans_b, &trans_a, &n, &m, &k, &alpha, <float *>b, &ldb,
-               <float *>a, &lda, &beta, c, &ldc)
-    else:
-        _dgemm(&trans_b, &trans_a, &n, &m, &k, &alpha, <double *>b, &ldb,
-               <double *>a, &lda, &beta, c, &ldc)
+include "_blas.pxi"
 
 
 # ------------------------------------------------------------ geometry
@@ -378,8 +334,8 @@ cdef void _backward_image(const ConvShape *cs, const real *grad_output,
                           const real *x, const real *weight,
                           real *grad_input, real *grad_weight_partial,
                           real *col, real *col_grad, Py_ssize_t item,
-                          Py_ssize_t tile_rows,
-                          bint need_input_grad) noexcept nogil:
+                          Py_ssize_t tile_rows, bint need_input_grad,
+                          bint need_weight_grad) noexcept nogil:
     """One work item: image n, group g, all its tiles (in order, so the
     col2im scatter of one image is never shared between threads).
 
@@ -416,15 +372,16 @@ cdef void _backward_image(const ConvShape *cs, const real *grad_output,
         if cs.direct:
             columns = image + row_start * cs.out_width
             ld_columns = <int>plane_in
-        else:
+        elif need_weight_grad:
             _im2col(cs, image, row_start, row_count, col, tile_width)
             columns = col
             ld_columns = <int>tile_width
-        # grad_weight[g] (Kg, CgRS) += grad_tile (Kg, P) @ columns^T (P, CgRS)
-        gemm_row_major(c'N', c'T', <int>cs.group_filters, <int>cs.col_rows,
-                       <int>tile_width, <real>1, grad_tile, <int>plane_out,
-                       columns, ld_columns, <real>1, partial_group,
-                       <int>cs.col_rows)
+        if need_weight_grad:
+            # grad_weight[g] (Kg, CgRS) += grad_tile (Kg, P) @ columns^T
+            gemm_row_major(c'N', c'T', <int>cs.group_filters,
+                           <int>cs.col_rows, <int>tile_width, <real>1,
+                           grad_tile, <int>plane_out, columns, ld_columns,
+                           <real>1, partial_group, <int>cs.col_rows)
         if need_input_grad:
             # col_grad (CgRS, P) = weight[g]^T (CgRS, Kg) @ grad_tile (Kg, P)
             if cs.direct:
@@ -448,7 +405,8 @@ cdef void _backward_images(const ConvShape *cs, const real *grad_output,
                            real *grad_input, real *grad_weight_partial,
                            real *col, real *col_grad, real *grad_block,
                            Py_ssize_t item, Py_ssize_t chunk_images,
-                           bint need_input_grad) noexcept nogil:
+                           bint need_input_grad,
+                           bint need_weight_grad) noexcept nogil:
     """One work item: group g of up to chunk_images whole images at once.
 
     Their unfoldings sit side by side in col (Cg*R*S, count*P), P = OH*OW,
@@ -473,19 +431,21 @@ cdef void _backward_images(const ConvShape *cs, const real *grad_output,
         count = chunk_images
     width = count * plane_out
     for i in range(count):
-        _im2col(cs, x + ((n0 + i) * cs.in_channels
-                         + group * cs.group_channels) * plane_in,
-                0, cs.out_height, col + i * plane_out, width)
+        if need_weight_grad:
+            _im2col(cs, x + ((n0 + i) * cs.in_channels
+                             + group * cs.group_channels) * plane_in,
+                    0, cs.out_height, col + i * plane_out, width)
         for k in range(cs.group_filters):
             source = grad_output + ((n0 + i) * cs.out_channels
                                     + group * cs.group_filters + k) * plane_out
             target = grad_block + k * width + i * plane_out
             for p in range(plane_out):
                 target[p] = source[p]
-    # grad_weight[g] (Kg, CgRS) += grad_block (Kg, W) @ col^T (W, CgRS)
-    gemm_row_major(c'N', c'T', <int>cs.group_filters, <int>cs.col_rows,
-                   <int>width, <real>1, grad_block, <int>width, col,
-                   <int>width, <real>1, partial_group, <int>cs.col_rows)
+    if need_weight_grad:
+        # grad_weight[g] (Kg, CgRS) += grad_block (Kg, W) @ col^T (W, CgRS)
+        gemm_row_major(c'N', c'T', <int>cs.group_filters, <int>cs.col_rows,
+                       <int>width, <real>1, grad_block, <int>width, col,
+                       <int>width, <real>1, partial_group, <int>cs.col_rows)
     if not need_input_grad:
         return
     # col_grad (CgRS, W) = weight[g]^T (CgRS, Kg) @ grad_block (Kg, W)
@@ -505,7 +465,7 @@ def conv2d_backward(const real[:, :, :, ::1] grad_output,
                     const real[:, :, :, ::1] x,
                     const real[:, :, :, ::1] weight,
                     real[:, :, :, ::1] grad_input, bint need_input_grad,
-                    real[:, ::1] grad_weight_partials,
+                    bint need_weight_grad, real[:, ::1] grad_weight_partials,
                     real[:, ::1] workspace, g, Py_ssize_t tile_rows,
                     Py_ssize_t chunk_images, int num_threads):
     """Accumulate the input and weight gradients of conv2d.
@@ -519,14 +479,19 @@ def conv2d_backward(const real[:, :, :, ::1] grad_output,
 
     grad_input: uninitialised, x's shape (every element is written); ignored,
     and may be any (1, 1, 1, 1) array, when need_input_grad is False.
-    grad_weight_partials: (num_threads, K*Cg*R*S) zeros; thread t adds its
-    items' contributions to row t (the caller sums the rows, ``sum_rows``).
+    grad_weight_partials: (P, K*Cg*R*S) zeros, P <= the number of items;
+    the items are cut into P runs of consecutive items, and run j adds its
+    items' contributions, in item order, to row j (the caller then sums the
+    rows in order, ``sum_rows``). The bits of the sum depend on P and the
+    shape, never on the thread count or the schedule. Not touched when
+    need_weight_grad is False.
     """
     cdef ConvShape cs = _conv_shape(g)
     cdef Py_ssize_t chunks = (cs.batch + chunk_images - 1) // chunk_images \
         if chunk_images > 0 else cs.batch
     cdef Py_ssize_t items = chunks * cs.groups
-    cdef Py_ssize_t item, thread
+    cdef Py_ssize_t runs = grad_weight_partials.shape[0]
+    cdef Py_ssize_t run, item, stop
     cdef const real *grad_output_ptr = &grad_output[0, 0, 0, 0]
     cdef const real *x_ptr = &x[0, 0, 0, 0]
     cdef const real *weight_ptr = &weight[0, 0, 0, 0]
@@ -541,19 +506,24 @@ def conv2d_backward(const real[:, :, :, ::1] grad_output,
     cdef real *col
     cdef real *partial
     with nogil, parallel(num_threads=num_threads):
-        thread = threadid()
-        col = work_ptr + thread * work_stride
-        partial = partials_ptr + thread * partial_stride
-        for item in prange(items, schedule="dynamic"):
-            if chunk_images > 0:
-                _backward_images(&cs, grad_output_ptr, x_ptr, weight_ptr,
-                                 grad_input_ptr, partial, col, col + col_size,
-                                 col + 2 * col_size, item, chunk_images,
-                                 need_input_grad)
-            else:
-                _backward_image(&cs, grad_output_ptr, x_ptr, weight_ptr,
-                                grad_input_ptr, partial, col, col + col_size,
-                                item, tile_rows, need_input_grad)
+        col = work_ptr + threadid() * work_stride
+        for run in prange(runs, schedule="dynamic"):
+            partial = partials_ptr + run * partial_stride
+            item = run * items // runs
+            stop = (run + 1) * items // runs
+            while item < stop:
+                if chunk_images > 0:
+                    _backward_images(&cs, grad_output_ptr, x_ptr, weight_ptr,
+                                     grad_input_ptr, partial, col,
+                                     col + col_size, col + 2 * col_size, item,
+                                     chunk_images, need_input_grad,
+                                     need_weight_grad)
+                else:
+                    _backward_image(&cs, grad_output_ptr, x_ptr, weight_ptr,
+                                    grad_input_ptr, partial, col,
+                                    col + col_size, item, tile_rows,
+                                    need_input_grad, need_weight_grad)
+                item = item + 1
 
 
 def sum_rows(const real[:, ::1] rows, real[::1] total, int num_threads):

@@ -1,0 +1,51 @@
+"""PackedWeights: a layer's cache of its weight in the forms kernels use.
+
+A backend may compute a form of the filters before it convolves (the
+Winograd-domain filters of a 3x3 layer: 36 values per filter). A stateless
+call computes it every time; ``nn.Conv2d`` instead hands the functional
+layer a ``PackedWeights`` (private keyword ``_packed``), through which the
+backend keeps each form while the weight's values stay the same.
+
+Staleness cannot be missed: every use compares the weight with a snapshot
+taken when the forms were computed (shape, dtype and every value, so an
+optimizer's in-place update, ``load_state_dict``, assignment to ``.data`` or
+of a new Parameter all count), and drops every form when they differ. The
+comparison reads the weight twice, much less than recomputing a form.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class PackedWeights:
+    """Forms of one weight array, keyed by what computed them."""
+
+    __slots__ = ("_snapshot", "_forms")
+
+    def __init__(self):
+        self._snapshot = None
+        self._forms = {}
+
+    def __len__(self) -> int:
+        """How many forms are held (for tests)."""
+        return len(self._forms)
+
+    def clear(self) -> None:
+        self._snapshot = None
+        self._forms = {}
+
+    def get(self, weight: np.ndarray, key, compute):
+        """The form ``key`` of ``weight``: ``compute()``'s result, kept
+        while ``weight`` has the values it had then."""
+        snapshot = self._snapshot
+        if snapshot is None or snapshot.shape != weight.shape \
+                or snapshot.dtype != weight.dtype \
+                or not np.array_equal(snapshot, weight):
+            self._snapshot = np.array(weight, copy=True)
+            self._forms = {}
+        form = self._forms.get(key)
+        if form is None:
+            form = compute()
+            self._forms[key] = form
+        return form

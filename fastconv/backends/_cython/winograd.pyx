@@ -1,0 +1,636 @@
+# cython: language_level=3
+# cython: boundscheck=False, wraparound=False, cdivision=True
+# cython: initializedcheck=False, nonecheck=False
+"""Winograd F(4x4, 3x3) convolution, float32/float64 (Lavin & Gray, 2016).
+
+A 3x3, stride-1, dilation-1, ungrouped convolution computes each 4x4 output
+tile from the 6x6 input patch under it as::
+
+    Y = A^T [ sum over c of U[k, c] * V[c] ] A,   V[c] = B^T d[c] B,
+    U[k, c] = G g[k, c] G^T
+
+with 36 multiplications per channel pair and tile instead of 144. For the
+36 points p of the 6x6 Winograd domain the sum over c is one matrix product::
+
+    M[p] (K, T) = U[p] (K, C) @ V[p] (C, T)
+
+over a block of T tiles. One work item is one block of consecutive tiles
+(tiles run along output rows, then images); a thread transforms the block's
+input patches into its own ``V`` (36, C, T), runs the 36 GEMMs into its own
+``M`` (36, K, T) with a single-threaded BLAS, and transforms ``M`` back into
+the output tiles, so the block's data stays in the thread's cache. Every
+output element is written by exactly one item: the result does not depend
+on the schedule.
+
+The filters arrive transformed (``U``, (36, K, C), computed by the caller
+once per weight value). ``transposed_weight`` reads ``U`` as (36, C', K')
+and multiplies by its transpose: the input gradient of a 3x3 stride-1
+convolution is this convolution of grad_output with the flipped filters,
+channels swapped, and the caller passes the same transformed array with the
+taps reversed instead of copying it.
+
+The caller (``fastconv.backends.cython_cpu``) validates, chooses the block
+size, allocates outputs and workspaces; nothing here checks arguments.
+"""
+
+from cython.parallel cimport parallel, prange, threadid
+
+ctypedef fused real:
+    float
+    double
+
+include "_blas.pxi"
+
+cdef enum:
+    OUT_TILE = 4     # output tile side
+    PATCH = 6        # input patch side: OUT_TILE + 3 - 1
+    POINTS = 36      # PATCH * PATCH
+
+
+cdef struct WinogradShape:
+    Py_ssize_t batch, in_channels, in_height, in_width
+    Py_ssize_t out_channels, out_height, out_width
+    Py_ssize_t pad_top, pad_left
+    Py_ssize_t tiles_h, tiles_w
+
+
+cdef enum:
+    SEGMENT_TILES = 16                          # tiles transformed together
+    SEGMENT_SPAN = OUT_TILE * SEGMENT_TILES + 2  # their input columns
+
+
+cdef void _input_segment(const real *plane, Py_ssize_t height,
+                         Py_ssize_t width, Py_ssize_t row0, Py_ssize_t col0,
+                         Py_ssize_t tiles, real *out,
+                         Py_ssize_t point_stride) noexcept nogil:
+    """B^T d B of ``tiles`` (<= SEGMENT_TILES) side-by-side 6x6 patches of
+    one plane (height x width), the first with its corner at (row0, col0),
+    the next 4 columns on; zeros outside the plane (the padding). Point p
+    of tile q goes to out[p * point_stride + q].
+
+    The six input rows are copied into a zero-padded strip and combined
+    down the columns for the whole strip at once (patches overlap by two
+    columns), then along each patch's row. Every intermediate is a local
+    array, which the compiler knows aliases nothing, so the loops over
+    columns and tiles vectorise without run-time overlap checks.
+    """
+    cdef Py_ssize_t span = OUT_TILE * tiles + 2
+    cdef real strip[PATCH * SEGMENT_SPAN]
+    cdef real column[PATCH * SEGMENT_SPAN]
+    cdef real points[POINTS * SEGMENT_TILES]
+    cdef Py_ssize_t i, j, q, r, first, stop
+    cdef const real *src
+    cdef real *dst
+    cdef real d0, d1, d2, d3, d4, d5
+    for i in range(PATCH):
+        dst = strip + i * SEGMENT_SPAN
+        r = row0 + i
+        first = -col0 if col0 < 0 else 0
+        stop = width - col0 if width - col0 < span else span
+        if r < 0 or r >= height or stop <= first:
+            for j in range(span):
+                dst[j] = 0
+            continue
+        src = plane + r * width + col0
+        for j in range(first):
+            dst[j] = 0
+        for j in range(first, stop):
+            dst[j] = src[j]
+        for j in range(stop, span):
+            dst[j] = 0
+    for j in range(span):           # B^T down the columns
+        d0 = strip[j]
+        d1 = strip[SEGMENT_SPAN + j]
+        d2 = strip[2 * SEGMENT_SPAN + j]
+        d3 = strip[3 * SEGMENT_SPAN + j]
+        d4 = strip[4 * SEGMENT_SPAN + j]
+        d5 = strip[5 * SEGMENT_SPAN + j]
+        column[j] = <real>4 * d0 - <real>5 * d2 + d4
+        column[SEGMENT_SPAN + j] = -<real>4 * (d1 + d2) + d3 + d4
+        column[2 * SEGMENT_SPAN + j] = <real>4 * (d1 - d2) - d3 + d4
+        column[3 * SEGMENT_SPAN + j] = <real>2 * (d3 - d1) - d2 + d4
+        column[4 * SEGMENT_SPAN + j] = <real>2 * (d1 - d3) - d2 + d4
+        column[5 * SEGMENT_SPAN + j] = <real>4 * d1 - <real>5 * d3 + d5
+    for i in range(PATCH):          # B along each patch's row
+        src = column + i * SEGMENT_SPAN
+        dst = points + i * PATCH * SEGMENT_TILES
+        for q in range(tiles):
+            d0 = src[OUT_TILE * q]
+            d1 = src[OUT_TILE * q + 1]
+            d2 = src[OUT_TILE * q + 2]
+            d3 = src[OUT_TILE * q + 3]
+            d4 = src[OUT_TILE * q + 4]
+            d5 = src[OUT_TILE * q + 5]
+            dst[q] = <real>4 * d0 - <real>5 * d2 + d4
+            dst[SEGMENT_TILES + q] = -<real>4 * (d1 + d2) + d3 + d4
+            dst[2 * SEGMENT_TILES + q] = <real>4 * (d1 - d2) - d3 + d4
+            dst[3 * SEGMENT_TILES + q] = <real>2 * (d3 - d1) - d2 + d4
+            dst[4 * SEGMENT_TILES + q] = <real>2 * (d1 - d3) - d2 + d4
+            dst[5 * SEGMENT_TILES + q] = <real>4 * d1 - <real>5 * d3 + d5
+    for i in range(POINTS):
+        src = points + i * SEGMENT_TILES
+        dst = out + i * point_stride
+        for q in range(SEGMENT_TILES):
+            if q < tiles:       # a masked vector store, not a memmove call
+                dst[q] = src[q]
+
+
+cdef void _output_segment(const real *m, Py_ssize_t point_stride,
+                          Py_ssize_t tiles, real bias, real *out,
+                          Py_ssize_t width, Py_ssize_t rows,
+                          Py_ssize_t cols) noexcept nogil:
+    """A^T m A + bias of ``tiles`` (<= SEGMENT_TILES) side-by-side output
+    tiles of one plane (point p of tile q at m[p * point_stride + q]); the
+    top-left rows x cols of the 4 x (4 * tiles) result go to ``out`` (row
+    stride width). Local intermediates, as in ``_input_segment``."""
+    cdef real points[POINTS * SEGMENT_TILES]
+    cdef real half[OUT_TILE * PATCH * SEGMENT_TILES]     # (4, 6, tiles)
+    cdef real strip[OUT_TILE * OUT_TILE * SEGMENT_TILES]  # (4, 4 * tiles)
+    cdef Py_ssize_t span = OUT_TILE * SEGMENT_TILES
+    cdef Py_ssize_t i, j, q
+    cdef const real *src
+    cdef real *dst
+    cdef real m0, m1, m2, m3, m4, m5, sum12, diff12, sum34, diff34
+    for i in range(POINTS):
+        src = m + i * point_stride
+        dst = points + i * SEGMENT_TILES
+        for q in range(SEGMENT_TILES):
+            if q < tiles:       # a masked vector load, not a memmove call
+                dst[q] = src[q]
+    for j in range(PATCH):          # A^T down the columns
+        src = points + j * SEGMENT_TILES
+        dst = half + j * SEGMENT_TILES
+        for q in range(tiles):
+            m0 = src[q]
+            m1 = src[PATCH * SEGMENT_TILES + q]
+            m2 = src[2 * PATCH * SEGMENT_TILES + q]
+            m3 = src[3 * PATCH * SEGMENT_TILES + q]
+            m4 = src[4 * PATCH * SEGMENT_TILES + q]
+            m5 = src[5 * PATCH * SEGMENT_TILES + q]
+            sum12, diff12 = m1 + m2, m1 - m2
+            sum34, diff34 = m3 + m4, m3 - m4
+            dst[q] = m0 + sum12 + sum34
+            dst[PATCH * SEGMENT_TILES + q] = diff12 + <real>2 * diff34
+            dst[2 * PATCH * SEGMENT_TILES + q] = sum12 + <real>4 * sum34
+            dst[3 * PATCH * SEGMENT_TILES + q] = (diff12 + <real>8 * diff34
+                                                  + m5)
+    for i in range(OUT_TILE):       # A along each tile's row
+        src = half + i * PATCH * SEGMENT_TILES
+        dst = strip + i * span
+        for q in range(tiles):
+            m0 = src[q]
+            m1 = src[SEGMENT_TILES + q]
+            m2 = src[2 * SEGMENT_TILES + q]
+            m3 = src[3 * SEGMENT_TILES + q]
+            m4 = src[4 * SEGMENT_TILES + q]
+            m5 = src[5 * SEGMENT_TILES + q]
+            sum12, diff12 = m1 + m2, m1 - m2
+            sum34, diff34 = m3 + m4, m3 - m4
+            dst[OUT_TILE * q] = m0 + sum12 + sum34 + bias
+            dst[OUT_TILE * q + 1] = diff12 + <real>2 * diff34 + bias
+            dst[OUT_TILE * q + 2] = sum12 + <real>4 * sum34 + bias
+            dst[OUT_TILE * q + 3] = diff12 + <real>8 * diff34 + m5 + bias
+    for i in range(rows):
+        src = strip + i * span
+        dst = out + i * width
+        for j in range(cols):
+            dst[j] = src[j]
+
+
+cdef inline void _segment_at(const WinogradShape *ws, Py_ssize_t tile,
+                             Py_ssize_t left, Py_ssize_t *n, Py_ssize_t *ty,
+                             Py_ssize_t *tx,
+                             Py_ssize_t *segment) noexcept nogil:
+    """Where tile ``tile`` lies (image, tile row, tile column) and how many
+    tiles, at most ``left``, run from it along its tile row."""
+    cdef Py_ssize_t tiles_per_image = ws.tiles_h * ws.tiles_w
+    n[0] = tile // tiles_per_image
+    ty[0] = (tile % tiles_per_image) // ws.tiles_w
+    tx[0] = tile % ws.tiles_w
+    segment[0] = ws.tiles_w - tx[0]
+    if segment[0] > SEGMENT_TILES:
+        segment[0] = SEGMENT_TILES
+    if segment[0] > left:
+        segment[0] = left
+
+
+cdef void _input_channel(const WinogradShape *ws, const real *x,
+                         Py_ssize_t c, real *v, Py_ssize_t first_tile,
+                         Py_ssize_t count) noexcept nogil:
+    """V[:, c, :] (V is (36, C, count)) of tiles [first_tile, +count)."""
+    cdef Py_ssize_t t = 0, n, ty, tx, segment
+    cdef Py_ssize_t plane_in = ws.in_height * ws.in_width
+    while t < count:
+        _segment_at(ws, first_tile + t, count - t, &n, &ty, &tx, &segment)
+        _input_segment(x + (n * ws.in_channels + c) * plane_in, ws.in_height,
+                       ws.in_width, ty * OUT_TILE - ws.pad_top,
+                       tx * OUT_TILE - ws.pad_left, segment,
+                       v + c * count + t, ws.in_channels * count)
+        t += segment
+
+
+cdef void _output_filter(const WinogradShape *ws, const real *m,
+                         Py_ssize_t k, real bias_k, real *y,
+                         Py_ssize_t first_tile,
+                         Py_ssize_t count) noexcept nogil:
+    """Output channel k of tiles [first_tile, +count) from M (36, K,
+    count)."""
+    cdef Py_ssize_t t = 0, n, ty, tx, segment, rows, cols
+    cdef Py_ssize_t plane_out = ws.out_height * ws.out_width
+    while t < count:
+        _segment_at(ws, first_tile + t, count - t, &n, &ty, &tx, &segment)
+        rows = ws.out_height - ty * OUT_TILE
+        if rows > OUT_TILE:
+            rows = OUT_TILE
+        cols = ws.out_width - tx * OUT_TILE
+        if cols > OUT_TILE * segment:
+            cols = OUT_TILE * segment
+        _output_segment(m + k * count + t, ws.out_channels * count, segment,
+                        bias_k, y + (n * ws.out_channels + k) * plane_out
+                        + ty * OUT_TILE * ws.out_width + tx * OUT_TILE,
+                        ws.out_width, rows, cols)
+        t += segment
+
+
+cdef inline void _point_product(const WinogradShape *ws, const real *u,
+                                bint transposed_weight, const real *v,
+                                real *m, Py_ssize_t p,
+                                Py_ssize_t count) noexcept nogil:
+    """M[p] (K, count) = U[p] (K, C) @ V[p] (C, count), single-threaded."""
+    cdef Py_ssize_t channels = ws.in_channels, filters = ws.out_channels
+    if transposed_weight:
+        gemm_row_major(c'T', c'N', <int>filters, <int>count, <int>channels,
+                       <real>1, u + p * filters * channels, <int>filters,
+                       v + p * channels * count, <int>count, <real>0,
+                       m + p * filters * count, <int>count)
+    else:
+        gemm_row_major(c'N', c'N', <int>filters, <int>count, <int>channels,
+                       <real>1, u + p * filters * channels, <int>channels,
+                       v + p * channels * count, <int>count, <real>0,
+                       m + p * filters * count, <int>count)
+
+
+cdef void _block(const WinogradShape *ws, const real *x, const real *u,
+                 bint transposed_weight, const real *bias, real *y,
+                 real *v, real *m, Py_ssize_t first_tile,
+                 Py_ssize_t count) noexcept nogil:
+    """Tiles [first_tile, first_tile + count), all on this thread:
+    transform, multiply, write."""
+    cdef Py_ssize_t c, k, p
+    for c in range(ws.in_channels):
+        _input_channel(ws, x, c, v, first_tile, count)
+    for p in range(POINTS):
+        _point_product(ws, u, transposed_weight, v, m, p, count)
+    for k in range(ws.out_channels):
+        _output_filter(ws, m, k, bias[k] if bias != NULL else 0, y,
+                       first_tile, count)
+
+
+cdef WinogradShape _winograd_shape(x, y, Py_ssize_t pad_top,
+                                   Py_ssize_t pad_left):
+    cdef WinogradShape ws
+    ws.batch, ws.in_channels = x.shape[0], x.shape[1]
+    ws.in_height, ws.in_width = x.shape[2], x.shape[3]
+    ws.out_channels = y.shape[1]
+    ws.out_height, ws.out_width = y.shape[2], y.shape[3]
+    ws.pad_top, ws.pad_left = pad_top, pad_left
+    ws.tiles_h = (ws.out_height + OUT_TILE - 1) // OUT_TILE
+    ws.tiles_w = (ws.out_width + OUT_TILE - 1) // OUT_TILE
+    return ws
+
+
+def winograd_f43_staged(const real[:, :, :, ::1] x, const real[:, :, ::1] u,
+                        bint transposed_weight, const real[::1] bias,
+                        bint has_bias, real[:, :, :, ::1] y,
+                        real[::1] v_buffer, real[::1] m_buffer,
+                        Py_ssize_t pad_top,
+                        Py_ssize_t pad_left, Py_ssize_t block_tiles,
+                        int num_threads):
+    """As ``winograd_f43``, but each block of block_tiles tiles is shared
+    by all threads in three stages: input transforms split by channel, the
+    36 GEMMs split by point (each GEMM then spans the whole block, and each
+    U[p] is read once per block), output transforms split by filter.
+
+    For layers with many channels and few tiles, where per-thread blocks
+    would re-read all of U for a handful of tiles. v_buffer (36 * C *
+    block_tiles), m_buffer (36 * K * block_tiles).
+    """
+    cdef WinogradShape ws = _winograd_shape(x, y, pad_top, pad_left)
+    cdef Py_ssize_t total = ws.batch * ws.tiles_h * ws.tiles_w
+    cdef Py_ssize_t first, count, c, k, p
+    cdef const real *x_ptr = &x[0, 0, 0, 0]
+    cdef const real *u_ptr = &u[0, 0, 0]
+    cdef const real *bias_ptr = &bias[0] if has_bias else NULL
+    cdef real *y_ptr = &y[0, 0, 0, 0]
+    cdef real *v = &v_buffer[0]
+    cdef real *m = &m_buffer[0]
+    first = 0
+    while first < total:
+        count = total - first
+        if count > block_tiles:
+            count = block_tiles
+        with nogil, parallel(num_threads=num_threads):
+            for c in prange(ws.in_channels, schedule="static"):
+                _input_channel(&ws, x_ptr, c, v, first, count)
+            for p in prange(POINTS, schedule="static"):
+                _point_product(&ws, u_ptr, transposed_weight, v, m, p, count)
+            for k in prange(ws.out_channels, schedule="static"):
+                _output_filter(&ws, m, k,
+                               bias_ptr[k] if bias_ptr != NULL else 0,
+                               y_ptr, first, count)
+        first = first + count
+
+
+def winograd_f43(const real[:, :, :, ::1] x, const real[:, :, ::1] u,
+                 bint transposed_weight, const real[::1] bias, bint has_bias,
+                 real[:, :, :, ::1] y, real[:, ::1] workspace,
+                 Py_ssize_t pad_top, Py_ssize_t pad_left,
+                 Py_ssize_t block_tiles, int num_threads):
+    """y = conv3x3(x, filters) (+ bias), stride 1, through F(4x4, 3x3).
+
+    x (N, C, H, W); y (N, K, OH, OW), every element written; u the
+    transformed filters, (36, K, C), or (36, C, K) when transposed_weight;
+    pad_top/pad_left place the first patch at (-pad_top, -pad_left) (any
+    bottom/right padding is implied by OH, OW). workspace (num_threads,
+    36 * (C + K) * block_tiles).
+    """
+    cdef WinogradShape ws = _winograd_shape(x, y, pad_top, pad_left)
+    cdef Py_ssize_t total = ws.batch * ws.tiles_h * ws.tiles_w
+    cdef Py_ssize_t items = (total + block_tiles - 1) // block_tiles
+    cdef Py_ssize_t item, first, count
+    cdef const real *x_ptr = &x[0, 0, 0, 0]
+    cdef const real *u_ptr = &u[0, 0, 0]
+    cdef const real *bias_ptr = &bias[0] if has_bias else NULL
+    cdef real *y_ptr = &y[0, 0, 0, 0]
+    cdef real *work_ptr = &workspace[0, 0]
+    cdef Py_ssize_t work_stride = workspace.shape[1]
+    cdef Py_ssize_t v_size = POINTS * ws.in_channels * block_tiles
+    cdef real *v
+    with nogil, parallel(num_threads=num_threads):
+        v = work_ptr + threadid() * work_stride
+        for item in prange(items, schedule="dynamic"):
+            first = item * block_tiles
+            count = total - first
+            if count > block_tiles:
+                count = block_tiles
+            _block(&ws, x_ptr, u_ptr, transposed_weight, bias_ptr, y_ptr, v,
+                   v + v_size, first, count)
+
+
+# G's and G^T's fractions as products: a division costs several times a
+# multiplication, and the filter transforms are nothing but these (the
+# products differ from the quotients by at most an ulp of a double, far
+# below the float32 results' rounding).
+cdef double QUARTER = 0.25
+cdef double SIXTH = 1.0 / 6.0
+cdef double TWELFTH = 1.0 / 12.0
+cdef double TWENTYFOURTH = 1.0 / 24.0
+
+
+cdef inline void _filter_1d(const double *g, Py_ssize_t g_stride,
+                            double *out, Py_ssize_t out_stride) noexcept nogil:
+    """out (6-vector) = G g for a 3-vector g."""
+    cdef double g0 = g[0], g1 = g[g_stride], g2 = g[2 * g_stride]
+    out[0] = g0 * QUARTER
+    out[out_stride] = -(g0 + g1 + g2) * SIXTH
+    out[2 * out_stride] = -(g0 - g1 + g2) * SIXTH
+    out[3 * out_stride] = g0 * TWENTYFOURTH + g1 * TWELFTH + g2 * SIXTH
+    out[4 * out_stride] = g0 * TWENTYFOURTH - g1 * TWELFTH + g2 * SIXTH
+    out[5 * out_stride] = g2
+
+
+cdef enum:
+    FILTER_BLOCK = 64   # filters transformed together: whole cache lines out
+
+
+cdef void _filter_block(const real *taps, Py_ssize_t first, Py_ssize_t count,
+                        bint flipped, real *u,
+                        Py_ssize_t point_stride) noexcept nogil:
+    """u[p * point_stride + first + i] for p < 36, i < count: G g G^T of
+    the 3x3 filters ``taps[(first + i) * 9:]`` (rotated by 180 degrees when
+    flipped), in double precision, written point by point (contiguous runs
+    of ``count``)."""
+    cdef double g[9]
+    cdef double t[18]
+    cdef double block[FILTER_BLOCK * POINTS]
+    cdef Py_ssize_t i, j, p
+    cdef const real *filter_taps
+    for i in range(count):
+        filter_taps = taps + (first + i) * 9
+        for j in range(9):
+            g[j] = filter_taps[8 - j] if flipped else filter_taps[j]
+        for j in range(3):          # t (6, 3) = G g
+            _filter_1d(g + j, 3, t + j, 3)
+        for j in range(PATCH):      # (6, 6) = t G^T
+            _filter_1d(t + j * 3, 1, block + i * POINTS + j * PATCH, 1)
+    for p in range(POINTS):
+        for i in range(count):
+            u[p * point_stride + first + i] = <real>block[i * POINTS + p]
+
+
+def winograd_filters_f43(const real[:, :, :, ::1] weight, real[:, :, ::1] u,
+                         bint flipped, int num_threads):
+    """u[p, k, c] = (G g G^T)[p] of each 3x3 filter g = weight[k, c]
+    (rotated by 180 degrees when flipped), computed in double precision.
+
+    weight (K, C, 3, 3); u (36, K, C), every element written.
+    """
+    cdef Py_ssize_t pairs = weight.shape[0] * weight.shape[1]
+    cdef Py_ssize_t blocks = (pairs + FILTER_BLOCK - 1) // FILTER_BLOCK
+    cdef Py_ssize_t block, count
+    cdef const real *taps = &weight[0, 0, 0, 0]
+    cdef real *u_ptr = &u[0, 0, 0]
+    for block in prange(blocks, nogil=True, schedule="static",
+                        num_threads=num_threads):
+        count = pairs - block * FILTER_BLOCK
+        if count > FILTER_BLOCK:
+            count = FILTER_BLOCK
+        _filter_block(taps, block * FILTER_BLOCK, count, flipped, u_ptr,
+                      pairs)
+
+
+# ------------------------------------------------------- weight gradient
+#
+# The forward is Y = A^T [U . V] A per tile, U = G g G^T; its adjoint with
+# respect to U is dU = sum over tiles of (A dY A^T) . V, and with respect to
+# g, dg = G^T dU G. So the weight gradient is, per point p, one GEMM that
+# sums over tiles: dU[p] (K, C) += E[p] (K, T) @ V[p]^T (T, C), where
+# E = A dY A^T of the output-gradient tiles; then one adjoint filter
+# transform per filter.
+
+cdef void _grad_output_segment(const real *plane, Py_ssize_t height,
+                               Py_ssize_t width, Py_ssize_t row0,
+                               Py_ssize_t col0, Py_ssize_t tiles, real *out,
+                               Py_ssize_t point_stride) noexcept nogil:
+    """A dY A^T (6x6) of ``tiles`` (<= SEGMENT_TILES) side-by-side 4x4
+    tiles of one output-gradient plane (height x width), the first at
+    (row0, col0); zeros past the plane's edge. Point p of tile q goes to
+    out[p * point_stride + q]."""
+    cdef Py_ssize_t span = OUT_TILE * tiles
+    cdef real strip[OUT_TILE * OUT_TILE * SEGMENT_TILES]
+    cdef real column[PATCH * OUT_TILE * SEGMENT_TILES]
+    cdef real points[POINTS * SEGMENT_TILES]
+    cdef Py_ssize_t i, j, q, r, stop
+    cdef const real *src
+    cdef real *dst
+    cdef real y0, y1, y2, y3
+    for i in range(OUT_TILE):
+        dst = strip + i * OUT_TILE * SEGMENT_TILES
+        r = row0 + i
+        stop = width - col0 if width - col0 < span else span
+        if r >= height:
+            stop = 0
+        src = plane + r * width + col0
+        for j in range(stop):
+            dst[j] = src[j]
+        for j in range(stop, span):
+            dst[j] = 0
+    for j in range(span):           # A down the columns: (6, 4 * tiles)
+        y0 = strip[j]
+        y1 = strip[OUT_TILE * SEGMENT_TILES + j]
+        y2 = strip[2 * OUT_TILE * SEGMENT_TILES + j]
+        y3 = strip[3 * OUT_TILE * SEGMENT_TILES + j]
+        column[j] = y0
+        column[OUT_TILE * SEGMENT_TILES + j] = y0 + y1 + y2 + y3
+        column[2 * OUT_TILE * SEGMENT_TILES + j] = y0 - y1 + y2 - y3
+        column[3 * OUT_TILE * SEGMENT_TILES + j] = (
+            y0 + <real>2 * y1 + <real>4 * y2 + <real>8 * y3)
+        column[4 * OUT_TILE * SEGMENT_TILES + j] = (
+            y0 - <real>2 * y1 + <real>4 * y2 - <real>8 * y3)
+        column[5 * OUT_TILE * SEGMENT_TILES + j] = y3
+    for i in range(PATCH):          # A^T along each tile's row
+        src = column + i * OUT_TILE * SEGMENT_TILES
+        dst = points + i * PATCH * SEGMENT_TILES
+        for q in range(tiles):
+            y0 = src[OUT_TILE * q]
+            y1 = src[OUT_TILE * q + 1]
+            y2 = src[OUT_TILE * q + 2]
+            y3 = src[OUT_TILE * q + 3]
+            dst[q] = y0
+            dst[SEGMENT_TILES + q] = y0 + y1 + y2 + y3
+            dst[2 * SEGMENT_TILES + q] = y0 - y1 + y2 - y3
+            dst[3 * SEGMENT_TILES + q] = (y0 + <real>2 * y1 + <real>4 * y2
+                                          + <real>8 * y3)
+            dst[4 * SEGMENT_TILES + q] = (y0 - <real>2 * y1 + <real>4 * y2
+                                          - <real>8 * y3)
+            dst[5 * SEGMENT_TILES + q] = y3
+    for i in range(POINTS):
+        src = points + i * SEGMENT_TILES
+        dst = out + i * point_stride
+        for q in range(SEGMENT_TILES):
+            if q < tiles:       # a masked vector store, not a memmove call
+                dst[q] = src[q]
+
+
+cdef void _grad_output_filter(const WinogradShape *ws, const real *grad,
+                              Py_ssize_t k, real *e, Py_ssize_t first_tile,
+                              Py_ssize_t count) noexcept nogil:
+    """E[:, k, :] (E is (36, K, count)) of tiles [first_tile, +count) of
+    the output gradient (ws's output shape)."""
+    cdef Py_ssize_t t = 0, n, ty, tx, segment
+    cdef Py_ssize_t plane_out = ws.out_height * ws.out_width
+    while t < count:
+        _segment_at(ws, first_tile + t, count - t, &n, &ty, &tx, &segment)
+        _grad_output_segment(grad + (n * ws.out_channels + k) * plane_out,
+                             ws.out_height, ws.out_width, ty * OUT_TILE,
+                             tx * OUT_TILE, segment, e + k * count + t,
+                             ws.out_channels * count)
+        t += segment
+
+
+def winograd_f43_weight_grad(const real[:, :, :, ::1] x,
+                             const real[:, :, :, ::1] grad_output,
+                             real[:, ::1] partials, real[:, ::1] workspace,
+                             Py_ssize_t pad_top, Py_ssize_t pad_left,
+                             Py_ssize_t block_tiles, int num_threads):
+    """Winograd-domain weight gradient of y = conv3x3(x) (stride 1).
+
+    x (N, C, H, W); grad_output (N, K, OH, OW). partials (R, 36*K*C)
+    zeros: the tiles are cut into R runs of consecutive tiles, and run j
+    adds dU = sum over its tiles, in block order, of E[p] @ V[p]^T to row
+    j (the caller sums the rows in order, then ``winograd_filters_adjoint``):
+    the bits depend on R and the shape alone. workspace (num_threads,
+    36 * (C + K) * block_tiles).
+    """
+    cdef WinogradShape ws = _winograd_shape(x, grad_output, pad_top,
+                                            pad_left)
+    cdef Py_ssize_t total = ws.batch * ws.tiles_h * ws.tiles_w
+    cdef Py_ssize_t runs = partials.shape[0]
+    cdef Py_ssize_t channels = ws.in_channels, filters = ws.out_channels
+    cdef Py_ssize_t run, first, stop, count, c, k, p
+    cdef const real *x_ptr = &x[0, 0, 0, 0]
+    cdef const real *grad_ptr = &grad_output[0, 0, 0, 0]
+    cdef real *partials_ptr = &partials[0, 0]
+    cdef Py_ssize_t partial_stride = partials.shape[1]
+    cdef real *work_ptr = &workspace[0, 0]
+    cdef Py_ssize_t work_stride = workspace.shape[1]
+    cdef Py_ssize_t v_size = POINTS * channels * block_tiles
+    cdef real *v
+    cdef real *e
+    cdef real *du
+    with nogil, parallel(num_threads=num_threads):
+        v = work_ptr + threadid() * work_stride
+        e = v + v_size
+        for run in prange(runs, schedule="dynamic"):
+            du = partials_ptr + run * partial_stride
+            first = run * total // runs
+            stop = (run + 1) * total // runs
+            while first < stop:
+                count = stop - first
+                if count > block_tiles:
+                    count = block_tiles
+                for c in range(channels):
+                    _input_channel(&ws, x_ptr, c, v, first, count)
+                for k in range(filters):
+                    _grad_output_filter(&ws, grad_ptr, k, e, first, count)
+                for p in range(POINTS):
+                    # dU[p] (K, C) += E[p] (K, count) @ V[p]^T (count, C)
+                    gemm_row_major(c'N', c'T', <int>filters, <int>channels,
+                                   <int>count, <real>1,
+                                   e + p * filters * count, <int>count,
+                                   v + p * channels * count, <int>count,
+                                   <real>1, du + p * filters * channels,
+                                   <int>channels)
+                first = first + count
+
+
+cdef inline void _filter_adjoint_1d(const double *u, Py_ssize_t u_stride,
+                                    double *out,
+                                    Py_ssize_t out_stride) noexcept nogil:
+    """out (3-vector) = G^T u for a 6-vector u."""
+    cdef double u0 = u[0], u1 = u[u_stride], u2 = u[2 * u_stride]
+    cdef double u3 = u[3 * u_stride], u4 = u[4 * u_stride]
+    cdef double u5 = u[5 * u_stride]
+    out[0] = u0 * QUARTER - (u1 + u2) * SIXTH + (u3 + u4) * TWENTYFOURTH
+    out[out_stride] = (u2 - u1) * SIXTH + (u3 - u4) * TWELFTH
+    out[2 * out_stride] = (u3 + u4 - u1 - u2) * SIXTH + u5
+
+
+cdef void _filter_adjoint(const real *du, Py_ssize_t point_stride,
+                          real *out) noexcept nogil:
+    """out (3x3) = G^T u G for u[p] = du[p * point_stride], p < 36."""
+    cdef double u[POINTS]
+    cdef double t[3 * PATCH]
+    cdef double g[9]
+    cdef Py_ssize_t i, p
+    for p in range(POINTS):
+        u[p] = du[p * point_stride]
+    for i in range(PATCH):          # t (3, 6) = G^T u
+        _filter_adjoint_1d(u + i, PATCH, t + i, PATCH)
+    for i in range(3):              # g (3, 3) = t G
+        _filter_adjoint_1d(t + i * PATCH, 1, g + i * 3, 1)
+    for i in range(9):
+        out[i] = <real>g[i]
+
+
+def winograd_filters_adjoint_f43(const real[::1] du, real[:, :, :, ::1] grad,
+                                 int num_threads):
+    """grad[k, c] = G^T dU[:, k, c] G (3x3) for dU = du as (36, K, C), in
+    double precision: the adjoint of ``winograd_filters_f43``."""
+    cdef Py_ssize_t pairs = grad.shape[0] * grad.shape[1]
+    cdef Py_ssize_t pair
+    cdef const real *du_ptr = &du[0]
+    cdef real *grad_ptr = &grad[0, 0, 0, 0]
+    for pair in prange(pairs, nogil=True, schedule="static",
+                       num_threads=num_threads):
+        _filter_adjoint(du_ptr + pair, pairs, grad_ptr + pair * 9)

@@ -1,0 +1,425 @@
+"""The convolution methods of the Cython backend, and conv2d_backward's
+need_weight_grad and grad_weight reproducibility on every CPU backend.
+
+Winograd F(4x4, 3x3) (forward, the input gradient with the flipped
+filters, the weight gradient through the Winograd domain) is forced with ``FASTCONV_CONV_ALGO=winograd`` and compared with the
+naive reference and PyTorch on randomised small shapes; a counting wrapper
+proves which method ran. Its float32 error bound is checked against a
+float64 reference with unit-variance inputs up to 512 channels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import _shapes
+from fastconv.backends import resolve
+
+cython_cpu = pytest.importorskip("fastconv.backends.cython_cpu")
+if cython_cpu.unavailable_reason() is not None:
+    pytest.skip(cython_cpu.unavailable_reason(), allow_module_level=True)
+
+#: float32 Winograd F(4x4, 3x3): max |error| / max |reference| stays below
+#: this for unit-variance inputs and filters scaled by 1/sqrt(9 C), C <= 512
+#: (measured 1.5e-5 at C = 512; the direct method, 7e-7). README states it.
+WINOGRAD_FLOAT32_BOUND = 5e-5
+
+
+@pytest.fixture
+def algorithm(monkeypatch):
+    """Set FASTCONV_CONV_ALGO for the test; returns the setter."""
+    def set_algorithm(value):
+        monkeypatch.setenv(cython_cpu.CONV_ALGO_ENV, value)
+    return set_algorithm
+
+
+#: Winograd's minimum tile counts as shipped, before _no_minimum_tiles.
+SHIPPED_MIN_TILES = {name: getattr(cython_cpu, name) for name in (
+    "WINOGRAD_MIN_CALL_TILES", "WINOGRAD_MIN_CALL_TILES_PACKED")}
+
+
+@pytest.fixture(autouse=True)
+def _no_minimum_tiles(monkeypatch):
+    """The small shapes here run Winograd wherever their channel counts
+    would (test_auto_needs_enough_tiles_for_winograd checks the minimums)."""
+    for name in SHIPPED_MIN_TILES:
+        monkeypatch.setattr(cython_cpu, name, 0)
+
+
+@pytest.fixture
+def winograd_calls(monkeypatch):
+    """Counts the calls of the Winograd path: {'count': n}."""
+    calls = {"count": 0}
+    original = cython_cpu._winograd
+
+    def counting(*args, **kwargs):
+        calls["count"] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(cython_cpu, "_winograd", counting)
+    return calls
+
+
+def _random_case(seed):
+    """A random small 3x3 stride-1 case: x, weight, bias, padding pairs."""
+    rng = np.random.default_rng(seed)
+    batch = int(rng.integers(1, 3))
+    channels, filters = (int(v) for v in rng.integers(1, 9, size=2))
+    height, width = (int(v) for v in rng.integers(3, 12, size=2))
+    padding = ((int(rng.integers(0, 3)), int(rng.integers(0, 3))),
+               (int(rng.integers(0, 3)), int(rng.integers(0, 3))))
+    x = rng.standard_normal((batch, channels, height, width))
+    weight = rng.standard_normal((filters, channels, 3, 3))
+    bias = rng.standard_normal(filters) if rng.random() < 0.7 else None
+    return x, weight, bias, padding
+
+
+def _geometry(x, weight, padding):
+    (top, bottom), (left, right) = padding
+    return _shapes.conv_geometry(x.shape, weight.shape, (1, 1),
+                                 (top, left, bottom, right), (1, 1), 1)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_winograd_forward_matches_naive(seed, dtype, algorithm,
+                                        winograd_calls):
+    algorithm("winograd")
+    x, weight, bias, padding = _random_case(seed)
+    g = _geometry(x, weight, padding)
+    x, weight = x.astype(dtype), weight.astype(dtype)
+    bias = None if bias is None else bias.astype(dtype)
+    expected = resolve("conv2d_forward", "naive").conv2d_forward(
+        x, weight, bias, g)
+    got = cython_cpu.conv2d_forward(x, weight, bias, g)
+    assert winograd_calls["count"] == 1
+    assert got.dtype == dtype
+    scale = np.abs(expected).max()
+    tolerance = WINOGRAD_FLOAT32_BOUND if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(got, expected, rtol=0,
+                               atol=tolerance * scale)
+
+
+@pytest.mark.parametrize("schedule", ["per-thread", "staged"])
+def test_winograd_schedules_and_wide_rows(schedule, dtype, algorithm,
+                                          monkeypatch):
+    """Both schedules (per-thread blocks; blocks shared stage by stage),
+    several blocks per call, rows wider than one 16-tile segment."""
+    algorithm("winograd")
+    itemsize = np.dtype(dtype).itemsize
+    if schedule == "staged":
+        monkeypatch.setattr(cython_cpu, "WINOGRAD_STAGED_BELOW", 10 ** 9)
+        # three tiles per block: blocks end mid-row and mid-image
+        monkeypatch.setattr(cython_cpu, "WINOGRAD_STAGED_BYTES",
+                            3 * 36 * (3 + 4) * itemsize)
+    else:
+        monkeypatch.setattr(cython_cpu, "WINOGRAD_STAGED_BELOW", 0)
+        monkeypatch.setattr(cython_cpu, "WINOGRAD_MIN_TILES", 1)
+        monkeypatch.setattr(cython_cpu, "WINOGRAD_BLOCK_BYTES",
+                            5 * 36 * (3 + 4) * itemsize)
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((2, 3, 6, 71)).astype(dtype)
+    weight = rng.standard_normal((4, 3, 3, 3)).astype(dtype)
+    bias = rng.standard_normal(4).astype(dtype)
+    g = _geometry(x, weight, ((1, 0), (2, 1)))
+    expected = resolve("conv2d_forward", "naive").conv2d_forward(
+        x, weight, bias, g)
+    got = cython_cpu.conv2d_forward(x, weight, bias, g)
+    tolerance = WINOGRAD_FLOAT32_BOUND if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(got, expected, rtol=0,
+                               atol=tolerance * np.abs(expected).max())
+
+
+def test_winograd_weight_gradient_runs_where_the_forward_does(
+        algorithm, monkeypatch):
+    calls = {"count": 0}
+    original = cython_cpu._winograd_weight_grad
+
+    def counting(*args):
+        calls["count"] += 1
+        return original(*args)
+
+    monkeypatch.setattr(cython_cpu, "_winograd_weight_grad", counting)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 16, 5, 5)).astype(np.float32)
+    weight = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    grad_output = rng.standard_normal((2, 16, 5, 5)).astype(np.float32)
+    for value, expected in (("auto", 1), ("direct", 1), ("winograd", 2)):
+        algorithm(value)
+        fastconv.conv2d_backward(grad_output, x, weight, padding=1,
+                                 backend="cython")
+        assert calls["count"] == expected
+    fastconv.conv2d_backward(grad_output, x, weight, padding=1,
+                             need_weight_grad=False, backend="cython")
+    assert calls["count"] == 2
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_winograd_input_gradient_matches_naive(seed, dtype, algorithm,
+                                               winograd_calls):
+    algorithm("winograd")
+    x, weight, _, padding = _random_case(100 + seed)
+    g = _geometry(x, weight, padding)
+    rng = np.random.default_rng(seed)
+    grad_output = rng.standard_normal(g.output_shape).astype(dtype)
+    x, weight = x.astype(dtype), weight.astype(dtype)
+    expected = resolve("conv2d_backward", "naive").conv2d_backward(
+        grad_output, x, weight, g, True)
+    got = cython_cpu.conv2d_backward(grad_output, x, weight, g, True)
+    assert winograd_calls["count"] == 1
+    tolerance = WINOGRAD_FLOAT32_BOUND if dtype == np.float32 else 1e-12
+    for mine, reference in zip(got, expected):
+        np.testing.assert_allclose(mine, reference, rtol=0,
+                                   atol=tolerance * np.abs(reference).max())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_winograd_matches_torch(dtype, algorithm, winograd_calls):
+    torch = pytest.importorskip("torch")
+    algorithm("winograd")
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((3, 20, 13, 10)).astype(dtype)
+    weight = rng.standard_normal((17, 20, 3, 3)).astype(dtype)
+    bias = rng.standard_normal(17).astype(dtype)
+    x_t, w_t = (torch.from_numpy(a).double().requires_grad_(True)
+                for a in (x, weight))
+    y_t = torch.nn.functional.conv2d(x_t, w_t, torch.from_numpy(bias).double(),
+                                     padding=(1, 2))
+    grad_output = rng.standard_normal(tuple(y_t.shape)).astype(dtype)
+    y_t.backward(torch.from_numpy(grad_output).double())
+    y = fastconv.conv2d(x, weight, bias, padding=(1, 2), backend="cython")
+    grad_x, grad_w, _ = fastconv.conv2d_backward(
+        grad_output, x, weight, padding=(1, 2), backend="cython")
+    assert winograd_calls["count"] == 2
+    tolerance = WINOGRAD_FLOAT32_BOUND if dtype == np.float32 else 1e-12
+    for mine, reference in ((y, y_t.detach().numpy()),
+                            (grad_x, x_t.grad.numpy()),
+                            (grad_w, w_t.grad.numpy())):
+        np.testing.assert_allclose(mine, reference, rtol=0,
+                                   atol=tolerance * np.abs(reference).max())
+
+
+def test_winograd_gradients_by_finite_differences(algorithm,
+                                                  finite_difference):
+    """float64: conv2d's input and weight gradients through Winograd are
+    the derivatives of conv2d's (Winograd) forward."""
+    algorithm("winograd")
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 3, 6, 5))
+    weight = rng.standard_normal((2, 3, 3, 3))
+    grad_output = rng.standard_normal((1, 2, 6, 5))
+
+    def loss(values):
+        return float((fastconv.conv2d(values, weight, padding=1,
+                                      backend="cython") * grad_output).sum())
+
+    def loss_of_weight(values):
+        return float((fastconv.conv2d(x, values, padding=1,
+                                      backend="cython") * grad_output).sum())
+
+    grad_x, grad_w, _ = fastconv.conv2d_backward(
+        grad_output, x, weight, padding=1, backend="cython")
+    np.testing.assert_allclose(grad_x, finite_difference(loss, x),
+                               rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(grad_w, finite_difference(loss_of_weight,
+                                                         weight),
+                               rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("channels", [16, 64, 512])
+def test_winograd_float32_error_bound(channels, algorithm):
+    """The documented bound: float32 against a float64 reference."""
+    algorithm("winograd")
+    rng = np.random.default_rng(channels)
+    x = rng.standard_normal((1, channels, 10, 10))
+    weight = rng.standard_normal((8, channels, 3, 3)) / np.sqrt(9 * channels)
+    g = _geometry(x, weight, ((1, 1), (1, 1)))
+    reference = cython_cpu.conv2d_forward(x, weight, None, g)   # float64
+    got = cython_cpu.conv2d_forward(x.astype(np.float32),
+                                    weight.astype(np.float32), None, g)
+    error = np.abs(got - reference).max() / np.abs(reference).max()
+    assert error < WINOGRAD_FLOAT32_BOUND
+
+
+def test_auto_and_direct_choose_by_shape(algorithm, winograd_calls):
+    rng = np.random.default_rng(0)
+    wide = rng.standard_normal((1, 16, 8, 8)).astype(np.float32)
+    wide_weight = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    narrow = rng.standard_normal((1, 3, 8, 8)).astype(np.float32)
+    narrow_weight = rng.standard_normal((16, 3, 3, 3)).astype(np.float32)
+    algorithm("auto")
+    fastconv.conv2d(narrow, narrow_weight, padding=1, backend="cython")
+    fastconv.conv2d(wide, wide_weight, stride=2, padding=1, backend="cython")
+    assert winograd_calls["count"] == 0
+    fastconv.conv2d(wide, wide_weight, padding=1, backend="cython")
+    assert winograd_calls["count"] == 1
+    algorithm("direct")
+    direct = fastconv.conv2d(wide, wide_weight, padding=1, backend="cython")
+    fastconv.conv2d_backward(direct, wide, wide_weight, padding=1,
+                             backend="cython")
+    assert winograd_calls["count"] == 1
+    g = _geometry(wide, wide_weight, ((1, 1), (1, 1)))
+    assert cython_cpu.conv2d_method(g) == "im2col-gemm"
+    algorithm("auto")
+    assert cython_cpu.conv2d_method(g) == "winograd-f4x4"
+
+
+def test_unknown_algorithm_is_refused(algorithm):
+    algorithm("fft")
+    x = np.zeros((1, 16, 4, 4), np.float32)
+    weight = np.zeros((16, 16, 3, 3), np.float32)
+    with pytest.raises(ValueError, match="FASTCONV_CONV_ALGO"):
+        fastconv.conv2d(x, weight, backend="cython")
+
+
+# ------------------------------------------------ conv2d_backward primitive
+
+def _compiled_cpu_modules():
+    return [resolve("conv2d_backward", name)
+            for name in fastconv.available_backends()
+            if name not in ("naive", "cuda")]
+
+
+@pytest.mark.parametrize("algo", ["direct", "winograd"])
+def test_need_weight_grad_false_skips_and_matches(algo, algorithm):
+    """need_weight_grad=False: grad_weight and grad_bias are None, x may be
+    None, and grad_input has the bits of the full call's."""
+    algorithm(algo)
+    rng = np.random.default_rng(11)
+    for x_shape, w_shape, stride, pads in (
+            ((2, 4, 7, 7), (5, 4, 3, 3), (1, 1), (1, 1, 1, 1)),
+            ((2, 4, 7, 7), (5, 4, 1, 1), (1, 1), (0, 0, 0, 0)),
+            ((2, 4, 8, 7), (5, 4, 3, 2), (2, 1), (1, 0, 1, 0))):
+        g = _shapes.conv_geometry(x_shape, w_shape, stride, pads, (1, 1), 1)
+        x = rng.standard_normal(x_shape)
+        weight = rng.standard_normal(w_shape)
+        grad_output = rng.standard_normal(g.output_shape)
+        for module in _compiled_cpu_modules():
+            full = module.conv2d_backward(grad_output, x, weight, g, True)
+            grad_input, grad_weight, grad_bias = module.conv2d_backward(
+                grad_output, None, weight, g, True, need_weight_grad=False)
+            assert grad_weight is None and grad_bias is None
+            np.testing.assert_array_equal(grad_input, full[0])
+
+
+@pytest.fixture
+def parallel_small_calls(monkeypatch):
+    """Run even these small calls on every thread (no serial shortcut)."""
+    from fastconv import config
+
+    monkeypatch.setattr(config, "PARALLEL_MIN_MACS", 0)
+
+
+@pytest.mark.usefixtures("parallel_small_calls")
+@pytest.mark.parametrize("x_shape,w_shape", [
+    ((6, 8, 9, 9), (5, 8, 3, 3)),       # row-tile schedule
+    ((16, 32, 3, 3), (8, 32, 3, 3)),    # chunks of whole images
+    ((4, 6, 5, 5), (4, 6, 1, 1)),       # 1x1: x is its own im2col matrix
+    ((5, 16, 6, 7), (16, 16, 3, 3)),    # Winograd ('auto')
+])
+def test_grad_weight_is_reproducible(x_shape, w_shape):
+    """The same grad_weight bits run after run on each backend, and for any
+    thread count on the Cython backend (a fixed reduction order)."""
+    rng = np.random.default_rng(2)
+    g = _shapes.conv_geometry(x_shape, w_shape, (1, 1), (1, 1, 1, 1), (1, 1),
+                              1)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    weight = rng.standard_normal(w_shape).astype(np.float32)
+    grad_output = rng.standard_normal(g.output_shape).astype(np.float32)
+    threads = fastconv.get_num_threads()
+    try:
+        for module in _compiled_cpu_modules():
+            first = module.conv2d_backward(grad_output, x, weight, g, True)
+            for _ in range(3):
+                again = module.conv2d_backward(grad_output, x, weight, g,
+                                               True)
+                for a, b in zip(first, again):
+                    np.testing.assert_array_equal(a, b)
+        fastconv.set_num_threads(1)
+        serial = cython_cpu.conv2d_backward(grad_output, x, weight, g, True)
+        fastconv.set_num_threads(max(2, threads))
+        parallel = cython_cpu.conv2d_backward(grad_output, x, weight, g, True)
+        for a, b in zip(serial[1:], parallel[1:]):
+            np.testing.assert_array_equal(a, b)
+    finally:
+        fastconv.set_num_threads(threads)
+
+
+# ---------------------------------------------------------- packed weights
+
+def test_conv2d_layer_never_serves_stale_packed_weights(algorithm,
+                                                        winograd_calls):
+    """nn.Conv2d keeps its Winograd-domain filters between forwards and
+    drops them on every change of the weight: in-place (as optimizers do),
+    by assignment to .data, by a new Parameter, by load_state_dict."""
+    from fastconv import nn, optim
+
+    algorithm("winograd")
+    rng = np.random.default_rng(4)
+    layer = nn.Conv2d(16, 16, 3, padding=1)
+    x = rng.standard_normal((2, 16, 6, 6)).astype(np.float32)
+
+    def check():
+        expected = fastconv.conv2d(x, layer.weight.data, layer.bias.data,
+                                   padding=1)          # stateless
+        np.testing.assert_array_equal(layer(x), expected)
+
+    check()
+    packed = layer._packed
+    assert len(packed) == 1
+    held = packed._forms["winograd-f4x4"]
+    check()                                            # reused, not redone
+    assert packed._forms["winograd-f4x4"] is held
+    layer.weight.data[0, 0, 1, 1] += 1.0               # in place
+    check()
+    layer.weight.data = rng.standard_normal(
+        layer.weight.shape).astype(np.float32)         # assignment
+    check()
+    layer.weight = nn.Parameter(layer.weight.data * 2)  # a new Parameter
+    check()
+    state = {name: value * 0.5 for name, value in layer.state_dict().items()}
+    layer.load_state_dict(state)
+    check()
+    optimizer = optim.SGD(layer.parameters(), lr=0.1)
+    grad_output = rng.standard_normal((2, 16, 6, 6)).astype(np.float32)
+    layer.train()
+    layer(x)
+    layer.backward(grad_output)
+    optimizer.step()                                   # in-place update
+    check()
+    assert winograd_calls["count"] >= 7
+
+
+def test_auto_needs_enough_tiles_for_winograd(monkeypatch, algorithm,
+                                              winograd_calls):
+    """With the shipped minimums (this module sets them to 0): a few tiles run
+    the direct method, unless a layer's packed filters pay for fewer."""
+    for name, value in SHIPPED_MIN_TILES.items():
+        monkeypatch.setattr(cython_cpu, name, value)
+    algorithm("auto")
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1, 16, 16, 16)).astype(np.float32)   # 16 tiles
+    weight = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    g = _geometry(x, weight, ((1, 1), (1, 1)))
+    assert output_tiles(g) == 16
+    assert cython_cpu.conv2d_method(g) == "im2col-gemm"
+    assert cython_cpu.conv2d_method(g, packed=True) == "winograd-f4x4"
+    expected = fastconv.conv2d(x, weight, padding=1, backend="naive")
+    np.testing.assert_allclose(
+        fastconv.conv2d(x, weight, padding=1, backend="cython"), expected,
+        rtol=1e-4, atol=1e-4)
+    assert winograd_calls["count"] == 0
+    layer = fastconv.nn.Conv2d(16, 16, 3, padding=1)
+    layer.weight.data[...] = weight
+    layer.bias.data[...] = 0
+    with fastconv.use_backend("cython"):
+        np.testing.assert_allclose(layer(x), expected, rtol=1e-4, atol=1e-4)
+    assert winograd_calls["count"] == 1
+    big = rng.standard_normal((8, 16, 16, 16)).astype(np.float32)  # 128
+    fastconv.conv2d(big, weight, padding=1, backend="cython")
+    assert winograd_calls["count"] == 2
+
+
+def output_tiles(g):
+    return g.batch * (-(-g.out_height // 4)) * (-(-g.out_width // 4))
