@@ -7,8 +7,8 @@ faults in every 4 KiB page again; a ResNet-8 step (batch 64) frees and
 reallocates about 100 MiB of activations, and those faults cost more than
 its whole batch norm. Raising malloc's mmap and trim thresholds keeps the
 pages: measured with ``benchmarks/bench_training.py --model resnet8``'s
-child processes, 138 ms -> 109 ms per step (median of 3 alternating fresh
-processes, load average 1.5 on 2 cores). The cost: the process holds its
+``--child fastconv`` processes, 141 ms per step opted out against 112 ms
+(3 alternating fresh processes each, load average 1.0-1.2 on 2 cores). The cost: the process holds its
 peak heap until it exits (as PyTorch's caching allocators do on a GPU).
 
 ``FASTCONV_KEEP_FREED_MEMORY=0`` in the environment leaves malloc as it is.
