@@ -20,11 +20,15 @@ import numbers
 
 import numpy as np
 
-from fastconv import _threads, _validate
+from fastconv import _memory, _threads, _validate
 from fastconv import functional as F
 from fastconv._packed import PackedWeights
 from fastconv.nn import init
 from fastconv.nn.module import FLOAT_DTYPES, Module, Parameter
+
+# A training loop frees and reallocates its activations every step; keep
+# those pages in the process (fastconv._memory says why and how to opt out).
+_memory.keep_freed_memory()
 
 __all__ = [
     "Conv2d", "ConvTranspose2d", "Conv1d", "Linear", "ReLU", "Flatten",
@@ -620,14 +624,30 @@ class AdaptiveAvgPool2d(Module):
                 f"AdaptiveAvgPool2d here needs the input size {height}x{width}"
                 f" to be a multiple of output_size {out_h}x{out_w}")
         kernel = (height // out_h, width // out_w)
-        y = F.avg_pool2d(x, kernel, kernel)
         self.save_for_backward(x.shape, kernel)
-        return y
+        if (out_h, out_w) == (1, 1):
+            # Global pooling: one streaming row sum per (n, c), far cheaper
+            # than a pooling kernel's launch on the small final maps.
+            batch, channels = x.shape[:2]
+            row_sums = np.einsum("ij->i", np.ascontiguousarray(x).reshape(
+                batch * channels, -1))
+            return (row_sums / (height * width)).astype(x.dtype).reshape(
+                batch, channels, 1, 1)
+        return F.avg_pool2d(x, kernel, kernel)
 
     def backward(self, grad_output):
         input_shape, kernel = self.pop_saved()
-        return F.avg_pool2d_backward(_grad_array(grad_output), input_shape,
-                                     kernel, kernel)
+        grad_output = _grad_array(grad_output)
+        if kernel == input_shape[2:]:
+            if grad_output.shape != input_shape[:2] + (1, 1):
+                raise ValueError(
+                    f"grad_output must have shape {input_shape[:2] + (1, 1)}"
+                    f", got {grad_output.shape}")
+            area = input_shape[2] * input_shape[3]
+            return np.repeat(grad_output / grad_output.dtype.type(area),
+                             area, axis=3).reshape(input_shape)
+        return F.avg_pool2d_backward(grad_output, input_shape, kernel,
+                                     kernel)
 
     def extra_repr(self):
         return f"output_size={self.output_size}"
@@ -677,19 +697,28 @@ class Dropout(Module):
 
 # --------------------------------------------------------------- batch norm
 
+def _rows(x: np.ndarray) -> np.ndarray:
+    """A C-contiguous (N, C, H, W) array as its (N * C, H * W) view."""
+    return x.reshape(x.shape[0] * x.shape[1], -1)
+
+
 def _channel_sum(x: np.ndarray) -> np.ndarray:
-    """Per-channel sum of a C-contiguous (N, C, H, W) array: (C,)."""
-    batch, channels = x.shape[:2]
-    return x.reshape(batch, channels, -1).sum(axis=2).sum(axis=0)
+    """Per-channel sum of a C-contiguous (N, C, H, W) array: (C,) float64.
+
+    Each row of H * W is summed by ``einsum`` in x's dtype (one streaming
+    read on one thread; numpy's reduction over axes (0, 2, 3) is several
+    times slower, and a BLAS product with a ones vector stalls on BLAS's
+    threads next to the OpenMP kernels), the N rows of a channel in float64.
+    """
+    row_sums = np.einsum("ij->i", _rows(x))
+    return row_sums.reshape(x.shape[:2]).sum(axis=0, dtype=np.float64)
 
 
 def _channel_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per-channel sum of a * b for C-contiguous (N, C, H, W) arrays: (C,),
-    as N*C BLAS dot products (no (N, C, H, W) temporary)."""
-    batch, channels = a.shape[:2]
-    products = _threads.matmul(a.reshape(batch, channels, 1, -1),
-                               b.reshape(batch, channels, -1, 1))
-    return products.reshape(batch, channels).sum(axis=0)
+    """Per-channel sum of a * b for C-contiguous (N, C, H, W) arrays: (C,)
+    float64, in one read of each (no (N, C, H, W) temporary)."""
+    row_dots = np.einsum("ij,ij->i", _rows(a), _rows(b))
+    return row_dots.reshape(a.shape[:2]).sum(axis=0, dtype=np.float64)
 
 
 class BatchNorm2d(Module):
@@ -699,6 +728,8 @@ class BatchNorm2d(Module):
     updates ``running_mean`` / ``running_var`` (unbiased variance) with
     ``momentum`` (None: cumulative average), counting ``num_batches_tracked``
     (an int64 scalar array). Eval mode uses the running statistics.
+    Statistics are reduced in float64 and the elementwise passes run in the
+    compute dtype, in place on arrays this layer allocated.
     """
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
@@ -756,20 +787,25 @@ class BatchNorm2d(Module):
                 raise ValueError(
                     "BatchNorm2d needs more than one value per channel in "
                     f"training mode, got input of shape {x.shape}")
-            mean = _channel_sum(x) / count
-            centered = x - mean.reshape(shape)
-            variance = _channel_dot(centered, centered) / count
+            mean = (_channel_sum(x) / count).astype(x.dtype)
+            # Two passes (the squares of x - mean, not E[x^2] - mean^2)
+            # keep the variance exact where the mean dwarfs the spread.
+            output = np.subtract(x, mean.reshape(shape))
+            variance = _channel_dot(output, output) / count
             if self.training and self.track_running_stats:
                 self._update_running_stats(mean, variance, count)
         else:
-            centered = x - self.running_mean.reshape(shape)
+            mean = self.running_mean.astype(x.dtype, copy=False)
+            output = np.subtract(x, mean.reshape(shape))
             variance = self.running_var
         inv_std = (1.0 / np.sqrt(variance + self.eps)).astype(x.dtype)
-        # Keep x - mean and 1/std; backward rebuilds normalized x from them.
-        self.save_for_backward(centered, inv_std, use_batch_stats)
+        # Keep the input (not a copy of x - mean): backward rebuilds what it
+        # needs from x, the mean and 1/std in the same number of passes.
+        self.save_for_backward(x, mean, inv_std, use_batch_stats)
         if self.weight is None:
-            return centered * inv_std.reshape(shape)
-        output = centered * (self.weight.data * inv_std).reshape(shape)
+            output *= inv_std.reshape(shape)
+            return output
+        output *= (self.weight.data * inv_std).reshape(shape)
         output += self.bias.data.reshape(shape)
         return output
 
@@ -785,29 +821,35 @@ class BatchNorm2d(Module):
                             + factor * unbiased).astype(self.running_var.dtype)
 
     def backward(self, grad_output):
-        centered, inv_std, used_batch_stats = self.pop_saved()
-        grad_output = np.ascontiguousarray(
-            _grad_array(grad_output, centered.dtype))
+        x, mean, inv_std, used_batch_stats = self.pop_saved()
+        grad_output = np.ascontiguousarray(_grad_array(grad_output, x.dtype))
         shape = (1, -1, 1, 1)
         grad_sum = _channel_sum(grad_output)
-        # sum(grad * normalized) per channel, normalized = centered * inv_std
-        grad_dot_normalized = _channel_dot(grad_output, centered) * inv_std
+        # sum(grad * normalized) per channel, normalized = (x - mean) * inv_std
+        # and sum(grad * (x - mean)) = sum(grad * x) - mean * sum(grad).
+        grad_dot_normalized = (_channel_dot(grad_output, x)
+                               - mean * grad_sum) * inv_std
         if self.weight is not None:
-            self.weight.accumulate_grad(grad_dot_normalized)
-            self.bias.accumulate_grad(grad_sum)
+            self.weight.accumulate_grad(grad_dot_normalized.astype(x.dtype))
+            self.bias.accumulate_grad(grad_sum.astype(x.dtype))
             scale = self.weight.data * inv_std
         else:
             scale = inv_std
-        grad_input = grad_output * scale.reshape(shape)
         if not used_batch_stats:
-            return grad_input
-        # The batch mean and variance depend on every element: remove the
-        # gradient's per-channel mean and its projection on normalized x.
+            return np.multiply(grad_output, scale.reshape(shape))
+        # The batch mean and variance depend on every element: the gradient
+        # is scale * (grad - (grad_sum + normalized * grad_dot_normalized)
+        # / count), written as scale * (grad - x * x_coefficient - constant)
+        # to run in four passes over one array (no temporaries).
         count = grad_output.shape[0] * grad_output.shape[2] * \
             grad_output.shape[3]
-        grad_input -= centered * (scale * inv_std * grad_dot_normalized
-                                  / count).reshape(shape)
-        grad_input -= (scale * grad_sum / count).reshape(shape)
+        x_coefficient = inv_std * grad_dot_normalized / count
+        constant = grad_sum / count - x_coefficient * mean
+        grad_input = np.multiply(x, (-x_coefficient).astype(x.dtype).reshape(
+            shape))
+        grad_input -= constant.astype(x.dtype).reshape(shape)
+        grad_input += grad_output
+        grad_input *= scale.reshape(shape)
         return grad_input
 
     def extra_repr(self):
