@@ -18,8 +18,9 @@ Other platforms and C libraries: nothing happens.
 from __future__ import annotations
 
 import ctypes
-import os
 import sys
+
+from fastconv import config
 
 #: mallopt's parameter numbers (glibc's malloc.h).
 _M_TRIM_THRESHOLD = -1
@@ -41,7 +42,8 @@ def keep_freed_memory() -> bool:
     if _applied is not None:
         return _applied
     _applied = False
-    if os.environ.get("FASTCONV_KEEP_FREED_MEMORY", "1") == "0" or \
+    # a yes/no value like fastconv's other switches (anything else raises)
+    if not config._env_flag("FASTCONV_KEEP_FREED_MEMORY", True) or \
             not sys.platform.startswith("linux"):
         return False
     try:
