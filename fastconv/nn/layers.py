@@ -124,7 +124,36 @@ def _single(value, name, minimum):
 
 # --------------------------------------------------------------- convolution
 
-class Conv2d(Module):
+class _ConvLayer(Module):
+    """What the convolution layers share: the bias as the functional layer
+    takes it, the gradients' accumulation and PyTorch's ``extra_repr``."""
+
+    #: attribute -> the values ``extra_repr`` leaves out (PyTorch's defaults)
+    _REPR_DEFAULTS: dict = {}
+
+    def _bias_array(self):
+        return None if self.bias is None else self.bias.data
+
+    def _accumulate_grads(self, grad_weight, grad_bias):
+        self.weight.accumulate_grad(grad_weight)
+        if self.bias is not None:
+            self.bias.accumulate_grad(grad_bias)
+
+    def extra_repr(self):
+        text = (f"{self.in_channels}, {self.out_channels}, kernel_size="
+                f"{self.kernel_size}, stride={self.stride}")
+        for name, defaults in self._REPR_DEFAULTS.items():
+            value = getattr(self, name)
+            if value not in defaults:
+                text += f", {name}={value}"
+        if self.groups != 1:
+            text += f", groups={self.groups}"
+        if self.bias is None:
+            text += ", bias=False"
+        return text
+
+
+class Conv2d(_ConvLayer):
     """2-D convolution, as ``torch.nn.Conv2d``.
 
     weight: (out_channels, in_channels // groups, kH, kW); bias:
@@ -135,23 +164,17 @@ class Conv2d(Module):
     layer: ``backward`` then skips the input gradient and returns None.
     """
 
+    _REPR_DEFAULTS = {"padding": ((0, 0), "valid"), "dilation": ((1, 1),)}
+
     def __init__(self, in_channels, out_channels, kernel_size, stride=1,
                  padding=0, dilation=1, groups=1, bias=True,
                  padding_mode="zeros", device=None, dtype=None, *,
                  generator=None):
         super().__init__()
         _check_device(device)
-        if padding_mode != "zeros":
-            raise ValueError(
-                f"padding_mode must be 'zeros' (the only mode fastconv's "
-                f"kernels implement), got {padding_mode!r}")
-        in_channels = _positive_count(in_channels, "in_channels")
-        out_channels = _positive_count(out_channels, "out_channels")
-        groups = _positive_count(groups, "groups")
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(
-                f"groups={groups} must divide in_channels={in_channels} and "
-                f"out_channels={out_channels}")
+        _check_padding_mode(padding_mode)
+        in_channels, out_channels, groups = _channels_and_groups(
+            in_channels, out_channels, groups)
         kernel = _validate.pair(kernel_size, "kernel_size", minimum=1)
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -180,9 +203,6 @@ class Conv2d(Module):
         # filters), kept while the weight's values stay the same.
         self._packed = PackedWeights()
 
-    def _bias_array(self):
-        return None if self.bias is None else self.bias.data
-
     def forward(self, x):
         x = _as_float_array(x, self.weight.dtype)
         self.save_for_backward(x)
@@ -196,26 +216,11 @@ class Conv2d(Module):
         grad_input, grad_weight, grad_bias = F.conv2d_backward(
             grad_output, x, self.weight.data, self.stride, self.padding,
             self.dilation, self.groups, need_input_grad=self.need_input_grad)
-        self.weight.accumulate_grad(grad_weight)
-        if self.bias is not None:
-            self.bias.accumulate_grad(grad_bias)
+        self._accumulate_grads(grad_weight, grad_bias)
         return grad_input
 
-    def extra_repr(self):
-        text = (f"{self.in_channels}, {self.out_channels}, kernel_size="
-                f"{self.kernel_size}, stride={self.stride}")
-        if self.padding not in ((0, 0), "valid"):
-            text += f", padding={self.padding}"
-        if self.dilation != (1, 1):
-            text += f", dilation={self.dilation}"
-        if self.groups != 1:
-            text += f", groups={self.groups}"
-        if self.bias is None:
-            text += ", bias=False"
-        return text
 
-
-class ConvTranspose2d(Module):
+class ConvTranspose2d(_ConvLayer):
     """Transposed 2-D convolution, as ``torch.nn.ConvTranspose2d``.
 
     weight: (in_channels, out_channels // groups, kH, kW) (PyTorch's
@@ -225,6 +230,9 @@ class ConvTranspose2d(Module):
     must be smaller than stride or dilation. ``forward`` takes no
     ``output_size``. ``need_input_grad`` as in ``Conv2d``.
     """
+
+    _REPR_DEFAULTS = {"padding": ((0, 0),), "output_padding": ((0, 0),),
+                      "dilation": ((1, 1),)}
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1,
                  padding=0, output_padding=0, groups=1, bias=True,
@@ -262,9 +270,8 @@ class ConvTranspose2d(Module):
     def forward(self, x):
         x = _as_float_array(x, self.weight.dtype)
         y = F.conv_transpose2d(
-            x, self.weight.data, None if self.bias is None else self.bias.data,
-            self.stride, self.padding, self.output_padding, self.groups,
-            self.dilation)
+            x, self.weight.data, self._bias_array(), self.stride,
+            self.padding, self.output_padding, self.groups, self.dilation)
         self.save_for_backward(x)
         return y
 
@@ -274,28 +281,11 @@ class ConvTranspose2d(Module):
             _grad_array(grad_output, self.weight.dtype), x, self.weight.data,
             self.stride, self.padding, self.output_padding, self.groups,
             self.dilation, need_input_grad=self.need_input_grad)
-        self.weight.accumulate_grad(grad_weight)
-        if self.bias is not None:
-            self.bias.accumulate_grad(grad_bias)
+        self._accumulate_grads(grad_weight, grad_bias)
         return grad_input
 
-    def extra_repr(self):
-        text = (f"{self.in_channels}, {self.out_channels}, kernel_size="
-                f"{self.kernel_size}, stride={self.stride}")
-        if self.padding != (0, 0):
-            text += f", padding={self.padding}"
-        if self.output_padding != (0, 0):
-            text += f", output_padding={self.output_padding}"
-        if self.dilation != (1, 1):
-            text += f", dilation={self.dilation}"
-        if self.groups != 1:
-            text += f", groups={self.groups}"
-        if self.bias is None:
-            text += ", bias=False"
-        return text
 
-
-class Conv1d(Module):
+class Conv1d(_ConvLayer):
     """1-D convolution of (N, C, L), as ``torch.nn.Conv1d``.
 
     weight: (out_channels, in_channels // groups, k); bias:
@@ -303,6 +293,8 @@ class Conv1d(Module):
     ``'valid'``. Arguments are stored as PyTorch stores them (1-tuples).
     ``need_input_grad`` as in ``Conv2d``.
     """
+
+    _REPR_DEFAULTS = {"padding": ((0,), "valid"), "dilation": ((1,),)}
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1,
                  padding=0, dilation=1, groups=1, bias=True,
@@ -344,10 +336,8 @@ class Conv1d(Module):
 
     def forward(self, x):
         x = _as_float_array(x, self.weight.dtype)
-        y = F.conv1d(x, self.weight.data,
-                     None if self.bias is None else self.bias.data,
-                     self.stride, self._padding_arg(), self.dilation,
-                     self.groups)
+        y = F.conv1d(x, self.weight.data, self._bias_array(), self.stride,
+                     self._padding_arg(), self.dilation, self.groups)
         self.save_for_backward(x)
         return y
 
@@ -357,23 +347,8 @@ class Conv1d(Module):
             _grad_array(grad_output, self.weight.dtype), x, self.weight.data,
             self.stride, self._padding_arg(), self.dilation, self.groups,
             need_input_grad=self.need_input_grad)
-        self.weight.accumulate_grad(grad_weight)
-        if self.bias is not None:
-            self.bias.accumulate_grad(grad_bias)
+        self._accumulate_grads(grad_weight, grad_bias)
         return grad_input
-
-    def extra_repr(self):
-        text = (f"{self.in_channels}, {self.out_channels}, kernel_size="
-                f"{self.kernel_size}, stride={self.stride}")
-        if self.padding not in ((0,), "valid"):
-            text += f", padding={self.padding}"
-        if self.dilation != (1,):
-            text += f", dilation={self.dilation}"
-        if self.groups != 1:
-            text += f", groups={self.groups}"
-        if self.bias is None:
-            text += ", bias=False"
-        return text
 
 
 class Linear(Module):
@@ -474,8 +449,9 @@ class Flatten(Module):
 
 # ------------------------------------------------------------------ pooling
 
-class MaxPool2d(Module):
-    """Max pooling, as ``torch.nn.MaxPool2d``; keeps indices for backward."""
+class _MaxPool(Module):
+    """What MaxPool2d and MaxPool1d share; ``_pool`` and ``_pool_backward``
+    are their functional pair. Keeps indices for backward."""
 
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1,
                  return_indices=False, ceil_mode=False):
@@ -489,16 +465,16 @@ class MaxPool2d(Module):
 
     def forward(self, x):
         x = _as_float_array(x)
-        y, indices = F.max_pool2d(x, self.kernel_size, self.stride,
-                                  self.padding, self.dilation, self.ceil_mode,
-                                  return_indices=True)
+        y, indices = self._pool(x, self.kernel_size, self.stride,
+                                self.padding, self.dilation, self.ceil_mode,
+                                return_indices=True)
         self.save_for_backward(indices, x.shape)
         return (y, indices) if self.return_indices else y
 
     def backward(self, grad_output):
         indices, input_shape = self.pop_saved()
-        return F.max_pool2d_backward(_grad_array(grad_output), indices,
-                                     input_shape)
+        return self._pool_backward(_grad_array(grad_output), indices,
+                                   input_shape)
 
     def extra_repr(self):
         return (f"kernel_size={self.kernel_size}, stride={self.stride}, "
@@ -506,74 +482,9 @@ class MaxPool2d(Module):
                 f"ceil_mode={self.ceil_mode}")
 
 
-class AvgPool2d(Module):
-    """Average pooling, as ``torch.nn.AvgPool2d`` (no ``divisor_override``)."""
-
-    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False,
-                 count_include_pad=True, divisor_override=None):
-        super().__init__()
-        if divisor_override is not None:
-            raise ValueError("divisor_override is not supported")
-        self.kernel_size = kernel_size
-        self.stride = kernel_size if stride is None else stride
-        self.padding = padding
-        self.ceil_mode = ceil_mode
-        self.count_include_pad = count_include_pad
-
-    def forward(self, x):
-        x = _as_float_array(x)
-        y = F.avg_pool2d(x, self.kernel_size, self.stride, self.padding,
-                         self.ceil_mode, self.count_include_pad)
-        self.save_for_backward(x.shape)
-        return y
-
-    def backward(self, grad_output):
-        input_shape, = self.pop_saved()
-        return F.avg_pool2d_backward(
-            _grad_array(grad_output), input_shape, self.kernel_size,
-            self.stride, self.padding, self.ceil_mode, self.count_include_pad)
-
-    def extra_repr(self):
-        return (f"kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}")
-
-
-class MaxPool1d(Module):
-    """Max pooling of (N, C, L), as ``torch.nn.MaxPool1d``; ``padding`` an
-    int or ``(left, right)``."""
-
-    def __init__(self, kernel_size, stride=None, padding=0, dilation=1,
-                 return_indices=False, ceil_mode=False):
-        super().__init__()
-        self.kernel_size = kernel_size
-        self.stride = kernel_size if stride is None else stride
-        self.padding = padding
-        self.dilation = dilation
-        self.return_indices = return_indices
-        self.ceil_mode = ceil_mode
-
-    def forward(self, x):
-        x = _as_float_array(x)
-        y, indices = F.max_pool1d(x, self.kernel_size, self.stride,
-                                  self.padding, self.dilation, self.ceil_mode,
-                                  return_indices=True)
-        self.save_for_backward(indices, x.shape)
-        return (y, indices) if self.return_indices else y
-
-    def backward(self, grad_output):
-        indices, input_shape = self.pop_saved()
-        return F.max_pool1d_backward(_grad_array(grad_output), indices,
-                                     input_shape)
-
-    def extra_repr(self):
-        return (f"kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, dilation={self.dilation}, "
-                f"ceil_mode={self.ceil_mode}")
-
-
-class AvgPool1d(Module):
-    """Average pooling of (N, C, L), as ``torch.nn.AvgPool1d``; ``padding``
-    an int or ``(left, right)``."""
+class _AvgPool(Module):
+    """What AvgPool2d and AvgPool1d share; ``_pool`` and ``_pool_backward``
+    are their functional pair."""
 
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False,
                  count_include_pad=True):
@@ -586,20 +497,57 @@ class AvgPool1d(Module):
 
     def forward(self, x):
         x = _as_float_array(x)
-        y = F.avg_pool1d(x, self.kernel_size, self.stride, self.padding,
-                         self.ceil_mode, self.count_include_pad)
+        y = self._pool(x, self.kernel_size, self.stride, self.padding,
+                       self.ceil_mode, self.count_include_pad)
         self.save_for_backward(x.shape)
         return y
 
     def backward(self, grad_output):
         input_shape, = self.pop_saved()
-        return F.avg_pool1d_backward(
+        return self._pool_backward(
             _grad_array(grad_output), input_shape, self.kernel_size,
             self.stride, self.padding, self.ceil_mode, self.count_include_pad)
 
     def extra_repr(self):
         return (f"kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}")
+
+
+class MaxPool2d(_MaxPool):
+    """Max pooling, as ``torch.nn.MaxPool2d``; keeps indices for backward."""
+
+    _pool = staticmethod(F.max_pool2d)
+    _pool_backward = staticmethod(F.max_pool2d_backward)
+
+
+class AvgPool2d(_AvgPool):
+    """Average pooling, as ``torch.nn.AvgPool2d`` (no ``divisor_override``)."""
+
+    _pool = staticmethod(F.avg_pool2d)
+    _pool_backward = staticmethod(F.avg_pool2d_backward)
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False,
+                 count_include_pad=True, divisor_override=None):
+        if divisor_override is not None:
+            raise ValueError("divisor_override is not supported")
+        super().__init__(kernel_size, stride, padding, ceil_mode,
+                         count_include_pad)
+
+
+class MaxPool1d(_MaxPool):
+    """Max pooling of (N, C, L), as ``torch.nn.MaxPool1d``; ``padding`` an
+    int or ``(left, right)``."""
+
+    _pool = staticmethod(F.max_pool1d)
+    _pool_backward = staticmethod(F.max_pool1d_backward)
+
+
+class AvgPool1d(_AvgPool):
+    """Average pooling of (N, C, L), as ``torch.nn.AvgPool1d``; ``padding``
+    an int or ``(left, right)``."""
+
+    _pool = staticmethod(F.avg_pool1d)
+    _pool_backward = staticmethod(F.avg_pool1d_backward)
 
 
 class AdaptiveAvgPool2d(Module):
