@@ -428,13 +428,20 @@ def cmd_predict(args) -> int:
         logits = predict_logits(model, normalization.apply(
             pixels * np.float32(normalization.scale)))
         probabilities = softmax(logits.astype(np.float64), axis=1)[0]
-        ranked = np.argsort(probabilities)[::-1][:args.top]
-        best = ranked[0]
-        others = ", ".join(f"{class_names[i]} {probabilities[i]:.3f}"
-                           for i in ranked[1:])
-        print(f"{path}: {class_names[best]} (p={probabilities[best]:.3f})"
-              + (f"; next: {others}" if others else ""))
+        print_ranked(path, probabilities, class_names, args.top)
     return 0
+
+
+def print_ranked(path, probabilities, labels, top) -> None:
+    """One line for an image: its ``top`` classes, most probable first."""
+    import numpy as np
+
+    ranked = np.argsort(probabilities)[::-1][:top]
+    best = ranked[0]
+    others = ", ".join(f"{labels[i]} {probabilities[i]:.3f}"
+                       for i in ranked[1:])
+    print(f"{path}: {labels[best]} (p={probabilities[best]:.3f})"
+          + (f"; next: {others}" if others else ""))
 
 
 # -------------------------------------------------------------------- info

@@ -157,15 +157,17 @@ def _read_labels(path, count):
 def _probabilities(scores):
     """Softmax of logits; outputs that already are probabilities (each row
     non-negative, summing to 1) pass as they are."""
+    from fastconv.nn import softmax
+
     scores = scores.astype(np.float64)
     if np.all(scores >= 0) and np.allclose(scores.sum(axis=1), 1, atol=1e-4):
         return scores
-    shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
+    return softmax(scores, axis=1)
 
 
 def predict(args) -> int:
     """``fastconv predict --onnx MODEL IMAGE...``."""
+    from fastconv.cli import print_ranked
     from fastconv.data import load_image
 
     model = _load(args.onnx)
@@ -200,12 +202,7 @@ def predict(args) -> int:
         probabilities = _probabilities(scores)[0]
         if labels is None:
             labels = _read_labels(args.labels, probabilities.size)
-        ranked = np.argsort(probabilities)[::-1][:args.top]
-        best = ranked[0]
-        others = ", ".join(f"{labels[i]} {probabilities[i]:.3f}"
-                           for i in ranked[1:])
-        print(f"{path}: {labels[best]} (p={probabilities[best]:.3f})"
-              + (f"; next: {others}" if others else ""))
+        print_ranked(path, probabilities, labels, args.top)
     return 0
 
 
