@@ -35,7 +35,7 @@ except ImportError:  # pragma: no cover
     from distutils.errors import CCompilerError, CompileError, LinkError
 
 CYTHON_DIR = os.path.join("fastconv", "backends", "_cython")
-KERNELS = ("conv", "winograd", "pool", "dropout", "depthwise")
+KERNELS = ("conv", "direct", "winograd", "pool", "dropout", "depthwise")
 
 #: Added where the compiler accepts them. GCC's -O3 unroll-and-jam fuses the
 #: max-pool tap loop (pool.pyx, _max_run) pairwise into one scalar loop that
@@ -136,7 +136,7 @@ extensions = [
     Extension(
         f"fastconv.backends._cython.{name}",
         [os.path.join(CYTHON_DIR, f"{name}.pyx")],
-        include_dirs=[numpy.get_include()],
+        include_dirs=[numpy.get_include(), CYTHON_DIR],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     )
     for name in KERNELS

@@ -244,8 +244,8 @@ def test_winograd_float32_error_bound(channels, algorithm):
 
 def test_auto_and_direct_choose_by_shape(algorithm, winograd_calls):
     rng = np.random.default_rng(0)
-    wide = rng.standard_normal((1, 16, 8, 8)).astype(np.float32)
-    wide_weight = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    wide = rng.standard_normal((1, 64, 8, 8)).astype(np.float32)
+    wide_weight = rng.standard_normal((64, 64, 3, 3)).astype(np.float32)
     narrow = rng.standard_normal((1, 3, 8, 8)).astype(np.float32)
     narrow_weight = rng.standard_normal((16, 3, 3, 3)).astype(np.float32)
     algorithm("auto")
@@ -260,9 +260,18 @@ def test_auto_and_direct_choose_by_shape(algorithm, winograd_calls):
                              backend="cython")
     assert winograd_calls["count"] == 1
     g = _geometry(wide, wide_weight, ((1, 1), (1, 1)))
+    assert cython_cpu.conv2d_method(g) == "direct-blocked"
+    assert cython_cpu.conv2d_method(g, np.float64) == "im2col-gemm"
+    algorithm("gemm")
     assert cython_cpu.conv2d_method(g) == "im2col-gemm"
     algorithm("auto")
     assert cython_cpu.conv2d_method(g) == "winograd-f4x4"
+    # below WINOGRAD_MIN_CHANNELS_OVER_DIRECT channels the blocked kernel
+    # serves float32, Winograd float64
+    middle = _geometry(np.zeros((1, 32, 8, 8)), np.zeros((32, 32, 3, 3)),
+                       ((1, 1), (1, 1)))
+    assert cython_cpu.conv2d_method(middle) == "direct-blocked"
+    assert cython_cpu.conv2d_method(middle, np.float64) == "winograd-f4x4"
 
 
 def test_unknown_algorithm_is_refused(algorithm):
@@ -399,24 +408,24 @@ def test_auto_needs_enough_tiles_for_winograd(monkeypatch, algorithm,
         monkeypatch.setattr(cython_cpu, name, value)
     algorithm("auto")
     rng = np.random.default_rng(1)
-    x = rng.standard_normal((1, 16, 16, 16)).astype(np.float32)   # 16 tiles
-    weight = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    x = rng.standard_normal((1, 64, 16, 16)).astype(np.float32)   # 16 tiles
+    weight = (rng.standard_normal((64, 64, 3, 3)) / 24).astype(np.float32)
     g = _geometry(x, weight, ((1, 1), (1, 1)))
     assert output_tiles(g) == 16
-    assert cython_cpu.conv2d_method(g) == "im2col-gemm"
+    assert cython_cpu.conv2d_method(g) == "direct-blocked"
     assert cython_cpu.conv2d_method(g, packed=True) == "winograd-f4x4"
     expected = fastconv.conv2d(x, weight, padding=1, backend="naive")
     np.testing.assert_allclose(
         fastconv.conv2d(x, weight, padding=1, backend="cython"), expected,
         rtol=1e-4, atol=1e-4)
     assert winograd_calls["count"] == 0
-    layer = fastconv.nn.Conv2d(16, 16, 3, padding=1)
+    layer = fastconv.nn.Conv2d(64, 64, 3, padding=1)
     layer.weight.data[...] = weight
     layer.bias.data[...] = 0
     with fastconv.use_backend("cython"):
         np.testing.assert_allclose(layer(x), expected, rtol=1e-4, atol=1e-4)
     assert winograd_calls["count"] == 1
-    big = rng.standard_normal((8, 16, 16, 16)).astype(np.float32)  # 128
+    big = rng.standard_normal((8, 64, 16, 16)).astype(np.float32)  # 128
     fastconv.conv2d(big, weight, padding=1, backend="cython")
     assert winograd_calls["count"] == 2
 

@@ -13,6 +13,7 @@ validated and C-contiguous from ``fastconv.functional``; see the contract in
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import pathlib
 
@@ -25,6 +26,7 @@ from fastconv import _dropout_hash, _threads, config
 try:
     from fastconv.backends._cython import conv as _conv
     from fastconv.backends._cython import depthwise as _depthwise
+    from fastconv.backends._cython import direct as _direct
     from fastconv.backends._cython import dropout as _dropout
     from fastconv.backends._cython import pool as _pool
     from fastconv.backends._cython import winograd as _winograd_kernels
@@ -151,17 +153,26 @@ def _grad_weight_runs(g):
 
 
 #: Environment variable naming the convolution method, read at each call:
-#: ``auto`` (default: by shape, see ``conv2d_method``), ``direct`` (always
-#: im2col + GEMM, the most accurate) or ``winograd`` (Winograd wherever it
-#: applies, whatever the channel counts).
+#: ``auto`` (default: by shape, see ``conv2d_method``), ``direct`` (never
+#: Winograd: the register-blocked direct kernel or im2col + GEMM, by shape;
+#: the most accurate), ``gemm`` (im2col + GEMM only, as float64 always
+#: runs) or ``winograd`` (Winograd wherever it applies, whatever the
+#: channel counts).
 CONV_ALGO_ENV = "FASTCONV_CONV_ALGO"
-CONV_ALGOS = ("auto", "direct", "winograd")
+CONV_ALGOS = ("auto", "direct", "gemm", "winograd")
 
 #: 'auto' runs Winograd F(4x4, 3x3) on a 3x3 stride-1 convolution when both
 #: the input and the output channels number at least this many: with fewer,
 #: the transforms (per channel and tile) cost more than the multiplications
 #: they save.
 WINOGRAD_MIN_CHANNELS = 16
+
+#: ... or this many where the register-blocked direct kernel can run the
+#: call instead (float32): below it that kernel was faster. Measured
+#: (float32, 2 threads, load 0.3-1, ms Winograd / direct): N64-C32-14x14-K64
+#: 2.86 / 2.20; with 64 channels Winograd wins (N32-C64-32x32-K64 7.7 /
+#: 9.3, N32-C128-16x16 8.1 / 8.9, N32-C256-8x8 7.4 / 17.2).
+WINOGRAD_MIN_CHANNELS_OVER_DIRECT = 64
 
 #: ... and when the call has at least this many 4x4 output tiles (N times
 #: the tiles of a plane). Winograd-domain filters are 4x the filters'
@@ -217,15 +228,24 @@ def _winograd_applies(g):
             and g.groups == 1)
 
 
-def _uses_winograd(g, in_channels, out_channels, out_plane, packed=False):
+def _uses_winograd(g, in_channels, out_channels, out_plane, packed=False,
+                   forward_dtype=None):
     """Whether a 3x3 stride-1 convolution of these channel counts and output
     plane (the forward's, or the input gradient's, swapped) runs through
-    Winograd; ``packed``: its filters are a layer's packed copy."""
+    Winograd; ``packed``: its filters are a layer's packed copy;
+    ``forward_dtype``: the forward's dtype (the alternative is then the
+    register-blocked direct kernel where it applies; the backward's is
+    im2col + GEMM)."""
     if not _winograd_applies(g):
         return False
     algorithm = conv_algorithm()
     if algorithm != "auto":
         return algorithm == "winograd"
+    if (forward_dtype is not None
+            and min(in_channels, out_channels)
+            < WINOGRAD_MIN_CHANNELS_OVER_DIRECT
+            and _direct_applies(g, forward_dtype)):
+        return False
     tiles = g.batch * (-(-out_plane[0] // 4)) * (-(-out_plane[1] // 4))
     min_tiles = (WINOGRAD_MIN_CALL_TILES_PACKED if packed
                  else WINOGRAD_MIN_CALL_TILES)
@@ -233,15 +253,30 @@ def _uses_winograd(g, in_channels, out_channels, out_plane, packed=False):
             and tiles >= min_tiles)
 
 
+def _uses_blocked_direct(g, dtype):
+    """Whether a convolution that is neither Winograd nor depthwise runs
+    the register-blocked direct kernel (float32, where it applies; unless
+    FASTCONV_CONV_ALGO=gemm) rather than im2col + GEMM. It was faster on
+    every float32 shape measured (ms, 2 threads, load 0.3-1, blocked /
+    im2col: N32-C3-32x32-K32 3x3 0.75 / 1.17, N64-C1-28x28-K32 0.51 / 0.66,
+    N32-C64-32x32-K128 3x3/2 5.8 / 7.4, N8-C3-224x224-K64 7x7/2 8.7 / 15.1,
+    N32-C64-32x32-K64 1x1 1.50 / 2.32)."""
+    return conv_algorithm() != "gemm" and _direct_applies(g, dtype)
+
+
 def conv2d_method(g, dtype=np.float32, packed=False) -> str:
     """What ``conv2d_forward`` runs for this geometry (``packed``: with a
     layer's packed filters): ``'depthwise'``, ``'winograd-f4x4'``,
-    ``'gemm-1x1'`` (x is its own im2col matrix) or ``'im2col-gemm'``."""
+    ``'direct-blocked'`` (the register-blocked direct kernel), ``'gemm-1x1'``
+    (x is its own im2col matrix) or ``'im2col-gemm'``."""
+    dtype = np.dtype(dtype)
     if _uses_winograd(g, g.in_channels, g.out_channels,
-                      (g.out_height, g.out_width), packed):
+                      (g.out_height, g.out_width), packed, dtype):
         return "winograd-f4x4"
     if _is_depthwise(g):
         return "depthwise"
+    if _uses_blocked_direct(g, dtype):
+        return "direct-blocked"
     return "gemm-1x1" if _is_direct(g) else "im2col-gemm"
 
 
@@ -308,13 +343,148 @@ def _winograd(x, filters, transposed, bias, out_shape, pad_top, pad_left):
     return y
 
 
+#: The register-blocked direct kernel (``_cython/direct_conv.h``) keeps a
+#: band of input rows per thread; a call whose band for a single output row
+#: would exceed this runs im2col + GEMM instead (which tiles any size).
+DIRECT_MAX_BAND_BYTES = 2 * 1024 * 1024
+
+#: Bands are sized for about this many pixel vectors per work item (a few
+#: tiles, so that the band copy is shared by several) and at most
+#: DIRECT_BAND_BYTES, which keeps a band in a core's L2 cache.
+DIRECT_ITEM_VECTORS = 12
+DIRECT_BAND_BYTES = 256 * 1024
+
+
+@functools.lru_cache(maxsize=None)
+def _direct_parameters():
+    """(available, lanes, channels per tile, vectors per tile) of the
+    compiled kernel."""
+    return _direct.parameters()
+
+
+def _direct_band(g, rows):
+    """(band rows, columns per phase, floats) of a band for ``rows`` output
+    rows."""
+    _, lanes, _, _ = _direct_parameters()
+    band_rows = ((rows - 1) * g.stride_h
+                 + (g.kernel_height - 1) * g.dilation_h + 1)
+    row_len = (-(-g.out_width // lanes) * lanes
+               + (g.kernel_width - 1) * g.dilation_w // g.stride_w)
+    channels = g.in_channels // g.groups
+    return band_rows, row_len, channels * band_rows * g.stride_w * row_len
+
+
+def _direct_pointwise(g):
+    """A 1x1 stride-1 unpadded conv with a plane of at least one vector:
+    the kernel reads x itself, over the flattened plane."""
+    return _is_direct(g) and (g.out_height * g.out_width
+                              >= _direct_parameters()[1])
+
+
+def _direct_applies(g, dtype):
+    """Whether the register-blocked kernel can run this call: float32, a
+    compiler with vector extensions, and a band for one output row within
+    DIRECT_MAX_BAND_BYTES."""
+    return (dtype == np.float32 and _direct_parameters()[0]
+            and (_direct_pointwise(g)
+                 or _direct_band(g, 1)[2] * 4 <= DIRECT_MAX_BAND_BYTES))
+
+
+def _direct_rows(g, num_threads):
+    """Output rows per work item (pointwise: vectors of the plane): about
+    DIRECT_ITEM_VECTORS vectors, the band (pointwise: the input read)
+    within DIRECT_BAND_BYTES, and four items per thread where the call has
+    that many."""
+    _, lanes, _, _ = _direct_parameters()
+    images = g.batch * g.groups
+    if _direct_pointwise(g):
+        vectors = -(-g.out_height * g.out_width // lanes)
+        read = (g.in_channels // g.groups) * lanes * 4
+        rows = max(1, min(vectors, DIRECT_ITEM_VECTORS,
+                          DIRECT_BAND_BYTES // read))
+        while rows > 1 and images * -(-vectors // rows) < 4 * num_threads:
+            rows -= 1
+        return rows
+    per_row = -(-g.out_width // lanes)
+    rows = max(1, min(g.out_height, -(-DIRECT_ITEM_VECTORS // per_row)))
+    while rows > 1 and _direct_band(g, rows)[2] * 4 > DIRECT_BAND_BYTES:
+        rows -= 1
+    while rows > 1 and images * -(-g.out_height // rows) < 4 * num_threads:
+        rows -= 1
+    return rows
+
+
+def pack_direct_weights(weight, groups):
+    """The direct kernel's weight layout (G, chunks, Cg*R*S, KB): each
+    group's filters in chunks of KB output channels, zero-padded to whole
+    chunks, each chunk tap-major."""
+    _, _, per_tile, _ = _direct_parameters()
+    filters = weight.shape[0] // groups
+    chunks = -(-filters // per_tile)
+    taps = weight[0].size
+    packed = np.zeros((groups, chunks * per_tile, taps), np.float32)
+    packed[:, :filters] = weight.reshape(groups, filters, taps)
+    return np.ascontiguousarray(
+        packed.reshape(groups, chunks, per_tile, taps).transpose(0, 1, 3, 2))
+
+
+def _direct_tap_offsets(g, band_rows, row_len):
+    """Offset in the band of tap (c, r, s) from a vector's first input."""
+    channels = g.in_channels // g.groups
+    phases = g.stride_w
+    c = np.arange(channels).reshape(-1, 1, 1) * (band_rows * phases * row_len)
+    r = np.arange(g.kernel_height).reshape(1, -1, 1) * (
+        g.dilation_h * phases * row_len)
+    columns = np.arange(g.kernel_width) * g.dilation_w
+    s = ((columns % phases) * row_len + columns // phases).reshape(1, 1, -1)
+    return (c + r + s).reshape(-1).astype(np.intp)
+
+
+@functools.lru_cache(maxsize=256)
+def _direct_plan(g, num_threads):
+    """(rows per item, band rows, band row length, band floats, tap
+    offsets, pointwise) of a call; the offsets array is shared, read-only."""
+    rows = _direct_rows(g, num_threads)
+    pointwise = _direct_pointwise(g)
+    if pointwise:
+        band_rows, row_len, band_size = 1, 1, 1
+        offsets = np.arange(g.in_channels // g.groups, dtype=np.intp) * (
+            g.in_height * g.in_width)
+    else:
+        band_rows, row_len, band_size = _direct_band(g, rows)
+        offsets = _direct_tap_offsets(g, band_rows, row_len)
+    offsets.flags.writeable = False
+    return rows, band_rows, row_len, band_size, offsets, pointwise
+
+
+def _direct_forward(x, weight, bias, g, packed=None):
+    """conv2d through the register-blocked direct kernel (float32)."""
+    if packed is None:
+        weights = pack_direct_weights(weight, g.groups)
+    else:
+        weights = packed.get(weight, "direct",
+                             lambda: pack_direct_weights(weight, g.groups))
+    num_threads = _num_threads(_threads.conv_threads(g))
+    rows, band_rows, row_len, band_size, offsets, pointwise = _direct_plan(
+        g, num_threads)
+    y = np.empty(g.output_shape, dtype=np.float32)
+    has_bias = bias is not None
+    bias_array = bias if has_bias else np.empty(1, dtype=np.float32)
+    _direct.conv2d_direct(
+        x, weights, bias_array, has_bias, y,
+        np.empty((num_threads, band_size), np.float32), offsets, g,
+        g.groups, rows, band_rows, row_len, pointwise, num_threads)
+    return y
+
+
 def conv2d_forward(x, weight, bias, g, packed=None):
     """y (N, K, OH, OW) = conv2d(x, weight) + bias, in x's dtype.
 
     ``packed`` (a ``PackedWeights`` or None) keeps the Winograd-domain
     filters between calls while weight keeps its values."""
     if _uses_winograd(g, g.in_channels, g.out_channels,
-                      (g.out_height, g.out_width), packed is not None):
+                      (g.out_height, g.out_width), packed is not None,
+                      x.dtype):
         if packed is None:
             filters = winograd_filters(weight)
         else:
@@ -324,6 +494,8 @@ def conv2d_forward(x, weight, bias, g, packed=None):
                          g.pad_left)
     if _is_depthwise(g):
         return _depthwise_forward(x, weight, bias, g)
+    if _uses_blocked_direct(g, x.dtype):
+        return _direct_forward(x, weight, bias, g, packed)
     num_threads = _num_threads(_threads.conv_threads(g))
     dtype = x.dtype
     budget = _thread_budget(num_threads)

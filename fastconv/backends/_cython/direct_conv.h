@@ -1,0 +1,240 @@
+/* A register-blocked direct 2-D convolution, float32 (included by direct.pyx).
+ *
+ * Output pixels are computed a vector at a time: FC_VL consecutive pixels of
+ * one output row. A tile is up to FC_VMAX such vectors times FC_KB output
+ * channels, FC_VMAX * FC_KB accumulators that stay in registers while every
+ * tap (c, r, s) of the filters is applied: per tap, FC_VMAX vector loads of
+ * input and FC_KB weights broadcast from memory feed FC_VMAX * FC_KB fused
+ * multiply-adds. Nothing like an im2col matrix is written.
+ *
+ * The input of one work item (a run of output rows of one image and group)
+ * is first copied into a per-thread "band": every input row the item reads,
+ * zero-padded, and for a stride s split into s phases (columns q, q + s,
+ * q + 2s, ...), so that the inputs of FC_VL consecutive output pixels are
+ * FC_VL consecutive floats for any stride, dilation and padding. Band layout:
+ * [channel][row][phase][column], with row_len columns per phase. The offset
+ * of tap (c, r, s) from a vector's first input is then the same for every
+ * vector, and the caller passes the table of them (tap_offsets).
+ *
+ * A pointwise convolution (1x1, stride 1, no padding) reads x itself, with
+ * no band: its vectors run over the whole flattened plane (rows need no
+ * padding), the last one shifted back to end at the plane's end (its
+ * overlap with the one before is computed twice, to the same bits).
+ *
+ * Weights arrive packed (fastconv.backends.cython_cpu._pack_direct): per
+ * group, chunks of FC_KB output channels, each chunk [tap][FC_KB], zero-padded
+ * to a whole chunk. Each output is summed over taps in one fixed order, by
+ * one thread: the bits do not depend on the thread count or the schedule.
+ */
+
+#ifndef FASTCONV_DIRECT_CONV_H
+#define FASTCONV_DIRECT_CONV_H
+
+#include <stddef.h>
+#include <string.h>
+
+#if defined(__GNUC__) || defined(__clang__)
+#define FC_DIRECT_AVAILABLE 1
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#define FC_VL 16          /* floats per vector */
+#define FC_KB 8           /* output channels per tile */
+#else
+#define FC_VL 8
+#define FC_KB 4           /* 16 registers: 12 accumulators and 3 inputs */
+#endif
+#define FC_VMAX 3         /* vectors per tile */
+
+typedef float fc_vf __attribute__((vector_size(FC_VL * sizeof(float))));
+
+static inline fc_vf fc_load(const float *p)
+{
+    fc_vf v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/* Store the first `lanes` floats of v at dst. */
+static inline void fc_store(float *dst, fc_vf v, int lanes)
+{
+    if (lanes == FC_VL) {
+        memcpy(dst, &v, sizeof v);
+        return;
+    }
+#if FC_VL == 16
+    _mm512_mask_storeu_ps(dst, (__mmask16)((1u << lanes) - 1u), (__m512)v);
+#else
+    float tmp[FC_VL];
+    memcpy(tmp, &v, sizeof v);
+    for (int i = 0; i < lanes; ++i)
+        dst[i] = tmp[i];
+#endif
+}
+
+/* For V vectors whose first inputs are base[v] (input[v][t]: FC_VL floats
+ * at base[v] + off[t]) and the FC_KB filters of one chunk (w[t][k]):
+ * out[k][v] = sum over taps t of input[v][t] * w[t][k], plus bias[k] where
+ * bias is not NULL, stored for the first kn filters at dst[v] + k * plane
+ * (lanes[v] floats). Inlined into one copy per V, where the loops over k and
+ * v unroll and the sums stay in registers. */
+static inline __attribute__((always_inline)) void
+fc_tile(const int V, const float *const *base, const ptrdiff_t *off,
+        ptrdiff_t taps, const float *w, float *const *dst, const int *lanes,
+        ptrdiff_t plane, ptrdiff_t kn, const float *bias)
+{
+    fc_vf a[FC_KB][FC_VMAX];
+    for (int k = 0; k < FC_KB; ++k)
+        for (int v = 0; v < V; ++v)
+            a[k][v] = (fc_vf){0};
+    for (ptrdiff_t t = 0; t < taps; ++t) {
+        const ptrdiff_t o = off[t];
+        const float *wt = w + t * FC_KB;
+        fc_vf in[FC_VMAX];
+        for (int v = 0; v < V; ++v)
+            in[v] = fc_load(base[v] + o);
+        for (int k = 0; k < FC_KB; ++k) {
+            const float wk = wt[k];
+            for (int v = 0; v < V; ++v)
+                a[k][v] += in[v] * wk;
+        }
+    }
+    for (int k = 0; k < FC_KB; ++k) {
+        if (k >= kn)
+            break;
+        const float b = bias ? bias[k] : 0.0f;
+        for (int v = 0; v < V; ++v)
+            fc_store(dst[v] + k * plane, a[k][v] + b, lanes[v]);
+    }
+}
+
+#define FC_TILE_ARGS const float *const *b, const ptrdiff_t *o, ptrdiff_t t, \
+    const float *w, float *const *d, const int *l, ptrdiff_t p, ptrdiff_t kn, \
+    const float *bias
+static void fc_tile1(FC_TILE_ARGS) { fc_tile(1, b, o, t, w, d, l, p, kn, bias); }
+static void fc_tile2(FC_TILE_ARGS) { fc_tile(2, b, o, t, w, d, l, p, kn, bias); }
+static void fc_tile3(FC_TILE_ARGS) { fc_tile(3, b, o, t, w, d, l, p, kn, bias); }
+
+#else  /* no vector extensions (MSVC): the caller never selects this path */
+#define FC_DIRECT_AVAILABLE 0
+#define FC_VL 1
+#define FC_KB 1
+#define FC_VMAX 1
+#endif
+
+/* The geometry of one call, as direct.pyx fills it in. */
+typedef struct {
+    ptrdiff_t channels;        /* Cg: input channels of a group */
+    ptrdiff_t in_height, in_width;
+    ptrdiff_t filters;         /* Kg: output channels of a group */
+    ptrdiff_t chunks;          /* ceil(Kg / FC_KB) */
+    ptrdiff_t out_height, out_width;
+    ptrdiff_t stride_h, stride_w, pad_top, pad_left, dilation_h;
+    ptrdiff_t taps;            /* Cg * R * S */
+    ptrdiff_t rows;            /* output rows (pointwise: vectors) per item */
+    int pointwise;             /* 1x1, stride 1, no padding, plane >= FC_VL */
+    ptrdiff_t band_rows;       /* input rows per band: (rows-1)*sh + (R-1)*dh + 1 */
+    ptrdiff_t row_len;         /* band columns per phase */
+} fc_direct_geometry;
+
+/* Copy the input rows of the item starting at output row oh0 into band. */
+static void fc_fill_band(const fc_direct_geometry *g, const float *image,
+                         ptrdiff_t oh0, float *band)
+{
+    const ptrdiff_t sw = g->stride_w, len = g->row_len, width = g->in_width;
+    const ptrdiff_t first = oh0 * g->stride_h - g->pad_top;
+    for (ptrdiff_t c = 0; c < g->channels; ++c) {
+        const float *plane = image + c * g->in_height * width;
+        for (ptrdiff_t i = 0; i < g->band_rows; ++i) {
+            float *dst = band + (c * g->band_rows + i) * sw * len;
+            const ptrdiff_t ih = first + i;
+            if (ih < 0 || ih >= g->in_height) {
+                memset(dst, 0, (size_t)(sw * len) * sizeof(float));
+                continue;
+            }
+            const float *src = plane + ih * width;
+            for (ptrdiff_t q = 0; q < sw; ++q, dst += len) {
+                /* dst[j] = src[j * sw + q - pad_left], zero outside */
+                const ptrdiff_t shift = q - g->pad_left;
+                ptrdiff_t lo = shift < 0 ? (-shift + sw - 1) / sw : 0;
+                ptrdiff_t hi = width - shift <= 0 ? 0
+                               : (width - shift + sw - 1) / sw;
+                if (lo > len) lo = len;
+                if (hi > len) hi = len;
+                if (hi < lo) hi = lo;
+                memset(dst, 0, (size_t)lo * sizeof(float));
+                if (sw == 1) {
+                    memcpy(dst + lo, src + lo + shift,
+                           (size_t)(hi - lo) * sizeof(float));
+                } else {
+                    for (ptrdiff_t j = lo; j < hi; ++j)
+                        dst[j] = src[j * sw + shift];
+                }
+                memset(dst + hi, 0, (size_t)(len - hi) * sizeof(float));
+            }
+        }
+    }
+}
+
+/* Output rows [oh0, oh0 + rows) (fewer at the bottom) of one image and
+ * group (pointwise: vectors [oh0, oh0 + rows) of the flattened plane):
+ * image (Cg, H, W), out (Kg, OH, OW), weights (chunks, taps, FC_KB), bias
+ * (Kg) or NULL. band: this thread's scratch (unused when pointwise). */
+static void fc_direct_item(const fc_direct_geometry *g, const float *image,
+                           const float *weights, const float *bias,
+                           const ptrdiff_t *tap_offsets, ptrdiff_t oh0,
+                           float *out, float *band)
+{
+#if FC_DIRECT_AVAILABLE
+    const ptrdiff_t plane = g->out_height * g->out_width;
+    ptrdiff_t ow_vectors, vectors;
+    if (g->pointwise) {
+        ow_vectors = 1;
+        vectors = (plane + FC_VL - 1) / FC_VL - oh0;
+    } else {
+        ow_vectors = (g->out_width + FC_VL - 1) / FC_VL;
+        vectors = (g->out_height - oh0) * ow_vectors;
+    }
+    if (vectors > g->rows * ow_vectors) vectors = g->rows * ow_vectors;
+    if (!g->pointwise)
+        fc_fill_band(g, image, oh0, band);
+    for (ptrdiff_t chunk = 0; chunk < g->chunks; ++chunk) {
+        const float *w = weights + chunk * g->taps * FC_KB;
+        const ptrdiff_t k0 = chunk * FC_KB;
+        const ptrdiff_t kn = g->filters - k0 < FC_KB ? g->filters - k0 : FC_KB;
+        for (ptrdiff_t u = 0; u < vectors; u += FC_VMAX) {
+            const int V = vectors - u < FC_VMAX ? (int)(vectors - u) : FC_VMAX;
+            const float *base[FC_VMAX];
+            float *dst[FC_VMAX];
+            int lanes[FC_VMAX];
+            for (int v = 0; v < V && g->pointwise; ++v) {
+                ptrdiff_t pixel = (oh0 + u + v) * FC_VL;
+                if (pixel > plane - FC_VL) pixel = plane - FC_VL;
+                base[v] = image + pixel;
+                dst[v] = out + k0 * plane + pixel;
+                lanes[v] = FC_VL;
+            }
+            for (int v = 0; v < V && !g->pointwise; ++v) {
+                const ptrdiff_t i = (u + v) / ow_vectors;
+                const ptrdiff_t ow = (u + v) % ow_vectors * FC_VL;
+                base[v] = band + i * g->stride_h * g->stride_w * g->row_len
+                          + ow;
+                dst[v] = out + k0 * plane + (oh0 + i) * g->out_width + ow;
+                lanes[v] = g->out_width - ow < FC_VL ? (int)(g->out_width - ow)
+                                                     : FC_VL;
+            }
+            const float *b = bias ? bias + k0 : NULL;
+            if (V == 3)
+                fc_tile3(base, tap_offsets, g->taps, w, dst, lanes, plane, kn, b);
+            else if (V == 2)
+                fc_tile2(base, tap_offsets, g->taps, w, dst, lanes, plane, kn, b);
+            else
+                fc_tile1(base, tap_offsets, g->taps, w, dst, lanes, plane, kn, b);
+        }
+    }
+#else
+    (void)g; (void)image; (void)weights; (void)bias; (void)tap_offsets;
+    (void)oh0; (void)out; (void)band;
+#endif
+}
+
+#endif

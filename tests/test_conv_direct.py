@@ -1,0 +1,208 @@
+"""The Cython backend's register-blocked direct convolution
+(``_cython/direct_conv.h``), which 'auto' runs for float32 convolutions that
+are neither Winograd nor depthwise.
+
+Every case asserts that the kernel ran (a counting wrapper), then compares
+it with the naive reference in float64 and with PyTorch when installed, on
+randomised shapes that cross its edges: partial vectors and chunks of
+output channels, bands with padding, strides and dilations, groups, the
+pointwise mode and its shifted last vector.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import _shapes
+
+cython_cpu = pytest.importorskip("fastconv.backends.cython_cpu")
+if cython_cpu.unavailable_reason() is not None:
+    pytest.skip(cython_cpu.unavailable_reason(), allow_module_level=True)
+if not cython_cpu._direct_parameters()[0]:
+    pytest.skip("the direct kernel needs a C compiler with vector extensions",
+                allow_module_level=True)
+
+
+@pytest.fixture
+def direct_calls(monkeypatch):
+    """Counts the calls of the direct path: {'count': n}."""
+    calls = {"count": 0}
+    original = cython_cpu._direct_forward
+
+    def counting(*args, **kwargs):
+        calls["count"] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(cython_cpu, "_direct_forward", counting)
+    monkeypatch.delenv(cython_cpu.CONV_ALGO_ENV, raising=False)
+    return calls
+
+
+def _geometry(x, weight, stride=1, padding=0, dilation=1, groups=1):
+    if isinstance(padding, int):
+        padding = (padding,) * 4
+    return _shapes.conv_geometry(x.shape, weight.shape, (stride, stride),
+                                 padding, (dilation, dilation), groups)
+
+
+def _random_case(rng):
+    groups = int(rng.choice([1, 1, 1, 2, 3]))
+    # one channel per group (and few filters) is depthwise, its own kernel
+    channels = groups * int(rng.integers(2, 7))
+    filters = groups * int(rng.integers(1, 21))
+    kernel = int(rng.choice([1, 2, 3, 5, 7]))
+    stride = int(rng.integers(1, 4))
+    dilation = int(rng.choice([1, 1, 2]))
+    reach = (kernel - 1) * dilation + 1
+    padding = tuple(int(p) for p in rng.integers(0, kernel, size=4))
+    height = int(rng.integers(max(1, reach - padding[0] - padding[2]), 24))
+    width = int(rng.integers(max(1, reach - padding[1] - padding[3]), 40))
+    batch = int(rng.integers(1, 4))
+    return (batch, channels, height, width, filters, kernel, stride, padding,
+            dilation, groups)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_shapes_match_the_naive_reference(seed, direct_calls):
+    rng = np.random.default_rng(seed)
+    (batch, channels, height, width, filters, kernel, stride, padding,
+     dilation, groups) = _random_case(rng)
+    x = rng.standard_normal((batch, channels, height, width))
+    weight = rng.standard_normal((filters, channels // groups, kernel,
+                                  kernel))
+    bias = rng.standard_normal(filters) if seed % 2 else None
+    pads = ((padding[0], padding[2]), (padding[1], padding[3]))
+    g = _geometry(x, weight, stride, padding, dilation, groups)
+    assert cython_cpu.conv2d_method(g) == "direct-blocked"
+    expected = fastconv.conv2d(x, weight, bias, stride=stride, padding=pads,
+                               dilation=dilation, groups=groups,
+                               backend="naive")
+    got = fastconv.conv2d(
+        x.astype(np.float32), weight.astype(np.float32),
+        None if bias is None else bias.astype(np.float32), stride=stride,
+        padding=pads, dilation=dilation, groups=groups, backend="cython")
+    assert direct_calls["count"] == 1
+    assert got.dtype == np.float32 and got.shape == expected.shape
+    scale = np.abs(expected).max() + 1
+    np.testing.assert_allclose(got, expected, rtol=0, atol=2e-6 * scale)
+
+
+@pytest.mark.parametrize("case", [
+    # (N, C, H, W, K, kernel, stride, padding): the benchmark's shapes, small
+    (2, 3, 32, 32, 32, 3, 1, 1),
+    (2, 64, 16, 16, 40, 3, 2, 1),
+    (2, 1, 28, 28, 32, 3, 1, 1),
+    (1, 3, 45, 45, 16, 7, 2, 3),
+    (3, 17, 9, 7, 9, 1, 1, 0),          # pointwise, shifted last vector
+    (2, 5, 3, 4, 11, 1, 1, 0),          # pointwise, plane < one vector
+    (1, 8, 20, 20, 8, 1, 2, 0),         # strided 1x1
+])
+def test_against_pytorch(case, direct_calls):
+    torch = pytest.importorskip("torch")
+    batch, channels, height, width, filters, kernel, stride, padding = case
+    rng = np.random.default_rng(sum(case))
+    x = rng.standard_normal((batch, channels, height, width)).astype(
+        np.float32)
+    weight = rng.standard_normal((filters, channels, kernel, kernel)).astype(
+        np.float32)
+    bias = rng.standard_normal(filters).astype(np.float32)
+    got = fastconv.conv2d(x, weight, bias, stride=stride, padding=padding,
+                          backend="cython")
+    assert direct_calls["count"] == 1
+    expected = torch.nn.functional.conv2d(
+        torch.from_numpy(x), torch.from_numpy(weight), torch.from_numpy(bias),
+        stride=stride, padding=padding).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_same_bits_for_any_thread_count(monkeypatch, direct_calls):
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((3, 24, 19, 37)).astype(np.float32)
+    weight = rng.standard_normal((20, 24, 3, 3)).astype(np.float32)
+    results = []
+    for threads in (1, 2, 3, 5):
+        # the thread count the kernel gets, whatever the machine's cores
+        monkeypatch.setattr(cython_cpu, "_num_threads",
+                            lambda _, n=threads: n)
+        for _ in range(2):
+            results.append(fastconv.conv2d(x, weight, stride=2, padding=1,
+                                           backend="cython"))
+    assert direct_calls["count"] == len(results)
+    for result in results[1:]:
+        assert np.array_equal(result, results[0])
+
+
+def test_nan_and_inf_propagate_like_the_reference(direct_calls):
+    x = np.ones((1, 2, 6, 6), np.float32)
+    x[0, 1, 2, 3] = np.nan
+    x[0, 0, 5, 5] = np.inf
+    weight = np.ones((3, 2, 3, 3), np.float32)
+    got = fastconv.conv2d(x, weight, padding=1, backend="cython")
+    expected = fastconv.conv2d(x.astype(np.float64),
+                               weight.astype(np.float64), padding=1,
+                               backend="naive")
+    assert direct_calls["count"] == 1
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(expected))
+
+
+def test_input_and_weight_are_not_modified(direct_calls):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 4, 10, 10)).astype(np.float32)
+    weight = rng.standard_normal((9, 4, 3, 3)).astype(np.float32)
+    x_copy, weight_copy = x.copy(), weight.copy()
+    fastconv.conv2d(x, weight, padding=2, dilation=2, backend="cython")
+    assert direct_calls["count"] == 1
+    assert np.array_equal(x, x_copy) and np.array_equal(weight, weight_copy)
+
+
+def test_gemm_switch_and_float64_and_huge_bands_run_im2col(monkeypatch,
+                                                           direct_calls):
+    x = np.ones((1, 4, 12, 12), np.float32)
+    weight = np.ones((8, 4, 3, 3), np.float32)
+    g = _geometry(x, weight, 2, 1)
+    monkeypatch.setenv(cython_cpu.CONV_ALGO_ENV, "gemm")
+    assert cython_cpu.conv2d_method(g) == "im2col-gemm"
+    via_gemm = fastconv.conv2d(x, weight, stride=2, padding=1,
+                               backend="cython")
+    assert direct_calls["count"] == 0
+    monkeypatch.setenv(cython_cpu.CONV_ALGO_ENV, "direct")
+    assert cython_cpu.conv2d_method(g) == "direct-blocked"
+    np.testing.assert_allclose(
+        fastconv.conv2d(x, weight, stride=2, padding=1, backend="cython"),
+        via_gemm, rtol=1e-6)
+    assert direct_calls["count"] == 1
+    assert cython_cpu.conv2d_method(g, np.float64) == "im2col-gemm"
+    monkeypatch.setattr(cython_cpu, "DIRECT_MAX_BAND_BYTES", 64)
+    assert cython_cpu.conv2d_method(g) == "im2col-gemm"
+
+
+def test_layer_never_serves_stale_packed_weights(direct_calls):
+    rng = np.random.default_rng(5)
+    layer = fastconv.nn.Conv2d(6, 10, 3, stride=2, padding=1)
+    x = rng.standard_normal((2, 6, 11, 11)).astype(np.float32)
+    with fastconv.use_backend("cython"):
+        first = layer(x)
+        layer.weight.data *= 2                     # in place, as optimizers do
+        second = layer(x)
+    assert direct_calls["count"] == 2
+    expected = fastconv.conv2d(x, layer.weight.data, layer.bias.data,
+                               stride=2, padding=1, backend="naive")
+    np.testing.assert_allclose(second, expected, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(first, second)
+
+
+def test_bands_stay_within_their_budget():
+    """_direct_rows keeps a band of several rows within DIRECT_BAND_BYTES
+    (a wide, deep layer gets one row per item)."""
+    x = np.zeros((1, 512, 40, 300), np.float32)
+    weight = np.zeros((8, 512, 3, 3), np.float32)
+    g = _geometry(x, weight, 1, 1)
+    for threads in (1, 2, 8):
+        rows = cython_cpu._direct_rows(g, threads)
+        assert rows >= 1
+        if rows > 1:
+            assert (cython_cpu._direct_band(g, rows)[2] * 4
+                    <= cython_cpu.DIRECT_BAND_BYTES)
