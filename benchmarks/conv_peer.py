@@ -25,9 +25,8 @@ import statistics
 import sys
 import time
 
-# The same OpenMP wait policy for every library (fastconv sets it too, on
-# import); a value the caller set wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# No OpenMP settings here: each library runs with what its users get by
+# default (fastconv sets its wait policy on import; see fastconv._threads).
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402

@@ -51,12 +51,11 @@ import sys
 import time
 from typing import Callable, NamedTuple
 
-# One OpenMP wait policy for both sides, set before either OpenMP runtime
-# (Numba's or PyTorch's own libgomp) loads: fastconv's numba backend asks for
-# passive waiting by default, and on a shared machine a spinning PyTorch
-# worker would be measured against a sleeping fastconv one. A value set by
-# the caller wins, and the header prints it.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# The environment as the caller has it, before ``import fastconv`` sets its
+# OpenMP wait policy: the peer processes (conv_peer.py) start from it, so
+# each library runs with the settings its users get by default (fastconv's
+# own, on import; PyTorch's libgomp defaults).
+USER_ENVIRONMENT = dict(os.environ)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import fastconv  # noqa: E402
@@ -178,8 +177,9 @@ def _environment(threads: int, torch) -> str:
     return (f"{datetime.date.today()}, {platform.python_implementation()} "
             f"{platform.python_version()}, {', '.join(parts)}; "
             f"{threads} threads on {os.cpu_count()} cores "
-            f"({platform.machine()}, {_load_average()}); OMP_WAIT_POLICY="
-            f"{os.environ.get('OMP_WAIT_POLICY', '(unset)')}; float32")
+            f"({platform.machine()}, {_load_average()}); OpenMP as each "
+            f"library sets it (caller's OMP_WAIT_POLICY="
+            f"{USER_ENVIRONMENT.get('OMP_WAIT_POLICY', 'unset')}); float32")
 
 
 def _load_average() -> str:
@@ -334,7 +334,7 @@ def _run_peer(library, op, threads, repeats, sample_ms):
                str(threads), "--repeats", str(repeats), "--sample-ms",
                str(sample_ms)]
     done = subprocess.run(command, capture_output=True, text=True,
-                          check=False)
+                          check=False, env=USER_ENVIRONMENT)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr}")
     rows = [json.loads(line) for line in done.stdout.splitlines() if line]

@@ -354,6 +354,11 @@ DIRECT_MAX_BAND_BYTES = 2 * 1024 * 1024
 DIRECT_ITEM_VECTORS = 12
 DIRECT_BAND_BYTES = 256 * 1024
 
+#: A tile's inputs are read once per chunk of output channels; its channels
+#: are taken in blocks whose inputs fit this many bytes (in a core's L1
+#: cache), the sums of later blocks added to the outputs of earlier ones.
+DIRECT_TILE_BYTES = 16 * 1024
+
 
 @functools.lru_cache(maxsize=None)
 def _direct_parameters():
@@ -392,9 +397,10 @@ def _direct_applies(g, dtype):
 
 def _direct_rows(g, num_threads):
     """Output rows per work item (pointwise: vectors of the plane): about
-    DIRECT_ITEM_VECTORS vectors, the band (pointwise: the input read)
-    within DIRECT_BAND_BYTES, and four items per thread where the call has
-    that many."""
+    DIRECT_ITEM_VECTORS vectors (more where a tall kernel's band would
+    mostly be overlap), the band (pointwise: the input read) within
+    DIRECT_BAND_BYTES, and four items per thread where the call has that
+    many."""
     _, lanes, _, _ = _direct_parameters()
     images = g.batch * g.groups
     if _direct_pointwise(g):
@@ -407,6 +413,12 @@ def _direct_rows(g, num_threads):
         return rows
     per_row = -(-g.out_width // lanes)
     rows = max(1, min(g.out_height, -(-DIRECT_ITEM_VECTORS // per_row)))
+    # more rows while the band's overlap with the next item's is more than
+    # half its own rows (a tall kernel) and the band stays small
+    while (rows < g.out_height
+           and _direct_band(g, rows)[0] > 1.5 * rows * g.stride_h
+           and _direct_band(g, rows + 1)[2] * 4 <= DIRECT_BAND_BYTES):
+        rows += 1
     while rows > 1 and _direct_band(g, rows)[2] * 4 > DIRECT_BAND_BYTES:
         rows -= 1
     while rows > 1 and images * -(-g.out_height // rows) < 4 * num_threads:
@@ -454,7 +466,28 @@ def _direct_plan(g, num_threads):
         band_rows, row_len, band_size = _direct_band(g, rows)
         offsets = _direct_tap_offsets(g, band_rows, row_len)
     offsets.flags.writeable = False
-    return rows, band_rows, row_len, band_size, offsets, pointwise
+    return (rows, band_rows, row_len, band_size, offsets, pointwise,
+            _direct_block_channels(g, row_len) * g.kernel_height
+            * g.kernel_width)
+
+
+def _direct_block_channels(g, row_len):
+    """Channels per block: a tile's inputs of that many channels fit
+    DIRECT_TILE_BYTES."""
+    _, lanes, _, per_tile = _direct_parameters()
+    if _direct_pointwise(g):
+        per_channel = per_tile * lanes * 4
+    else:
+        per_row = -(-g.out_width // lanes)
+        # output rows a tile of per_tile vectors spans (one more where
+        # tiles start part way along a row)
+        span = min(g.out_height, -(-per_tile // per_row)
+                   + (1 if per_tile % per_row else 0))
+        band_rows = ((span - 1) * g.stride_h
+                     + (g.kernel_height - 1) * g.dilation_h + 1)
+        per_channel = band_rows * g.stride_w * row_len * 4
+    channels = g.in_channels // g.groups
+    return int(max(1, min(channels, DIRECT_TILE_BYTES // per_channel)))
 
 
 def _direct_forward(x, weight, bias, g, packed=None):
@@ -465,15 +498,16 @@ def _direct_forward(x, weight, bias, g, packed=None):
         weights = packed.get(weight, "direct",
                              lambda: pack_direct_weights(weight, g.groups))
     num_threads = _num_threads(_threads.conv_threads(g))
-    rows, band_rows, row_len, band_size, offsets, pointwise = _direct_plan(
-        g, num_threads)
+    (rows, band_rows, row_len, band_size, offsets, pointwise,
+     block_taps) = _direct_plan(g, num_threads)
     y = np.empty(g.output_shape, dtype=np.float32)
     has_bias = bias is not None
     bias_array = bias if has_bias else np.empty(1, dtype=np.float32)
     _direct.conv2d_direct(
         x, weights, bias_array, has_bias, y,
         np.empty((num_threads, band_size), np.float32), offsets, g,
-        g.groups, rows, band_rows, row_len, pointwise, num_threads)
+        g.groups, rows, band_rows, row_len, pointwise, block_taps,
+        num_threads)
     return y
 
 

@@ -24,7 +24,7 @@ cdef extern from "direct_conv.h" nogil:
         Py_ssize_t channels, in_height, in_width
         Py_ssize_t filters, chunks, out_height, out_width
         Py_ssize_t stride_h, stride_w, pad_top, pad_left, dilation_h
-        Py_ssize_t taps, rows, band_rows, row_len
+        Py_ssize_t taps, block_taps, rows, band_rows, row_len
         int pointwise
 
     void fc_direct_item(const fc_direct_geometry *g, const float *image,
@@ -45,11 +45,13 @@ def conv2d_direct(const float[:, :, :, ::1] x, const float[:, :, :, ::1] packed,
                   float[:, :, :, ::1] y, float[:, ::1] bands,
                   const Py_ssize_t[::1] tap_offsets, object geometry,
                   Py_ssize_t groups, Py_ssize_t rows, Py_ssize_t band_rows,
-                  Py_ssize_t row_len, bint pointwise, int num_threads):
+                  Py_ssize_t row_len, bint pointwise, Py_ssize_t block_taps,
+                  int num_threads):
     """y = conv2d(x, weights) (+ bias) from the packed weights
     (groups, chunks, taps, FC_KB); ``bands``: one (band) row per thread;
     ``pointwise``: the 1x1 mode without bands, where ``rows`` counts
-    vectors of the flattened plane."""
+    vectors of the flattened plane; ``block_taps``: taps per channel block
+    (a multiple of R * S)."""
     cdef fc_direct_geometry g
     g.channels = x.shape[1] // groups
     g.in_height, g.in_width = x.shape[2], x.shape[3]
@@ -60,6 +62,7 @@ def conv2d_direct(const float[:, :, :, ::1] x, const float[:, :, :, ::1] packed,
     g.pad_top, g.pad_left = geometry.pad_top, geometry.pad_left
     g.dilation_h = geometry.dilation_h
     g.taps = packed.shape[2]
+    g.block_taps = block_taps
     g.rows, g.band_rows, g.row_len = rows, band_rows, row_len
     g.pointwise = pointwise
     cdef Py_ssize_t row_runs = (g.out_height + rows - 1) // rows
@@ -71,7 +74,7 @@ def conv2d_direct(const float[:, :, :, ::1] x, const float[:, :, :, ::1] packed,
     cdef const float *bias_ptr
     with nogil:
         for item in prange(items, num_threads=num_threads,
-                           schedule="static"):
+                           schedule="guided"):
             run = item % row_runs
             group = (item // row_runs) % groups
             n = item // (row_runs * groups)

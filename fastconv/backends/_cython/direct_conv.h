@@ -47,6 +47,21 @@
 
 typedef float fc_vf __attribute__((vector_size(FC_VL * sizeof(float))));
 
+/* GCC's two-vector shuffle picks the even lanes of a stride-2 row (clang
+ * spells it differently: it takes the scalar loop). */
+#if defined(__GNUC__) && !defined(__clang__)
+#define FC_HAVE_SHUFFLE 1
+typedef int fc_vi __attribute__((vector_size(FC_VL * sizeof(int))));
+#if FC_VL == 16
+#define FC_EVEN ((fc_vi){0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, \
+                         28, 30})
+#else
+#define FC_EVEN ((fc_vi){0, 2, 4, 6, 8, 10, 12, 14})
+#endif
+#else
+#define FC_HAVE_SHUFFLE 0
+#endif
+
 static inline fc_vf fc_load(const float *p)
 {
     fc_vf v;
@@ -71,16 +86,31 @@ static inline void fc_store(float *dst, fc_vf v, int lanes)
 #endif
 }
 
+/* The first `lanes` floats at src, zeros after them. */
+static inline fc_vf fc_load_lanes(const float *src, int lanes)
+{
+    if (lanes == FC_VL)
+        return fc_load(src);
+#if FC_VL == 16
+    return (fc_vf)_mm512_maskz_loadu_ps((__mmask16)((1u << lanes) - 1u), src);
+#else
+    fc_vf v = {0};
+    memcpy(&v, src, (size_t)lanes * sizeof(float));
+    return v;
+#endif
+}
+
 /* For V vectors whose first inputs are base[v] (input[v][t]: FC_VL floats
  * at base[v] + off[t]) and the FC_KB filters of one chunk (w[t][k]):
  * out[k][v] = sum over taps t of input[v][t] * w[t][k], plus bias[k] where
  * bias is not NULL, stored for the first kn filters at dst[v] + k * plane
- * (lanes[v] floats). Inlined into one copy per V, where the loops over k and
+ * (lanes[v] floats); with `accumulate`, added to what is stored there (the
+ * sums of earlier channel blocks) instead of the bias. Inlined into one copy per V, where the loops over k and
  * v unroll and the sums stay in registers. */
 static inline __attribute__((always_inline)) void
 fc_tile(const int V, const float *const *base, const ptrdiff_t *off,
         ptrdiff_t taps, const float *w, float *const *dst, const int *lanes,
-        ptrdiff_t plane, ptrdiff_t kn, const float *bias)
+        ptrdiff_t plane, ptrdiff_t kn, const float *bias, int accumulate)
 {
     fc_vf a[FC_KB][FC_VMAX];
     for (int k = 0; k < FC_KB; ++k)
@@ -102,17 +132,20 @@ fc_tile(const int V, const float *const *base, const ptrdiff_t *off,
         if (k >= kn)
             break;
         const float b = bias ? bias[k] : 0.0f;
-        for (int v = 0; v < V; ++v)
-            fc_store(dst[v] + k * plane, a[k][v] + b, lanes[v]);
+        for (int v = 0; v < V; ++v) {
+            float *d = dst[v] + k * plane;
+            fc_store(d, accumulate ? a[k][v] + fc_load_lanes(d, lanes[v])
+                                   : a[k][v] + b, lanes[v]);
+        }
     }
 }
 
 #define FC_TILE_ARGS const float *const *b, const ptrdiff_t *o, ptrdiff_t t, \
     const float *w, float *const *d, const int *l, ptrdiff_t p, ptrdiff_t kn, \
-    const float *bias
-static void fc_tile1(FC_TILE_ARGS) { fc_tile(1, b, o, t, w, d, l, p, kn, bias); }
-static void fc_tile2(FC_TILE_ARGS) { fc_tile(2, b, o, t, w, d, l, p, kn, bias); }
-static void fc_tile3(FC_TILE_ARGS) { fc_tile(3, b, o, t, w, d, l, p, kn, bias); }
+    const float *bias, int acc
+static void fc_tile1(FC_TILE_ARGS) { fc_tile(1, b, o, t, w, d, l, p, kn, bias, acc); }
+static void fc_tile2(FC_TILE_ARGS) { fc_tile(2, b, o, t, w, d, l, p, kn, bias, acc); }
+static void fc_tile3(FC_TILE_ARGS) { fc_tile(3, b, o, t, w, d, l, p, kn, bias, acc); }
 
 #else  /* no vector extensions (MSVC): the caller never selects this path */
 #define FC_DIRECT_AVAILABLE 0
@@ -130,6 +163,7 @@ typedef struct {
     ptrdiff_t out_height, out_width;
     ptrdiff_t stride_h, stride_w, pad_top, pad_left, dilation_h;
     ptrdiff_t taps;            /* Cg * R * S */
+    ptrdiff_t block_taps;      /* taps per channel block (whole channels) */
     ptrdiff_t rows;            /* output rows (pointwise: vectors) per item */
     int pointwise;             /* 1x1, stride 1, no padding, plane >= FC_VL */
     ptrdiff_t band_rows;       /* input rows per band: (rows-1)*sh + (R-1)*dh + 1 */
@@ -166,7 +200,19 @@ static void fc_fill_band(const fc_direct_geometry *g, const float *image,
                     memcpy(dst + lo, src + lo + shift,
                            (size_t)(hi - lo) * sizeof(float));
                 } else {
-                    for (ptrdiff_t j = lo; j < hi; ++j)
+                    ptrdiff_t j = lo;
+#if FC_HAVE_SHUFFLE
+                    /* stride 2: the even lanes of two vectors, while both
+                     * lie inside the row */
+                    for (; sw == 2 && 2 * (j + FC_VL) + shift <= width
+                           && j + FC_VL <= hi; j += FC_VL) {
+                        const float *pair = src + 2 * j + shift;
+                        fc_vf even = __builtin_shuffle(
+                            fc_load(pair), fc_load(pair + FC_VL), FC_EVEN);
+                        memcpy(dst + j, &even, sizeof even);
+                    }
+#endif
+                    for (; j < hi; ++j)
                         dst[j] = src[j * sw + shift];
                 }
                 memset(dst + hi, 0, (size_t)(len - hi) * sizeof(float));
@@ -197,10 +243,9 @@ static void fc_direct_item(const fc_direct_geometry *g, const float *image,
     if (vectors > g->rows * ow_vectors) vectors = g->rows * ow_vectors;
     if (!g->pointwise)
         fc_fill_band(g, image, oh0, band);
-    for (ptrdiff_t chunk = 0; chunk < g->chunks; ++chunk) {
-        const float *w = weights + chunk * g->taps * FC_KB;
-        const ptrdiff_t k0 = chunk * FC_KB;
-        const ptrdiff_t kn = g->filters - k0 < FC_KB ? g->filters - k0 : FC_KB;
+    for (ptrdiff_t t0 = 0; t0 < g->taps; t0 += g->block_taps) {
+        const ptrdiff_t tn = g->taps - t0 < g->block_taps ? g->taps - t0
+                                                          : g->block_taps;
         for (ptrdiff_t u = 0; u < vectors; u += FC_VMAX) {
             const int V = vectors - u < FC_VMAX ? (int)(vectors - u) : FC_VMAX;
             const float *base[FC_VMAX];
@@ -210,7 +255,7 @@ static void fc_direct_item(const fc_direct_geometry *g, const float *image,
                 ptrdiff_t pixel = (oh0 + u + v) * FC_VL;
                 if (pixel > plane - FC_VL) pixel = plane - FC_VL;
                 base[v] = image + pixel;
-                dst[v] = out + k0 * plane + pixel;
+                dst[v] = out + pixel;
                 lanes[v] = FC_VL;
             }
             for (int v = 0; v < V && !g->pointwise; ++v) {
@@ -218,17 +263,31 @@ static void fc_direct_item(const fc_direct_geometry *g, const float *image,
                 const ptrdiff_t ow = (u + v) % ow_vectors * FC_VL;
                 base[v] = band + i * g->stride_h * g->stride_w * g->row_len
                           + ow;
-                dst[v] = out + k0 * plane + (oh0 + i) * g->out_width + ow;
+                dst[v] = out + (oh0 + i) * g->out_width + ow;
                 lanes[v] = g->out_width - ow < FC_VL ? (int)(g->out_width - ow)
                                                      : FC_VL;
             }
-            const float *b = bias ? bias + k0 : NULL;
-            if (V == 3)
-                fc_tile3(base, tap_offsets, g->taps, w, dst, lanes, plane, kn, b);
-            else if (V == 2)
-                fc_tile2(base, tap_offsets, g->taps, w, dst, lanes, plane, kn, b);
-            else
-                fc_tile1(base, tap_offsets, g->taps, w, dst, lanes, plane, kn, b);
+            /* the tile's inputs stay in L1 while every chunk of filters
+             * is applied to them */
+            for (ptrdiff_t chunk = 0; chunk < g->chunks; ++chunk) {
+                const float *w = weights + (chunk * g->taps + t0) * FC_KB;
+                const ptrdiff_t k0 = chunk * FC_KB;
+                const ptrdiff_t kn = g->filters - k0 < FC_KB ? g->filters - k0
+                                                             : FC_KB;
+                const float *b = bias && t0 == 0 ? bias + k0 : NULL;
+                float *d[FC_VMAX];
+                for (int v = 0; v < V; ++v)
+                    d[v] = dst[v] + k0 * plane;
+                if (V == 3)
+                    fc_tile3(base, tap_offsets + t0, tn, w, d, lanes, plane,
+                             kn, b, t0 > 0);
+                else if (V == 2)
+                    fc_tile2(base, tap_offsets + t0, tn, w, d, lanes, plane,
+                             kn, b, t0 > 0);
+                else
+                    fc_tile1(base, tap_offsets + t0, tn, w, d, lanes, plane,
+                             kn, b, t0 > 0);
+            }
         }
     }
 #else
