@@ -6,7 +6,7 @@
 LIBRARY is ``fastconv:<backend>`` (``fastconv:auto`` is what a user gets),
 ``torch``, ``onnxruntime`` or ``sgemm`` (numpy's float32 matmul of 2048^3,
 the practical ceiling of a GEMM-based convolution). Every shape of
-``cases.CONV_SHAPES`` is timed: one warm-up call, then ``--repeats``
+``cases.CONV_SHAPES`` is timed: a warm-up of 0.3 s, then ``--repeats``
 samples of about ``--sample-ms`` each; one JSON object per line goes to
 stdout, ``{"shape": label, "seconds": median per call, "method": ...}``
 (``method``: what fastconv's 'auto' ran, where the backend says).
@@ -37,11 +37,25 @@ import cases  # noqa: E402
 SGEMM_SIZE = 2048
 
 
+#: Each library is run for at least this long before it is timed. The first
+#: few hundred milliseconds of a process are slower than its steady state
+#: (page faults while the heap grows, thread pools waking): measured on
+#: fastconv's N32-C3-32x32 layer, 0.87 then 0.63 then 0.52 ms per call in
+#: three consecutive 150 ms samples of a fresh process.
+WARMUP_SECONDS = 0.3
+
+
 def time_call(function, repeats: int, sample_seconds: float) -> float:
-    """Median seconds per call over ``repeats`` samples (after a warm-up)."""
+    """Median seconds per call over ``repeats`` samples, after running for
+    WARMUP_SECONDS (and at least twice)."""
     start = time.perf_counter()
     function()
-    once = time.perf_counter() - start
+    warmup_calls = 1
+    while (warmup_calls < 2
+           or time.perf_counter() - start < WARMUP_SECONDS):
+        function()
+        warmup_calls += 1
+    once = (time.perf_counter() - start) / warmup_calls
     calls = max(1, math.ceil(sample_seconds / max(once, 1e-7)))
     samples = []
     for _ in range(repeats):

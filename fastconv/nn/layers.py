@@ -20,15 +20,11 @@ import numbers
 
 import numpy as np
 
-from fastconv import _memory, _threads, _validate
+from fastconv import _threads, _validate
 from fastconv import functional as F
 from fastconv._packed import PackedWeights
 from fastconv.nn import init
 from fastconv.nn.module import FLOAT_DTYPES, Module, Parameter
-
-# A training loop frees and reallocates its activations every step; keep
-# those pages in the process (fastconv._memory says why and how to opt out).
-_memory.keep_freed_memory()
 
 __all__ = [
     "Conv2d", "ConvTranspose2d", "Conv1d", "Linear", "ReLU", "Flatten",

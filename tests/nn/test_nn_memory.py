@@ -1,5 +1,5 @@
-"""fastconv._memory: glibc's malloc keeps freed activations' pages once
-fastconv.nn is imported, unless FASTCONV_KEEP_FREED_MEMORY=0."""
+"""fastconv._memory: glibc's malloc keeps freed arrays' pages once
+fastconv is imported, unless FASTCONV_KEEP_FREED_MEMORY=0."""
 
 import os
 import platform
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-PROBE = "import fastconv.nn, fastconv._memory as m; print(m._applied)"
+PROBE = "import fastconv, fastconv._memory as m; print(m._applied)"
 
 
 def probe(**environment):
@@ -20,7 +20,7 @@ def probe(**environment):
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc",
                     reason="mallopt's thresholds are glibc's")
-def test_thresholds_are_set_on_import_of_nn():
+def test_thresholds_are_set_on_import():
     assert probe() == "True"
 
 
