@@ -51,7 +51,7 @@ def _random_case(rng):
     groups = int(rng.choice([1, 1, 1, 2, 3]))
     # one channel per group (and few filters) is depthwise, its own kernel
     channels = groups * int(rng.integers(2, 7))
-    filters = groups * int(rng.integers(1, 21))
+    filters = groups * int(rng.integers(cython_cpu.DIRECT_MIN_FILTERS, 21))
     kernel = int(rng.choice([1, 2, 3, 5, 7]))
     stride = int(rng.integers(1, 4))
     dilation = int(rng.choice([1, 1, 2]))
@@ -158,7 +158,7 @@ def test_input_and_weight_are_not_modified(direct_calls):
     assert np.array_equal(x, x_copy) and np.array_equal(weight, weight_copy)
 
 
-def test_gemm_switch_and_float64_and_huge_bands_run_im2col(monkeypatch,
+def test_gemm_switch_float64_one_filter_and_huge_bands_run_im2col(monkeypatch,
                                                            direct_calls):
     x = np.ones((1, 4, 12, 12), np.float32)
     weight = np.ones((8, 4, 3, 3), np.float32)
@@ -175,6 +175,8 @@ def test_gemm_switch_and_float64_and_huge_bands_run_im2col(monkeypatch,
         via_gemm, rtol=1e-6)
     assert direct_calls["count"] == 1
     assert cython_cpu.conv2d_method(g, np.float64) == "im2col-gemm"
+    one_filter = _geometry(x, weight[:1], 2, 1)
+    assert cython_cpu.conv2d_method(one_filter) == "im2col-gemm"
     monkeypatch.setattr(cython_cpu, "DIRECT_MAX_BAND_BYTES", 64)
     assert cython_cpu.conv2d_method(g) == "im2col-gemm"
 
@@ -206,3 +208,32 @@ def test_bands_stay_within_their_budget():
         if rows > 1:
             assert (cython_cpu._direct_band(g, rows)[2] * 4
                     <= cython_cpu.DIRECT_BAND_BYTES)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_stride1_input_gradient_runs_the_kernel(seed, direct_calls):
+    """grad_input of a stride-1 convolution is the forward convolution of
+    grad_output with the flipped filters (channels swapped per group)."""
+    rng = np.random.default_rng(100 + seed)
+    groups = int(rng.choice([1, 2]))
+    channels = groups * int(rng.integers(2, 6))
+    filters = groups * int(rng.integers(2, 12))
+    kernel = int(rng.choice([1, 3, 5]))
+    dilation = int(rng.choice([1, 2]))
+    reach = (kernel - 1) * dilation
+    padding = tuple(int(p) for p in rng.integers(0, reach + 1, size=4))
+    x = rng.standard_normal((2, channels, 13 + reach, 21 + reach))
+    weight = rng.standard_normal((filters, channels // groups, kernel,
+                                  kernel))
+    pads = ((padding[0], padding[2]), (padding[1], padding[3]))
+    conv = dict(padding=pads, dilation=dilation, groups=groups)
+    grad_output = rng.standard_normal(
+        fastconv.conv2d(x, weight, **conv, backend="naive").shape)
+    expected, _, _ = fastconv.conv2d_backward(grad_output, x, weight, **conv,
+                                              backend="naive")
+    got, _, _ = fastconv.conv2d_backward(
+        grad_output.astype(np.float32), x.astype(np.float32),
+        weight.astype(np.float32), **conv, backend="cython")
+    assert direct_calls["count"] >= 1
+    scale = np.abs(expected).max() + 1
+    np.testing.assert_allclose(got, expected, rtol=0, atol=2e-6 * scale)

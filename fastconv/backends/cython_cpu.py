@@ -21,7 +21,7 @@ import numpy as np
 
 # fastconv._threads (imported by this) sets OMP_WAIT_POLICY=PASSIVE before
 # the extension below loads libgomp, which reads it then.
-from fastconv import _dropout_hash, _threads, config
+from fastconv import _dropout_hash, _shapes, _threads, config
 
 try:
     from fastconv.backends._cython import conv as _conv
@@ -386,11 +386,20 @@ def _direct_pointwise(g):
                               >= _direct_parameters()[1])
 
 
+#: ... and needs this many filters per group: its tiles compute chunks of
+#: 8 filters (4 without AVX-512), and with one filter a GEMM (a matrix-vector
+#: product) was faster. Measured (2 threads, load 0.3-0.6): grad_input of
+#: N64-C1-28x28-K32 3x3 (a convolution with 1 filter), 1.62 ms blocked
+#: against 0.60 im2col; with 3 filters (N32-C3-32x32-K32), 0.93 / 1.04.
+DIRECT_MIN_FILTERS = 2
+
+
 def _direct_applies(g, dtype):
     """Whether the register-blocked kernel can run this call: float32, a
-    compiler with vector extensions, and a band for one output row within
-    DIRECT_MAX_BAND_BYTES."""
+    compiler with vector extensions, DIRECT_MIN_FILTERS filters per group
+    and a band for one output row within DIRECT_MAX_BAND_BYTES."""
     return (dtype == np.float32 and _direct_parameters()[0]
+            and g.out_channels // g.groups >= DIRECT_MIN_FILTERS
             and (_direct_pointwise(g)
                  or _direct_band(g, 1)[2] * 4 <= DIRECT_MAX_BAND_BYTES))
 
@@ -593,26 +602,70 @@ def _winograd_weight_grad(grad_output, x, g):
     return grad_weight, grad_bias
 
 
+def _input_grad_geometry(g):
+    """The forward convolution whose output is grad_input of a stride-1
+    convolution: grad_output (N, K, OH, OW) correlated with the flipped,
+    channel-swapped filters (``_flipped_filters``), padded by the kernel's
+    reach less the forward's padding on each side. None for a strided
+    convolution, or padding beyond the kernel's reach."""
+    if g.stride_h != 1 or g.stride_w != 1:
+        return None
+    reach_h = (g.kernel_height - 1) * g.dilation_h
+    reach_w = (g.kernel_width - 1) * g.dilation_w
+    padding = (reach_h - g.pad_top, reach_w - g.pad_left,
+               reach_h - g.pad_bottom, reach_w - g.pad_right)
+    if min(padding) < 0:
+        return None
+    return _shapes.conv_geometry(
+        g.output_shape,
+        (g.in_channels, g.out_channels // g.groups, g.kernel_height,
+         g.kernel_width), (1, 1), padding, (g.dilation_h, g.dilation_w),
+        g.groups)
+
+
+def _flipped_filters(weight, groups):
+    """(C, K / G, R, S): each group's filters channel-swapped and rotated by
+    180 degrees, the filters of the input gradient's convolution."""
+    filters, channels = weight.shape[0] // groups, weight.shape[1]
+    per_group = weight.reshape((groups, filters, channels) + weight.shape[2:])
+    return np.ascontiguousarray(
+        per_group.transpose(0, 2, 1, 3, 4)[..., ::-1, ::-1].reshape(
+            (groups * channels, filters) + weight.shape[2:]))
+
+
 def conv2d_backward(grad_output, x, weight, g, need_input_grad, *,
                     need_weight_grad=True):
     """(grad_input or None, grad_weight, grad_bias), in grad_output's dtype;
     grad_weight and grad_bias are None (and x may be None) when
     need_weight_grad is False: their GEMMs are then skipped.
 
-    grad_input of a 3x3 stride-1 convolution runs through Winograd where
-    the forward would (it is the forward of grad_output with the flipped
-    filters, channels swapped); grad_weight is summed in GRAD_WEIGHT_RUNS
-    fixed runs of work items, so its bits depend on the shape alone.
+    grad_input of a stride-1 convolution is the forward convolution of
+    grad_output with the flipped filters, channels swapped
+    (``_input_grad_geometry``): it runs through Winograd or the
+    register-blocked kernel where that forward would; grad_weight is summed
+    in GRAD_WEIGHT_RUNS fixed runs of work items, so its bits depend on the
+    shape alone.
     """
     grad_input = None
+    dtype = grad_output.dtype
+    # a stride-1 input gradient is a forward convolution: Winograd or the
+    # register-blocked kernel by the forward's rule, on its geometry
+    transposed = _input_grad_geometry(g) if need_input_grad else None
     winograd_input = need_input_grad and _uses_winograd(
-        g, g.out_channels, g.in_channels, (g.in_height, g.in_width))
+        g if transposed is None else transposed, g.out_channels,
+        g.in_channels, (g.in_height, g.in_width),
+        forward_dtype=None if transposed is None else dtype)
     if winograd_input:
         grad_input = _winograd(
             grad_output, winograd_filters(weight, flipped=True), True, None,
             g.input_shape, g.kernel_height - 1 - g.pad_top,
             g.kernel_width - 1 - g.pad_left)
-    direct_input = need_input_grad and not winograd_input
+    elif (transposed is not None and not _is_depthwise(transposed)
+          and _uses_blocked_direct(transposed, dtype)):
+        grad_input = _direct_forward(
+            grad_output, _flipped_filters(weight, g.groups), None,
+            transposed)
+    direct_input = need_input_grad and grad_input is None
     if need_weight_grad and _uses_winograd(
             g, g.in_channels, g.out_channels, (g.out_height, g.out_width)):
         grad_weight, grad_bias = _winograd_weight_grad(grad_output, x, g)
@@ -623,7 +676,6 @@ def conv2d_backward(grad_output, x, weight, g, need_input_grad, *,
     if not (direct_input or need_weight_grad):
         return grad_input, None, None
     num_threads = _num_threads(_threads.conv_threads(g, passes=2))
-    dtype = grad_output.dtype
     if x is None:
         x = np.empty((1, 1, 1, 1), dtype=dtype)
     runs = _grad_weight_runs(g) if need_weight_grad else 1
