@@ -237,3 +237,72 @@ def test_stride1_input_gradient_runs_the_kernel(seed, direct_calls):
     assert direct_calls["count"] >= 1
     scale = np.abs(expected).max() + 1
     np.testing.assert_allclose(got, expected, rtol=0, atol=2e-6 * scale)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_weight_gradient_runs_the_kernel(seed, monkeypatch):
+    """grad_weight through the register-blocked kernel (filters in vector
+    lanes, taps broadcast from the band) against the naive reference, with
+    the same bits for any thread count."""
+    calls = {"count": 0}
+    original = cython_cpu._direct_weight_grad
+
+    def counting(*args, **kwargs):
+        calls["count"] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(cython_cpu, "_direct_weight_grad", counting)
+    monkeypatch.delenv(cython_cpu.CONV_ALGO_ENV, raising=False)
+    rng = np.random.default_rng(200 + seed)
+    (batch, channels, height, width, filters, kernel, stride, padding,
+     dilation, groups) = _random_case(rng)
+    x = rng.standard_normal((batch, channels, height, width))
+    weight = rng.standard_normal((filters, channels // groups, kernel,
+                                  kernel))
+    pads = ((padding[0], padding[2]), (padding[1], padding[3]))
+    conv = dict(stride=stride, padding=pads, dilation=dilation,
+                groups=groups)
+    grad_output = rng.standard_normal(
+        fastconv.conv2d(x, weight, **conv, backend="naive").shape)
+    _, expected, expected_bias = fastconv.conv2d_backward(
+        grad_output, x, weight, **conv, backend="naive")
+    g = _geometry(x, weight, stride, padding, dilation, groups)
+    args = (grad_output.astype(np.float32), x.astype(np.float32), g)
+    results = []
+    for threads in (1, 2, 3):
+        monkeypatch.setattr(cython_cpu, "_num_threads",
+                            lambda _, n=threads: n)
+        grad_weight, grad_bias = cython_cpu._direct_weight_grad_and_bias(
+            *args)
+        results.append(grad_weight)
+    assert calls["count"] == 3
+    scale = np.abs(expected).max() + 1
+    np.testing.assert_allclose(results[0], expected, rtol=0,
+                               atol=4e-6 * scale)
+    np.testing.assert_allclose(grad_bias, expected_bias, rtol=1e-5,
+                               atol=1e-5)
+    for result in results[1:]:
+        assert np.array_equal(result, results[0])
+
+
+def test_backward_without_input_gradient_uses_the_weight_kernel(monkeypatch):
+    calls = {"count": 0}
+    original = cython_cpu._direct_weight_grad
+
+    def counting(*args, **kwargs):
+        calls["count"] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(cython_cpu, "_direct_weight_grad", counting)
+    monkeypatch.delenv(cython_cpu.CONV_ALGO_ENV, raising=False)
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((2, 3, 20, 20)).astype(np.float32)
+    weight = rng.standard_normal((16, 3, 3, 3)).astype(np.float32)
+    grad_output = rng.standard_normal((2, 16, 20, 20)).astype(np.float32)
+    grad_input, grad_weight, _ = fastconv.conv2d_backward(
+        grad_output, x, weight, padding=1, backend="cython")
+    assert calls["count"] == 1 and grad_input.shape == x.shape
+    _, expected, _ = fastconv.conv2d_backward(
+        grad_output.astype(np.float64), x.astype(np.float64),
+        weight.astype(np.float64), padding=1, backend="naive")
+    np.testing.assert_allclose(grad_weight, expected, rtol=1e-4, atol=1e-3)

@@ -499,6 +499,60 @@ def _direct_block_channels(g, row_len):
     return int(max(1, min(channels, DIRECT_TILE_BYTES // per_channel)))
 
 
+#: The weight gradient's work items hold about this many output pixels: their
+#: output gradients, transposed to (pixel, filter), stay in L1 while every
+#: group of taps sweeps them.
+DIRECT_WEIGHT_GRAD_PIXELS = 128
+
+
+def _direct_weight_grad(grad_output, x, g):
+    """grad_weight through the register-blocked kernel (float32): the
+    filters in vector lanes, per-run partial sums over fixed runs of work
+    items (GRAD_WEIGHT_RUNS at most), added in order."""
+    _, lanes, _, _ = _direct_parameters()
+    filters = g.out_channels // g.groups
+    filter_vectors = 1 if filters <= lanes else 2 if filters <= 2 * lanes \
+        else 4
+    padded_filters = -(-filters // (filter_vectors * lanes)) * (
+        filter_vectors * lanes)
+    taps = (g.in_channels // g.groups) * g.kernel_height * g.kernel_width
+    per_group = _direct.weight_grad_taps(filter_vectors)
+    padded_taps = -(-taps // per_group) * per_group
+    pointwise = _direct_pointwise(g)
+    rows = max(1, min(g.out_height,
+                      DIRECT_WEIGHT_GRAD_PIXELS // g.out_width))
+    if pointwise:
+        band_rows, row_len, band_size = 1, 1, 1
+        offsets = np.arange(g.in_channels // g.groups, dtype=np.intp) * (
+            g.in_height * g.in_width)
+    else:
+        while rows > 1 and _direct_band(g, rows)[2] * 4 > DIRECT_BAND_BYTES:
+            rows -= 1
+        band_rows, row_len, band_size = _direct_band(g, rows)
+        offsets = _direct_tap_offsets(g, band_rows, row_len)
+    # the padding taps read tap 0's inputs; their sums are dropped
+    offsets = np.concatenate(
+        [offsets, np.zeros(padded_taps - taps, np.intp)])
+    items = g.batch * g.groups * -(-g.out_height // rows)
+    runs = max(1, min(GRAD_WEIGHT_RUNS, items))
+    num_threads = _num_threads(_threads.conv_threads(g))
+    partials = np.zeros((runs, g.groups, padded_taps, padded_filters),
+                        np.float32)
+    _direct.conv2d_direct_weight_grad(
+        x, grad_output, partials, np.empty((num_threads, band_size),
+                                           np.float32),
+        np.empty((num_threads, rows * g.out_width * padded_filters),
+                 np.float32),
+        offsets, g, g.groups, rows, band_rows, row_len, pointwise,
+        filter_vectors, num_threads)
+    total = np.empty(partials[0].size, np.float32)
+    _conv.sum_rows(partials.reshape(runs, -1), total, num_threads)
+    per_group_sums = total.reshape(g.groups, padded_taps, padded_filters)
+    return np.ascontiguousarray(
+        per_group_sums[:, :taps, :filters].transpose(0, 2, 1)).reshape(
+            g.weight_shape)
+
+
 def _direct_forward(x, weight, bias, g, packed=None):
     """conv2d through the register-blocked direct kernel (float32)."""
     if packed is None:
@@ -602,6 +656,15 @@ def _winograd_weight_grad(grad_output, x, g):
     return grad_weight, grad_bias
 
 
+def _direct_weight_grad_and_bias(grad_output, x, g):
+    """(grad_weight, grad_bias), the weight's through the register-blocked
+    kernel."""
+    grad_bias = np.empty(g.out_channels, np.float32)
+    _conv.bias_grad(grad_output, grad_bias,
+                    _num_threads(_threads.conv_threads(g)))
+    return _direct_weight_grad(grad_output, x, g), grad_bias
+
+
 def _input_grad_geometry(g):
     """The forward convolution whose output is grad_input of a stride-1
     convolution: grad_output (N, K, OH, OW) correlated with the flipped,
@@ -666,9 +729,20 @@ def conv2d_backward(grad_output, x, weight, g, need_input_grad, *,
             grad_output, _flipped_filters(weight, g.groups), None,
             transposed)
     direct_input = need_input_grad and grad_input is None
+    # grad_weight by the forward's rule: Winograd, the register-blocked
+    # kernel, or (below) im2col + GEMM
+    weight_method = None
     if need_weight_grad and _uses_winograd(
-            g, g.in_channels, g.out_channels, (g.out_height, g.out_width)):
-        grad_weight, grad_bias = _winograd_weight_grad(grad_output, x, g)
+            g, g.in_channels, g.out_channels, (g.out_height, g.out_width),
+            forward_dtype=dtype):
+        weight_method = _winograd_weight_grad
+    elif (need_weight_grad and not direct_input and not _is_depthwise(g)
+          and _uses_blocked_direct(g, dtype)):
+        # (where grad_input needs im2col + GEMM, grad_weight shares its
+        # unfolding there, which measured faster than a second pass)
+        weight_method = _direct_weight_grad_and_bias
+    if weight_method is not None:
+        grad_weight, grad_bias = weight_method(grad_output, x, g)
         if direct_input:
             grad_input, _, _ = conv2d_backward(grad_output, x, weight, g,
                                                True, need_weight_grad=False)

@@ -19,6 +19,7 @@ cdef extern from "direct_conv.h" nogil:
     const int FC_VL
     const int FC_KB
     const int FC_VMAX
+    int FC_WTAPS(int filter_vectors)
 
     ctypedef struct fc_direct_geometry:
         Py_ssize_t channels, in_height, in_width
@@ -31,6 +32,11 @@ cdef extern from "direct_conv.h" nogil:
                         const float *weights, const float *bias,
                         const Py_ssize_t *tap_offsets, Py_ssize_t oh0,
                         float *out, float *band)
+    void fc_wgrad_item(const fc_direct_geometry *g, const float *image,
+                       const float *grad, const Py_ssize_t *tap_offsets,
+                       Py_ssize_t padded_taps, Py_ssize_t padded_filters,
+                       int wv, Py_ssize_t oh0, float *band, float *gt,
+                       float *partial)
 
 
 def parameters():
@@ -38,6 +44,66 @@ def parameters():
     tile) as compiled for this CPU; ``available`` is False where the C
     compiler has no vector extensions."""
     return bool(FC_DIRECT_AVAILABLE), FC_VL, FC_KB, FC_VMAX
+
+
+cdef fc_direct_geometry _geometry(x_shape, Py_ssize_t filters, y_shape,
+                                  Py_ssize_t groups, object geometry,
+                                  Py_ssize_t taps, Py_ssize_t block_taps,
+                                  Py_ssize_t rows, Py_ssize_t band_rows,
+                                  Py_ssize_t row_len, bint pointwise):
+    cdef fc_direct_geometry g
+    g.channels = x_shape[1] // groups
+    g.in_height, g.in_width = x_shape[2], x_shape[3]
+    g.filters = filters // groups
+    g.chunks = (g.filters + FC_KB - 1) // FC_KB
+    g.out_height, g.out_width = y_shape[2], y_shape[3]
+    g.stride_h, g.stride_w = geometry.stride_h, geometry.stride_w
+    g.pad_top, g.pad_left = geometry.pad_top, geometry.pad_left
+    g.dilation_h = geometry.dilation_h
+    g.taps, g.block_taps = taps, block_taps
+    g.rows, g.band_rows, g.row_len = rows, band_rows, row_len
+    g.pointwise = pointwise
+    return g
+
+
+def conv2d_direct_weight_grad(
+        const float[:, :, :, ::1] x, const float[:, :, :, ::1] grad_output,
+        float[:, :, :, ::1] partials, float[:, ::1] bands, float[:, ::1] gts,
+        const Py_ssize_t[::1] tap_offsets, object geometry, Py_ssize_t groups,
+        Py_ssize_t rows, Py_ssize_t band_rows, Py_ssize_t row_len,
+        bint pointwise, int filter_vectors, int num_threads):
+    """Per-run partial sums of grad_weight: partials (runs, groups, padded
+    taps, padded filters), zero on entry. The work items (image, group, run
+    of ``rows`` output rows) are cut into consecutive runs, each summed in
+    order by one thread: the bits depend on the shape and the run count
+    alone."""
+    cdef fc_direct_geometry g = _geometry(
+        x.shape, grad_output.shape[1], grad_output.shape, groups, geometry,
+        partials.shape[2], partials.shape[2], rows, band_rows, row_len,
+        pointwise)
+    cdef Py_ssize_t row_runs = (g.out_height + rows - 1) // rows
+    cdef Py_ssize_t items = x.shape[0] * groups * row_runs
+    cdef Py_ssize_t runs = partials.shape[0]
+    cdef Py_ssize_t run, item, n, group, row_run, thread
+    with nogil:
+        for run in prange(runs, num_threads=num_threads, schedule="dynamic"):
+            thread = threadid()
+            for item in range(run * items // runs, (run + 1) * items // runs):
+                row_run = item % row_runs
+                group = (item // row_runs) % groups
+                n = item // (row_runs * groups)
+                fc_wgrad_item(&g, &x[n, group * g.channels, 0, 0],
+                              &grad_output[n, group * g.filters, 0, 0],
+                              &tap_offsets[0], partials.shape[2],
+                              partials.shape[3], filter_vectors,
+                              row_run * rows, &bands[thread, 0],
+                              &gts[thread, 0], &partials[run, group, 0, 0])
+
+
+def weight_grad_taps(int filter_vectors):
+    """Taps per group of the weight gradient's tiles with this many vectors
+    of filters (1, 2 or 4)."""
+    return FC_WTAPS(filter_vectors)
 
 
 def conv2d_direct(const float[:, :, :, ::1] x, const float[:, :, :, ::1] packed,

@@ -148,6 +148,7 @@ static void fc_tile2(FC_TILE_ARGS) { fc_tile(2, b, o, t, w, d, l, p, kn, bias, a
 static void fc_tile3(FC_TILE_ARGS) { fc_tile(3, b, o, t, w, d, l, p, kn, bias, acc); }
 
 #else  /* no vector extensions (MSVC): the caller never selects this path */
+#define FC_WTAPS(WV) 1
 #define FC_DIRECT_AVAILABLE 0
 #define FC_VL 1
 #define FC_KB 1
@@ -293,6 +294,132 @@ static void fc_direct_item(const fc_direct_geometry *g, const float *image,
 #else
     (void)g; (void)image; (void)weights; (void)bias; (void)tap_offsets;
     (void)oh0; (void)out; (void)band;
+#endif
+}
+
+/* ------------------------------------------------------ weight gradient
+ *
+ * grad_weight[k, t] = sum over images and output pixels of
+ * grad_output[k, pixel] * input of tap t at that pixel. The filters are the
+ * vector lanes here: each work item first copies its pixels' output
+ * gradients into gt ([pixel][padded filters], zero-padded to whole chunks),
+ * then for a chunk of FC_WV vectors of filters and a group of FC_WTAPS taps
+ * holds FC_WV * FC_WTAPS sums in registers over all the item's pixels: per
+ * pixel, FC_WV vector loads of gt and FC_WTAPS inputs broadcast from the
+ * band feed FC_WV * FC_WTAPS multiply-adds, and no sum runs across lanes.
+ * The sums are added into the item's run's partial (taps x padded filters).
+ * Tap groups are padded to whole groups by the caller (the extra taps read
+ * tap 0's inputs; their sums land in padding rows of the partial).
+ */
+#if FC_DIRECT_AVAILABLE
+#define FC_WTAPS_MAX 24
+
+static inline __attribute__((always_inline)) void
+fc_wgrad_tile(const int WV, const int WT, const float *gt, ptrdiff_t gt_ld,
+              const float *base, ptrdiff_t rows, ptrdiff_t width,
+              ptrdiff_t pitch, const ptrdiff_t *off, float *partial,
+              ptrdiff_t partial_ld)
+{
+    fc_vf a[4][FC_WTAPS_MAX];
+    for (int v = 0; v < WV; ++v)
+        for (int j = 0; j < WT; ++j)
+            a[v][j] = (fc_vf){0};
+    ptrdiff_t o[FC_WTAPS_MAX];
+    for (int j = 0; j < WT; ++j)
+        o[j] = off[j];
+    for (ptrdiff_t i = 0; i < rows; ++i) {
+        const float *row = base + i * pitch;
+        const float *grad = gt + i * width * gt_ld;
+        for (ptrdiff_t p = 0; p < width; ++p, grad += gt_ld) {
+            fc_vf gv[4];
+            for (int v = 0; v < WV; ++v)
+                gv[v] = fc_load(grad + v * FC_VL);
+            for (int j = 0; j < WT; ++j) {
+                const float xj = row[p + o[j]];
+                for (int v = 0; v < WV; ++v)
+                    a[v][j] += gv[v] * xj;
+            }
+        }
+    }
+    for (int j = 0; j < WT; ++j)
+        for (int v = 0; v < WV; ++v) {
+            float *d = partial + j * partial_ld + v * FC_VL;
+            fc_vf sum = fc_load(d) + a[v][j];
+            memcpy(d, &sum, sizeof sum);
+        }
+}
+
+#define FC_WGRAD_ARGS const float *gt, ptrdiff_t gt_ld, const float *base, \
+    ptrdiff_t rows, ptrdiff_t width, ptrdiff_t pitch, const ptrdiff_t *off, \
+    float *partial, ptrdiff_t partial_ld
+#if FC_VL == 16
+/* 4 x 6, 2 x 12 and 1 x 24 sums (of 32 registers) */
+#define FC_WTAPS(WV) ((WV) == 4 ? 6 : (WV) == 2 ? 12 : 24)
+#else
+#define FC_WTAPS(WV) ((WV) == 4 ? 3 : (WV) == 2 ? 6 : 12)
+#endif
+static void fc_wgrad4(FC_WGRAD_ARGS)
+{ fc_wgrad_tile(4, FC_WTAPS(4), gt, gt_ld, base, rows, width, pitch, off, partial, partial_ld); }
+static void fc_wgrad2(FC_WGRAD_ARGS)
+{ fc_wgrad_tile(2, FC_WTAPS(2), gt, gt_ld, base, rows, width, pitch, off, partial, partial_ld); }
+static void fc_wgrad1(FC_WGRAD_ARGS)
+{ fc_wgrad_tile(1, FC_WTAPS(1), gt, gt_ld, base, rows, width, pitch, off, partial, partial_ld); }
+#endif
+
+/* One work item of the weight gradient: output rows [oh0, oh0 + rows) of
+ * one image and group. grad: that image's and group's (Kg, OH, OW) output
+ * gradients; partial: (padded taps, padded filters); wv: filter vectors per
+ * chunk (1, 2 or 4: padded filters are a multiple of wv * FC_VL); gt: this
+ * thread's scratch for the item's transposed output gradients. */
+static void fc_wgrad_item(const fc_direct_geometry *g, const float *image,
+                          const float *grad, const ptrdiff_t *tap_offsets,
+                          ptrdiff_t padded_taps, ptrdiff_t padded_filters,
+                          int wv, ptrdiff_t oh0, float *band, float *gt,
+                          float *partial)
+{
+#if FC_DIRECT_AVAILABLE
+    ptrdiff_t rows = g->out_height - oh0;
+    if (rows > g->rows) rows = g->rows;
+    const ptrdiff_t width = g->out_width, plane = g->out_height * width;
+    const float *base;
+    ptrdiff_t pitch;
+    if (g->pointwise) {
+        base = image + oh0 * width;
+        pitch = width;
+    } else {
+        fc_fill_band(g, image, oh0, band);
+        base = band;
+        pitch = g->stride_h * g->stride_w * g->row_len;
+    }
+    /* gt[pixel][k] = grad[k][oh0 * width + pixel], zeros past the filters */
+    const ptrdiff_t pixels = rows * width;
+    for (ptrdiff_t k = 0; k < g->filters; ++k) {
+        const float *src = grad + k * plane + oh0 * width;
+        for (ptrdiff_t p = 0; p < pixels; ++p)
+            gt[p * padded_filters + k] = src[p];
+    }
+    for (ptrdiff_t p = 0; p < pixels && g->filters < padded_filters; ++p)
+        memset(gt + p * padded_filters + g->filters, 0,
+               (size_t)(padded_filters - g->filters) * sizeof(float));
+    const ptrdiff_t taps_per = wv == 4 ? FC_WTAPS(4) : wv == 2 ? FC_WTAPS(2)
+                                                              : FC_WTAPS(1);
+    for (ptrdiff_t k0 = 0; k0 < padded_filters; k0 += wv * FC_VL)
+        for (ptrdiff_t t0 = 0; t0 < padded_taps; t0 += taps_per) {
+            float *part = partial + t0 * padded_filters + k0;
+            if (wv == 4)
+                fc_wgrad4(gt + k0, padded_filters, base, rows, width, pitch,
+                          tap_offsets + t0, part, padded_filters);
+            else if (wv == 2)
+                fc_wgrad2(gt + k0, padded_filters, base, rows, width, pitch,
+                          tap_offsets + t0, part, padded_filters);
+            else
+                fc_wgrad1(gt + k0, padded_filters, base, rows, width, pitch,
+                          tap_offsets + t0, part, padded_filters);
+        }
+#else
+    (void)g; (void)image; (void)grad; (void)tap_offsets; (void)padded_taps;
+    (void)padded_filters; (void)wv; (void)oh0; (void)band; (void)gt;
+    (void)partial;
 #endif
 }
 
