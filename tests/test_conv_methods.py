@@ -142,9 +142,10 @@ def test_winograd_weight_gradient_runs_where_the_forward_does(
 
     monkeypatch.setattr(cython_cpu, "_winograd_weight_grad", counting)
     rng = np.random.default_rng(5)
-    x = rng.standard_normal((2, 16, 5, 5)).astype(np.float32)
-    weight = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
-    grad_output = rng.standard_normal((2, 16, 5, 5)).astype(np.float32)
+    # 64 channels: with fewer, float32 runs the register-blocked kernel
+    x = rng.standard_normal((2, 64, 5, 5)).astype(np.float32)
+    weight = rng.standard_normal((64, 64, 3, 3)).astype(np.float32)
+    grad_output = rng.standard_normal((2, 64, 5, 5)).astype(np.float32)
     for value, expected in (("auto", 1), ("direct", 1), ("winograd", 2)):
         algorithm(value)
         fastconv.conv2d_backward(grad_output, x, weight, padding=1,
