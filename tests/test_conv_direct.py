@@ -306,3 +306,37 @@ def test_backward_without_input_gradient_uses_the_weight_kernel(monkeypatch):
         grad_output.astype(np.float64), x.astype(np.float64),
         weight.astype(np.float64), padding=1, backend="naive")
     np.testing.assert_allclose(grad_weight, expected, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_strided_input_gradient_runs_one_convolution_per_phase(seed,
+                                                              direct_calls):
+    """grad_input of a strided convolution: one stride-1 convolution of
+    grad_output per phase of the input (the taps that reach it), the phases
+    interleaved; phases no tap reaches are zero."""
+    rng = np.random.default_rng(300 + seed)
+    groups = int(rng.choice([1, 2]))
+    channels = groups * int(rng.integers(2, 6))
+    filters = groups * int(rng.integers(2, 12))
+    kernel = int(rng.choice([1, 2, 3, 5, 7]))
+    stride = int(rng.integers(2, 5))
+    dilation = int(rng.choice([1, 2, 3]))
+    reach = (kernel - 1) * dilation
+    padding = tuple(int(p) for p in rng.integers(0, kernel, size=4))
+    x = rng.standard_normal((2, channels, int(rng.integers(reach + 1, 30)),
+                             int(rng.integers(reach + 1, 40))))
+    weight = rng.standard_normal((filters, channels // groups, kernel,
+                                  kernel))
+    pads = ((padding[0], padding[2]), (padding[1], padding[3]))
+    conv = dict(stride=stride, padding=pads, dilation=dilation,
+                groups=groups)
+    grad_output = rng.standard_normal(
+        fastconv.conv2d(x, weight, **conv, backend="naive").shape)
+    expected, _, _ = fastconv.conv2d_backward(grad_output, x, weight, **conv,
+                                              backend="naive")
+    got, _, _ = fastconv.conv2d_backward(
+        grad_output.astype(np.float32), x.astype(np.float32),
+        weight.astype(np.float32), **conv, backend="cython")
+    assert direct_calls["count"] >= 1
+    scale = np.abs(expected).max() + 1
+    np.testing.assert_allclose(got, expected, rtol=0, atol=2e-6 * scale)

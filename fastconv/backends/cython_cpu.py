@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import pathlib
 
@@ -686,14 +687,85 @@ def _input_grad_geometry(g):
         g.groups)
 
 
-def _flipped_filters(weight, groups):
-    """(C, K / G, R, S): each group's filters channel-swapped and rotated by
-    180 degrees, the filters of the input gradient's convolution."""
+def _phase_taps(phase, stride, dilation, pad, kernel):
+    """The kernel taps that reach input rows ``phase + stride * i`` of a
+    strided convolution, and the offset of the first: (taps in the phase
+    convolution's order, offset e of that first tap, the phase
+    convolution's dilation). Output row i + e + t * dilation' meets the
+    t-th tap; the taps run from the largest kernel index down."""
+    taps = [r for r in range(kernel - 1, -1, -1)
+            if (phase + pad - r * dilation) % stride == 0]
+    if not taps:
+        return taps, 0, 1
+    step = dilation // math.gcd(stride, dilation)
+    return taps, (phase + pad - taps[0] * dilation) // stride, step
+
+
+def _strided_input_grad(grad_output, weight, g):
+    """grad_input of a strided convolution through the register-blocked
+    kernel, one stride-1 convolution per phase (a, b) of the input: rows
+    a + sh * i and columns b + sw * j receive grad_output correlated with
+    the filter taps that reach them (flipped, channels swapped), so the
+    phases together do the forward's multiplications once. None where the
+    kernel would not run a phase (the caller then uses im2col + GEMM)."""
+    phases = []
+    for a in range(g.stride_h):
+        rows, top, step_h = _phase_taps(a, g.stride_h, g.dilation_h,
+                                        g.pad_top, g.kernel_height)
+        for b in range(g.stride_w):
+            columns, left, step_w = _phase_taps(
+                b, g.stride_w, g.dilation_w, g.pad_left, g.kernel_width)
+            height = -(-(g.in_height - a) // g.stride_h)
+            width = -(-(g.in_width - b) // g.stride_w)
+            if not rows or not columns or height <= 0 or width <= 0:
+                phases.append((a, b, None, None))
+                continue
+            pad_top, pad_left = -top, -left
+            phase = _shapes.ConvGeometry(
+                g.batch, g.out_channels, g.out_height, g.out_width,
+                g.in_channels, len(rows), len(columns), 1, 1, pad_top,
+                pad_left,
+                height - 1 + (len(rows) - 1) * step_h - pad_top
+                - g.out_height + 1,
+                width - 1 + (len(columns) - 1) * step_w - pad_left
+                - g.out_width + 1,
+                step_h, step_w, g.groups, height, width)
+            if _is_depthwise(phase) or not _uses_blocked_direct(
+                    phase, grad_output.dtype):
+                return None
+            phases.append((a, b, phase, (rows, columns)))
+    results = []
+    for a, b, phase, taps in phases:
+        if phase is None:
+            results.append(None)
+            continue
+        rows, columns = taps
+        # (K, Cg, R, S) -> the taps that reach this phase, in its order
+        filters = _swapped_filter_channels(
+            weight[:, :, rows][:, :, :, columns], g.groups)
+        results.append(_direct_forward(grad_output, filters, None, phase))
+    grad_input = np.empty(g.input_shape, grad_output.dtype)
+    _direct.interleave_phases(
+        results, grad_input, g.stride_h, g.stride_w,
+        _num_threads(_threads.elementwise_threads(grad_input.size)))
+    return grad_input
+
+
+def _swapped_filter_channels(weight, groups):
+    """(C, K / G, R, S): each group's filters with input and output
+    channels swapped (the filters of the input gradient's convolution,
+    before any flip)."""
     filters, channels = weight.shape[0] // groups, weight.shape[1]
     per_group = weight.reshape((groups, filters, channels) + weight.shape[2:])
     return np.ascontiguousarray(
-        per_group.transpose(0, 2, 1, 3, 4)[..., ::-1, ::-1].reshape(
+        per_group.transpose(0, 2, 1, 3, 4).reshape(
             (groups * channels, filters) + weight.shape[2:]))
+
+
+def _flipped_filters(weight, groups):
+    """The filters channel-swapped and rotated by 180 degrees: those of a
+    stride-1 input gradient's convolution."""
+    return _swapped_filter_channels(weight[:, :, ::-1, ::-1], groups)
 
 
 def conv2d_backward(grad_output, x, weight, g, need_input_grad, *,
@@ -728,6 +800,9 @@ def conv2d_backward(grad_output, x, weight, g, need_input_grad, *,
         grad_input = _direct_forward(
             grad_output, _flipped_filters(weight, g.groups), None,
             transposed)
+    elif (need_input_grad and transposed is None and not _is_depthwise(g)
+          and _uses_blocked_direct(g, dtype)):
+        grad_input = _strided_input_grad(grad_output, weight, g)
     direct_input = need_input_grad and grad_input is None
     # grad_weight by the forward's rule: Winograd, the register-blocked
     # kernel, or (below) im2col + GEMM

@@ -12,6 +12,24 @@ nothing here checks arguments.
 """
 
 from cython.parallel cimport prange, threadid
+from libc.stdlib cimport free, malloc
+
+import numpy as np
+
+
+cdef class vector_pointers:
+    """A C array of float pointers (NULL-filled) owned by Python."""
+    cdef const float **data
+
+    def __cinit__(self, Py_ssize_t count):
+        self.data = <const float **>malloc(max(count, 1) * sizeof(float *))
+        if self.data == NULL:
+            raise MemoryError("interleave_phases: no memory for pointers")
+        for i in range(count):
+            self.data[i] = NULL
+
+    def __dealloc__(self):
+        free(self.data)
 
 
 cdef extern from "direct_conv.h" nogil:
@@ -152,3 +170,50 @@ def conv2d_direct(const float[:, :, :, ::1] x, const float[:, :, :, ::1] packed,
                            &tap_offsets[0], run * rows,
                            &y[n, group * g.filters, 0, 0],
                            &bands[threadid(), 0])
+
+
+def interleave_phases(list phases, float[:, :, :, ::1] out, Py_ssize_t sh,
+                      Py_ssize_t sw, int num_threads):
+    """out[:, :, a::sh, b::sw] = phases[a * sw + b] (each (N, C, rows,
+    columns) float32, C-contiguous, or None for zeros), in one pass over
+    out's rows."""
+    cdef Py_ssize_t count = sh * sw
+    if len(phases) != count:
+        raise ValueError("interleave_phases needs sh * sw phases")
+    cdef vector_pointers sources = vector_pointers(count)
+    cdef Py_ssize_t[:] heights = np.zeros(count, np.intp)
+    cdef Py_ssize_t[:] widths = np.zeros(count, np.intp)
+    cdef float[:, :, :, ::1] phase
+    cdef Py_ssize_t p
+    for p in range(count):
+        if phases[p] is not None:
+            phase = phases[p]
+            sources.data[p] = &phase[0, 0, 0, 0]
+            heights[p] = phase.shape[2]
+            widths[p] = phase.shape[3]
+    cdef const float **pointers = sources.data
+    cdef Py_ssize_t planes = out.shape[0] * out.shape[1]
+    cdef Py_ssize_t height = out.shape[2], width = out.shape[3]
+    cdef Py_ssize_t row, plane, ih, a, b, i, j, k
+    cdef const float *src
+    cdef float *dst
+    with nogil:
+        for row in prange(planes * height, num_threads=num_threads,
+                          schedule="static"):
+            plane = row // height
+            ih = row % height
+            a = ih % sh
+            i = ih // sh
+            dst = &out[0, 0, 0, 0] + row * width
+            for b in range(sw):
+                k = a * sw + b
+                src = pointers[k]
+                if src == NULL:
+                    j = b
+                    while j < width:
+                        dst[j] = 0
+                        j = j + sw
+                    continue
+                src = src + (plane * heights[k] + i) * widths[k]
+                for j in range(widths[k]):
+                    dst[b + j * sw] = src[j]

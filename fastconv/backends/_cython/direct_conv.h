@@ -100,6 +100,31 @@ static inline fc_vf fc_load_lanes(const float *src, int lanes)
 #endif
 }
 
+#if FC_HAVE_SHUFFLE && FC_VL == 16
+/* Transpose a 16 x 16 block held as 16 vectors (r[i][j] -> r[j][i]) in four
+ * rounds of two-vector shuffles: round h swaps the h x h sub-blocks off the
+ * diagonal of each 2h x 2h block. */
+static inline void fc_transpose16(fc_vf r[16])
+{
+    for (int h = 8; h >= 1; h /= 2) {
+        fc_vi lo, hi;
+        for (int p = 0; p < 16; ++p) {
+            const int m = p / h, within = p % h;
+            const int source = (m / 2) * 2 * h + within + (m % 2 ? 16 : 0);
+            lo[p] = source;
+            hi[p] = source + h;
+        }
+        for (int i = 0; i < 16; ++i) {
+            if (i & h)
+                continue;
+            const fc_vf a = r[i], b = r[i + h];
+            r[i] = __builtin_shuffle(a, b, lo);
+            r[i + h] = __builtin_shuffle(a, b, hi);
+        }
+    }
+}
+#endif
+
 /* For V vectors whose first inputs are base[v] (input[v][t]: FC_VL floats
  * at base[v] + off[t]) and the FC_KB filters of one chunk (w[t][k]):
  * out[k][v] = sum over taps t of input[v][t] * w[t][k], plus bias[k] where
@@ -202,15 +227,19 @@ static void fc_fill_band(const fc_direct_geometry *g, const float *image,
                            (size_t)(hi - lo) * sizeof(float));
                 } else {
                     ptrdiff_t j = lo;
-#if FC_HAVE_SHUFFLE
-                    /* stride 2: the even lanes of two vectors, while both
-                     * lie inside the row */
-                    for (; sw == 2 && 2 * (j + FC_VL) + shift <= width
-                           && j + FC_VL <= hi; j += FC_VL) {
+#if FC_HAVE_SHUFFLE && FC_VL == 16
+                    /* stride 2: the even lanes of two vectors, loaded
+                     * under masks that stop at the row's last input */
+                    for (; sw == 2 && j < hi; j += FC_VL) {
+                        const int n = hi - j < FC_VL ? (int)(hi - j) : FC_VL;
+                        const int inputs = 2 * n - 1;
                         const float *pair = src + 2 * j + shift;
+                        const int first = inputs < FC_VL ? inputs : FC_VL;
                         fc_vf even = __builtin_shuffle(
-                            fc_load(pair), fc_load(pair + FC_VL), FC_EVEN);
-                        memcpy(dst + j, &even, sizeof even);
+                            fc_load_lanes(pair, first),
+                            fc_load_lanes(pair + FC_VL, inputs - first),
+                            FC_EVEN);
+                        fc_store(dst + j, even, n);
                     }
 #endif
                     for (; j < hi; ++j)
@@ -303,7 +332,7 @@ static void fc_direct_item(const fc_direct_geometry *g, const float *image,
  * grad_output[k, pixel] * input of tap t at that pixel. The filters are the
  * vector lanes here: each work item first copies its pixels' output
  * gradients into gt ([pixel][padded filters], zero-padded to whole chunks),
- * then for a chunk of FC_WV vectors of filters and a group of FC_WTAPS taps
+ * (transposed 16 x 16 at a time), then for a chunk of FC_WV vectors of filters and a group of FC_WTAPS taps
  * holds FC_WV * FC_WTAPS sums in registers over all the item's pixels: per
  * pixel, FC_WV vector loads of gt and FC_WTAPS inputs broadcast from the
  * band feed FC_WV * FC_WTAPS multiply-adds, and no sum runs across lanes.
@@ -391,31 +420,48 @@ static void fc_wgrad_item(const fc_direct_geometry *g, const float *image,
         base = band;
         pitch = g->stride_h * g->stride_w * g->row_len;
     }
-    /* gt[pixel][k] = grad[k][oh0 * width + pixel], zeros past the filters */
-    const ptrdiff_t pixels = rows * width;
-    for (ptrdiff_t k = 0; k < g->filters; ++k) {
-        const float *src = grad + k * plane + oh0 * width;
-        for (ptrdiff_t p = 0; p < pixels; ++p)
-            gt[p * padded_filters + k] = src[p];
+    /* gt[chunk][pixel][k]: grad[chunk * cw + k][oh0 * width + pixel], zeros
+     * past the filters; each chunk's block is contiguous */
+    const ptrdiff_t pixels = rows * width, cw = wv * FC_VL;
+    const float *first = grad + oh0 * width;
+    for (ptrdiff_t k0 = 0; k0 < padded_filters; k0 += FC_VL) {
+        float *block = gt + k0 / cw * pixels * cw + k0 % cw;
+#if FC_HAVE_SHUFFLE && FC_VL == 16
+        for (ptrdiff_t p0 = 0; p0 < pixels; p0 += FC_VL) {
+            const int n = pixels - p0 < FC_VL ? (int)(pixels - p0) : FC_VL;
+            fc_vf r[FC_VL];
+            for (int i = 0; i < FC_VL; ++i)
+                r[i] = k0 + i < g->filters
+                       ? fc_load_lanes(first + (k0 + i) * plane + p0, n)
+                       : (fc_vf){0};
+            fc_transpose16(r);
+            for (int j = 0; j < n; ++j)
+                memcpy(block + (p0 + j) * cw, &r[j], sizeof r[j]);
+        }
+#else
+        for (ptrdiff_t k = 0; k < FC_VL; ++k)
+            for (ptrdiff_t p = 0; p < pixels; ++p)
+                block[p * cw + k] = k0 + k < g->filters
+                                    ? first[(k0 + k) * plane + p] : 0.0f;
+#endif
     }
-    for (ptrdiff_t p = 0; p < pixels && g->filters < padded_filters; ++p)
-        memset(gt + p * padded_filters + g->filters, 0,
-               (size_t)(padded_filters - g->filters) * sizeof(float));
     const ptrdiff_t taps_per = wv == 4 ? FC_WTAPS(4) : wv == 2 ? FC_WTAPS(2)
                                                               : FC_WTAPS(1);
-    for (ptrdiff_t k0 = 0; k0 < padded_filters; k0 += wv * FC_VL)
+    for (ptrdiff_t k0 = 0; k0 < padded_filters; k0 += cw) {
+        const float *chunk = gt + k0 / cw * pixels * cw;
         for (ptrdiff_t t0 = 0; t0 < padded_taps; t0 += taps_per) {
             float *part = partial + t0 * padded_filters + k0;
             if (wv == 4)
-                fc_wgrad4(gt + k0, padded_filters, base, rows, width, pitch,
+                fc_wgrad4(chunk, cw, base, rows, width, pitch,
                           tap_offsets + t0, part, padded_filters);
             else if (wv == 2)
-                fc_wgrad2(gt + k0, padded_filters, base, rows, width, pitch,
+                fc_wgrad2(chunk, cw, base, rows, width, pitch,
                           tap_offsets + t0, part, padded_filters);
             else
-                fc_wgrad1(gt + k0, padded_filters, base, rows, width, pitch,
+                fc_wgrad1(chunk, cw, base, rows, width, pitch,
                           tap_offsets + t0, part, padded_filters);
         }
+    }
 #else
     (void)g; (void)image; (void)grad; (void)tap_offsets; (void)padded_taps;
     (void)padded_filters; (void)wv; (void)oh0; (void)band; (void)gt;
