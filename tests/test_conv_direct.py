@@ -340,3 +340,37 @@ def test_strided_input_gradient_runs_one_convolution_per_phase(seed,
     assert direct_calls["count"] >= 1
     scale = np.abs(expected).max() + 1
     np.testing.assert_allclose(got, expected, rtol=0, atol=2e-6 * scale)
+
+
+@pytest.mark.parametrize("lanes_in", ["pixels", "channels"])
+@pytest.mark.parametrize("seed", range(20))
+def test_both_lane_layouts_match_the_reference(seed, lanes_in, monkeypatch,
+                                               direct_calls):
+    """Output pixels or output channels in the vector lanes (forced): the
+    same convolution either way."""
+    if (lanes_in == "channels"
+            and not cython_cpu._direct.channel_vectors_available()):
+        pytest.skip("the channel-vectorised kernel needs AVX-512")
+    monkeypatch.setattr(cython_cpu, "DIRECT_CV_BELOW_LANE_USE",
+                        2.0 if lanes_in == "channels" else 0.0)
+    rng = np.random.default_rng(400 + seed)
+    (batch, channels, height, width, filters, kernel, stride, padding,
+     dilation, groups) = _random_case(rng)
+    filters = groups * int(rng.integers(2, 40))
+    x = rng.standard_normal((batch, channels, height, width))
+    weight = rng.standard_normal((filters, channels // groups, kernel,
+                                  kernel))
+    bias = rng.standard_normal(filters)
+    pads = ((padding[0], padding[2]), (padding[1], padding[3]))
+    conv = dict(stride=stride, padding=pads, dilation=dilation,
+                groups=groups)
+    g = _geometry(x, weight, stride, padding, dilation, groups)
+    expected_cv = (lanes_in == "channels"
+                   and not cython_cpu._direct_pointwise(g))
+    assert cython_cpu._uses_channel_vectors(g) == expected_cv
+    expected = fastconv.conv2d(x, weight, bias, **conv, backend="naive")
+    got = fastconv.conv2d(x.astype(np.float32), weight.astype(np.float32),
+                          bias.astype(np.float32), **conv, backend="cython")
+    assert direct_calls["count"] == 1
+    scale = np.abs(expected).max() + 1
+    np.testing.assert_allclose(got, expected, rtol=0, atol=2e-6 * scale)

@@ -500,6 +500,92 @@ def _direct_block_channels(g, row_len):
     return int(max(1, min(channels, DIRECT_TILE_BYTES // per_channel)))
 
 
+#: The channel-vectorised forward (``fc_cv_item`` in direct_conv.h): work
+#: items of about this many output pixels (whole rows), and channel blocks
+#: whose weights (taps x one chunk of filters) fit this many bytes of L1.
+DIRECT_CV_PIXELS = 128
+DIRECT_CV_WEIGHT_BYTES = 24 * 1024
+
+
+def _cv_vectors(g):
+    """Vectors of output channels per chunk: 1, 2 or 4 (16 lanes each)."""
+    filters = g.out_channels // g.groups
+    return 1 if filters <= 16 else 2 if filters <= 32 else 4
+
+
+def _cv_band(g, rows):
+    """(band rows, row length, floats) of a one-phase band for ``rows``."""
+    band_rows = ((rows - 1) * g.stride_h
+                 + (g.kernel_height - 1) * g.dilation_h + 1)
+    row_len = ((g.out_width - 1) * g.stride_w
+               + (g.kernel_width - 1) * g.dilation_w + 1)
+    return band_rows, row_len, (g.in_channels // g.groups) * band_rows * (
+        row_len)
+
+
+@functools.lru_cache(maxsize=256)
+def _cv_plan(g, num_threads):
+    """(rows, band rows, row length, band floats, tap offsets, block taps)
+    of a channel-vectorised call."""
+    rows = max(1, min(g.out_height, -(-DIRECT_CV_PIXELS // g.out_width)))
+    while rows > 1 and _cv_band(g, rows)[2] * 4 > DIRECT_BAND_BYTES:
+        rows -= 1
+    images = g.batch * g.groups
+    while rows > 1 and images * -(-g.out_height // rows) < 4 * num_threads:
+        rows -= 1
+    band_rows, row_len, band_size = _cv_band(g, rows)
+    channels = g.in_channels // g.groups
+    c = np.arange(channels).reshape(-1, 1, 1) * (band_rows * row_len)
+    r = np.arange(g.kernel_height).reshape(1, -1, 1) * (
+        g.dilation_h * row_len)
+    s = (np.arange(g.kernel_width) * g.dilation_w).reshape(1, 1, -1)
+    offsets = (c + r + s).reshape(-1).astype(np.intp)
+    offsets.flags.writeable = False
+    taps_per_channel = g.kernel_height * g.kernel_width
+    chunk_bytes = taps_per_channel * _cv_vectors(g) * 16 * 4
+    block = max(1, min(channels, DIRECT_CV_WEIGHT_BYTES // chunk_bytes))
+    return (rows, band_rows, row_len, band_size, offsets,
+            block * taps_per_channel)
+
+
+def pack_cv_weights(weight, groups, vectors):
+    """(G, chunks, Cg*R*S, vectors * 16): each group's filters in chunks of
+    ``vectors`` vectors of output channels, tap-major, zero-padded."""
+    width = vectors * 16
+    filters = weight.shape[0] // groups
+    chunks = -(-filters // width)
+    taps = weight[0].size
+    packed = np.zeros((groups, chunks * width, taps), np.float32)
+    packed[:, :filters] = weight.reshape(groups, filters, taps)
+    return np.ascontiguousarray(
+        packed.reshape(groups, chunks, width, taps).transpose(0, 1, 3, 2))
+
+
+def _cv_forward(x, weight, bias, g, packed=None):
+    """conv2d with the output channels in vector lanes (float32)."""
+    vectors = _cv_vectors(g)
+    if packed is None:
+        weights = pack_cv_weights(weight, g.groups, vectors)
+    else:
+        weights = packed.get(weight, "direct-cv",
+                             lambda: pack_cv_weights(weight, g.groups,
+                                                     vectors))
+    num_threads = _num_threads(_threads.conv_threads(g))
+    rows, band_rows, row_len, band_size, offsets, block_taps = _cv_plan(
+        g, num_threads)
+    y = np.empty(g.output_shape, dtype=np.float32)
+    has_bias = bias is not None
+    bias_array = bias if has_bias else np.empty(1, dtype=np.float32)
+    _direct.conv2d_channel_vectors(
+        x, weights, bias_array, has_bias, y,
+        np.empty((num_threads, band_size), np.float32),
+        np.empty((num_threads, rows * g.out_width * vectors * 16),
+                 np.float32),
+        offsets, g, g.groups, rows, band_rows, row_len, block_taps, vectors,
+        num_threads)
+    return y
+
+
 #: The weight gradient's work items hold about this many output pixels: their
 #: output gradients, transposed to (pixel, filter), stay in L1 while every
 #: group of taps sweeps them.
@@ -554,8 +640,37 @@ def _direct_weight_grad(grad_output, x, g):
             g.weight_shape)
 
 
+#: The register-blocked kernel puts output pixels in vector lanes, 16 of one
+#: row at a time, unless they would fill less than this fraction of the
+#: lanes (rows of 8 fill half): then output channels go in the lanes
+#: (``_cv_forward``). Measured (ms, 2 threads, the two alternating, load
+#: 0.8-1; pixels / channels in lanes): N32-C256-8x8-K256 3x3 19.2 / 11.7;
+#: where rows fill the lanes the pixel kernel was faster or level
+#: (N64-C32-14x14-K64 2.15 / 2.39, N32-C64-32x32-K64 10.3 / 11.9,
+#: N32-C64-32x32-K128 3x3/2 5.7 / 5.3, N8-C3-224x224-K64 7x7/2 9.4 / 12.4).
+DIRECT_CV_BELOW_LANE_USE = 0.7
+
+
+def _uses_channel_vectors(g):
+    """Whether a register-blocked call puts output channels in the lanes."""
+    _, lanes, _, _ = _direct_parameters()
+    use = g.out_width / (-(-g.out_width // lanes) * lanes)
+    return (_direct.channel_vectors_available() and not _direct_pointwise(g)
+            and use < DIRECT_CV_BELOW_LANE_USE
+            and _cv_band(g, 1)[2] * 4 <= DIRECT_MAX_BAND_BYTES)
+
+
 def _direct_forward(x, weight, bias, g, packed=None):
-    """conv2d through the register-blocked direct kernel (float32)."""
+    """conv2d through a register-blocked direct kernel (float32): output
+    pixels in vector lanes (``_rows_forward``) or, for narrow planes,
+    output channels (``_cv_forward``)."""
+    if _uses_channel_vectors(g):
+        return _cv_forward(x, weight, bias, g, packed)
+    return _rows_forward(x, weight, bias, g, packed)
+
+
+def _rows_forward(x, weight, bias, g, packed=None):
+    """conv2d with output pixels in vector lanes (float32)."""
     if packed is None:
         weights = pack_direct_weights(weight, g.groups)
     else:

@@ -50,6 +50,11 @@ cdef extern from "direct_conv.h" nogil:
                         const float *weights, const float *bias,
                         const Py_ssize_t *tap_offsets, Py_ssize_t oh0,
                         float *out, float *band)
+    const int FC_CHANNEL_VECTORS_AVAILABLE
+    void fc_cv_item(const fc_direct_geometry *g, const float *image,
+                    const float *weights, const float *bias,
+                    const Py_ssize_t *tap_offsets, int cv, Py_ssize_t oh0,
+                    float *out, float *band, float *sums)
     void fc_wgrad_item(const fc_direct_geometry *g, const float *image,
                        const float *grad, const Py_ssize_t *tap_offsets,
                        Py_ssize_t padded_taps, Py_ssize_t padded_filters,
@@ -116,6 +121,45 @@ def conv2d_direct_weight_grad(
                               partials.shape[3], filter_vectors,
                               row_run * rows, &bands[thread, 0],
                               &gts[thread, 0], &partials[run, group, 0, 0])
+
+
+def channel_vectors_available():
+    """Whether the channel-vectorised forward was compiled (AVX-512 and
+    GCC's vector shuffles)."""
+    return bool(FC_CHANNEL_VECTORS_AVAILABLE)
+
+
+def conv2d_channel_vectors(
+        const float[:, :, :, ::1] x, const float[:, :, :, ::1] packed,
+        const float[::1] bias, bint has_bias, float[:, :, :, ::1] y,
+        float[:, ::1] bands, float[:, ::1] sums,
+        const Py_ssize_t[::1] tap_offsets, object geometry, Py_ssize_t groups,
+        Py_ssize_t rows, Py_ssize_t band_rows, Py_ssize_t row_len,
+        Py_ssize_t block_taps, int channel_vectors, int num_threads):
+    """y = conv2d(x, weights) (+ bias) with the output channels in vector
+    lanes: packed (groups, chunks, taps, channel_vectors * lanes); bands
+    and sums: one row per thread."""
+    cdef fc_direct_geometry g = _geometry(
+        x.shape, y.shape[1], y.shape, groups, geometry, packed.shape[2],
+        block_taps, rows, band_rows, row_len, False)
+    cdef Py_ssize_t row_runs = (g.out_height + rows - 1) // rows
+    cdef Py_ssize_t items = x.shape[0] * groups * row_runs
+    cdef Py_ssize_t item, n, group, run
+    cdef const float *bias_ptr
+    with nogil:
+        for item in prange(items, num_threads=num_threads,
+                           schedule="guided"):
+            run = item % row_runs
+            group = (item // row_runs) % groups
+            n = item // (row_runs * groups)
+            bias_ptr = NULL
+            if has_bias:
+                bias_ptr = &bias[group * g.filters]
+            fc_cv_item(&g, &x[n, group * g.channels, 0, 0],
+                       &packed[group, 0, 0, 0], bias_ptr, &tap_offsets[0],
+                       channel_vectors, run * rows,
+                       &y[n, group * g.filters, 0, 0], &bands[threadid(), 0],
+                       &sums[threadid(), 0])
 
 
 def weight_grad_taps(int filter_vectors):

@@ -326,6 +326,152 @@ static void fc_direct_item(const fc_direct_geometry *g, const float *image,
 #endif
 }
 
+/* ------------------------------------------- channel-vectorised forward
+ *
+ * The same convolution with the output channels in the vector lanes: a tile
+ * is FC_CP pixels x FC_CV vectors of output channels (any pixels of the
+ * item, so that narrow rows and strides waste no lanes), and per tap FC_CV
+ * vectors of weights meet FC_CP inputs broadcast from the band. The band
+ * here has one phase (stride_w = 1 in its geometry): pixel (i, ow) reads
+ * band + i * sh * row_len + ow * sw + tap offset. The weights are packed
+ * [chunk][tap][FC_CV * FC_VL]. Tiles write their sums pixel-major into
+ * `sums` (the item's pixels x one chunk's channels, accumulated over channel
+ * blocks); the chunk is then transposed 16 x 16 into the output planes,
+ * where an item's pixels are contiguous (whole rows), with the bias.
+ */
+#if FC_DIRECT_AVAILABLE && FC_HAVE_SHUFFLE && FC_VL == 16
+#define FC_CHANNEL_VECTORS_AVAILABLE 1
+
+static inline __attribute__((always_inline)) void
+fc_cv_tile(const int CV, const int CP, const float *const *base,
+           const ptrdiff_t *off, ptrdiff_t taps, const float *w,
+           float *sums, int accumulate)
+{
+    fc_vf a[24];
+    for (int i = 0; i < CV * CP; ++i)
+        a[i] = (fc_vf){0};
+    for (ptrdiff_t t = 0; t < taps; ++t) {
+        const ptrdiff_t o = off[t];
+        fc_vf wv[4];
+        for (int v = 0; v < CV; ++v)
+            wv[v] = fc_load(w + (t * CV + v) * FC_VL);
+        for (int p = 0; p < CP; ++p) {
+            const float xp = base[p][o];
+            for (int v = 0; v < CV; ++v)
+                a[p * CV + v] += wv[v] * xp;
+        }
+    }
+    for (int p = 0; p < CP; ++p)
+        for (int v = 0; v < CV; ++v) {
+            float *d = sums + (p * CV + v) * FC_VL;
+            fc_vf sum = accumulate ? fc_load(d) + a[p * CV + v]
+                                   : a[p * CV + v];
+            memcpy(d, &sum, sizeof sum);
+        }
+}
+
+#define FC_CV_ARGS const float *const *b, const ptrdiff_t *o, ptrdiff_t t, \
+    const float *w, float *s, int acc
+/* CV vectors x 24 / CV pixels, and the tails of fewer pixels */
+#define FC_CV_DEFINE(CV, CP) \
+    static void fc_cv_##CV##_##CP(FC_CV_ARGS) \
+    { fc_cv_tile(CV, CP, b, o, t, w, s, acc); }
+FC_CV_DEFINE(4, 6) FC_CV_DEFINE(4, 5) FC_CV_DEFINE(4, 4) FC_CV_DEFINE(4, 3)
+FC_CV_DEFINE(4, 2) FC_CV_DEFINE(4, 1)
+FC_CV_DEFINE(2, 12) FC_CV_DEFINE(2, 8) FC_CV_DEFINE(2, 4) FC_CV_DEFINE(2, 2)
+FC_CV_DEFINE(2, 1)
+FC_CV_DEFINE(1, 24) FC_CV_DEFINE(1, 16) FC_CV_DEFINE(1, 8) FC_CV_DEFINE(1, 4)
+FC_CV_DEFINE(1, 2) FC_CV_DEFINE(1, 1)
+
+typedef void (*fc_cv_fn)(FC_CV_ARGS);
+
+/* The largest tile of CV vectors with at most `pixels` pixels. */
+static inline fc_cv_fn fc_cv_pick(int cv, ptrdiff_t pixels, int *taken)
+{
+    static const int counts4[] = {6, 5, 4, 3, 2, 1};
+    static const fc_cv_fn fns4[] = {fc_cv_4_6, fc_cv_4_5, fc_cv_4_4,
+                                    fc_cv_4_3, fc_cv_4_2, fc_cv_4_1};
+    static const int counts2[] = {12, 8, 4, 2, 1};
+    static const fc_cv_fn fns2[] = {fc_cv_2_12, fc_cv_2_8, fc_cv_2_4,
+                                    fc_cv_2_2, fc_cv_2_1};
+    static const int counts1[] = {24, 16, 8, 4, 2, 1};
+    static const fc_cv_fn fns1[] = {fc_cv_1_24, fc_cv_1_16, fc_cv_1_8,
+                                    fc_cv_1_4, fc_cv_1_2, fc_cv_1_1};
+    const int *counts = cv == 4 ? counts4 : cv == 2 ? counts2 : counts1;
+    const fc_cv_fn *fns = cv == 4 ? fns4 : cv == 2 ? fns2 : fns1;
+    int i = 0;
+    while (counts[i] > pixels)
+        ++i;
+    *taken = counts[i];
+    return fns[i];
+}
+#else
+#define FC_CHANNEL_VECTORS_AVAILABLE 0
+#endif
+
+/* One item of the channel-vectorised forward: output rows [oh0, oh0 +
+ * rows) of one image and group. weights: (chunks, taps, cv * FC_VL);
+ * sums: this thread's (rows * OW, cv * FC_VL) scratch. */
+static void fc_cv_item(const fc_direct_geometry *g, const float *image,
+                       const float *weights, const float *bias,
+                       const ptrdiff_t *tap_offsets, int cv, ptrdiff_t oh0,
+                       float *out, float *band, float *sums)
+{
+#if FC_CHANNEL_VECTORS_AVAILABLE
+    ptrdiff_t rows = g->out_height - oh0;
+    if (rows > g->rows) rows = g->rows;
+    const ptrdiff_t width = g->out_width, plane = g->out_height * width;
+    const ptrdiff_t pixels = rows * width, cw = cv * FC_VL;
+    const ptrdiff_t chunks = (g->filters + cw - 1) / cw;
+    const ptrdiff_t pitch = g->stride_h * g->row_len;
+    fc_direct_geometry one_phase = *g;       /* the band keeps whole rows */
+    one_phase.stride_w = 1;
+    fc_fill_band(&one_phase, image, oh0, band);
+    for (ptrdiff_t chunk = 0; chunk < chunks; ++chunk) {
+        const float *w = weights + chunk * g->taps * cw;
+        for (ptrdiff_t t0 = 0; t0 < g->taps; t0 += g->block_taps) {
+            const ptrdiff_t tn = g->taps - t0 < g->block_taps
+                                 ? g->taps - t0 : g->block_taps;
+            for (ptrdiff_t f = 0; f < pixels;) {
+                int taken;
+                const fc_cv_fn tile = fc_cv_pick(cv, pixels - f, &taken);
+                const float *base[24];
+                for (int p = 0; p < taken; ++p) {
+                    const ptrdiff_t i = (f + p) / width, ow = (f + p) % width;
+                    base[p] = band + i * pitch + ow * g->stride_w;
+                }
+                tile(base, tap_offsets + t0, tn, w + t0 * cw, sums + f * cw,
+                     t0 > 0);
+                f += taken;
+            }
+        }
+        /* sums (pixel, channel) -> out[k][oh0 * width + pixel] */
+        for (ptrdiff_t k0 = 0; k0 < cw; k0 += FC_VL) {
+            const ptrdiff_t kn = g->filters - chunk * cw - k0;
+            if (kn <= 0)
+                break;
+            for (ptrdiff_t p0 = 0; p0 < pixels; p0 += FC_VL) {
+                const int n = pixels - p0 < FC_VL ? (int)(pixels - p0) : FC_VL;
+                fc_vf r[FC_VL];
+                for (int j = 0; j < FC_VL; ++j)
+                    r[j] = j < n ? fc_load(sums + (p0 + j) * cw + k0)
+                                 : (fc_vf){0};
+                fc_transpose16(r);
+                for (int k = 0; k < FC_VL && k < kn; ++k) {
+                    const ptrdiff_t channel = chunk * cw + k0 + k;
+                    const float b = bias ? bias[channel] : 0.0f;
+                    fc_store(out + channel * plane + oh0 * width + p0,
+                             r[k] + b, n);
+                }
+            }
+        }
+    }
+#else
+    (void)g; (void)image; (void)weights; (void)bias; (void)tap_offsets;
+    (void)cv; (void)oh0; (void)out; (void)band; (void)sums;
+#endif
+}
+
 /* ------------------------------------------------------ weight gradient
  *
  * grad_weight[k, t] = sum over images and output pixels of
