@@ -374,3 +374,61 @@ def test_both_lane_layouts_match_the_reference(seed, lanes_in, monkeypatch,
     assert direct_calls["count"] == 1
     scale = np.abs(expected).max() + 1
     np.testing.assert_allclose(got, expected, rtol=0, atol=2e-6 * scale)
+
+
+@pytest.mark.parametrize("shape, filters, kernel, stride", [
+    ((1, 64, 5, 5), 200, 3, 1),       # channels in lanes (rows of 5)
+    ((1, 48, 20, 20), 96, 3, 1),      # pixels in lanes
+    ((1, 64, 9, 9), 72, 3, 2),
+    ((1, 256, 7, 7), 512, 1, 1),      # pointwise
+])
+def test_small_planes_with_many_filters_split_the_filters(
+        shape, filters, kernel, stride, direct_calls):
+    """Where a group's filters outweigh an item's band, the threads share
+    the filter chunks (each item reads only its own) instead of the rows."""
+    rng = np.random.default_rng(sum(shape) + filters)
+    x = rng.standard_normal(shape).astype(np.float32)
+    weight = (rng.standard_normal((filters, shape[1], kernel, kernel))
+              / np.sqrt(shape[1] * kernel * kernel)).astype(np.float32)
+    bias = rng.standard_normal(filters).astype(np.float32)
+    padding = kernel // 2
+    g = _geometry(x, weight, stride, padding)
+    if cython_cpu._uses_channel_vectors(g):
+        chunk_runs = cython_cpu._cv_plan(g, 2)[-1]
+    else:
+        chunk_runs = cython_cpu._direct_plan(g, 2)[-1]
+    assert chunk_runs > 1
+    got = fastconv.conv2d(x, weight, bias, stride=stride, padding=padding,
+                          backend="cython")
+    assert direct_calls["count"] == 1
+    expected = fastconv.conv2d(x.astype(np.float64), weight.astype(np.float64),
+                               bias.astype(np.float64), stride=stride,
+                               padding=padding, backend="naive")
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_constant_weight_skips_the_comparison_while_read_only():
+    from fastconv._packed import PackedWeights
+
+    weight = np.arange(12, dtype=np.float32).reshape(3, 4)
+    packed = PackedWeights(constant=weight)
+    assert not weight.flags.writeable
+    computed = []
+
+    def compute():
+        computed.append(1)
+        return weight * 2
+
+    np.testing.assert_array_equal(packed.get(weight, "k", compute), weight * 2)
+    packed.get(weight, "k", compute)
+    assert len(computed) == 1
+    # made writeable and changed: compared again, recomputed
+    weight.flags.writeable = True
+    weight[0, 0] = 100
+    np.testing.assert_array_equal(packed.get(weight, "k", compute)[0, 0], 200)
+    assert len(computed) == 2
+    # another array with the same values is compared, not trusted
+    other = weight.copy()
+    other[1, 1] = -1
+    packed.get(other, "k", compute)
+    assert len(computed) == 3

@@ -418,7 +418,8 @@ def _direct_rows(g, num_threads):
         read = (g.in_channels // g.groups) * lanes * 4
         rows = max(1, min(vectors, DIRECT_ITEM_VECTORS,
                           DIRECT_BAND_BYTES // read))
-        while rows > 1 and images * -(-vectors // rows) < 4 * num_threads:
+        while (rows > 1 and images * -(-vectors // rows) < 4 * num_threads
+               and not _weights_dominate(g, rows * read)):
             rows -= 1
         return rows
     per_row = -(-g.out_width // lanes)
@@ -431,9 +432,32 @@ def _direct_rows(g, num_threads):
         rows += 1
     while rows > 1 and _direct_band(g, rows)[2] * 4 > DIRECT_BAND_BYTES:
         rows -= 1
-    while rows > 1 and images * -(-g.out_height // rows) < 4 * num_threads:
+    while (rows > 1 and images * -(-g.out_height // rows) < 4 * num_threads
+           and not _weights_dominate(g, _direct_band(g, rows)[2] * 4)):
         rows -= 1
     return rows
+
+
+def _weights_dominate(g, band_bytes):
+    """Whether a group's filters outweigh an item's band (a small plane
+    with many channels): the threads then share the filters' chunks rather
+    than the rows, each item reading only its chunks' weights."""
+    weight_bytes = g.out_channels // g.groups * _col_rows(g) * 4
+    return weight_bytes >= band_bytes
+
+
+def _chunk_runs(g, rows, chunks, num_threads, band_bytes):
+    """Runs of filter chunks per item: enough for four items per thread
+    where the filters outweigh the band (see _weights_dominate), else 1."""
+    _, lanes, _, _ = _direct_parameters()
+    if _direct_pointwise(g):
+        row_runs = -(-(-(-g.out_height * g.out_width // lanes)) // rows)
+    else:
+        row_runs = -(-g.out_height // rows)
+    items = g.batch * g.groups * row_runs
+    if items >= 4 * num_threads or not _weights_dominate(g, band_bytes):
+        return 1
+    return int(max(1, min(chunks, -(-4 * num_threads // items))))
 
 
 def pack_direct_weights(weight, groups):
@@ -465,20 +489,25 @@ def _direct_tap_offsets(g, band_rows, row_len):
 @functools.lru_cache(maxsize=256)
 def _direct_plan(g, num_threads):
     """(rows per item, band rows, band row length, band floats, tap
-    offsets, pointwise) of a call; the offsets array is shared, read-only."""
+    offsets, pointwise, taps per channel block, runs of filter chunks) of a
+    call; the offsets array is shared, read-only."""
     rows = _direct_rows(g, num_threads)
     pointwise = _direct_pointwise(g)
+    _, lanes, per_tile, _ = _direct_parameters()
     if pointwise:
         band_rows, row_len, band_size = 1, 1, 1
         offsets = np.arange(g.in_channels // g.groups, dtype=np.intp) * (
             g.in_height * g.in_width)
+        read = rows * (g.in_channels // g.groups) * lanes * 4
     else:
         band_rows, row_len, band_size = _direct_band(g, rows)
         offsets = _direct_tap_offsets(g, band_rows, row_len)
+        read = band_size * 4
     offsets.flags.writeable = False
+    chunks = -(-(g.out_channels // g.groups) // per_tile)
     return (rows, band_rows, row_len, band_size, offsets, pointwise,
             _direct_block_channels(g, row_len) * g.kernel_height
-            * g.kernel_width)
+            * g.kernel_width, _chunk_runs(g, rows, chunks, num_threads, read))
 
 
 def _direct_block_channels(g, row_len):
@@ -525,15 +554,21 @@ def _cv_band(g, rows):
 
 @functools.lru_cache(maxsize=256)
 def _cv_plan(g, num_threads):
-    """(rows, band rows, row length, band floats, tap offsets, block taps)
-    of a channel-vectorised call."""
+    """(rows, band rows, row length, band floats, tap offsets, block taps,
+    runs of chunks) of a channel-vectorised call."""
     rows = max(1, min(g.out_height, -(-DIRECT_CV_PIXELS // g.out_width)))
     while rows > 1 and _cv_band(g, rows)[2] * 4 > DIRECT_BAND_BYTES:
         rows -= 1
-    images = g.batch * g.groups
-    while rows > 1 and images * -(-g.out_height // rows) < 4 * num_threads:
-        rows -= 1
+    # too few items for the threads: cut the filters into runs of chunks
+    # (each item then reads only its chunks' weights), not the rows
     band_rows, row_len, band_size = _cv_band(g, rows)
+    chunks = -(-(g.out_channels // g.groups) // (_cv_vectors(g) * 16))
+    chunk_runs = _chunk_runs(g, rows, chunks, num_threads, band_size * 4)
+    images = g.batch * g.groups
+    while (chunk_runs == 1 and rows > 1
+           and images * -(-g.out_height // rows) < 4 * num_threads):
+        rows -= 1
+        band_rows, row_len, band_size = _cv_band(g, rows)
     channels = g.in_channels // g.groups
     c = np.arange(channels).reshape(-1, 1, 1) * (band_rows * row_len)
     r = np.arange(g.kernel_height).reshape(1, -1, 1) * (
@@ -545,7 +580,7 @@ def _cv_plan(g, num_threads):
     chunk_bytes = taps_per_channel * _cv_vectors(g) * 16 * 4
     block = max(1, min(channels, DIRECT_CV_WEIGHT_BYTES // chunk_bytes))
     return (rows, band_rows, row_len, band_size, offsets,
-            block * taps_per_channel)
+            block * taps_per_channel, chunk_runs)
 
 
 def pack_cv_weights(weight, groups, vectors):
@@ -571,8 +606,8 @@ def _cv_forward(x, weight, bias, g, packed=None):
                              lambda: pack_cv_weights(weight, g.groups,
                                                      vectors))
     num_threads = _num_threads(_threads.conv_threads(g))
-    rows, band_rows, row_len, band_size, offsets, block_taps = _cv_plan(
-        g, num_threads)
+    (rows, band_rows, row_len, band_size, offsets, block_taps,
+     chunk_runs) = _cv_plan(g, num_threads)
     y = np.empty(g.output_shape, dtype=np.float32)
     has_bias = bias is not None
     bias_array = bias if has_bias else np.empty(1, dtype=np.float32)
@@ -582,7 +617,7 @@ def _cv_forward(x, weight, bias, g, packed=None):
         np.empty((num_threads, rows * g.out_width * vectors * 16),
                  np.float32),
         offsets, g, g.groups, rows, band_rows, row_len, block_taps, vectors,
-        num_threads)
+        chunk_runs, num_threads)
     return y
 
 
@@ -677,8 +712,8 @@ def _rows_forward(x, weight, bias, g, packed=None):
         weights = packed.get(weight, "direct",
                              lambda: pack_direct_weights(weight, g.groups))
     num_threads = _num_threads(_threads.conv_threads(g))
-    (rows, band_rows, row_len, band_size, offsets, pointwise,
-     block_taps) = _direct_plan(g, num_threads)
+    (rows, band_rows, row_len, band_size, offsets, pointwise, block_taps,
+     chunk_runs) = _direct_plan(g, num_threads)
     y = np.empty(g.output_shape, dtype=np.float32)
     has_bias = bias is not None
     bias_array = bias if has_bias else np.empty(1, dtype=np.float32)
@@ -686,7 +721,7 @@ def _rows_forward(x, weight, bias, g, packed=None):
         x, weights, bias_array, has_bias, y,
         np.empty((num_threads, band_size), np.float32), offsets, g,
         g.groups, rows, band_rows, row_len, pointwise, block_taps,
-        num_threads)
+        chunk_runs, num_threads)
     return y
 
 

@@ -22,6 +22,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+from fastconv import _threads
 from fastconv import functional as F
 from fastconv._packed import PackedWeights
 
@@ -458,9 +459,11 @@ class ConvKernel(Kernel):
     """
 
     def __init__(self, window, weight, bias, groups, backend):
-        self.packed = PackedWeights()
         self.window = window
-        self.weight = weight if window.rank == 2 else weight[:, :, None, :]
+        self.weight = np.ascontiguousarray(
+            weight if window.rank == 2 else weight[:, :, None, :])
+        # the model's own constant: its forms are never recomputed
+        self.packed = PackedWeights(constant=self.weight)
         self.bias = bias
         self.groups = groups
         self.backend = backend
@@ -779,7 +782,7 @@ class GemmKernel(Kernel):
         if a.shape[1] != self.matrix_b.shape[0]:
             raise ValueError(f"Gemm: A of shape {a.shape} does not fit B of "
                              f"shape {self.matrix_b.shape}")
-        y = a @ self.matrix_b.astype(a.dtype, copy=False)
+        y = _threads.matmul(a, self.matrix_b.astype(a.dtype, copy=False))
         if self.alpha != 1.0:
             y *= a.dtype.type(self.alpha)
         if self.bias is not None:
@@ -806,7 +809,7 @@ def _build_gemm(node, attrs, context):
 
 @op("MatMul")
 def _build_matmul(node, attrs, context):
-    return FunctionKernel(np.matmul)
+    return FunctionKernel(_threads.matmul)
 
 
 def _softmax(x, axis):

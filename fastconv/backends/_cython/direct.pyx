@@ -49,11 +49,13 @@ cdef extern from "direct_conv.h" nogil:
     void fc_direct_item(const fc_direct_geometry *g, const float *image,
                         const float *weights, const float *bias,
                         const Py_ssize_t *tap_offsets, Py_ssize_t oh0,
+                        Py_ssize_t first_chunk, Py_ssize_t last_chunk,
                         float *out, float *band)
     const int FC_CHANNEL_VECTORS_AVAILABLE
     void fc_cv_item(const fc_direct_geometry *g, const float *image,
                     const float *weights, const float *bias,
                     const Py_ssize_t *tap_offsets, int cv, Py_ssize_t oh0,
+                    Py_ssize_t first_chunk, Py_ssize_t last_chunk,
                     float *out, float *band, float *sums)
     void fc_wgrad_item(const fc_direct_geometry *g, const float *image,
                        const float *grad, const Py_ssize_t *tap_offsets,
@@ -135,29 +137,35 @@ def conv2d_channel_vectors(
         float[:, ::1] bands, float[:, ::1] sums,
         const Py_ssize_t[::1] tap_offsets, object geometry, Py_ssize_t groups,
         Py_ssize_t rows, Py_ssize_t band_rows, Py_ssize_t row_len,
-        Py_ssize_t block_taps, int channel_vectors, int num_threads):
+        Py_ssize_t block_taps, int channel_vectors, Py_ssize_t chunk_runs,
+        int num_threads):
     """y = conv2d(x, weights) (+ bias) with the output channels in vector
     lanes: packed (groups, chunks, taps, channel_vectors * lanes); bands
-    and sums: one row per thread."""
+    and sums: one row per thread. Work items: (image, group, run of
+    ``rows`` rows, run of chunks), ``chunk_runs`` runs of chunks."""
     cdef fc_direct_geometry g = _geometry(
         x.shape, y.shape[1], y.shape, groups, geometry, packed.shape[2],
         block_taps, rows, band_rows, row_len, False)
     cdef Py_ssize_t row_runs = (g.out_height + rows - 1) // rows
-    cdef Py_ssize_t items = x.shape[0] * groups * row_runs
-    cdef Py_ssize_t item, n, group, run
+    cdef Py_ssize_t chunks = packed.shape[1]
+    cdef Py_ssize_t per_run = (chunks + chunk_runs - 1) // chunk_runs
+    cdef Py_ssize_t items = x.shape[0] * groups * row_runs * chunk_runs
+    cdef Py_ssize_t item, n, group, run, chunk_run
     cdef const float *bias_ptr
     with nogil:
         for item in prange(items, num_threads=num_threads,
                            schedule="guided"):
-            run = item % row_runs
-            group = (item // row_runs) % groups
-            n = item // (row_runs * groups)
+            chunk_run = item % chunk_runs
+            run = (item // chunk_runs) % row_runs
+            group = (item // (chunk_runs * row_runs)) % groups
+            n = item // (chunk_runs * row_runs * groups)
             bias_ptr = NULL
             if has_bias:
                 bias_ptr = &bias[group * g.filters]
             fc_cv_item(&g, &x[n, group * g.channels, 0, 0],
                        &packed[group, 0, 0, 0], bias_ptr, &tap_offsets[0],
-                       channel_vectors, run * rows,
+                       channel_vectors, run * rows, chunk_run * per_run,
+                       (chunk_run + 1) * per_run,
                        &y[n, group * g.filters, 0, 0], &bands[threadid(), 0],
                        &sums[threadid(), 0])
 
@@ -174,12 +182,13 @@ def conv2d_direct(const float[:, :, :, ::1] x, const float[:, :, :, ::1] packed,
                   const Py_ssize_t[::1] tap_offsets, object geometry,
                   Py_ssize_t groups, Py_ssize_t rows, Py_ssize_t band_rows,
                   Py_ssize_t row_len, bint pointwise, Py_ssize_t block_taps,
-                  int num_threads):
+                  Py_ssize_t chunk_runs, int num_threads):
     """y = conv2d(x, weights) (+ bias) from the packed weights
     (groups, chunks, taps, FC_KB); ``bands``: one (band) row per thread;
     ``pointwise``: the 1x1 mode without bands, where ``rows`` counts
     vectors of the flattened plane; ``block_taps``: taps per channel block
-    (a multiple of R * S)."""
+    (a multiple of R * S); ``chunk_runs``: runs of filter chunks per item
+    (items: image, group, run of rows, run of chunks)."""
     cdef fc_direct_geometry g
     g.channels = x.shape[1] // groups
     g.in_height, g.in_width = x.shape[2], x.shape[3]
@@ -197,21 +206,24 @@ def conv2d_direct(const float[:, :, :, ::1] x, const float[:, :, :, ::1] packed,
     if pointwise:
         row_runs = ((g.out_height * g.out_width + FC_VL - 1) // FC_VL
                     + rows - 1) // rows
-    cdef Py_ssize_t items = x.shape[0] * groups * row_runs
-    cdef Py_ssize_t item, n, group, run
+    cdef Py_ssize_t per_run = (g.chunks + chunk_runs - 1) // chunk_runs
+    cdef Py_ssize_t items = x.shape[0] * groups * row_runs * chunk_runs
+    cdef Py_ssize_t item, n, group, run, chunk_run
     cdef const float *bias_ptr
     with nogil:
         for item in prange(items, num_threads=num_threads,
                            schedule="guided"):
-            run = item % row_runs
-            group = (item // row_runs) % groups
-            n = item // (row_runs * groups)
+            chunk_run = item % chunk_runs
+            run = (item // chunk_runs) % row_runs
+            group = (item // (chunk_runs * row_runs)) % groups
+            n = item // (chunk_runs * row_runs * groups)
             bias_ptr = NULL
             if has_bias:
                 bias_ptr = &bias[group * g.filters]
             fc_direct_item(&g, &x[n, group * g.channels, 0, 0],
                            &packed[group, 0, 0, 0], bias_ptr,
-                           &tap_offsets[0], run * rows,
+                           &tap_offsets[0], run * rows, chunk_run * per_run,
+                           (chunk_run + 1) * per_run,
                            &y[n, group * g.filters, 0, 0],
                            &bands[threadid(), 0])
 

@@ -252,12 +252,14 @@ static void fc_fill_band(const fc_direct_geometry *g, const float *image,
 }
 
 /* Output rows [oh0, oh0 + rows) (fewer at the bottom) of one image and
- * group (pointwise: vectors [oh0, oh0 + rows) of the flattened plane):
+ * group (pointwise: vectors [oh0, oh0 + rows) of the flattened plane),
+ * filter chunks [first_chunk, last_chunk):
  * image (Cg, H, W), out (Kg, OH, OW), weights (chunks, taps, FC_KB), bias
  * (Kg) or NULL. band: this thread's scratch (unused when pointwise). */
 static void fc_direct_item(const fc_direct_geometry *g, const float *image,
                            const float *weights, const float *bias,
                            const ptrdiff_t *tap_offsets, ptrdiff_t oh0,
+                           ptrdiff_t first_chunk, ptrdiff_t last_chunk,
                            float *out, float *band)
 {
 #if FC_DIRECT_AVAILABLE
@@ -299,7 +301,8 @@ static void fc_direct_item(const fc_direct_geometry *g, const float *image,
             }
             /* the tile's inputs stay in L1 while every chunk of filters
              * is applied to them */
-            for (ptrdiff_t chunk = 0; chunk < g->chunks; ++chunk) {
+            for (ptrdiff_t chunk = first_chunk;
+                 chunk < last_chunk && chunk < g->chunks; ++chunk) {
                 const float *w = weights + (chunk * g->taps + t0) * FC_KB;
                 const ptrdiff_t k0 = chunk * FC_KB;
                 const ptrdiff_t kn = g->filters - k0 < FC_KB ? g->filters - k0
@@ -322,7 +325,7 @@ static void fc_direct_item(const fc_direct_geometry *g, const float *image,
     }
 #else
     (void)g; (void)image; (void)weights; (void)bias; (void)tap_offsets;
-    (void)oh0; (void)out; (void)band;
+    (void)oh0; (void)first_chunk; (void)last_chunk; (void)out; (void)band;
 #endif
 }
 
@@ -410,11 +413,15 @@ static inline fc_cv_fn fc_cv_pick(int cv, ptrdiff_t pixels, int *taken)
 #endif
 
 /* One item of the channel-vectorised forward: output rows [oh0, oh0 +
- * rows) of one image and group. weights: (chunks, taps, cv * FC_VL);
+ * rows) of one image and group, chunks [first_chunk, last_chunk) of its
+ * filters (a small plane with many filters is cut by chunks, so that each
+ * weight is read once per call rather than once per row). weights:
+ * (chunks, taps, cv * FC_VL);
  * sums: this thread's (rows * OW, cv * FC_VL) scratch. */
 static void fc_cv_item(const fc_direct_geometry *g, const float *image,
                        const float *weights, const float *bias,
                        const ptrdiff_t *tap_offsets, int cv, ptrdiff_t oh0,
+                       ptrdiff_t first_chunk, ptrdiff_t last_chunk,
                        float *out, float *band, float *sums)
 {
 #if FC_CHANNEL_VECTORS_AVAILABLE
@@ -423,11 +430,12 @@ static void fc_cv_item(const fc_direct_geometry *g, const float *image,
     const ptrdiff_t width = g->out_width, plane = g->out_height * width;
     const ptrdiff_t pixels = rows * width, cw = cv * FC_VL;
     const ptrdiff_t chunks = (g->filters + cw - 1) / cw;
+    if (last_chunk > chunks) last_chunk = chunks;
     const ptrdiff_t pitch = g->stride_h * g->row_len;
     fc_direct_geometry one_phase = *g;       /* the band keeps whole rows */
     one_phase.stride_w = 1;
     fc_fill_band(&one_phase, image, oh0, band);
-    for (ptrdiff_t chunk = 0; chunk < chunks; ++chunk) {
+    for (ptrdiff_t chunk = first_chunk; chunk < last_chunk; ++chunk) {
         const float *w = weights + chunk * g->taps * cw;
         for (ptrdiff_t t0 = 0; t0 < g->taps; t0 += g->block_taps) {
             const ptrdiff_t tn = g->taps - t0 < g->block_taps
@@ -468,7 +476,8 @@ static void fc_cv_item(const fc_direct_geometry *g, const float *image,
     }
 #else
     (void)g; (void)image; (void)weights; (void)bias; (void)tap_offsets;
-    (void)cv; (void)oh0; (void)out; (void)band; (void)sums;
+    (void)cv; (void)oh0; (void)first_chunk; (void)last_chunk; (void)out;
+    (void)band; (void)sums;
 #endif
 }
 
