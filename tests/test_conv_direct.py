@@ -432,3 +432,23 @@ def test_a_constant_weight_skips_the_comparison_while_read_only():
     other[1, 1] = -1
     packed.get(other, "k", compute)
     assert len(computed) == 3
+
+
+@pytest.mark.parametrize("plane", [(5, 5), (3, 7), (4, 4), (6, 9)])
+def test_pointwise_shifted_last_vector_with_channel_blocks(plane,
+                                                           direct_calls):
+    """A pointwise plane that is not a whole number of vectors, with enough
+    channels for several channel blocks: the shifted last vector must add
+    each block's sums once (it writes only the lanes past the vector before
+    it)."""
+    rng = np.random.default_rng(plane[0] * 10 + plane[1])
+    x = rng.standard_normal((2, 300) + plane).astype(np.float32)
+    weight = (rng.standard_normal((12, 300, 1, 1)) / 17).astype(np.float32)
+    g = _geometry(x, weight)
+    assert cython_cpu._direct_pointwise(g)
+    assert cython_cpu._direct_plan(g, 2)[6] < 300       # several blocks
+    got = fastconv.conv2d(x, weight, backend="cython")
+    assert direct_calls["count"] == 1
+    expected = fastconv.conv2d(x.astype(np.float64), weight.astype(np.float64),
+                               backend="naive")
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)

@@ -18,8 +18,8 @@
  *
  * A pointwise convolution (1x1, stride 1, no padding) reads x itself, with
  * no band: its vectors run over the whole flattened plane (rows need no
- * padding), the last one shifted back to end at the plane's end (its
- * overlap with the one before is computed twice, to the same bits).
+ * padding), the last one shifted back to end at the plane's end (it stores
+ * only the lanes past the vector before it).
  *
  * Weights arrive packed (fastconv.backends.cython_cpu._pack_direct): per
  * group, chunks of FC_KB output channels, each chunk [tap][FC_KB], zero-padded
@@ -69,7 +69,19 @@ static inline fc_vf fc_load(const float *p)
     return v;
 }
 
-/* Store the first `lanes` floats of v at dst. */
+/* Lanes of a vector that a store or load touches: `lanes` >= 0 means the
+ * first `lanes`; `lanes` < 0 means all but the first -`lanes` (the shifted
+ * last vector of a pointwise plane, whose first lanes the vector before it
+ * already holds). */
+#if FC_VL == 16
+static inline __mmask16 fc_mask(int lanes)
+{
+    return lanes >= 0 ? (__mmask16)((1u << lanes) - 1u)
+                      : (__mmask16)(0xFFFFu & ~((1u << -lanes) - 1u));
+}
+#endif
+
+/* Store the lanes of v that `lanes` names at dst. */
 static inline void fc_store(float *dst, fc_vf v, int lanes)
 {
     if (lanes == FC_VL) {
@@ -77,25 +89,30 @@ static inline void fc_store(float *dst, fc_vf v, int lanes)
         return;
     }
 #if FC_VL == 16
-    _mm512_mask_storeu_ps(dst, (__mmask16)((1u << lanes) - 1u), (__m512)v);
+    _mm512_mask_storeu_ps(dst, fc_mask(lanes), (__m512)v);
 #else
     float tmp[FC_VL];
     memcpy(tmp, &v, sizeof v);
-    for (int i = 0; i < lanes; ++i)
+    for (int i = lanes >= 0 ? 0 : -lanes; i < (lanes >= 0 ? lanes : FC_VL);
+         ++i)
         dst[i] = tmp[i];
 #endif
 }
 
-/* The first `lanes` floats at src, zeros after them. */
+/* The lanes at src that `lanes` names, zeros in the others. */
 static inline fc_vf fc_load_lanes(const float *src, int lanes)
 {
     if (lanes == FC_VL)
         return fc_load(src);
 #if FC_VL == 16
-    return (fc_vf)_mm512_maskz_loadu_ps((__mmask16)((1u << lanes) - 1u), src);
+    return (fc_vf)_mm512_maskz_loadu_ps(fc_mask(lanes), src);
 #else
-    fc_vf v = {0};
-    memcpy(&v, src, (size_t)lanes * sizeof(float));
+    float tmp[FC_VL] = {0};
+    for (int i = lanes >= 0 ? 0 : -lanes; i < (lanes >= 0 ? lanes : FC_VL);
+         ++i)
+        tmp[i] = src[i];
+    fc_vf v;
+    memcpy(&v, tmp, sizeof v);
     return v;
 #endif
 }
@@ -285,10 +302,16 @@ static void fc_direct_item(const fc_direct_geometry *g, const float *image,
             int lanes[FC_VMAX];
             for (int v = 0; v < V && g->pointwise; ++v) {
                 ptrdiff_t pixel = (oh0 + u + v) * FC_VL;
-                if (pixel > plane - FC_VL) pixel = plane - FC_VL;
+                lanes[v] = FC_VL;
+                if (pixel > plane - FC_VL) {
+                    /* shifted back to end at the plane's end; it writes
+                     * only the lanes the vector before it does not */
+                    lanes[v] = (int)(pixel - (plane - FC_VL));
+                    lanes[v] = lanes[v] ? -lanes[v] : FC_VL;
+                    pixel = plane - FC_VL;
+                }
                 base[v] = image + pixel;
                 dst[v] = out + pixel;
-                lanes[v] = FC_VL;
             }
             for (int v = 0; v < V && !g->pointwise; ++v) {
                 const ptrdiff_t i = (u + v) / ow_vectors;
