@@ -685,13 +685,23 @@ def _direct_weight_grad(grad_output, x, g):
 #: N32-C64-32x32-K128 3x3/2 5.7 / 5.3, N8-C3-224x224-K64 7x7/2 9.4 / 12.4).
 DIRECT_CV_BELOW_LANE_USE = 0.7
 
+#: ... and so do strided layers with at least this many taps (Cg * R * S)
+#: and 16 filters per group: their pixel band is split into stride phases,
+#: the channel one is not. Measured as above (pixels / channels in lanes):
+#: N16-C128-28x28-K256 3x3/2 10.5 / 8.6, N16-C64-56x56-K128 3x3/2 10.8 /
+#: 9.0, N32-C32-32x32-K64 3x3/2 1.84 / 1.74, N32-C64-32x32-K128 3x3/2 5.72
+#: / 5.75; with 147 taps (the 7x7/2 stem on 3 channels) 9.4 / 13.4.
+DIRECT_CV_STRIDED_MIN_TAPS = 256
+
 
 def _uses_channel_vectors(g):
     """Whether a register-blocked call puts output channels in the lanes."""
     _, lanes, _, _ = _direct_parameters()
     use = g.out_width / (-(-g.out_width // lanes) * lanes)
+    strided = (g.stride_w > 1 and _col_rows(g) >= DIRECT_CV_STRIDED_MIN_TAPS
+               and g.out_channels // g.groups >= 16)
     return (_direct.channel_vectors_available() and not _direct_pointwise(g)
-            and use < DIRECT_CV_BELOW_LANE_USE
+            and (use < DIRECT_CV_BELOW_LANE_USE or strided)
             and _cv_band(g, 1)[2] * 4 <= DIRECT_MAX_BAND_BYTES)
 
 
