@@ -5,7 +5,7 @@ can run here (``available_backends()`` minus ``'cuda'``, plus ``'auto'``), so a
 backend that lands later is exercised by the whole suite without edits.
 
 Helper functions (``assert_close``, ``finite_difference``, ``naive_cache``,
-``random_array``) are handed out by fixtures rather than imported from this
+``random_array``, ``count_calls``) are handed out by fixtures rather than imported from this
 file, so that test folders with conftest files of their own can use them too.
 """
 
@@ -153,6 +153,24 @@ def cached(key, compute):
 def naive_cache():
     """``naive_cache(key, compute) -> compute()``, memoised per session."""
     return cached
+
+
+@pytest.fixture
+def count_calls(monkeypatch):
+    """``count_calls(module, name)`` replaces ``module.name`` for the test
+    with a wrapper that counts its calls and returns {'count': n}, the
+    proof that a given code path ran."""
+    def install(module, name):
+        calls = {"count": 0}
+        original = getattr(module, name)
+
+        def counting(*args, **kwargs):
+            calls["count"] += 1
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, counting)
+        return calls
+    return install
 
 
 @pytest.fixture

@@ -26,18 +26,17 @@ if not cython_cpu._direct_parameters()[0]:
 
 
 @pytest.fixture
-def direct_calls(monkeypatch):
+def direct_calls(monkeypatch, count_calls):
     """Counts the calls of the direct path: {'count': n}."""
-    calls = {"count": 0}
-    original = cython_cpu._direct_forward
-
-    def counting(*args, **kwargs):
-        calls["count"] += 1
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(cython_cpu, "_direct_forward", counting)
     monkeypatch.delenv(cython_cpu.CONV_ALGO_ENV, raising=False)
-    return calls
+    return count_calls(cython_cpu, "_direct_forward")
+
+
+@pytest.fixture
+def weight_grad_calls(monkeypatch, count_calls):
+    """Counts the calls of the direct weight gradient: {'count': n}."""
+    monkeypatch.delenv(cython_cpu.CONV_ALGO_ENV, raising=False)
+    return count_calls(cython_cpu, "_direct_weight_grad")
 
 
 def _geometry(x, weight, stride=1, padding=0, dilation=1, groups=1):
@@ -240,19 +239,11 @@ def test_stride1_input_gradient_runs_the_kernel(seed, direct_calls):
 
 
 @pytest.mark.parametrize("seed", range(12))
-def test_weight_gradient_runs_the_kernel(seed, monkeypatch):
+def test_weight_gradient_runs_the_kernel(seed, monkeypatch,
+                                        weight_grad_calls):
     """grad_weight through the register-blocked kernel (filters in vector
     lanes, taps broadcast from the band) against the naive reference, with
     the same bits for any thread count."""
-    calls = {"count": 0}
-    original = cython_cpu._direct_weight_grad
-
-    def counting(*args, **kwargs):
-        calls["count"] += 1
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(cython_cpu, "_direct_weight_grad", counting)
-    monkeypatch.delenv(cython_cpu.CONV_ALGO_ENV, raising=False)
     rng = np.random.default_rng(200 + seed)
     (batch, channels, height, width, filters, kernel, stride, padding,
      dilation, groups) = _random_case(rng)
@@ -275,7 +266,7 @@ def test_weight_gradient_runs_the_kernel(seed, monkeypatch):
         grad_weight, grad_bias = cython_cpu._direct_weight_grad_and_bias(
             *args)
         results.append(grad_weight)
-    assert calls["count"] == 3
+    assert weight_grad_calls["count"] == 3
     scale = np.abs(expected).max() + 1
     np.testing.assert_allclose(results[0], expected, rtol=0,
                                atol=4e-6 * scale)
@@ -285,23 +276,15 @@ def test_weight_gradient_runs_the_kernel(seed, monkeypatch):
         assert np.array_equal(result, results[0])
 
 
-def test_backward_without_input_gradient_uses_the_weight_kernel(monkeypatch):
-    calls = {"count": 0}
-    original = cython_cpu._direct_weight_grad
-
-    def counting(*args, **kwargs):
-        calls["count"] += 1
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(cython_cpu, "_direct_weight_grad", counting)
-    monkeypatch.delenv(cython_cpu.CONV_ALGO_ENV, raising=False)
+def test_backward_without_input_gradient_uses_the_weight_kernel(
+        weight_grad_calls):
     rng = np.random.default_rng(9)
     x = rng.standard_normal((2, 3, 20, 20)).astype(np.float32)
     weight = rng.standard_normal((16, 3, 3, 3)).astype(np.float32)
     grad_output = rng.standard_normal((2, 16, 20, 20)).astype(np.float32)
     grad_input, grad_weight, _ = fastconv.conv2d_backward(
         grad_output, x, weight, padding=1, backend="cython")
-    assert calls["count"] == 1 and grad_input.shape == x.shape
+    assert weight_grad_calls["count"] == 1 and grad_input.shape == x.shape
     _, expected, _ = fastconv.conv2d_backward(
         grad_output.astype(np.float64), x.astype(np.float64),
         weight.astype(np.float64), padding=1, backend="naive")

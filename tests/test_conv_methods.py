@@ -49,17 +49,9 @@ def _no_minimum_tiles(monkeypatch):
 
 
 @pytest.fixture
-def winograd_calls(monkeypatch):
+def winograd_calls(count_calls):
     """Counts the calls of the Winograd path: {'count': n}."""
-    calls = {"count": 0}
-    original = cython_cpu._winograd
-
-    def counting(*args, **kwargs):
-        calls["count"] += 1
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(cython_cpu, "_winograd", counting)
-    return calls
+    return count_calls(cython_cpu, "_winograd")
 
 
 def _random_case(seed):
@@ -132,15 +124,8 @@ def test_winograd_schedules_and_wide_rows(schedule, dtype, algorithm,
 
 
 def test_winograd_weight_gradient_runs_where_the_forward_does(
-        algorithm, monkeypatch):
-    calls = {"count": 0}
-    original = cython_cpu._winograd_weight_grad
-
-    def counting(*args):
-        calls["count"] += 1
-        return original(*args)
-
-    monkeypatch.setattr(cython_cpu, "_winograd_weight_grad", counting)
+        algorithm, count_calls):
+    calls = count_calls(cython_cpu, "_winograd_weight_grad")
     rng = np.random.default_rng(5)
     # 64 channels: with fewer, float32 runs the register-blocked kernel
     x = rng.standard_normal((2, 64, 5, 5)).astype(np.float32)

@@ -486,10 +486,13 @@ def pack_direct_weights(weight, groups):
     return _pack_chunks(weight, groups, _direct_parameters()[2])
 
 
-def _direct_tap_offsets(g, band_rows, row_len):
-    """Offset in the band of tap (c, r, s) from a vector's first input."""
+def _direct_tap_offsets(g, band_rows, row_len, phases=None):
+    """Offset in the band of tap (c, r, s) from a vector's first input; the
+    band holds ``phases`` column phases (the stride, unless given: 1 for
+    the channel-lane kernel's band of whole rows)."""
     channels = g.in_channels // g.groups
-    phases = g.stride_w
+    if phases is None:
+        phases = g.stride_w
     c = np.arange(channels).reshape(-1, 1, 1) * (band_rows * phases * row_len)
     r = np.arange(g.kernel_height).reshape(1, -1, 1) * (
         g.dilation_h * phases * row_len)
@@ -566,8 +569,9 @@ def _cv_band(g, rows):
 
 @functools.lru_cache(maxsize=256)
 def _cv_plan(g, num_threads):
-    """(rows, band rows, row length, band floats, tap offsets, block taps,
-    runs of chunks) of a channel-vectorised call."""
+    """(rows, band rows, row length, band floats, tap offsets, pointwise
+    (never), block taps, runs of chunks) of a channel-vectorised call, as
+    ``_direct_plan`` has them."""
     rows = max(1, min(g.out_height, -(-DIRECT_CV_PIXELS // g.out_width)))
     while rows > 1 and _cv_band(g, rows)[2] * 4 > DIRECT_BAND_BYTES:
         rows -= 1
@@ -581,17 +585,13 @@ def _cv_plan(g, num_threads):
            and images * -(-g.out_height // rows) < 4 * num_threads):
         rows -= 1
         band_rows, row_len, band_size = _cv_band(g, rows)
-    channels = g.in_channels // g.groups
-    c = np.arange(channels).reshape(-1, 1, 1) * (band_rows * row_len)
-    r = np.arange(g.kernel_height).reshape(1, -1, 1) * (
-        g.dilation_h * row_len)
-    s = (np.arange(g.kernel_width) * g.dilation_w).reshape(1, 1, -1)
-    offsets = (c + r + s).reshape(-1).astype(np.intp)
+    offsets = _direct_tap_offsets(g, band_rows, row_len, phases=1)
     offsets.flags.writeable = False
+    channels = g.in_channels // g.groups
     taps_per_channel = g.kernel_height * g.kernel_width
     chunk_bytes = taps_per_channel * _cv_vectors(g) * 16 * 4
     block = max(1, min(channels, DIRECT_CV_WEIGHT_BYTES // chunk_bytes))
-    return (rows, band_rows, row_len, band_size, offsets,
+    return (rows, band_rows, row_len, band_size, offsets, False,
             block * taps_per_channel, chunk_runs)
 
 
@@ -599,31 +599,6 @@ def pack_cv_weights(weight, groups, vectors):
     """The channel-lane kernel's weight layout (G, chunks, Cg*R*S,
     vectors * 16): chunks of ``vectors`` vectors of output channels."""
     return _pack_chunks(weight, groups, vectors * 16)
-
-
-def _cv_forward(x, weight, bias, g, packed=None):
-    """conv2d with the output channels in vector lanes (float32)."""
-    vectors = _cv_vectors(g)
-    if packed is None:
-        weights = pack_cv_weights(weight, g.groups, vectors)
-    else:
-        weights = packed.get(weight, "direct-cv",
-                             lambda: pack_cv_weights(weight, g.groups,
-                                                     vectors))
-    num_threads = _num_threads(_threads.conv_threads(g))
-    (rows, band_rows, row_len, band_size, offsets, block_taps,
-     chunk_runs) = _cv_plan(g, num_threads)
-    y = np.empty(g.output_shape, dtype=np.float32)
-    has_bias = bias is not None
-    bias_array = bias if has_bias else np.empty(1, dtype=np.float32)
-    _direct.conv2d_channel_vectors(
-        x, weights, bias_array, has_bias, y,
-        np.empty((num_threads, band_size), np.float32),
-        np.empty((num_threads, rows * g.out_width * vectors * 16),
-                 np.float32),
-        offsets, g, g.groups, rows, band_rows, row_len, block_taps, vectors,
-        chunk_runs, num_threads)
-    return y
 
 
 #: The weight gradient's work items hold about this many output pixels: their
@@ -683,7 +658,7 @@ def _direct_weight_grad(grad_output, x, g):
 #: The register-blocked kernel puts output pixels in vector lanes, 16 of one
 #: row at a time, unless they would fill less than this fraction of the
 #: lanes (rows of 8 fill half): then output channels go in the lanes
-#: (``_cv_forward``). Measured (ms, 2 threads, the two alternating, load
+#: (``fc_cv_item``). Measured (ms, 2 threads, the two alternating, load
 #: 0.8-1; pixels / channels in lanes): N32-C256-8x8-K256 3x3 19.2 / 11.7;
 #: where rows fill the lanes the pixel kernel was faster or level
 #: (N64-C32-14x14-K64 2.15 / 2.39, N32-C64-32x32-K64 10.3 / 11.9,
@@ -712,31 +687,33 @@ def _uses_channel_vectors(g):
 
 def _direct_forward(x, weight, bias, g, packed=None):
     """conv2d through a register-blocked direct kernel (float32): output
-    pixels in vector lanes (``_rows_forward``) or, for narrow planes,
-    output channels (``_cv_forward``)."""
+    pixels in vector lanes or, for narrow planes and strided layers
+    (``_uses_channel_vectors``), output channels."""
     if _uses_channel_vectors(g):
-        return _cv_forward(x, weight, bias, g, packed)
-    return _rows_forward(x, weight, bias, g, packed)
+        vectors, plan, key = _cv_vectors(g), _cv_plan, "direct-cv"
 
-
-def _rows_forward(x, weight, bias, g, packed=None):
-    """conv2d with output pixels in vector lanes (float32)."""
-    if packed is None:
-        weights = pack_direct_weights(weight, g.groups)
+        def pack():
+            return pack_cv_weights(weight, g.groups, vectors)
     else:
-        weights = packed.get(weight, "direct",
-                             lambda: pack_direct_weights(weight, g.groups))
+        vectors, plan, key = 0, _direct_plan, "direct"
+
+        def pack():
+            return pack_direct_weights(weight, g.groups)
+    weights = pack() if packed is None else packed.get(weight, key, pack)
     num_threads = _num_threads(_threads.conv_threads(g))
     (rows, band_rows, row_len, band_size, offsets, pointwise, block_taps,
-     chunk_runs) = _direct_plan(g, num_threads)
+     chunk_runs) = plan(g, num_threads)
     y = np.empty(g.output_shape, dtype=np.float32)
     has_bias = bias is not None
     bias_array = bias if has_bias else np.empty(1, dtype=np.float32)
+    # the channel-lane kernel's per-thread sums: its item's pixels x a chunk
+    sums = np.empty((num_threads, max(1, rows * g.out_width * vectors * 16)),
+                    np.float32)
     _direct.conv2d_direct(
         x, weights, bias_array, has_bias, y,
-        np.empty((num_threads, band_size), np.float32), offsets, g,
+        np.empty((num_threads, band_size), np.float32), sums, offsets, g,
         g.groups, rows, band_rows, row_len, pointwise, block_taps,
-        chunk_runs, num_threads)
+        chunk_runs, vectors, num_threads)
     return y
 
 

@@ -131,45 +131,6 @@ def channel_vectors_available():
     return bool(FC_CHANNEL_VECTORS_AVAILABLE)
 
 
-def conv2d_channel_vectors(
-        const float[:, :, :, ::1] x, const float[:, :, :, ::1] packed,
-        const float[::1] bias, bint has_bias, float[:, :, :, ::1] y,
-        float[:, ::1] bands, float[:, ::1] sums,
-        const Py_ssize_t[::1] tap_offsets, object geometry, Py_ssize_t groups,
-        Py_ssize_t rows, Py_ssize_t band_rows, Py_ssize_t row_len,
-        Py_ssize_t block_taps, int channel_vectors, Py_ssize_t chunk_runs,
-        int num_threads):
-    """y = conv2d(x, weights) (+ bias) with the output channels in vector
-    lanes: packed (groups, chunks, taps, channel_vectors * lanes); bands
-    and sums: one row per thread. Work items: (image, group, run of
-    ``rows`` rows, run of chunks), ``chunk_runs`` runs of chunks."""
-    cdef fc_direct_geometry g = _geometry(
-        x.shape, y.shape[1], y.shape, groups, geometry, packed.shape[2],
-        block_taps, rows, band_rows, row_len, False)
-    cdef Py_ssize_t row_runs = (g.out_height + rows - 1) // rows
-    cdef Py_ssize_t chunks = packed.shape[1]
-    cdef Py_ssize_t per_run = (chunks + chunk_runs - 1) // chunk_runs
-    cdef Py_ssize_t items = x.shape[0] * groups * row_runs * chunk_runs
-    cdef Py_ssize_t item, n, group, run, chunk_run
-    cdef const float *bias_ptr
-    with nogil:
-        for item in prange(items, num_threads=num_threads,
-                           schedule="guided"):
-            chunk_run = item % chunk_runs
-            run = (item // chunk_runs) % row_runs
-            group = (item // (chunk_runs * row_runs)) % groups
-            n = item // (chunk_runs * row_runs * groups)
-            bias_ptr = NULL
-            if has_bias:
-                bias_ptr = &bias[group * g.filters]
-            fc_cv_item(&g, &x[n, group * g.channels, 0, 0],
-                       &packed[group, 0, 0, 0], bias_ptr, &tap_offsets[0],
-                       channel_vectors, run * rows, chunk_run * per_run,
-                       (chunk_run + 1) * per_run,
-                       &y[n, group * g.filters, 0, 0], &bands[threadid(), 0],
-                       &sums[threadid(), 0])
-
-
 def weight_grad_taps(int filter_vectors):
     """Taps per group of the weight gradient's tiles with this many vectors
     of filters (1, 2 or 4)."""
@@ -179,34 +140,28 @@ def weight_grad_taps(int filter_vectors):
 def conv2d_direct(const float[:, :, :, ::1] x, const float[:, :, :, ::1] packed,
                   const float[::1] bias, bint has_bias,
                   float[:, :, :, ::1] y, float[:, ::1] bands,
-                  const Py_ssize_t[::1] tap_offsets, object geometry,
-                  Py_ssize_t groups, Py_ssize_t rows, Py_ssize_t band_rows,
-                  Py_ssize_t row_len, bint pointwise, Py_ssize_t block_taps,
-                  Py_ssize_t chunk_runs, int num_threads):
-    """y = conv2d(x, weights) (+ bias) from the packed weights
-    (groups, chunks, taps, FC_KB); ``bands``: one (band) row per thread;
-    ``pointwise``: the 1x1 mode without bands, where ``rows`` counts
-    vectors of the flattened plane; ``block_taps``: taps per channel block
-    (a multiple of R * S); ``chunk_runs``: runs of filter chunks per item
-    (items: image, group, run of rows, run of chunks)."""
-    cdef fc_direct_geometry g
-    g.channels = x.shape[1] // groups
-    g.in_height, g.in_width = x.shape[2], x.shape[3]
-    g.filters = y.shape[1] // groups
-    g.chunks = packed.shape[1]
-    g.out_height, g.out_width = y.shape[2], y.shape[3]
-    g.stride_h, g.stride_w = geometry.stride_h, geometry.stride_w
-    g.pad_top, g.pad_left = geometry.pad_top, geometry.pad_left
-    g.dilation_h = geometry.dilation_h
-    g.taps = packed.shape[2]
-    g.block_taps = block_taps
-    g.rows, g.band_rows, g.row_len = rows, band_rows, row_len
-    g.pointwise = pointwise
+                  float[:, ::1] sums, const Py_ssize_t[::1] tap_offsets,
+                  object geometry, Py_ssize_t groups, Py_ssize_t rows,
+                  Py_ssize_t band_rows, Py_ssize_t row_len, bint pointwise,
+                  Py_ssize_t block_taps, Py_ssize_t chunk_runs,
+                  int channel_vectors, int num_threads):
+    """y = conv2d(x, weights) (+ bias) from the packed weights (groups,
+    chunks, taps, chunk width): output pixels in the vector lanes
+    (``channel_vectors`` 0, chunks of FC_KB filters) or output channels
+    (``channel_vectors`` 1, 2 or 4 vectors of them per chunk, ``sums`` one
+    row of scratch per thread). ``bands``: one row per thread;
+    ``pointwise``: the 1x1 mode without bands, where ``rows`` counts vectors
+    of the flattened plane; ``block_taps``: taps per channel block (a
+    multiple of R * S). Work items: (image, group, run of ``rows`` rows,
+    run of chunks), ``chunk_runs`` runs of chunks."""
+    cdef fc_direct_geometry g = _geometry(
+        x.shape, y.shape[1], y.shape, groups, geometry, packed.shape[2],
+        block_taps, rows, band_rows, row_len, pointwise)
     cdef Py_ssize_t row_runs = (g.out_height + rows - 1) // rows
     if pointwise:
         row_runs = ((g.out_height * g.out_width + FC_VL - 1) // FC_VL
                     + rows - 1) // rows
-    cdef Py_ssize_t per_run = (g.chunks + chunk_runs - 1) // chunk_runs
+    cdef Py_ssize_t per_run = (packed.shape[1] + chunk_runs - 1) // chunk_runs
     cdef Py_ssize_t items = x.shape[0] * groups * row_runs * chunk_runs
     cdef Py_ssize_t item, n, group, run, chunk_run
     cdef const float *bias_ptr
@@ -220,12 +175,21 @@ def conv2d_direct(const float[:, :, :, ::1] x, const float[:, :, :, ::1] packed,
             bias_ptr = NULL
             if has_bias:
                 bias_ptr = &bias[group * g.filters]
-            fc_direct_item(&g, &x[n, group * g.channels, 0, 0],
+            if channel_vectors:
+                fc_cv_item(&g, &x[n, group * g.channels, 0, 0],
                            &packed[group, 0, 0, 0], bias_ptr,
-                           &tap_offsets[0], run * rows, chunk_run * per_run,
-                           (chunk_run + 1) * per_run,
+                           &tap_offsets[0], channel_vectors, run * rows,
+                           chunk_run * per_run, (chunk_run + 1) * per_run,
                            &y[n, group * g.filters, 0, 0],
-                           &bands[threadid(), 0])
+                           &bands[threadid(), 0], &sums[threadid(), 0])
+            else:
+                fc_direct_item(&g, &x[n, group * g.channels, 0, 0],
+                               &packed[group, 0, 0, 0], bias_ptr,
+                               &tap_offsets[0], run * rows,
+                               chunk_run * per_run,
+                               (chunk_run + 1) * per_run,
+                               &y[n, group * g.filters, 0, 0],
+                               &bands[threadid(), 0])
 
 
 def interleave_phases(list phases, float[:, :, :, ::1] out, Py_ssize_t sh,
