@@ -21,12 +21,11 @@ import argparse
 import json
 import os
 import statistics
-import time
 
 import numpy as np
 
 from bench_filters import DEPTHWISE_CONV_CASES, SEED
-from bench_pool import print_table, run_in_turns
+from bench_pool import call_times, print_table, run_in_turns
 
 LIBRARIES = ("cython", "numba", "torch")
 
@@ -65,14 +64,8 @@ def worker(library, repeats):
                 return fastconv.conv2d(x, weight, bias, stride=stride,
                                        padding=pad, groups=channels,
                                        backend=library)
-        for _ in range(2):
-            call()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            call()
-            times.append(time.perf_counter() - start)
-        results[_label(case)] = statistics.median(times)
+        results[_label(case)] = statistics.median(
+            call_times(call, repeats, warmup=2))
     print(json.dumps(results))
 
 

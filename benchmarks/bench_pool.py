@@ -124,15 +124,22 @@ def worker(library, dtype, ops, repeats):
         else:
             calls = _fastconv_calls(library, x, kernel, stride, padding, ops)
         for op, call in calls.items():
-            for _ in range(3):
-                call()
-            times = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                call()
-                times.append(time.perf_counter() - start)
-            results[f"{label} {op}"] = statistics.median(times)
+            results[f"{label} {op}"] = statistics.median(
+                call_times(call, repeats, warmup=3))
     print(json.dumps(results))
+
+
+def call_times(call, repeats, warmup):
+    """Seconds of each of ``repeats`` single calls, after ``warmup``
+    untimed ones (shared by the one-process-per-library benchmarks)."""
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return times
 
 
 def run_in_turns(script, libraries, rounds, worker_args):

@@ -37,6 +37,8 @@ import numpy as np
 import fastconv
 from fastconv import config
 
+from bench_pool import call_times
+
 MINIMUMS = ("PARALLEL_MIN_MACS", "PARALLEL_MIN_TAPS", "PARALLEL_MIN_ELEMENTS")
 TINY_X = (2, 4, 16, 16)
 TINY_W = (8, 4, 3, 3)
@@ -116,14 +118,7 @@ def _spin(stop):
 
 
 def _latencies(call, count=3000):
-    for _ in range(200):
-        call()
-    samples = []
-    for _ in range(count):
-        start = time.perf_counter()
-        call()
-        samples.append(time.perf_counter() - start)
-    samples.sort()
+    samples = sorted(call_times(call, count, warmup=200))
     return (samples[len(samples) // 2], samples[int(len(samples) * 0.99)],
             samples[-1])
 
