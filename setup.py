@@ -35,7 +35,8 @@ except ImportError:  # pragma: no cover
     from distutils.errors import CCompilerError, CompileError, LinkError
 
 CYTHON_DIR = os.path.join("fastconv", "backends", "_cython")
-KERNELS = ("conv", "direct", "winograd", "pool", "dropout", "depthwise")
+KERNELS = ("conv", "direct", "winograd", "pool", "dropout", "depthwise",
+           "normalization", "activation")
 
 #: Added where the compiler accepts them. GCC's -O3 unroll-and-jam fuses the
 #: max-pool tap loop (pool.pyx, _max_run) pairwise into one scalar loop that

@@ -1,4 +1,5 @@
-"""fastconv: compiled CNN kernels (conv2d, pooling, dropout) on NumPy arrays.
+"""fastconv: compiled CNN kernels (conv2d, pooling, dropout, batch norm,
+ReLU) on NumPy arrays.
 
 Follows PyTorch's conventions (NCHW, weights ``(K, C // groups, R, S)``,
 PyTorch's argument names and output-size rules). Backends: ``naive``
@@ -28,6 +29,9 @@ from fastconv.functional import (
     avg_pool1d_backward,
     avg_pool2d,
     avg_pool2d_backward,
+    batch_norm,
+    batch_norm_backward,
+    batch_norm_statistics,
     conv1d,
     conv1d_backward,
     conv2d,
@@ -41,6 +45,8 @@ from fastconv.functional import (
     max_pool1d_backward,
     max_pool2d,
     max_pool2d_backward,
+    relu,
+    relu_backward,
 )
 
 #: Subpackages imported on first attribute access (PEP 562).
@@ -74,6 +80,8 @@ __all__ = [
     "conv_transpose2d_backward", "conv1d", "conv1d_backward", "max_pool2d",
     "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "max_pool1d",
     "max_pool1d_backward", "avg_pool1d", "avg_pool1d_backward",
-    "dropout_mask", "dropout", "dropout_backward", "filter2d", "convolve2d",
+    "dropout_mask", "dropout", "dropout_backward", "batch_norm_statistics",
+    "batch_norm", "batch_norm_backward", "relu", "relu_backward",
+    "filter2d", "convolve2d",
     "kernels",
 ]

@@ -59,4 +59,8 @@ def warmup(backends=None) -> float:
             F.avg_pool2d_backward(averaged, x.shape, 2, backend=name)
             y, mask = F.dropout(x, 0.5, seed=0, backend=name)
             F.dropout_backward(y, mask, 0.5, backend=name)
+            mean, var = F.batch_norm_statistics(x, backend=name)
+            F.batch_norm(x, mean, var, backend=name)
+            F.batch_norm_backward(x, x, mean, var, backend=name)
+            F.relu_backward(x, F.relu(x, backend=name), backend=name)
     return time.perf_counter() - start

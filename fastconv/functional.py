@@ -21,7 +21,8 @@ __all__ = [
     "conv_transpose2d_backward", "conv1d", "conv1d_backward", "max_pool2d",
     "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "max_pool1d",
     "max_pool1d_backward", "avg_pool1d", "avg_pool1d_backward",
-    "dropout_mask", "dropout", "dropout_backward",
+    "dropout_mask", "dropout", "dropout_backward", "batch_norm_statistics",
+    "batch_norm", "batch_norm_backward", "relu", "relu_backward",
 ]
 
 
@@ -678,3 +679,172 @@ def dropout_backward(grad_output, mask, p, *, backend=None):
     return resolve("dropout_apply", backend).dropout_apply(
         grad_output, mask.reshape(grad_output.shape), _keep_scale(p)
     ).reshape(shape)
+
+
+# ------------------------------------------------------ batch normalisation
+
+def _channel_rows(x, name, device):
+    """x, an (N, C, ...) float array, as C-contiguous (N, C, L) rows (a
+    device array keeps its shape: the device backend reshapes it)."""
+    shape = tuple(getattr(x, "shape", ()))
+    x = _validate.float_array(x, name, device=device)
+    if len(shape) < 2:
+        raise ValueError(f"{name} must be (N, C, ...), at least 2-D, got "
+                         f"shape {shape}")
+    if isinstance(x, np.ndarray):
+        x = x.reshape(shape[0], shape[1], _shapes.numel(shape[2:]))
+    return x, shape
+
+
+def _channel_vector(value, name, channels, optional=False):
+    """A (C,) host float array as float64; None stays None if ``optional``."""
+    if value is None and optional:
+        return None
+    value = _validate.float_array(value, name, ndim=1)
+    if value.shape[0] != channels:
+        raise ValueError(f"{name} must have shape ({channels},) (x's "
+                         f"channels), got {value.shape}")
+    return value.astype(np.float64)
+
+
+def _eps(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float,
+                                                         np.floating,
+                                                         np.integer)):
+        raise TypeError(f"eps must be a real number, got {value!r}")
+    value = float(value)
+    if not (value >= 0 and np.isfinite(value)):
+        raise ValueError(f"eps must be finite and >= 0, got {value}")
+    return value
+
+
+def _per_channel_count(shape, name):
+    count = shape[0] * _shapes.numel(shape[2:])
+    if count == 0:
+        raise ValueError(f"{name} must have at least one value per channel, "
+                         f"got shape {shape}")
+    return count
+
+
+def batch_norm_statistics(x, *, backend=None):
+    """``(mean, var)`` of each channel of ``x`` (N, C, ...) over every axis
+    but 1: float64 ``(C,)`` arrays, ``var`` biased (what training-mode
+    batch norm normalises with; PyTorch's running variance is the unbiased
+    ``var * count / (count - 1)``).
+
+    Two passes (the mean of the squares of x - mean: exact where the mean
+    dwarfs the spread), sums in float64 in one fixed order on each backend,
+    so the same bits for any thread count. ``x`` needs a value per channel.
+    """
+    device = _takes_device_arrays("batch_norm_stats", backend, x)
+    x, shape = _channel_rows(x, "x", device)
+    _per_channel_count(shape, "x")
+    return resolve("batch_norm_stats", backend).batch_norm_stats(x)
+
+
+def _normalisation(mean, var, weight, channels, eps):
+    """float64 (mean, 1 / sqrt(var + eps), weight / sqrt(var + eps))."""
+    mean = _channel_vector(mean, "mean", channels)
+    var = _channel_vector(var, "var", channels)
+    weight = _channel_vector(weight, "weight", channels, optional=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv_std = 1.0 / np.sqrt(var + eps)
+    scale = inv_std if weight is None else weight * inv_std
+    return mean, inv_std, scale
+
+
+def batch_norm(x, mean, var, weight=None, bias=None, eps=1e-5, *,
+               backend=None):
+    """``(x - mean) / sqrt(var + eps) * weight + bias`` per channel (axis 1
+    of ``x``, (N, C, ...)), in x's dtype: ``torch.nn.functional.batch_norm``
+    with the statistics given (what eval mode runs; training mode is
+    ``batch_norm_statistics`` and then this).
+
+    ``mean``, ``var``, ``weight``, ``bias``: (C,) float arrays; ``weight``
+    None means 1, ``bias`` None 0. One pass over x: ``(x - mean[c]) *
+    scale[c] + shift[c]``, the per-channel factors formed in float64.
+    """
+    device = _takes_device_arrays("batch_norm_apply", backend, x)
+    x, shape = _channel_rows(x, "x", device)
+    channels = shape[1]
+    eps = _eps(eps)
+    mean, _, scale = _normalisation(mean, var, weight, channels, eps)
+    bias = _channel_vector(bias, "bias", channels, optional=True)
+    shift = np.zeros(channels) if bias is None else bias
+    dtype = _validate.dtype_of(x)
+    y = resolve("batch_norm_apply", backend).batch_norm_apply(
+        x, mean.astype(dtype), scale.astype(dtype), shift.astype(dtype))
+    return y.reshape(shape)
+
+
+def batch_norm_backward(grad_output, x, mean, var, weight=None, eps=1e-5, *,
+                        batch_statistics=True, backend=None):
+    """Gradients of ``batch_norm``: ``(grad_input, grad_weight,
+    grad_bias)``, the last two (C,) in x's dtype (the gradients a weight of
+    ones and a bias of zeros would get when ``weight`` is None).
+
+    ``batch_statistics=True``: ``mean`` and ``var`` were x's own
+    (``batch_norm_statistics``, training mode), and the gradient flows
+    through them too; False: they were constants (running statistics).
+    Two passes: the per-channel sums of grad_output and grad_output * x,
+    then ``grad * a[c] + (x - mean[c]) * b[c] + d[c]``.
+    """
+    device = _takes_device_arrays("batch_norm_grad_stats", backend,
+                                  grad_output, x)
+    x, shape = _channel_rows(x, "x", device)
+    grad_output, grad_shape = _channel_rows(grad_output, "grad_output",
+                                            device)
+    if grad_shape != shape:
+        raise ValueError(f"grad_output must have x's shape {shape}, got "
+                         f"{grad_shape}")
+    _validate.same_dtype(grad_output, "grad_output", x, "x")
+    channels = shape[1]
+    eps = _eps(eps)
+    mean, inv_std, scale = _normalisation(mean, var, weight, channels, eps)
+    dtype = _validate.dtype_of(x)
+    grad_sum, grad_dot = resolve(
+        "batch_norm_grad_stats", backend).batch_norm_grad_stats(grad_output, x)
+    # sum(grad * normalised x), normalised x = (x - mean) * inv_std
+    grad_normalised = (grad_dot - mean * grad_sum) * inv_std
+    if not batch_statistics:
+        zeros = np.zeros(channels, dtype)
+        grad_input = resolve("batch_norm_apply", backend).batch_norm_apply(
+            grad_output, zeros, scale.astype(dtype), zeros)
+    else:
+        # The batch mean and variance depend on every element:
+        # scale * (grad - (grad_sum + normalised * grad_normalised) / count)
+        count = _per_channel_count(shape, "x")
+        x_scale = -scale * inv_std * grad_normalised / count
+        shift = -scale * grad_sum / count
+        grad_input = resolve(
+            "batch_norm_grad_apply", backend).batch_norm_grad_apply(
+            grad_output, x, mean.astype(dtype), scale.astype(dtype),
+            x_scale.astype(dtype), shift.astype(dtype))
+    return (grad_input.reshape(shape), grad_normalised.astype(dtype),
+            grad_sum.astype(dtype))
+
+
+def relu(x, *, backend=None):
+    """``max(x, 0)`` elementwise in x's dtype and shape; NaN stays NaN."""
+    device = _takes_device_arrays("relu_forward", backend, x)
+    shape = tuple(getattr(x, "shape", ()))
+    x = _validate.float_array(x, "x", device=device)
+    return resolve("relu_forward", backend).relu_forward(x).reshape(shape)
+
+
+def relu_backward(grad_output, output, *, backend=None):
+    """Gradient of ``relu`` from its ``output``: 0 where ``output <= 0``
+    (also where grad_output is NaN there), else ``grad_output`` (a NaN
+    output passes it, as in PyTorch)."""
+    device = _takes_device_arrays("relu_backward", backend, grad_output,
+                                  output)
+    shape = tuple(getattr(output, "shape", ()))
+    output = _validate.float_array(output, "output", device=device)
+    grad_output = _validate.float_array(grad_output, "grad_output",
+                                        device=device)
+    if tuple(grad_output.shape) != tuple(output.shape):
+        raise ValueError(f"grad_output must have output's shape {shape}, "
+                         f"got {tuple(grad_output.shape)}")
+    _validate.same_dtype(grad_output, "grad_output", output, "output")
+    return resolve("relu_backward", backend).relu_backward(
+        grad_output, output).reshape(shape)

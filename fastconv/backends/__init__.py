@@ -34,6 +34,26 @@ the backend; ``g`` is a ``ConvGeometry`` or ``PoolGeometry``):
     dropout of a device array never copies its mask to the host); the CPU
     backends always return NumPy.
 ``dropout_apply(x, mask, scale) -> x * mask * scale`` (same dtype as x)
+
+Batch normalisation works on ``(N, C, L)`` arrays (L = H * W; a device
+array may come as ``(N, C, ...)``); the per-channel vectors ``mean``,
+``scale``, ``shift``... are ``(C,)`` in x's dtype, the statistics float64
+``(C,)``, each summed in one fixed order per backend (the same bits for any
+thread count):
+
+``batch_norm_stats(x) -> (mean, variance)``
+    mean and biased variance of each channel over (N, L), the variance as
+    the mean of the squares of ``x - mean`` (a second pass).
+``batch_norm_apply(x, mean, scale, shift) -> (x - mean[c]) * scale[c] + shift[c]``
+``batch_norm_grad_stats(grad_output, x) -> (grad_sum, grad_dot)``
+    per channel: sum(grad_output) and sum(grad_output * x).
+``batch_norm_grad_apply(grad_output, x, mean, grad_scale, x_scale, shift)``
+    ``-> grad_output * grad_scale[c] + (x - mean[c]) * x_scale[c] + shift[c]``
+``relu_forward(x) -> y``
+    x where x >= 0 (NaN kept), 0 elsewhere; any shape.
+``relu_backward(grad_output, y) -> grad_input``
+    0 where the forward's output y <= 0, grad_output elsewhere (NaN
+    included, as PyTorch); a select.
 """
 
 from __future__ import annotations
@@ -54,6 +74,12 @@ PRIMITIVES = (
     "avg_pool2d_backward",
     "dropout_mask",
     "dropout_apply",
+    "batch_norm_stats",
+    "batch_norm_apply",
+    "batch_norm_grad_stats",
+    "batch_norm_grad_apply",
+    "relu_forward",
+    "relu_backward",
 )
 
 # name -> module that implements every primitive

@@ -521,6 +521,94 @@ def _make_dropout_apply(dtype, launch: LaunchConfig):
                            arrays, acc_type, nbtypes.int64)
 
 
+# ------------------------------------------------- batch norm and activation
+
+def _make_bn_row_sums(dtype, launch: LaunchConfig):
+    """rows[r] = sum over row r (length elements) of x - centres[r % C],
+    or of its square when ``squares`` is 1; float64, one thread per row in
+    order (the channel totals are added on the host, n in order)."""
+    acc_type = _NUMBA_FLOAT[dtype]
+
+    def bn_row_sums(x, centres, rows, length, squares):
+        channels = centres.size
+        for r in range(cuda.grid(1), rows.size, cuda.gridsize(1)):
+            centre = centres[r % channels]
+            total = 0.0
+            for i in range(r * length, (r + 1) * length):
+                difference = x[i] - centre
+                total += difference * difference if squares else difference
+            rows[r] = total
+
+    doubles = nbtypes.Array(nbtypes.float64, 1, "C")
+    return bn_row_sums, (nbtypes.Array(acc_type, 1, "C"), doubles, doubles,
+                         nbtypes.int64, nbtypes.int64)
+
+
+def _make_bn_row_grad_sums(dtype, launch: LaunchConfig):
+    """sums[r], dots[r] = sum(g) and sum(g * x) over row r (float64)."""
+    acc_type = _NUMBA_FLOAT[dtype]
+
+    def bn_row_grad_sums(grad_output, x, sums, dots, length):
+        for r in range(cuda.grid(1), sums.size, cuda.gridsize(1)):
+            total = 0.0
+            dot = 0.0
+            for i in range(r * length, (r + 1) * length):
+                value = nbtypes.float64(grad_output[i])
+                total += value
+                dot += value * x[i]
+            sums[r] = total
+            dots[r] = dot
+
+    arrays = nbtypes.Array(acc_type, 1, "C")
+    doubles = nbtypes.Array(nbtypes.float64, 1, "C")
+    return bn_row_grad_sums, (arrays, arrays, doubles, doubles, nbtypes.int64)
+
+
+def _make_bn_affine(dtype, launch: LaunchConfig):
+    """y = a * a_scale[c] + (b - centre[c]) * b_scale[c] + shift[c] (c the
+    element's channel, rows of ``length``); without b (``has_b`` 0):
+    y = (a - centre[c]) * b_scale[c] + shift[c]."""
+    acc_type = _NUMBA_FLOAT[dtype]
+
+    def bn_affine(a, a_scale, b, centre, b_scale, shift, y, length, has_b):
+        channels = shift.size
+        for index in range(cuda.grid(1), y.size, cuda.gridsize(1)):
+            c = (index // length) % channels
+            if has_b:
+                y[index] = (a[index] * a_scale[c]
+                            + (b[index] - centre[c]) * b_scale[c] + shift[c])
+            else:
+                y[index] = (a[index] - centre[c]) * b_scale[c] + shift[c]
+
+    arrays = nbtypes.Array(acc_type, 1, "C")
+    return bn_affine, (arrays, arrays, arrays, arrays, arrays, arrays, arrays,
+                       nbtypes.int64, nbtypes.int64)
+
+
+def _make_relu(dtype, launch: LaunchConfig):
+    acc_type = _NUMBA_FLOAT[dtype]
+    zero = dtype.type(0)
+
+    def relu(x, y):
+        for index in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+            y[index] = zero if x[index] < zero else x[index]
+
+    arrays = nbtypes.Array(acc_type, 1, "C")
+    return relu, (arrays, arrays)
+
+
+def _make_relu_backward(dtype, launch: LaunchConfig):
+    acc_type = _NUMBA_FLOAT[dtype]
+    zero = dtype.type(0)
+
+    def relu_backward(grad_output, y, grad_input):
+        for index in range(cuda.grid(1), y.size, cuda.gridsize(1)):
+            grad_input[index] = zero if y[index] <= zero else grad_output[index]
+
+    arrays = nbtypes.Array(acc_type, 1, "C")
+    return relu_backward, (arrays, arrays, arrays)
+
+
 def _make_fill_zero(dtype, launch: LaunchConfig):
     acc_type = _NUMBA_FLOAT[dtype]
     zero = dtype.type(0)
@@ -546,6 +634,11 @@ _FLOAT_FACTORIES = {
     "avg_pool_backward": _make_avg_pool_backward,
     "dropout_apply": _make_dropout_apply,
     "fill_zero": _make_fill_zero,
+    "bn_row_sums": _make_bn_row_sums,
+    "bn_row_grad_sums": _make_bn_row_grad_sums,
+    "bn_affine": _make_bn_affine,
+    "relu": _make_relu,
+    "relu_backward": _make_relu_backward,
 }
 
 KERNEL_NAMES = tuple(_FLOAT_FACTORIES) + ("dropout_mask",)

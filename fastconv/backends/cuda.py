@@ -412,3 +412,98 @@ def dropout_apply(x, mask, scale):
         kernel("dropout_apply")[_grid(size, launch), launch.threads_per_block](
             _flat(x), _flat(mask), _flat(y), dtype.type(scale), size)
     return placement.give(y)
+
+
+# ------------------------------------------------- batch norm and activation
+
+def _launch(name, dtype, size):
+    """The kernel ``name`` for ``dtype`` configured for ``size`` items."""
+    launch = launch_config()
+    return _kernels(dtype)(name)[_grid(size, launch),
+                                 launch.threads_per_block]
+
+
+def _channel_totals(rows, channels):
+    """(C,) host sums of the (N * C,) device row results, n in order."""
+    return rows.copy_to_host().reshape(-1, channels).sum(axis=0)
+
+
+def batch_norm_stats(x):
+    """(mean, variance) as host arrays, x on the host or the device."""
+    x = _channel_rows(_Placement().take(x))
+    batch, channels, length = x.shape
+    count = batch * length
+    rows = cuda.device_array(batch * channels, dtype=np.float64)
+    if not x.size:
+        return np.zeros(channels), np.zeros(channels)
+    _launch("bn_row_sums", x.dtype, rows.size)(
+        _flat(x), cuda.to_device(np.zeros(channels)), rows, length, 0)
+    mean = _channel_totals(rows, channels) / count
+    _launch("bn_row_sums", x.dtype, rows.size)(
+        _flat(x), cuda.to_device(mean), rows, length, 1)
+    return mean, _channel_totals(rows, channels) / count
+
+
+def batch_norm_grad_stats(grad_output, x):
+    """(grad_sum, grad_dot) as host arrays."""
+    placement = _Placement()
+    grad_output = placement.take(grad_output)
+    x = _channel_rows(placement.take(x))
+    batch, channels, length = x.shape
+    if not x.size:
+        return np.zeros(channels), np.zeros(channels)
+    sums = cuda.device_array(batch * channels, dtype=np.float64)
+    dots = cuda.device_array(batch * channels, dtype=np.float64)
+    _launch("bn_row_grad_sums", x.dtype, sums.size)(
+        _flat(grad_output), _flat(x), sums, dots, length)
+    return _channel_totals(sums, channels), _channel_totals(dots, channels)
+
+
+def _channel_rows(array):
+    """A contiguous device array (N, C, ...) as (N, C, L)."""
+    length = array.size // max(1, array.shape[0] * array.shape[1])
+    return array.reshape(array.shape[0], array.shape[1], length)
+
+
+def _affine(a, a_scale, b, centre, b_scale, shift):
+    placement = _Placement()
+    a = _channel_rows(placement.take(a))
+    dtype = a.dtype
+    has_b = b is not None
+    b = placement.take(b) if has_b else _dummy(dtype)
+    vectors = [placement.take(v, dtype)
+               for v in (a_scale, centre, b_scale, shift)]
+    y = cuda.device_array(a.shape, dtype=dtype)
+    if a.size:
+        _launch("bn_affine", dtype, a.size)(
+            _flat(a), vectors[0], _flat(b), *vectors[1:], _flat(y),
+            a.shape[2], int(has_b))
+    return placement.give(y)
+
+
+def batch_norm_apply(x, mean, scale, shift):
+    return _affine(x, scale, None, mean, scale, shift)
+
+
+def batch_norm_grad_apply(grad_output, x, mean, grad_scale, x_scale, shift):
+    return _affine(grad_output, grad_scale, x, mean, x_scale, shift)
+
+
+def relu_forward(x):
+    placement = _Placement()
+    x = placement.take(x)
+    y = cuda.device_array(x.shape, dtype=x.dtype)
+    if x.size:
+        _launch("relu", x.dtype, x.size)(_flat(x), _flat(y))
+    return placement.give(y)
+
+
+def relu_backward(grad_output, y):
+    placement = _Placement()
+    grad_output = placement.take(grad_output)
+    y = placement.take(y)
+    grad_input = cuda.device_array(y.shape, dtype=y.dtype)
+    if y.size:
+        _launch("relu_backward", y.dtype, y.size)(
+            _flat(grad_output), _flat(y), _flat(grad_input))
+    return placement.give(grad_input)

@@ -25,10 +25,12 @@ import numpy as np
 from fastconv import _dropout_hash, _shapes, _threads, config
 
 try:
+    from fastconv.backends._cython import activation as _activation
     from fastconv.backends._cython import conv as _conv
     from fastconv.backends._cython import depthwise as _depthwise
     from fastconv.backends._cython import direct as _direct
     from fastconv.backends._cython import dropout as _dropout
+    from fastconv.backends._cython import normalization as _normalization
     from fastconv.backends._cython import pool as _pool
     from fastconv.backends._cython import winograd as _winograd_kernels
 except ImportError as exc:  # not compiled (no C compiler at install time)
@@ -1152,3 +1154,69 @@ def dropout_apply(x, mask, scale):
                                float(scale), y.reshape(-1),
                                _num_threads(_threads.elementwise_threads(x.size)))
     return y
+
+
+# ------------------------------------------------- batch norm and activation
+
+def _rows(array):
+    """A C-contiguous (N, C, L) array as its (N * C, L) rows."""
+    return array.reshape(array.shape[0] * array.shape[1], array.shape[2])
+
+
+def batch_norm_stats(x):
+    batch, channels, length = x.shape
+    mean = np.zeros(channels)
+    variance = np.zeros(channels)
+    if x.size:
+        _normalization.moments(
+            _rows(x), channels, mean, variance, np.empty(batch * channels),
+            _num_threads(_threads.elementwise_threads(x.size)))
+    return mean, variance
+
+
+def batch_norm_grad_stats(grad_output, x):
+    batch, channels, length = x.shape
+    grad_sum = np.zeros(channels)
+    grad_dot = np.zeros(channels)
+    if x.size:
+        _normalization.grad_sums(
+            _rows(grad_output), _rows(x), channels, grad_sum, grad_dot,
+            np.empty((2, batch * channels)),
+            _num_threads(_threads.elementwise_threads(x.size)))
+    return grad_sum, grad_dot
+
+
+def batch_norm_apply(x, mean, scale, shift):
+    y = np.empty(x.shape, dtype=x.dtype)
+    if x.size:
+        _normalization.affine(
+            _rows(x), mean, scale, shift, _rows(y),
+            _num_threads(_threads.elementwise_threads(x.size)))
+    return y
+
+
+def batch_norm_grad_apply(grad_output, x, mean, grad_scale, x_scale, shift):
+    grad_input = np.empty(x.shape, dtype=x.dtype)
+    if x.size:
+        _normalization.affine2(
+            _rows(grad_output), _rows(x), grad_scale, mean, x_scale, shift,
+            _rows(grad_input),
+            _num_threads(_threads.elementwise_threads(x.size)))
+    return grad_input
+
+
+def relu_forward(x):
+    y = np.empty(x.shape, dtype=x.dtype)
+    if x.size:
+        _activation.relu(x.reshape(-1), y.reshape(-1),
+                         _num_threads(_threads.elementwise_threads(x.size)))
+    return y
+
+
+def relu_backward(grad_output, y):
+    grad_input = np.empty(y.shape, dtype=y.dtype)
+    if y.size:
+        _activation.relu_backward(
+            grad_output.reshape(-1), y.reshape(-1), grad_input.reshape(-1),
+            _num_threads(_threads.elementwise_threads(y.size)))
+    return grad_input

@@ -189,3 +189,73 @@ def dropout_apply(x, mask, scale):
     for i in range(flat_x.size):
         y[i] = flat_x[i] * scale if flat_mask[i] else 0.0
     return y.reshape(x.shape)
+
+
+def batch_norm_stats(x):
+    batch, channels, length = x.shape
+    count = batch * length
+    mean = np.zeros(channels)
+    variance = np.zeros(channels)
+    for c in range(channels):
+        total = 0.0
+        for n in range(batch):
+            for i in range(length):
+                total += float(x[n, c, i])
+        mean[c] = total / count
+        squares = 0.0
+        for n in range(batch):
+            for i in range(length):
+                squares += (float(x[n, c, i]) - mean[c]) ** 2
+        variance[c] = squares / count
+    return mean, variance
+
+
+def batch_norm_apply(x, mean, scale, shift):
+    y = np.empty(x.shape, dtype=x.dtype)
+    batch, channels, length = x.shape
+    for n in range(batch):
+        for c in range(channels):
+            for i in range(length):
+                y[n, c, i] = (x[n, c, i] - mean[c]) * scale[c] + shift[c]
+    return y
+
+
+def batch_norm_grad_stats(grad_output, x):
+    batch, channels, length = x.shape
+    grad_sum = np.zeros(channels)
+    grad_dot = np.zeros(channels)
+    for c in range(channels):
+        for n in range(batch):
+            for i in range(length):
+                grad_sum[c] += float(grad_output[n, c, i])
+                grad_dot[c] += float(grad_output[n, c, i]) * float(x[n, c, i])
+    return grad_sum, grad_dot
+
+
+def batch_norm_grad_apply(grad_output, x, mean, grad_scale, x_scale, shift):
+    grad_input = np.empty(x.shape, dtype=x.dtype)
+    batch, channels, length = x.shape
+    for n in range(batch):
+        for c in range(channels):
+            for i in range(length):
+                grad_input[n, c, i] = (
+                    grad_output[n, c, i] * grad_scale[c]
+                    + (x[n, c, i] - mean[c]) * x_scale[c] + shift[c])
+    return grad_input
+
+
+def relu_forward(x):
+    flat_x = x.reshape(-1)
+    y = np.empty(flat_x.shape, dtype=x.dtype)
+    for i in range(flat_x.size):
+        y[i] = 0.0 if flat_x[i] < 0 else flat_x[i]
+    return y.reshape(x.shape)
+
+
+def relu_backward(grad_output, y):
+    flat_grad = grad_output.reshape(-1)
+    flat_y = y.reshape(-1)
+    grad_input = np.empty(flat_y.shape, dtype=grad_output.dtype)
+    for i in range(flat_y.size):
+        grad_input[i] = 0.0 if flat_y[i] <= 0 else flat_grad[i]
+    return grad_input.reshape(y.shape)

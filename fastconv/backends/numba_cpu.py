@@ -32,6 +32,10 @@ import numpy as np
 
 from fastconv import _dropout_hash, _threads, config
 from fastconv._threads import single_threaded_blas
+from fastconv.backends._numba_activation import (
+    relu_backward_kernel,
+    relu_kernel,
+)
 from fastconv.backends._numba_conv import (
     conv2d_backward_kernel,
     conv2d_forward_kernel,
@@ -40,6 +44,11 @@ from fastconv.backends._numba_depthwise import depthwise_forward_kernel
 from fastconv.backends._numba_dropout import (
     dropout_apply_kernel,
     dropout_mask_kernel,
+)
+from fastconv.backends._numba_normalization import (
+    affine_kernel,
+    row_grad_sums_kernel,
+    row_sums_kernel,
 )
 from fastconv.backends._numba_pool import (
     avg_pool2d_backward_kernel,
@@ -51,7 +60,9 @@ from fastconv.backends._numba_pool import (
 __all__ = [
     "conv2d_forward", "conv2d_backward", "max_pool2d_forward",
     "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward",
-    "dropout_mask", "dropout_apply",
+    "dropout_mask", "dropout_apply", "batch_norm_stats", "batch_norm_apply",
+    "batch_norm_grad_stats", "batch_norm_grad_apply", "relu_forward",
+    "relu_backward",
 ]
 
 
@@ -322,3 +333,63 @@ def dropout_apply(x, mask, scale):
     dropout_apply_kernel(_flat(x), _flat(mask), x.dtype.type(scale),
                          y.reshape(-1))
     return y
+
+
+# ------------------------------------------------- batch norm and activation
+
+def _channel_totals(rows, channels):
+    """(C,) sums of the (N * C,) row results, n = 0, 1, ... in order."""
+    return rows.reshape(-1, channels).sum(axis=0)
+
+
+def batch_norm_stats(x):
+    batch, channels, length = x.shape
+    count = batch * length
+    flat = x.reshape(-1)
+    rows = np.empty(batch * channels)
+    _use_threads(_threads.elementwise_threads(x.size))
+    row_sums_kernel(flat, length, np.zeros(channels), False, rows)
+    mean = _channel_totals(rows, channels) / count
+    row_sums_kernel(flat, length, mean, True, rows)
+    return mean, _channel_totals(rows, channels) / count
+
+
+def batch_norm_grad_stats(grad_output, x):
+    batch, channels, length = x.shape
+    sums = np.empty(batch * channels)
+    dots = np.empty(batch * channels)
+    _use_threads(_threads.elementwise_threads(x.size))
+    row_grad_sums_kernel(grad_output.reshape(-1), x.reshape(-1), length,
+                         sums, dots)
+    return _channel_totals(sums, channels), _channel_totals(dots, channels)
+
+
+def batch_norm_apply(x, mean, scale, shift):
+    y = np.empty(x.shape, dtype=x.dtype)
+    _use_threads(_threads.elementwise_threads(x.size))
+    affine_kernel(x.reshape(-1), scale, np.empty(0, x.dtype), mean, scale,
+                  shift, x.shape[2], y.reshape(-1))
+    return y
+
+
+def batch_norm_grad_apply(grad_output, x, mean, grad_scale, x_scale, shift):
+    grad_input = np.empty(x.shape, dtype=x.dtype)
+    _use_threads(_threads.elementwise_threads(x.size))
+    affine_kernel(grad_output.reshape(-1), grad_scale, x.reshape(-1), mean,
+                  x_scale, shift, x.shape[2], grad_input.reshape(-1))
+    return grad_input
+
+
+def relu_forward(x):
+    y = np.empty(x.shape, dtype=x.dtype)
+    _use_threads(_threads.elementwise_threads(x.size))
+    relu_kernel(x.reshape(-1), x.dtype.type(0), y.reshape(-1))
+    return y
+
+
+def relu_backward(grad_output, y):
+    grad_input = np.empty(y.shape, dtype=y.dtype)
+    _use_threads(_threads.elementwise_threads(y.size))
+    relu_backward_kernel(grad_output.reshape(-1), y.reshape(-1),
+                         y.dtype.type(0), grad_input.reshape(-1))
+    return grad_input

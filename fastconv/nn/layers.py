@@ -1,8 +1,8 @@
 """Layers with PyTorch's constructor signatures and ``state_dict`` keys.
 
 Convolution, pooling and dropout run on fastconv's kernels
-(``fastconv.functional``) on the process's current backend; the cheap glue
-(ReLU, the dense layer through BLAS, batch norm) is NumPy. Each forward
+(``fastconv.functional``) on the process's current backend, and so do ReLU
+and batch norm; the dense layer is a BLAS product (``fastconv._threads``). Each forward
 saves what its backward needs with ``Module.save_for_backward``; a layer may
 run several forwards before their backwards (see ``fastconv.nn.module``).
 
@@ -403,13 +403,13 @@ class ReLU(Module):
         self.inplace = inplace  # accepted for PyTorch's signature; never in place
 
     def forward(self, x):
-        x = _as_float_array(x)
-        self.save_for_backward(x > 0)
-        return np.maximum(x, 0, dtype=x.dtype)
+        y = F.relu(_as_float_array(x))
+        self.save_for_backward(y)  # y <= 0 exactly where x <= 0
+        return y
 
     def backward(self, grad_output):
-        positive, = self.pop_saved()
-        return _grad_array(grad_output) * positive
+        y, = self.pop_saved()
+        return F.relu_backward(_grad_array(grad_output, y.dtype), y)
 
 
 class Identity(Module):
@@ -641,28 +641,9 @@ class Dropout(Module):
 
 # --------------------------------------------------------------- batch norm
 
-def _rows(x: np.ndarray) -> np.ndarray:
-    """A C-contiguous (N, C, H, W) array as its (N * C, H * W) view."""
-    return x.reshape(x.shape[0] * x.shape[1], -1)
-
-
-def _channel_sum(x: np.ndarray) -> np.ndarray:
-    """Per-channel sum of a C-contiguous (N, C, H, W) array: (C,) float64.
-
-    Each row of H * W is summed by ``einsum`` in x's dtype (one streaming
-    read on one thread; numpy's reduction over axes (0, 2, 3) is several
-    times slower, and a BLAS product with a ones vector stalls on BLAS's
-    threads next to the OpenMP kernels), the N rows of a channel in float64.
-    """
-    row_sums = np.einsum("ij->i", _rows(x))
-    return row_sums.reshape(x.shape[:2]).sum(axis=0, dtype=np.float64)
-
-
-def _channel_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per-channel sum of a * b for C-contiguous (N, C, H, W) arrays: (C,)
-    float64, in one read of each (no (N, C, H, W) temporary)."""
-    row_dots = np.einsum("ij,ij->i", _rows(a), _rows(b))
-    return row_dots.reshape(a.shape[:2]).sum(axis=0, dtype=np.float64)
+def _data(parameter):
+    """A parameter's array, None for an absent one."""
+    return None if parameter is None else parameter.data
 
 
 class BatchNorm2d(Module):
@@ -671,9 +652,10 @@ class BatchNorm2d(Module):
     Training mode normalises with the batch statistics (biased variance) and
     updates ``running_mean`` / ``running_var`` (unbiased variance) with
     ``momentum`` (None: cumulative average), counting ``num_batches_tracked``
-    (an int64 scalar array). Eval mode uses the running statistics.
-    Statistics are reduced in float64 and the elementwise passes run in the
-    compute dtype, in place on arrays this layer allocated.
+    (an int64 scalar array). Eval mode uses the running statistics. Runs on
+    ``fastconv.functional.batch_norm_statistics``, ``batch_norm`` and
+    ``batch_norm_backward``: statistics reduced in float64, the elementwise
+    passes in the compute dtype.
     """
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
@@ -724,34 +706,21 @@ class BatchNorm2d(Module):
                 f"BatchNorm2d({self.num_features}) expects (N, "
                 f"{self.num_features}, H, W), got {x.shape}")
         use_batch_stats = self.training or not self.track_running_stats
-        shape = (1, -1, 1, 1)
         if use_batch_stats:
             count = x.shape[0] * x.shape[2] * x.shape[3]
             if count < 2 and self.training:
                 raise ValueError(
                     "BatchNorm2d needs more than one value per channel in "
                     f"training mode, got input of shape {x.shape}")
-            mean = (_channel_sum(x) / count).astype(x.dtype)
-            # Two passes (the squares of x - mean, not E[x^2] - mean^2)
-            # keep the variance exact where the mean dwarfs the spread.
-            output = np.subtract(x, mean.reshape(shape))
-            variance = _channel_dot(output, output) / count
+            mean, variance = F.batch_norm_statistics(x)
             if self.training and self.track_running_stats:
                 self._update_running_stats(mean, variance, count)
         else:
-            mean = self.running_mean.astype(x.dtype, copy=False)
-            output = np.subtract(x, mean.reshape(shape))
-            variance = self.running_var
-        inv_std = (1.0 / np.sqrt(variance + self.eps)).astype(x.dtype)
-        # Keep the input (not a copy of x - mean): backward rebuilds what it
-        # needs from x, the mean and 1/std in the same number of passes.
-        self.save_for_backward(x, mean, inv_std, use_batch_stats)
-        if self.weight is None:
-            output *= inv_std.reshape(shape)
-            return output
-        output *= (self.weight.data * inv_std).reshape(shape)
-        output += self.bias.data.reshape(shape)
-        return output
+            mean, variance = self.running_mean, self.running_var
+        # x itself is what backward needs (with the statistics it used)
+        self.save_for_backward(x, mean, variance, use_batch_stats)
+        return F.batch_norm(x, mean, variance, _data(self.weight),
+                            _data(self.bias), self.eps)
 
     def _update_running_stats(self, mean, variance, count):
         self.num_batches_tracked = np.array(self.num_batches_tracked + 1,
@@ -765,35 +734,14 @@ class BatchNorm2d(Module):
                             + factor * unbiased).astype(self.running_var.dtype)
 
     def backward(self, grad_output):
-        x, mean, inv_std, used_batch_stats = self.pop_saved()
+        x, mean, variance, used_batch_stats = self.pop_saved()
         grad_output = np.ascontiguousarray(_grad_array(grad_output, x.dtype))
-        shape = (1, -1, 1, 1)
-        grad_sum = _channel_sum(grad_output)
-        # sum(grad * normalized) per channel, normalized = (x - mean) * inv_std
-        # and sum(grad * (x - mean)) = sum(grad * x) - mean * sum(grad).
-        grad_dot_normalized = (_channel_dot(grad_output, x)
-                               - mean * grad_sum) * inv_std
+        grad_input, grad_weight, grad_bias = F.batch_norm_backward(
+            grad_output, x, mean, variance, _data(self.weight), self.eps,
+            batch_statistics=used_batch_stats)
         if self.weight is not None:
-            self.weight.accumulate_grad(grad_dot_normalized.astype(x.dtype))
-            self.bias.accumulate_grad(grad_sum.astype(x.dtype))
-            scale = self.weight.data * inv_std
-        else:
-            scale = inv_std
-        if not used_batch_stats:
-            return np.multiply(grad_output, scale.reshape(shape))
-        # The batch mean and variance depend on every element: the gradient
-        # is scale * (grad - (grad_sum + normalized * grad_dot_normalized)
-        # / count), written as scale * (grad - x * x_coefficient - constant)
-        # to run in four passes over one array (no temporaries).
-        count = grad_output.shape[0] * grad_output.shape[2] * \
-            grad_output.shape[3]
-        x_coefficient = inv_std * grad_dot_normalized / count
-        constant = grad_sum / count - x_coefficient * mean
-        grad_input = np.multiply(x, (-x_coefficient).astype(x.dtype).reshape(
-            shape))
-        grad_input -= constant.astype(x.dtype).reshape(shape)
-        grad_input += grad_output
-        grad_input *= scale.reshape(shape)
+            self.weight.accumulate_grad(grad_weight)
+            self.bias.accumulate_grad(grad_bias)
         return grad_input
 
     def extra_repr(self):

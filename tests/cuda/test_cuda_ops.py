@@ -559,3 +559,52 @@ def test_1d_ops_match_naive(random_array, assert_close):
                                      backend="cuda"),
                  fastconv.avg_pool1d(x, **pool, count_include_pad=False,
                                      backend="naive"))
+
+
+# ------------------------------------------------- batch norm and activation
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_batch_norm_and_relu_match_naive(dtype, random_array, assert_close):
+    x = random_array((3, 2, 5, 3), dtype, "cuda-bn-x") + 2
+    weight = random_array((2,), dtype, "cuda-bn-w")
+    bias = random_array((2,), dtype, "cuda-bn-b")
+    grad = random_array(x.shape, dtype, "cuda-bn-g")
+    mean, var = functional.batch_norm_statistics(x, backend="cuda")
+    mean_ref, var_ref = functional.batch_norm_statistics(x, backend="naive")
+    np.testing.assert_allclose(mean, mean_ref, rtol=1e-12)
+    np.testing.assert_allclose(var, var_ref, rtol=1e-12)
+    assert_close(functional.batch_norm(x, mean, var, weight, bias,
+                                       backend="cuda"),
+                 functional.batch_norm(x, mean, var, weight, bias,
+                                       backend="naive"), what="batch_norm")
+    for batch_statistics in (True, False):
+        grads = functional.batch_norm_backward(
+            grad, x, mean, var, weight, batch_statistics=batch_statistics,
+            backend="cuda")
+        expected = functional.batch_norm_backward(
+            grad, x, mean, var, weight, batch_statistics=batch_statistics,
+            backend="naive")
+        for actual, wanted in zip(grads, expected):
+            assert actual.dtype == dtype
+            assert_close(actual, wanted, what="batch_norm_backward")
+    y = functional.relu(x - 2, backend="cuda")
+    np.testing.assert_array_equal(y, functional.relu(x - 2, backend="naive"))
+    np.testing.assert_array_equal(
+        functional.relu_backward(grad, y, backend="cuda"),
+        functional.relu_backward(grad, y, backend="naive"))
+
+
+def test_batch_norm_and_relu_keep_device_arrays_on_device(device,
+                                                          random_array):
+    x = random_array((2, 3, 4, 4), np.float32, "cuda-bn-device")
+    on_device = device.to_device(x)
+    mean, var = functional.batch_norm_statistics(on_device, backend="cuda")
+    y = functional.batch_norm(on_device, mean, var, backend="cuda")
+    assert not isinstance(y, np.ndarray) and tuple(y.shape) == x.shape
+    np.testing.assert_allclose(
+        y.copy_to_host(), functional.batch_norm(x, mean, var,
+                                                backend="naive"),
+        rtol=1e-5, atol=1e-5)
+    relu = functional.relu(on_device, backend="cuda")
+    assert not isinstance(relu, np.ndarray)
+    np.testing.assert_array_equal(relu.copy_to_host(), np.maximum(x, 0))
