@@ -238,12 +238,17 @@ def test_stride1_input_gradient_runs_the_kernel(seed, direct_calls):
     np.testing.assert_allclose(got, expected, rtol=0, atol=2e-6 * scale)
 
 
+@pytest.mark.parametrize("layout", ["filter_lanes", "pixel_lanes"])
 @pytest.mark.parametrize("seed", range(12))
-def test_weight_gradient_runs_the_kernel(seed, monkeypatch,
+def test_weight_gradient_runs_the_kernel(seed, layout, monkeypatch,
                                         weight_grad_calls):
-    """grad_weight through the register-blocked kernel (filters in vector
-    lanes, taps broadcast from the band) against the naive reference, with
-    the same bits for any thread count."""
+    """grad_weight through the register-blocked kernel, in each layout
+    (filters in vector lanes, taps broadcast from the band; or output
+    pixels in the lanes, rows masked at their ends), against the naive
+    reference, with the same bits for any thread count."""
+    pixel_lanes = layout == "pixel_lanes"
+    monkeypatch.setattr(cython_cpu, "_pixel_lane_weight_grad",
+                        lambda g: pixel_lanes)
     rng = np.random.default_rng(200 + seed)
     (batch, channels, height, width, filters, kernel, stride, padding,
      dilation, groups) = _random_case(rng)
@@ -437,3 +442,34 @@ def test_pointwise_shifted_last_vector_with_channel_blocks(plane,
     expected = fastconv.conv2d(x.astype(np.float64), weight.astype(np.float64),
                                backend="naive")
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape, weight_shape, pixel_lanes", [
+    ((3, 1, 28, 29), (32, 1, 3, 3), True),    # an MNIST first layer
+    ((2, 3, 30, 32), (13, 3, 3, 3), True),    # RGB, filters not whole tiles
+    ((2, 3, 14, 14), (16, 3, 3, 3), False),   # narrow rows: filter lanes
+    ((2, 16, 32, 32), (24, 16, 1, 1), True),  # 1x1 of 16 channels
+    ((2, 16, 20, 20), (16, 16, 3, 3), False),
+])
+def test_weight_gradient_layout_rule(shape, weight_shape, pixel_lanes,
+                                     count_calls):
+    """The rule picks the pixel-lane layout for few taps on wide rows, and
+    either layout gives the reference's gradient."""
+    calls = count_calls(cython_cpu._direct, "conv2d_direct_weight_grad")
+    rng = np.random.default_rng(sum(shape))
+    x = rng.standard_normal(shape).astype(np.float32)
+    weight = rng.standard_normal(weight_shape).astype(np.float32)
+    padding = weight_shape[2] // 2
+    g = _geometry(x, weight, padding=padding)
+    assert cython_cpu._pixel_lane_weight_grad(g) is pixel_lanes
+    grad_output = rng.standard_normal(g.output_shape).astype(np.float32)
+    _, grad_weight, _ = fastconv.conv2d_backward(
+        grad_output, x, weight, padding=padding, need_input_grad=False,
+        backend="cython")
+    assert calls["count"] == 1
+    _, expected, _ = fastconv.conv2d_backward(
+        grad_output.astype(np.float64), x.astype(np.float64),
+        weight.astype(np.float64), padding=padding, need_input_grad=False,
+        backend="numba")
+    np.testing.assert_allclose(grad_weight, expected, rtol=0,
+                               atol=2e-6 * (np.abs(expected).max() + 1))

@@ -608,23 +608,52 @@ def pack_cv_weights(weight, groups, vectors):
 #: group of taps sweeps them.
 DIRECT_WEIGHT_GRAD_PIXELS = 128
 
+#: With few taps (Cg * R * S) grad_weight puts output pixels in the vector
+#: lanes (no transposes; see direct_conv.h): at most
+#: DIRECT_PIXEL_WEIGHT_GRAD_MAX_TAPS taps on output rows at least
+#: DIRECT_PIXEL_WEIGHT_GRAD_MIN_WIDTH wide (narrower rows leave lanes
+#: empty), or at most DIRECT_PIXEL_WEIGHT_GRAD_ANY_WIDTH_TAPS on any; work
+#: items of about DIRECT_PIXEL_WEIGHT_GRAD_PIXELS pixels. Measured (3x3
+#: stride 1, float32, 2 threads, time filters-in-lanes / pixels-in-lanes,
+#: K 16-64): 1.1-1.6 at C = 1 on widths 14-56; 1.1-1.4 at C = 3 on 28-56
+#: but 0.9 on 14; 0.85-1.2 at C = 4; 0.65-1.0 at C = 8; 0.5-0.9 at C = 16;
+#: 1x1 of 16 channels on width 32, 1.36.
+DIRECT_PIXEL_WEIGHT_GRAD_MAX_TAPS = 27
+DIRECT_PIXEL_WEIGHT_GRAD_MIN_WIDTH = 28
+DIRECT_PIXEL_WEIGHT_GRAD_ANY_WIDTH_TAPS = 9
+DIRECT_PIXEL_WEIGHT_GRAD_PIXELS = 512
+
+
+def _pixel_lane_weight_grad(g) -> bool:
+    taps = (g.in_channels // g.groups) * g.kernel_height * g.kernel_width
+    return taps <= DIRECT_PIXEL_WEIGHT_GRAD_ANY_WIDTH_TAPS or (
+        taps <= DIRECT_PIXEL_WEIGHT_GRAD_MAX_TAPS
+        and g.out_width >= DIRECT_PIXEL_WEIGHT_GRAD_MIN_WIDTH)
+
 
 def _direct_weight_grad(grad_output, x, g):
     """grad_weight through the register-blocked kernel (float32): the
-    filters in vector lanes, per-run partial sums over fixed runs of work
-    items (GRAD_WEIGHT_RUNS at most), added in order."""
+    filters in vector lanes, or with few taps (``_pixel_lane_weight_grad``)
+    output pixels in the lanes; per-run partial sums over fixed runs of
+    work items (GRAD_WEIGHT_RUNS at most), added in order."""
     _, lanes, _, _ = _direct_parameters()
     filters = g.out_channels // g.groups
-    filter_vectors = 1 if filters <= lanes else 2 if filters <= 2 * lanes \
-        else 4
-    padded_filters = -(-filters // (filter_vectors * lanes)) * (
-        filter_vectors * lanes)
     taps = (g.in_channels // g.groups) * g.kernel_height * g.kernel_width
+    if _pixel_lane_weight_grad(g):
+        filter_vectors = 0
+        padded_filters = -(-filters // _direct.weight_grad_pixel_filters()) \
+            * _direct.weight_grad_pixel_filters()
+        pixels = DIRECT_PIXEL_WEIGHT_GRAD_PIXELS
+    else:
+        filter_vectors = 1 if filters <= lanes else \
+            2 if filters <= 2 * lanes else 4
+        padded_filters = -(-filters // (filter_vectors * lanes)) * (
+            filter_vectors * lanes)
+        pixels = DIRECT_WEIGHT_GRAD_PIXELS
     per_group = _direct.weight_grad_taps(filter_vectors)
     padded_taps = -(-taps // per_group) * per_group
     pointwise = _direct_pointwise(g)
-    rows = max(1, min(g.out_height,
-                      DIRECT_WEIGHT_GRAD_PIXELS // g.out_width))
+    rows = max(1, min(g.out_height, pixels // g.out_width))
     if pointwise:
         band_rows, row_len, band_size = 1, 1, 1
         offsets = np.arange(g.in_channels // g.groups, dtype=np.intp) * (
@@ -640,17 +669,23 @@ def _direct_weight_grad(grad_output, x, g):
     items = g.batch * g.groups * -(-g.out_height // rows)
     runs = max(1, min(GRAD_WEIGHT_RUNS, items))
     num_threads = _num_threads(_threads.conv_threads(g))
-    partials = np.zeros((runs, g.groups, padded_taps, padded_filters),
-                        np.float32)
+    lane_sums = lanes if filter_vectors == 0 else 1
+    partials = np.zeros((runs, g.groups, padded_taps,
+                         padded_filters * lane_sums), np.float32)
+    scratch = rows * g.out_width * (1 if filter_vectors == 0
+                                    else padded_filters)
     _direct.conv2d_direct_weight_grad(
         x, grad_output, partials, np.empty((num_threads, band_size),
                                            np.float32),
-        np.empty((num_threads, rows * g.out_width * padded_filters),
-                 np.float32),
+        np.empty((num_threads, scratch), np.float32),
         offsets, g, g.groups, rows, band_rows, row_len, pointwise,
         filter_vectors, num_threads)
     total = np.empty(partials[0].size, np.float32)
     _conv.sum_rows(partials.reshape(runs, -1), total, num_threads)
+    if lane_sums > 1:
+        # the lanes of each sum, added in order (a fixed order: numpy's
+        # pairwise sum of a shape known here)
+        total = total.reshape(-1, lane_sums).sum(axis=1)
     per_group_sums = total.reshape(g.groups, padded_taps, padded_filters)
     return np.ascontiguousarray(
         per_group_sums[:, :taps, :filters].transpose(0, 2, 1)).reshape(
@@ -796,18 +831,26 @@ def _winograd_weight_grad(grad_output, x, g):
     grad_weight = np.empty(g.weight_shape, dtype)
     _winograd_kernels.winograd_filters_adjoint_f43(domain, grad_weight,
                                                    num_threads)
-    grad_bias = np.empty(g.out_channels, dtype)
-    _conv.bias_grad(grad_output, grad_bias, num_threads)
-    return grad_weight, grad_bias
+    return grad_weight, _bias_grad(grad_output, num_threads)
+
+
+def _bias_grad(grad_output, num_threads):
+    """grad_bias: each output channel's sum of grad_output (float64 sums in
+    one fixed order, ``normalization.channel_sums``), in its dtype."""
+    batch, channels, height, width = grad_output.shape
+    sums = np.zeros(channels)
+    if grad_output.size:
+        _normalization.channel_sums(
+            grad_output.reshape(batch * channels, height * width), channels,
+            sums, np.empty(batch * channels), num_threads)
+    return sums.astype(grad_output.dtype)
 
 
 def _direct_weight_grad_and_bias(grad_output, x, g):
     """(grad_weight, grad_bias), the weight's through the register-blocked
     kernel."""
-    grad_bias = np.empty(g.out_channels, np.float32)
-    _conv.bias_grad(grad_output, grad_bias,
-                    _num_threads(_threads.conv_threads(g)))
-    return _direct_weight_grad(grad_output, x, g), grad_bias
+    return _direct_weight_grad(grad_output, x, g), _bias_grad(
+        grad_output, _num_threads(_threads.conv_threads(g)))
 
 
 def _input_grad_geometry(g):
@@ -1006,9 +1049,7 @@ def conv2d_backward(grad_output, x, weight, g, need_input_grad, *,
         return grad_input, None, None
     grad_weight = np.empty(g.weight_shape, dtype=dtype)
     _conv.sum_rows(partials, grad_weight.reshape(-1), num_threads)
-    grad_bias = np.empty(g.out_channels, dtype=dtype)
-    _conv.bias_grad(grad_output, grad_bias, num_threads)
-    return grad_input, grad_weight, grad_bias
+    return grad_input, grad_weight, _bias_grad(grad_output, num_threads)
 
 
 # ------------------------------------------------------- depthwise convolution

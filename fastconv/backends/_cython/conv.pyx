@@ -539,21 +539,3 @@ def sum_rows(const real[:, ::1] rows, real[::1] total, int num_threads):
         total[j] = acc
 
 
-def bias_grad(const real[:, :, :, ::1] grad_output, real[::1] grad_bias,
-              int num_threads):
-    """grad_bias[k] = sum of grad_output[:, k] (accumulated in float64)."""
-    cdef Py_ssize_t batch = grad_output.shape[0]
-    cdef Py_ssize_t channels = grad_output.shape[1]
-    cdef Py_ssize_t plane = grad_output.shape[2] * grad_output.shape[3]
-    cdef const real *base = &grad_output[0, 0, 0, 0]
-    cdef const real *row
-    cdef Py_ssize_t k, n, p
-    cdef double acc
-    for k in prange(channels, nogil=True, schedule="static",
-                    num_threads=num_threads):
-        acc = 0
-        for n in range(batch):
-            row = base + (n * channels + k) * plane
-            for p in range(plane):
-                acc = acc + row[p]
-        grad_bias[k] = <real>acc

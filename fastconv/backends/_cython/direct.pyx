@@ -38,6 +38,8 @@ cdef extern from "direct_conv.h" nogil:
     const int FC_KB
     const int FC_VMAX
     int FC_WTAPS(int filter_vectors)
+    const int FC_PK
+    const int FC_PT
 
     ctypedef struct fc_direct_geometry:
         Py_ssize_t channels, in_height, in_width
@@ -62,6 +64,11 @@ cdef extern from "direct_conv.h" nogil:
                        Py_ssize_t padded_taps, Py_ssize_t padded_filters,
                        int wv, Py_ssize_t oh0, float *band, float *gt,
                        float *partial)
+    void fc_wgrad_px_item(const fc_direct_geometry *g, const float *image,
+                          const float *grad, const Py_ssize_t *tap_offsets,
+                          Py_ssize_t padded_taps, Py_ssize_t padded_filters,
+                          Py_ssize_t oh0, float *band, float *zeros,
+                          float *lane_partial)
 
 
 def parameters():
@@ -98,10 +105,12 @@ def conv2d_direct_weight_grad(
         Py_ssize_t rows, Py_ssize_t band_rows, Py_ssize_t row_len,
         bint pointwise, int filter_vectors, int num_threads):
     """Per-run partial sums of grad_weight: partials (runs, groups, padded
-    taps, padded filters), zero on entry. The work items (image, group, run
-    of ``rows`` output rows) are cut into consecutive runs, each summed in
-    order by one thread: the bits depend on the shape and the run count
-    alone."""
+    taps, padded filters), zero on entry; or, with ``filter_vectors`` 0,
+    the pixel-lane kernel's (runs, groups, padded taps, padded filters *
+    lanes), ``gts`` then rows * out_width floats per thread. The work items
+    (image, group, run of ``rows`` output rows) are cut into consecutive
+    runs, each summed in order by one thread: the bits depend on the shape
+    and the run count alone."""
     cdef fc_direct_geometry g = _geometry(
         x.shape, grad_output.shape[1], grad_output.shape, groups, geometry,
         partials.shape[2], partials.shape[2], rows, band_rows, row_len,
@@ -117,6 +126,14 @@ def conv2d_direct_weight_grad(
                 row_run = item % row_runs
                 group = (item // row_runs) % groups
                 n = item // (row_runs * groups)
+                if filter_vectors == 0:
+                    fc_wgrad_px_item(
+                        &g, &x[n, group * g.channels, 0, 0],
+                        &grad_output[n, group * g.filters, 0, 0],
+                        &tap_offsets[0], partials.shape[2],
+                        partials.shape[3] // FC_VL, row_run * rows, &bands[thread, 0], &gts[thread, 0],
+                        &partials[run, group, 0, 0])
+                    continue
                 fc_wgrad_item(&g, &x[n, group * g.channels, 0, 0],
                               &grad_output[n, group * g.filters, 0, 0],
                               &tap_offsets[0], partials.shape[2],
@@ -133,8 +150,13 @@ def channel_vectors_available():
 
 def weight_grad_taps(int filter_vectors):
     """Taps per group of the weight gradient's tiles with this many vectors
-    of filters (1, 2 or 4)."""
-    return FC_WTAPS(filter_vectors)
+    of filters (1, 2 or 4; 0: the pixel-lane kernel's)."""
+    return FC_PT if filter_vectors == 0 else FC_WTAPS(filter_vectors)
+
+
+def weight_grad_pixel_filters():
+    """Filters per tile of the pixel-lane weight gradient."""
+    return FC_PK
 
 
 def conv2d_direct(const float[:, :, :, ::1] x, const float[:, :, :, ::1] packed,

@@ -654,4 +654,116 @@ static void fc_wgrad_item(const fc_direct_geometry *g, const float *image,
 #endif
 }
 
+/* ------------------------------------- weight gradient, pixels in lanes
+ *
+ * For few taps (Cg * R * S) the transposes above cost as much as the
+ * multiply-adds. Here the lanes are FC_VL output pixels of one row, read
+ * from grad_output as it lies: a tile holds FC_PK filters x FC_PT taps sums
+ * (one vector each); per vector of pixels it loads FC_PK output-gradient
+ * vectors and FC_PT input vectors (from the band, shifted by the tap) for
+ * FC_PK * FC_PT multiply-adds. Lanes past a row's end are masked to zero in
+ * both. The tile adds its vectors into the run's lane partial (padded taps,
+ * padded filters, FC_VL), whose lanes the caller sums in order at the end.
+ * Filters past Kg read the zero row `zeros` (padded filters are a multiple
+ * of FC_PK); padded taps (a multiple of FC_PT) read tap 0's inputs and
+ * their sums land in padding rows.
+ */
+#if FC_DIRECT_AVAILABLE
+#if FC_VL == 16
+#define FC_PK 8   /* 24 sums, 3 inputs, 1 gradient: 28 of 32 registers */
+#else
+#define FC_PK 4   /* 12 sums, 3 inputs, 1 gradient: 16 registers */
+#endif
+#define FC_PT 3
+
+static void fc_wgrad_px_tile(const float *const *grad_rows,
+                             const float *base, ptrdiff_t rows,
+                             ptrdiff_t width, ptrdiff_t pitch,
+                             const ptrdiff_t *off, float *lane_partial,
+                             ptrdiff_t padded_filters)
+{
+    fc_vf a[FC_PK][FC_PT];
+#pragma GCC unroll 8
+    for (int k = 0; k < FC_PK; ++k)
+#pragma GCC unroll 3
+        for (int t = 0; t < FC_PT; ++t)
+            a[k][t] = (fc_vf){0};
+    for (ptrdiff_t i = 0; i < rows; ++i) {
+        const float *row = base + i * pitch;
+        const ptrdiff_t gi = i * width;
+        for (ptrdiff_t p0 = 0; p0 < width; p0 += FC_VL) {
+            const int n = width - p0 < FC_VL ? (int)(width - p0) : FC_VL;
+            fc_vf xv[FC_PT];
+#pragma GCC unroll 3
+            for (int t = 0; t < FC_PT; ++t)
+                xv[t] = n == FC_VL ? fc_load(row + p0 + off[t])
+                                   : fc_load_lanes(row + p0 + off[t], n);
+#pragma GCC unroll 8
+            for (int k = 0; k < FC_PK; ++k) {
+                const float *gp = grad_rows[k] + gi + p0;
+                const fc_vf gv = n == FC_VL ? fc_load(gp)
+                                            : fc_load_lanes(gp, n);
+#pragma GCC unroll 3
+                for (int t = 0; t < FC_PT; ++t)
+                    a[k][t] += gv * xv[t];
+            }
+        }
+    }
+#pragma GCC unroll 3
+    for (int t = 0; t < FC_PT; ++t)
+#pragma GCC unroll 8
+        for (int k = 0; k < FC_PK; ++k) {
+            float *d = lane_partial + (t * padded_filters + k) * FC_VL;
+            fc_vf sum = fc_load(d) + a[k][t];
+            memcpy(d, &sum, sizeof sum);
+        }
+}
+#else
+#define FC_PK 1
+#define FC_PT 1
+#endif
+
+/* One work item of the pixel-lane weight gradient: output rows [oh0, oh0 +
+ * rows) of one image and group, as fc_wgrad_item; zeros: this thread's
+ * scratch of rows * out_width floats (zeroed here), the rows of padding
+ * filters; lane_partial: (padded taps, padded filters, FC_VL). */
+static void fc_wgrad_px_item(const fc_direct_geometry *g, const float *image,
+                             const float *grad, const ptrdiff_t *tap_offsets,
+                             ptrdiff_t padded_taps, ptrdiff_t padded_filters,
+                             ptrdiff_t oh0, float *band, float *zeros,
+                             float *lane_partial)
+{
+#if FC_DIRECT_AVAILABLE
+    ptrdiff_t rows = g->out_height - oh0;
+    if (rows > g->rows) rows = g->rows;
+    const ptrdiff_t width = g->out_width, plane = g->out_height * width;
+    const float *base;
+    ptrdiff_t pitch;
+    if (g->pointwise) {
+        base = image + oh0 * width;
+        pitch = width;
+    } else {
+        fc_fill_band(g, image, oh0, band);
+        base = band;
+        pitch = g->stride_h * g->stride_w * g->row_len;
+    }
+    memset(zeros, 0, (size_t)(rows * width) * sizeof(float));
+    for (ptrdiff_t k0 = 0; k0 < padded_filters; k0 += FC_PK) {
+        const float *grad_rows[FC_PK];
+        for (int k = 0; k < FC_PK; ++k)
+            grad_rows[k] = k0 + k < g->filters
+                           ? grad + (k0 + k) * plane + oh0 * width : zeros;
+        for (ptrdiff_t t0 = 0; t0 < padded_taps; t0 += FC_PT)
+            fc_wgrad_px_tile(grad_rows, base, rows, width, pitch,
+                             tap_offsets + t0,
+                             lane_partial + (t0 * padded_filters + k0)
+                             * FC_VL, padded_filters);
+    }
+#else
+    (void)g; (void)image; (void)grad; (void)tap_offsets; (void)padded_taps;
+    (void)padded_filters; (void)oh0; (void)band; (void)zeros;
+    (void)lane_partial;
+#endif
+}
+
 #endif

@@ -97,6 +97,18 @@ cdef void _add_rows(const double *rows, Py_ssize_t batch, Py_ssize_t channels,
             out[c] += rows[n * channels + c]
 
 
+def channel_sums(const real[:, ::1] x, Py_ssize_t channels,
+                 double[::1] sums, double[::1] rows, int num_threads):
+    """Per-channel sums of x viewed as (N * C, L) rows (a convolution's
+    bias gradient; the first pass of ``moments``). ``rows`` is scratch of
+    N * C doubles."""
+    cdef Py_ssize_t r, count = x.shape[0], length = x.shape[1]
+    for r in prange(count, nogil=True, schedule="static",
+                    num_threads=num_threads):
+        rows[r] = _row_sum(&x[r, 0], length, 0.0)
+    _add_rows(&rows[0], count // channels, channels, &sums[0])
+
+
 def moments(const real[:, ::1] x, Py_ssize_t channels, double[::1] mean,
             double[::1] variance, double[::1] rows, int num_threads):
     """Per-channel mean and biased variance of x viewed as (N * C, L) rows,
@@ -105,10 +117,7 @@ def moments(const real[:, ::1] x, Py_ssize_t channels, double[::1] mean,
     cdef Py_ssize_t r, c, count = x.shape[0], length = x.shape[1]
     cdef Py_ssize_t batch = count // channels
     cdef double elements = <double>(batch * length)
-    for r in prange(count, nogil=True, schedule="static",
-                    num_threads=num_threads):
-        rows[r] = _row_sum(&x[r, 0], length, 0.0)
-    _add_rows(&rows[0], batch, channels, &mean[0])
+    channel_sums(x, channels, mean, rows, num_threads)
     for c in range(channels):
         mean[c] = mean[c] / elements
     for r in prange(count, nogil=True, schedule="static",
