@@ -45,15 +45,22 @@ from fastconv import config
 # this (virtual) machine, more than a small convolution's whole work (a
 # (4, 3, 32, 32) x (32, 3, 3, 3) conv2d on 2 threads: 0.13 ms passive,
 # 0.046 ms spinning). So workers spin for GOMP_SPINCOUNT_DEFAULT pause
-# instructions (about 0.1 ms here; libgomp's own default, 300,000, is about
+# instructions (about 1 ms here; libgomp's own default, 300,000, is about
 # 30 ms) before they sleep: back-to-back kernels, as in a network's forward,
-# find them awake, and an idle worker gives its core back within 0.1 ms.
+# find them awake, and an idle worker gives its core back within 1 ms.
 # Measured with that conv2d (ms on 2 threads at 0 / 300 / 1,000 / 3,000 /
-# 10,000 spins): 0.129 / 0.092 / 0.046 / 0.046 / 0.046.
+# 10,000 spins): 0.129 / 0.092 / 0.046 / 0.046 / 0.046; a training step
+# (``benchmarks/bench_training.py``'s, batch 64), which leaves gaps of
+# Python and NumPy work between its kernels, at 1,000 / 10,000 / 30,000
+# spins: ResNet-8 76.6 / 70.5 / 69.6 ms (274 / 52 / 9 sleeps a step),
+# SmallCNN 16.1 / 14.6 / 13.8 ms; with a busy process on each core SmallCNN
+# took 30-41 ms at 1,000 and 31-32 ms at 10,000; a 512^2 sgemm right after
+# a conv2d 1.10 ms at 1,000, 1.16-1.22 ms at 10,000 (a worker still
+# spinning beside BLAS's threads).
 # libgomp reads both once, when it loads, so they are set here, on
 # ``import fastconv``, before any kernel runs; values the user set win (and
 # a user's own OMP_WAIT_POLICY keeps libgomp's spin count for it).
-GOMP_SPINCOUNT_DEFAULT = 1000
+GOMP_SPINCOUNT_DEFAULT = 10000
 if "OMP_WAIT_POLICY" not in os.environ:
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     os.environ.setdefault("GOMP_SPINCOUNT", str(GOMP_SPINCOUNT_DEFAULT))
