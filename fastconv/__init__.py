@@ -32,6 +32,7 @@ from fastconv.functional import (
     batch_norm,
     batch_norm_backward,
     batch_norm_statistics,
+    batch_norm_training,
     conv1d,
     conv1d_backward,
     conv2d,
@@ -81,7 +82,8 @@ __all__ = [
     "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "max_pool1d",
     "max_pool1d_backward", "avg_pool1d", "avg_pool1d_backward",
     "dropout_mask", "dropout", "dropout_backward", "batch_norm_statistics",
-    "batch_norm", "batch_norm_backward", "relu", "relu_backward",
+    "batch_norm", "batch_norm_training", "batch_norm_backward", "relu",
+    "relu_backward",
     "filter2d", "convolve2d",
     "kernels",
 ]

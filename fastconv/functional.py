@@ -22,7 +22,8 @@ __all__ = [
     "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "max_pool1d",
     "max_pool1d_backward", "avg_pool1d", "avg_pool1d_backward",
     "dropout_mask", "dropout", "dropout_backward", "batch_norm_statistics",
-    "batch_norm", "batch_norm_backward", "relu", "relu_backward",
+    "batch_norm", "batch_norm_training", "batch_norm_backward", "relu",
+    "relu_backward",
 ]
 
 
@@ -742,39 +743,47 @@ def batch_norm_statistics(x, *, backend=None):
     return resolve("batch_norm_stats", backend).batch_norm_stats(x)
 
 
-def _normalisation(mean, var, weight, channels, eps):
-    """float64 (mean, 1 / sqrt(var + eps), weight / sqrt(var + eps))."""
-    mean = _channel_vector(mean, "mean", channels)
-    var = _channel_vector(var, "var", channels)
-    weight = _channel_vector(weight, "weight", channels, optional=True)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        inv_std = 1.0 / np.sqrt(var + eps)
-    scale = inv_std if weight is None else weight * inv_std
-    return mean, inv_std, scale
-
-
 def batch_norm(x, mean, var, weight=None, bias=None, eps=1e-5, *,
                backend=None):
     """``(x - mean) / sqrt(var + eps) * weight + bias`` per channel (axis 1
     of ``x``, (N, C, ...)), in x's dtype: ``torch.nn.functional.batch_norm``
-    with the statistics given (what eval mode runs; training mode is
-    ``batch_norm_statistics`` and then this).
+    with the statistics given (what eval mode runs; ``batch_norm_training``
+    normalises with x's own).
 
     ``mean``, ``var``, ``weight``, ``bias``: (C,) float arrays; ``weight``
     None means 1, ``bias`` None 0. One pass over x: ``(x - mean[c]) *
     scale[c] + shift[c]``, the per-channel factors formed in float64.
     """
-    device = _takes_device_arrays("batch_norm_apply", backend, x)
+    device = _takes_device_arrays("batch_norm_forward", backend, x)
     x, shape = _channel_rows(x, "x", device)
     channels = shape[1]
     eps = _eps(eps)
-    mean, _, scale = _normalisation(mean, var, weight, channels, eps)
+    mean = _channel_vector(mean, "mean", channels)
+    var = _channel_vector(var, "var", channels)
+    weight = _channel_vector(weight, "weight", channels, optional=True)
     bias = _channel_vector(bias, "bias", channels, optional=True)
-    shift = np.zeros(channels) if bias is None else bias
-    dtype = _validate.dtype_of(x)
-    y = resolve("batch_norm_apply", backend).batch_norm_apply(
-        x, mean.astype(dtype), scale.astype(dtype), shift.astype(dtype))
+    y, _, _ = resolve("batch_norm_forward", backend).batch_norm_forward(
+        x, mean, var, weight, bias, eps)
     return y.reshape(shape)
+
+
+def batch_norm_training(x, weight=None, bias=None, eps=1e-5, *,
+                        backend=None):
+    """Batch norm with x's own statistics (training mode): ``(y, mean,
+    var)``, ``mean`` and ``var`` as ``batch_norm_statistics`` gives them
+    (float64, var biased). The same result as those two calls, in one
+    call that normalises each channel while its values are in cache.
+    """
+    device = _takes_device_arrays("batch_norm_forward", backend, x)
+    x, shape = _channel_rows(x, "x", device)
+    channels = shape[1]
+    eps = _eps(eps)
+    _per_channel_count(shape, "x")
+    weight = _channel_vector(weight, "weight", channels, optional=True)
+    bias = _channel_vector(bias, "bias", channels, optional=True)
+    y, mean, var = resolve("batch_norm_forward", backend).batch_norm_forward(
+        x, None, None, weight, bias, eps)
+    return y.reshape(shape), mean, var
 
 
 def batch_norm_backward(grad_output, x, mean, var, weight=None, eps=1e-5, *,
@@ -784,12 +793,13 @@ def batch_norm_backward(grad_output, x, mean, var, weight=None, eps=1e-5, *,
     ones and a bias of zeros would get when ``weight`` is None).
 
     ``batch_statistics=True``: ``mean`` and ``var`` were x's own
-    (``batch_norm_statistics``, training mode), and the gradient flows
+    (``batch_norm_training``, training mode), and the gradient flows
     through them too; False: they were constants (running statistics).
     Two passes: the per-channel sums of grad_output and grad_output * x,
-    then ``grad * a[c] + (x - mean[c]) * b[c] + d[c]``.
+    then ``grad * a[c] + (x - mean[c]) * b[c] + d[c]`` (the factors in
+    ``fastconv.backends._normalization``).
     """
-    device = _takes_device_arrays("batch_norm_grad_stats", backend,
+    device = _takes_device_arrays("batch_norm_backward", backend,
                                   grad_output, x)
     x, shape = _channel_rows(x, "x", device)
     grad_output, grad_shape = _channel_rows(grad_output, "grad_output",
@@ -800,28 +810,18 @@ def batch_norm_backward(grad_output, x, mean, var, weight=None, eps=1e-5, *,
     _validate.same_dtype(grad_output, "grad_output", x, "x")
     channels = shape[1]
     eps = _eps(eps)
-    mean, inv_std, scale = _normalisation(mean, var, weight, channels, eps)
+    mean = _channel_vector(mean, "mean", channels)
+    var = _channel_vector(var, "var", channels)
+    weight = _channel_vector(weight, "weight", channels, optional=True)
+    batch_statistics = bool(batch_statistics)
+    if batch_statistics:
+        _per_channel_count(shape, "x")
+    grad_input, grad_weight, grad_bias = resolve(
+        "batch_norm_backward", backend).batch_norm_backward(
+        grad_output, x, mean, var, weight, eps, batch_statistics)
     dtype = _validate.dtype_of(x)
-    grad_sum, grad_dot = resolve(
-        "batch_norm_grad_stats", backend).batch_norm_grad_stats(grad_output, x)
-    # sum(grad * normalised x), normalised x = (x - mean) * inv_std
-    grad_normalised = (grad_dot - mean * grad_sum) * inv_std
-    if not batch_statistics:
-        zeros = np.zeros(channels, dtype)
-        grad_input = resolve("batch_norm_apply", backend).batch_norm_apply(
-            grad_output, zeros, scale.astype(dtype), zeros)
-    else:
-        # The batch mean and variance depend on every element:
-        # scale * (grad - (grad_sum + normalised * grad_normalised) / count)
-        count = _per_channel_count(shape, "x")
-        x_scale = -scale * inv_std * grad_normalised / count
-        shift = -scale * grad_sum / count
-        grad_input = resolve(
-            "batch_norm_grad_apply", backend).batch_norm_grad_apply(
-            grad_output, x, mean.astype(dtype), scale.astype(dtype),
-            x_scale.astype(dtype), shift.astype(dtype))
-    return (grad_input.reshape(shape), grad_normalised.astype(dtype),
-            grad_sum.astype(dtype))
+    return (grad_input.reshape(shape), grad_weight.astype(dtype),
+            grad_bias.astype(dtype))
 
 
 def relu(x, *, backend=None):

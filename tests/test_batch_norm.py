@@ -1,4 +1,5 @@
-"""batch_norm_statistics / batch_norm / batch_norm_backward and relu /
+"""batch_norm_statistics / batch_norm / batch_norm_training /
+batch_norm_backward and relu /
 relu_backward on every CPU backend: against a float64 NumPy reference
 written here, the naive loops and PyTorch (when installed), gradients by
 finite differences in float64, the same bits for any thread count, and
@@ -76,6 +77,24 @@ def test_statistics_and_forward_match_float64_reference(
     assert_close(plain, reference_forward(x, mean, var, None, None, 1e-5),
                  dtype=dtype)
     np.testing.assert_array_equal(x, before)
+
+
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
+def test_training_forward_is_statistics_then_batch_norm(backend, dtype, shape,
+                                                        random_array):
+    x, weight, bias = case(random_array, shape, dtype, "training", shape)
+    before = x.copy()
+    y, mean, var = F.batch_norm_training(x, weight, bias, 1e-3,
+                                         backend=backend)
+    expected_mean, expected_var = F.batch_norm_statistics(x, backend=backend)
+    np.testing.assert_array_equal(mean, expected_mean)
+    np.testing.assert_array_equal(var, expected_var)
+    np.testing.assert_array_equal(
+        y, F.batch_norm(x, mean, var, weight, bias, 1e-3, backend=backend))
+    np.testing.assert_array_equal(x, before)
+    plain, _, _ = F.batch_norm_training(x, backend=backend)
+    np.testing.assert_array_equal(
+        plain, F.batch_norm(x, mean, var, backend=backend))
 
 
 def test_variance_exact_where_the_mean_dwarfs_the_spread(compiled_backend):
@@ -209,9 +228,9 @@ def test_same_bits_for_any_thread_count(name, restore_num_threads):
     # every count this machine allows (2 on the development machine)
     for threads in range(1, fastconv._threads.default_num_threads() + 1):
         fastconv.set_num_threads(threads)
-        mean, var = F.batch_norm_statistics(x, backend=name)
+        y, mean, var = F.batch_norm_training(x, backend=name)
         grads = F.batch_norm_backward(grad, x, mean, var, backend=name)
-        results.append((mean, var) + grads)
+        results.append((y, mean, var) + grads)
     for other in results[1:]:
         for got, want in zip(other, results[0]):
             np.testing.assert_array_equal(got, want)
@@ -234,6 +253,12 @@ def test_empty_batch_normalises_to_empty(backend):
      "at least one value per channel"),
     (lambda x: F.batch_norm_statistics(x.tolist()), TypeError,
      "numpy.ndarray"),
+    (lambda x: F.batch_norm_training(x[:, :, :0]), ValueError,
+     "at least one value per channel"),
+    (lambda x: F.batch_norm_training(x, np.ones(2)), ValueError,
+     r"weight must have shape \(3,\)"),
+    (lambda x: F.batch_norm_training(x, eps=float("nan")), ValueError,
+     "eps must be finite"),
     (lambda x: F.batch_norm_statistics(x.astype(np.int32)), TypeError,
      "float32 or float64"),
     (lambda x: F.batch_norm(x, np.zeros(2), np.ones(3)), ValueError,

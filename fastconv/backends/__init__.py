@@ -36,19 +36,20 @@ the backend; ``g`` is a ``ConvGeometry`` or ``PoolGeometry``):
 ``dropout_apply(x, mask, scale) -> x * mask * scale`` (same dtype as x)
 
 Batch normalisation works on ``(N, C, L)`` arrays (L = H * W; a device
-array may come as ``(N, C, ...)``); the per-channel vectors ``mean``,
-``scale``, ``shift``... are ``(C,)`` in x's dtype, the statistics float64
-``(C,)``, each summed in one fixed order per backend (the same bits for any
-thread count):
+array may come as ``(N, C, ...)``) with float64 ``(C,)`` statistics and
+factors (``weight``, ``bias`` None for 1 and 0), sums in one fixed order
+per backend (the same bits for any thread count);
+``fastconv.backends._normalization`` has the formulas:
 
 ``batch_norm_stats(x) -> (mean, variance)``
     mean and biased variance of each channel over (N, L), the variance as
     the mean of the squares of ``x - mean`` (a second pass).
-``batch_norm_apply(x, mean, scale, shift) -> (x - mean[c]) * scale[c] + shift[c]``
-``batch_norm_grad_stats(grad_output, x) -> (grad_sum, grad_dot)``
-    per channel: sum(grad_output) and sum(grad_output * x).
-``batch_norm_grad_apply(grad_output, x, mean, grad_scale, x_scale, shift)``
-    ``-> grad_output * grad_scale[c] + (x - mean[c]) * x_scale[c] + shift[c]``
+``batch_norm_forward(x, mean, variance, weight, bias, eps) -> (y, mean, variance)``
+    ``(x - mean) * weight / sqrt(variance + eps) + bias``; ``mean`` and
+    ``variance`` None: x's own (``batch_norm_stats``), returned.
+``batch_norm_backward(grad_output, x, mean, variance, weight, eps, batch_statistics) -> (grad_input, grad_weight, grad_bias)``
+    the last two float64; ``batch_statistics``: mean and variance were x's
+    own, and the gradient flows through them.
 ``relu_forward(x) -> y``
     x where x >= 0 (NaN kept), 0 elsewhere; any shape.
 ``relu_backward(grad_output, y) -> grad_input``
@@ -75,9 +76,8 @@ PRIMITIVES = (
     "dropout_mask",
     "dropout_apply",
     "batch_norm_stats",
-    "batch_norm_apply",
-    "batch_norm_grad_stats",
-    "batch_norm_grad_apply",
+    "batch_norm_forward",
+    "batch_norm_backward",
     "relu_forward",
     "relu_backward",
 )

@@ -47,6 +47,7 @@ import math
 import numpy as np
 
 from fastconv import _dropout_hash, config
+from fastconv.backends import _normalization
 
 
 def _import_numba_cuda():
@@ -444,19 +445,20 @@ def batch_norm_stats(x):
     return mean, _channel_totals(rows, channels) / count
 
 
-def batch_norm_grad_stats(grad_output, x):
-    """(grad_sum, grad_dot) as host arrays."""
+def _grad_sums(grad_output, x):
+    """Per-channel (sum(g), sum(g * x)) as host arrays; the device arrays."""
     placement = _Placement()
     grad_output = placement.take(grad_output)
     x = _channel_rows(placement.take(x))
     batch, channels, length = x.shape
     if not x.size:
-        return np.zeros(channels), np.zeros(channels)
+        return np.zeros(channels), np.zeros(channels), grad_output, x
     sums = cuda.device_array(batch * channels, dtype=np.float64)
     dots = cuda.device_array(batch * channels, dtype=np.float64)
     _launch("bn_row_grad_sums", x.dtype, sums.size)(
         _flat(grad_output), _flat(x), sums, dots, length)
-    return _channel_totals(sums, channels), _channel_totals(dots, channels)
+    return (_channel_totals(sums, channels), _channel_totals(dots, channels),
+            grad_output, x)
 
 
 def _channel_rows(array):
@@ -465,28 +467,50 @@ def _channel_rows(array):
     return array.reshape(array.shape[0], array.shape[1], length)
 
 
-def _affine(a, a_scale, b, centre, b_scale, shift):
-    placement = _Placement()
-    a = _channel_rows(placement.take(a))
+def _affine(a, a_scale, b, centre, b_scale, shift, on_device):
+    """a * a_scale[c] + (b - centre[c]) * b_scale[c] + shift[c] on the
+    device (b None: (a - centre[c]) * b_scale[c] + shift[c]); the result
+    stays there when ``on_device``."""
     dtype = a.dtype
-    has_b = b is not None
-    b = placement.take(b) if has_b else _dummy(dtype)
-    vectors = [placement.take(v, dtype)
+    vectors = [cuda.to_device(np.ascontiguousarray(v, dtype=dtype))
                for v in (a_scale, centre, b_scale, shift)]
     y = cuda.device_array(a.shape, dtype=dtype)
     if a.size:
         _launch("bn_affine", dtype, a.size)(
-            _flat(a), vectors[0], _flat(b), *vectors[1:], _flat(y),
-            a.shape[2], int(has_b))
-    return placement.give(y)
+            _flat(a), vectors[0], _dummy(dtype) if b is None else _flat(b),
+            *vectors[1:], _flat(y), a.shape[2], int(b is not None))
+    return y if on_device else y.copy_to_host()
 
 
-def batch_norm_apply(x, mean, scale, shift):
-    return _affine(x, scale, None, mean, scale, shift)
+def batch_norm_forward(x, mean, variance, weight, bias, eps):
+    on_device = not isinstance(x, np.ndarray)
+    if mean is None:
+        mean, variance = batch_norm_stats(x)
+    x = _channel_rows(_Placement().take(x))
+    scale, shift = _normalization.forward_factors(variance, weight, bias, eps)
+    return (_affine(x, scale, None, mean, scale, shift, on_device), mean,
+            variance)
 
 
-def batch_norm_grad_apply(grad_output, x, mean, grad_scale, x_scale, shift):
-    return _affine(grad_output, grad_scale, x, mean, x_scale, shift)
+def batch_norm_backward(grad_output, x, mean, variance, weight, eps,
+                        batch_statistics):
+    on_device = not (isinstance(grad_output, np.ndarray)
+                     and isinstance(x, np.ndarray))
+    grad_sum, grad_dot, grad_output, x = _grad_sums(grad_output, x)
+    batch, channels, length = x.shape
+    grad_weight, grad_bias, scale, x_scale, shift = \
+        _normalization.backward_factors(grad_sum, grad_dot, mean, variance,
+                                        weight, eps, batch * length,
+                                        batch_statistics)
+    grad_output = _channel_rows(grad_output)
+    if batch_statistics:
+        grad_input = _affine(grad_output, scale, x, mean, x_scale, shift,
+                             on_device)
+    else:  # grad * scale: no x term (x_scale is 0, and 0 * inf is NaN)
+        zeros = np.zeros(channels)
+        grad_input = _affine(grad_output, zeros, None, zeros, scale, zeros,
+                             on_device)
+    return grad_input, grad_weight, grad_bias
 
 
 def relu_forward(x):

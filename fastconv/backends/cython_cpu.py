@@ -1215,35 +1215,36 @@ def batch_norm_stats(x):
     return mean, variance
 
 
-def batch_norm_grad_stats(grad_output, x):
+def _factor(vector):
+    """A per-channel float64 vector for the kernels, or none (length 0)."""
+    return np.zeros(0) if vector is None else vector
+
+
+def batch_norm_forward(x, mean, variance, weight, bias, eps):
     batch, channels, length = x.shape
-    grad_sum = np.zeros(channels)
-    grad_dot = np.zeros(channels)
-    if x.size:
-        _normalization.grad_sums(
-            _rows(grad_output), _rows(x), channels, grad_sum, grad_dot,
-            np.empty((2, batch * channels)),
-            _num_threads(_threads.elementwise_threads(x.size)))
-    return grad_sum, grad_dot
-
-
-def batch_norm_apply(x, mean, scale, shift):
+    given = mean is not None
+    if not given:
+        mean, variance = np.zeros(channels), np.zeros(channels)
     y = np.empty(x.shape, dtype=x.dtype)
     if x.size:
-        _normalization.affine(
-            _rows(x), mean, scale, shift, _rows(y),
+        _normalization.forward(
+            x, mean, variance, _factor(weight), _factor(bias), eps, given, y,
             _num_threads(_threads.elementwise_threads(x.size)))
-    return y
+    return y, mean, variance
 
 
-def batch_norm_grad_apply(grad_output, x, mean, grad_scale, x_scale, shift):
+def batch_norm_backward(grad_output, x, mean, variance, weight, eps,
+                        batch_statistics):
+    channels = x.shape[1]
     grad_input = np.empty(x.shape, dtype=x.dtype)
+    grad_weight = np.zeros(channels)
+    grad_bias = np.zeros(channels)
     if x.size:
-        _normalization.affine2(
-            _rows(grad_output), _rows(x), grad_scale, mean, x_scale, shift,
-            _rows(grad_input),
+        _normalization.backward(
+            grad_output, x, mean, variance, _factor(weight), eps,
+            batch_statistics, grad_input, grad_weight, grad_bias,
             _num_threads(_threads.elementwise_threads(x.size)))
-    return grad_input
+    return grad_input, grad_weight, grad_bias
 
 
 def relu_forward(x):

@@ -13,6 +13,7 @@ import math
 import numpy as np
 
 from fastconv import _dropout_hash
+from fastconv.backends import _normalization
 
 
 def _input_position(out_index, stride, pad, kernel_index, dilation):
@@ -210,17 +211,35 @@ def batch_norm_stats(x):
     return mean, variance
 
 
-def batch_norm_apply(x, mean, scale, shift):
-    y = np.empty(x.shape, dtype=x.dtype)
-    batch, channels, length = x.shape
+def _channel_affine(a, a_scale, b, mean, b_scale, shift):
+    """a * a_scale[c] + (b - mean[c]) * b_scale[c] + shift[c] (b None: the
+    term left out), the factors rounded to a's dtype first."""
+    dtype = a.dtype
+    a_scale, b_scale, mean, shift = (np.asarray(v).astype(dtype)
+                                     for v in (a_scale, b_scale, mean, shift))
+    y = np.empty(a.shape, dtype=dtype)
+    batch, channels, length = a.shape
     for n in range(batch):
         for c in range(channels):
             for i in range(length):
-                y[n, c, i] = (x[n, c, i] - mean[c]) * scale[c] + shift[c]
+                value = a[n, c, i] * a_scale[c] + shift[c]
+                if b is not None:
+                    value = value + (b[n, c, i] - mean[c]) * b_scale[c]
+                y[n, c, i] = value
     return y
 
 
-def batch_norm_grad_stats(grad_output, x):
+def batch_norm_forward(x, mean, variance, weight, bias, eps):
+    if mean is None:
+        mean, variance = batch_norm_stats(x)
+    scale, shift = _normalization.forward_factors(variance, weight, bias, eps)
+    centred = x - mean.astype(x.dtype).reshape(1, -1, 1)
+    return _channel_affine(centred, scale, None, mean, scale, shift), mean, \
+        variance
+
+
+def batch_norm_backward(grad_output, x, mean, variance, weight, eps,
+                        batch_statistics):
     batch, channels, length = x.shape
     grad_sum = np.zeros(channels)
     grad_dot = np.zeros(channels)
@@ -229,19 +248,14 @@ def batch_norm_grad_stats(grad_output, x):
             for i in range(length):
                 grad_sum[c] += float(grad_output[n, c, i])
                 grad_dot[c] += float(grad_output[n, c, i]) * float(x[n, c, i])
-    return grad_sum, grad_dot
-
-
-def batch_norm_grad_apply(grad_output, x, mean, grad_scale, x_scale, shift):
-    grad_input = np.empty(x.shape, dtype=x.dtype)
-    batch, channels, length = x.shape
-    for n in range(batch):
-        for c in range(channels):
-            for i in range(length):
-                grad_input[n, c, i] = (
-                    grad_output[n, c, i] * grad_scale[c]
-                    + (x[n, c, i] - mean[c]) * x_scale[c] + shift[c])
-    return grad_input
+    grad_weight, grad_bias, scale, x_scale, shift = \
+        _normalization.backward_factors(grad_sum, grad_dot, mean, variance,
+                                        weight, eps, batch * length,
+                                        batch_statistics)
+    grad_input = _channel_affine(grad_output, scale,
+                                 x if batch_statistics else None, mean,
+                                 x_scale, shift)
+    return grad_input, grad_weight, grad_bias
 
 
 def relu_forward(x):

@@ -32,6 +32,7 @@ import numpy as np
 
 from fastconv import _dropout_hash, _threads, config
 from fastconv._threads import single_threaded_blas
+from fastconv.backends import _normalization
 from fastconv.backends._numba_activation import (
     relu_backward_kernel,
     relu_kernel,
@@ -60,9 +61,8 @@ from fastconv.backends._numba_pool import (
 __all__ = [
     "conv2d_forward", "conv2d_backward", "max_pool2d_forward",
     "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward",
-    "dropout_mask", "dropout_apply", "batch_norm_stats", "batch_norm_apply",
-    "batch_norm_grad_stats", "batch_norm_grad_apply", "relu_forward",
-    "relu_backward",
+    "dropout_mask", "dropout_apply", "batch_norm_stats", "batch_norm_forward",
+    "batch_norm_backward", "relu_forward", "relu_backward",
 ]
 
 
@@ -354,30 +354,43 @@ def batch_norm_stats(x):
     return mean, _channel_totals(rows, channels) / count
 
 
-def batch_norm_grad_stats(grad_output, x):
+def batch_norm_forward(x, mean, variance, weight, bias, eps):
+    if mean is None:
+        mean, variance = batch_norm_stats(x)
+    scale, shift = _normalization.forward_factors(variance, weight, bias, eps)
+    dtype = x.dtype
+    y = np.empty(x.shape, dtype=dtype)
+    _use_threads(_threads.elementwise_threads(x.size))
+    affine_kernel(x.reshape(-1), scale.astype(dtype), np.empty(0, dtype),
+                  mean.astype(dtype), scale.astype(dtype), shift.astype(dtype),
+                  x.shape[2], y.reshape(-1))
+    return y, mean, variance
+
+
+def batch_norm_backward(grad_output, x, mean, variance, weight, eps,
+                        batch_statistics):
     batch, channels, length = x.shape
     sums = np.empty(batch * channels)
     dots = np.empty(batch * channels)
     _use_threads(_threads.elementwise_threads(x.size))
     row_grad_sums_kernel(grad_output.reshape(-1), x.reshape(-1), length,
                          sums, dots)
-    return _channel_totals(sums, channels), _channel_totals(dots, channels)
-
-
-def batch_norm_apply(x, mean, scale, shift):
-    y = np.empty(x.shape, dtype=x.dtype)
-    _use_threads(_threads.elementwise_threads(x.size))
-    affine_kernel(x.reshape(-1), scale, np.empty(0, x.dtype), mean, scale,
-                  shift, x.shape[2], y.reshape(-1))
-    return y
-
-
-def batch_norm_grad_apply(grad_output, x, mean, grad_scale, x_scale, shift):
-    grad_input = np.empty(x.shape, dtype=x.dtype)
-    _use_threads(_threads.elementwise_threads(x.size))
-    affine_kernel(grad_output.reshape(-1), grad_scale, x.reshape(-1), mean,
-                  x_scale, shift, x.shape[2], grad_input.reshape(-1))
-    return grad_input
+    grad_weight, grad_bias, scale, x_scale, shift = \
+        _normalization.backward_factors(
+            _channel_totals(sums, channels), _channel_totals(dots, channels),
+            mean, variance, weight, eps, batch * length, batch_statistics)
+    dtype = x.dtype
+    grad_input = np.empty(x.shape, dtype=dtype)
+    if batch_statistics:
+        affine_kernel(grad_output.reshape(-1), scale.astype(dtype),
+                      x.reshape(-1), mean.astype(dtype), x_scale.astype(dtype),
+                      shift.astype(dtype), length, grad_input.reshape(-1))
+    else:  # grad * scale: no x term (x_scale is 0, and 0 * inf is NaN)
+        zeros = np.zeros(channels, dtype)
+        affine_kernel(grad_output.reshape(-1), zeros, np.empty(0, dtype),
+                      zeros, scale.astype(dtype), zeros, length,
+                      grad_input.reshape(-1))
+    return grad_input, grad_weight, grad_bias
 
 
 def relu_forward(x):

@@ -653,9 +653,9 @@ class BatchNorm2d(Module):
     updates ``running_mean`` / ``running_var`` (unbiased variance) with
     ``momentum`` (None: cumulative average), counting ``num_batches_tracked``
     (an int64 scalar array). Eval mode uses the running statistics. Runs on
-    ``fastconv.functional.batch_norm_statistics``, ``batch_norm`` and
-    ``batch_norm_backward``: statistics reduced in float64, the elementwise
-    passes in the compute dtype.
+    ``fastconv.functional.batch_norm_training`` (``batch_norm`` in eval
+    mode) and ``batch_norm_backward``: statistics reduced in float64, the
+    elementwise passes in the compute dtype.
     """
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
@@ -712,15 +712,17 @@ class BatchNorm2d(Module):
                 raise ValueError(
                     "BatchNorm2d needs more than one value per channel in "
                     f"training mode, got input of shape {x.shape}")
-            mean, variance = F.batch_norm_statistics(x)
+            y, mean, variance = F.batch_norm_training(
+                x, _data(self.weight), _data(self.bias), self.eps)
             if self.training and self.track_running_stats:
                 self._update_running_stats(mean, variance, count)
         else:
             mean, variance = self.running_mean, self.running_var
+            y = F.batch_norm(x, mean, variance, _data(self.weight),
+                             _data(self.bias), self.eps)
         # x itself is what backward needs (with the statistics it used)
         self.save_for_backward(x, mean, variance, use_batch_stats)
-        return F.batch_norm(x, mean, variance, _data(self.weight),
-                            _data(self.bias), self.eps)
+        return y
 
     def _update_running_stats(self, mean, variance, count):
         self.num_batches_tracked = np.array(self.num_batches_tracked + 1,

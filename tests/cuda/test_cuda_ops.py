@@ -573,6 +573,12 @@ def test_batch_norm_and_relu_match_naive(dtype, random_array, assert_close):
     mean_ref, var_ref = functional.batch_norm_statistics(x, backend="naive")
     np.testing.assert_allclose(mean, mean_ref, rtol=1e-12)
     np.testing.assert_allclose(var, var_ref, rtol=1e-12)
+    y, mean_t, var_t = functional.batch_norm_training(x, weight, bias,
+                                                      backend="cuda")
+    np.testing.assert_array_equal(mean_t, mean)
+    assert_close(y, functional.batch_norm_training(x, weight, bias,
+                                                   backend="naive")[0],
+                 what="batch_norm_training")
     assert_close(functional.batch_norm(x, mean, var, weight, bias,
                                        backend="cuda"),
                  functional.batch_norm(x, mean, var, weight, bias,

@@ -5,85 +5,58 @@
 
 The arrays are C-contiguous (N, C, L) viewed as N * C rows of L = H * W
 elements; row r belongs to channel r % C. A reduction sums each row alone in
-double (ROW_LANES partial sums, one fixed order), then adds the N row
-results of a channel in order n = 0, 1, ...: the same bits for any thread
-count. The affine passes compute in the array's dtype, one row per item.
+double (``normalization.h``: vector partial sums in one fixed order), then
+adds the N row results of a channel in order n = 0, 1, ...: the same bits
+for any thread count. The affine passes compute in the array's dtype, one row per item.
 """
 
 from cython.parallel cimport prange
+from libc.math cimport sqrt
 
 ctypedef fused real:
     float
     double
 
-#: Partial sums per row: enough independent additions for the vector units
-#: (one dependent add chain would take 4 cycles an element).
-DEF ROW_LANES = 16
+cdef extern from "normalization.h" nogil:
+    double fcn_row_sum_float(const float *x, Py_ssize_t n, double centre)
+    double fcn_row_sum_double(const double *x, Py_ssize_t n, double centre)
+    double fcn_row_squares_float(const float *x, Py_ssize_t n, double centre)
+    double fcn_row_squares_double(const double *x, Py_ssize_t n,
+                                  double centre)
+    void fcn_row_grad_sums_float(const float *g, const float *x,
+                                 Py_ssize_t n, double *grad_sum,
+                                 double *grad_dot)
+    void fcn_row_grad_sums_double(const double *g, const double *x,
+                                  Py_ssize_t n, double *grad_sum,
+                                  double *grad_dot)
 
 
-cdef inline double _finish(double *partial, double tail) noexcept nogil:
-    cdef int j
-    cdef double total = tail
-    for j in range(ROW_LANES):
-        total += partial[j]
-    return total
+cdef inline double _row_sum(const real *x, Py_ssize_t length,
+                            double centre) noexcept nogil:
+    """sum(x - centre) over one row (normalization.h: its fixed order)."""
+    if real is float:
+        return fcn_row_sum_float(x, length, centre)
+    else:
+        return fcn_row_sum_double(x, length, centre)
 
 
-cdef double _row_sum(const real *x, Py_ssize_t length,
-                     double centre) noexcept nogil:
-    """sum(x - centre) over one row."""
-    cdef double partial[ROW_LANES]
-    cdef double tail = 0
-    cdef Py_ssize_t i, j, body = length - length % ROW_LANES
-    for j in range(ROW_LANES):
-        partial[j] = 0
-    for i in range(0, body, ROW_LANES):
-        for j in range(ROW_LANES):
-            partial[j] += <double>x[i + j] - centre
-    for i in range(body, length):
-        tail += <double>x[i] - centre
-    return _finish(partial, tail)
-
-
-cdef double _row_squares(const real *x, Py_ssize_t length,
-                         double centre) noexcept nogil:
+cdef inline double _row_squares(const real *x, Py_ssize_t length,
+                                double centre) noexcept nogil:
     """sum((x - centre) ** 2) over one row."""
-    cdef double partial[ROW_LANES]
-    cdef double tail = 0, d
-    cdef Py_ssize_t i, j, body = length - length % ROW_LANES
-    for j in range(ROW_LANES):
-        partial[j] = 0
-    for i in range(0, body, ROW_LANES):
-        for j in range(ROW_LANES):
-            d = <double>x[i + j] - centre
-            partial[j] += d * d
-    for i in range(body, length):
-        d = <double>x[i] - centre
-        tail += d * d
-    return _finish(partial, tail)
+    if real is float:
+        return fcn_row_squares_float(x, length, centre)
+    else:
+        return fcn_row_squares_double(x, length, centre)
 
 
-cdef void _row_grad_sums(const real *g, const real *x, Py_ssize_t length,
-                         double *grad_sum, double *grad_dot) noexcept nogil:
+cdef inline void _row_grad_sums(const real *g, const real *x,
+                                Py_ssize_t length, double *grad_sum,
+                                double *grad_dot) noexcept nogil:
     """sum(g) and sum(g * x) over one row."""
-    cdef double sums[ROW_LANES]
-    cdef double dots[ROW_LANES]
-    cdef double tail_sum = 0, tail_dot = 0, value
-    cdef Py_ssize_t i, j, body = length - length % ROW_LANES
-    for j in range(ROW_LANES):
-        sums[j] = 0
-        dots[j] = 0
-    for i in range(0, body, ROW_LANES):
-        for j in range(ROW_LANES):
-            value = <double>g[i + j]
-            sums[j] += value
-            dots[j] += value * <double>x[i + j]
-    for i in range(body, length):
-        value = <double>g[i]
-        tail_sum += value
-        tail_dot += value * <double>x[i]
-    grad_sum[0] = _finish(sums, tail_sum)
-    grad_dot[0] = _finish(dots, tail_dot)
+    if real is float:
+        fcn_row_grad_sums_float(g, x, length, grad_sum, grad_dot)
+    else:
+        fcn_row_grad_sums_double(g, x, length, grad_sum, grad_dot)
 
 
 cdef void _add_rows(const double *rows, Py_ssize_t batch, Py_ssize_t channels,
@@ -157,30 +130,91 @@ cdef void _row_affine2(const real *a, const real *b, real *y,
         y[i] = a[i] * a_scale + (b[i] - centre) * b_scale + shift
 
 
-def affine(const real[:, ::1] x, const real[::1] centre,
-           const real[::1] scale, const real[::1] shift, real[:, ::1] y,
-           int num_threads):
-    """y = (x - centre[c]) * scale[c] + shift[c] on (N * C, L) rows (C =
-    len(scale))."""
-    cdef Py_ssize_t r, c, count = x.shape[0], length = x.shape[1]
-    cdef Py_ssize_t channels = scale.shape[0]
-    for r in prange(count, nogil=True, schedule="static",
-                    num_threads=num_threads):
-        c = r % channels
-        _row_affine(&x[r, 0], &y[r, 0], length, centre[c], scale[c],
-                    shift[c])
+cdef inline double _inverse_std(double variance, double eps) noexcept nogil:
+    return 1.0 / sqrt(variance + eps)
 
 
-def affine2(const real[:, ::1] a, const real[:, ::1] b,
-            const real[::1] a_scale, const real[::1] centre,
-            const real[::1] b_scale, const real[::1] shift, real[:, ::1] y,
-            int num_threads):
-    """y = a * a_scale[c] + (b - centre[c]) * b_scale[c] + shift[c] on
-    (N * C, L) rows."""
-    cdef Py_ssize_t r, c, count = a.shape[0], length = a.shape[1]
-    cdef Py_ssize_t channels = shift.shape[0]
-    for r in prange(count, nogil=True, schedule="static",
+def forward(const real[:, :, ::1] x, double[::1] mean, double[::1] variance,
+            const double[::1] weight, const double[::1] bias, double eps,
+            bint given, real[:, :, ::1] y, int num_threads):
+    """y = (x - mean) * weight / sqrt(variance + eps) + bias per channel of
+    x (N, C, L), the factors formed in double; ``weight`` or ``bias`` of
+    length 0: 1 or 0. ``given`` False: the statistics are x's own, written
+    into mean and variance first (two passes over the channel, then the
+    third while its rows are still in cache). One channel per work item."""
+    cdef Py_ssize_t c, n, batch = x.shape[0], channels = x.shape[1]
+    cdef Py_ssize_t length = x.shape[2]
+    cdef double count = <double>(batch * length), total, m, scale, shift
+    cdef bint has_weight = weight.shape[0] > 0, has_bias = bias.shape[0] > 0
+    for c in prange(channels, nogil=True, schedule="static",
                     num_threads=num_threads):
-        c = r % channels
-        _row_affine2(&a[r, 0], &b[r, 0], &y[r, 0], length, a_scale[c],
-                     centre[c], b_scale[c], shift[c])
+        if not given:
+            total = 0
+            for n in range(batch):
+                total = total + _row_sum(&x[n, c, 0], length, 0.0)
+            m = total / count
+            total = 0
+            for n in range(batch):
+                total = total + _row_squares(&x[n, c, 0], length, m)
+            mean[c] = m
+            variance[c] = total / count
+        m = mean[c]
+        scale = _inverse_std(variance[c], eps)
+        if has_weight:
+            scale = scale * weight[c]
+        shift = 0
+        if has_bias:
+            shift = bias[c]
+        for n in range(batch):
+            _row_affine(&x[n, c, 0], &y[n, c, 0], length, <real>m,
+                        <real>scale, <real>shift)
+
+
+def backward(const real[:, :, ::1] grad_output, const real[:, :, ::1] x,
+             const double[::1] mean, const double[::1] variance,
+             const double[::1] weight, double eps, bint batch_statistics,
+             real[:, :, ::1] grad_input, double[::1] grad_weight,
+             double[::1] grad_bias, int num_threads):
+    """The gradients of ``forward`` per channel (one work item each): the
+    sums of grad_output and grad_output * x, then (while the channel's rows
+    are in cache) grad_input; the factors as ``fastconv.backends.
+    _normalization`` forms them. ``batch_statistics``: mean and variance
+    were x's own, so the gradient flows through them too."""
+    cdef Py_ssize_t c, n, batch = x.shape[0], channels = x.shape[1]
+    cdef Py_ssize_t length = x.shape[2]
+    cdef double count = <double>(batch * length)
+    cdef double row_sum, row_dot, grad_sum, grad_dot, inv_std, scale
+    cdef double normalised, x_scale, shift, m
+    cdef bint has_weight = weight.shape[0] > 0
+    for c in prange(channels, nogil=True, schedule="static",
+                    num_threads=num_threads):
+        grad_sum = 0
+        grad_dot = 0
+        # assigned here so that the region gives each thread its own copy
+        # (a variable only passed by address would be shared)
+        row_sum = 0
+        row_dot = 0
+        for n in range(batch):
+            _row_grad_sums(&grad_output[n, c, 0], &x[n, c, 0], length,
+                           &row_sum, &row_dot)
+            grad_sum = grad_sum + row_sum
+            grad_dot = grad_dot + row_dot
+        m = mean[c]
+        inv_std = _inverse_std(variance[c], eps)
+        normalised = (grad_dot - m * grad_sum) * inv_std
+        grad_weight[c] = normalised
+        grad_bias[c] = grad_sum
+        scale = inv_std
+        if has_weight:
+            scale = scale * weight[c]
+        if batch_statistics:
+            x_scale = -scale * inv_std * normalised / count
+            shift = -scale * grad_sum / count
+            for n in range(batch):
+                _row_affine2(&grad_output[n, c, 0], &x[n, c, 0],
+                             &grad_input[n, c, 0], length, <real>scale,
+                             <real>m, <real>x_scale, <real>shift)
+        else:  # no x term: x_scale is 0, and 0 * inf is NaN
+            for n in range(batch):
+                _row_affine(&grad_output[n, c, 0], &grad_input[n, c, 0],
+                            length, 0, <real>scale, 0)

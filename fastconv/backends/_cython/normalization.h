@@ -1,0 +1,161 @@
+/* Row reductions of the batch-norm kernels (normalization.pyx), in double.
+ *
+ * Each row is summed in FCN_PARTS partial sums of FCN_DL doubles (lane l of
+ * part q takes elements i with i % (FCN_PARTS * FCN_DL) == q * FCN_DL + l),
+ * then the tail, then the partials lane by lane in order: one fixed order,
+ * which the vector units can run (a single dependent add chain waits 4
+ * cycles an element, and GCC does not reorder a floating-point sum itself).
+ * GCC's vector extensions where available, else the same order in scalars.
+ */
+#ifndef FASTCONV_NORMALIZATION_H
+#define FASTCONV_NORMALIZATION_H
+
+#include <stddef.h>
+#include <string.h>
+
+#define FCN_DL 8      /* doubles per vector */
+#define FCN_PARTS 4   /* independent vector sums */
+#define FCN_STEP (FCN_DL * FCN_PARTS)
+
+#if defined(__GNUC__) || defined(__clang__)
+typedef double fcn_vd __attribute__((vector_size(FCN_DL * sizeof(double))));
+typedef float fcn_vf __attribute__((vector_size(FCN_DL * sizeof(float))));
+
+static inline fcn_vd fcn_load_float(const float *p)
+{
+    fcn_vf v;
+    memcpy(&v, p, sizeof v);
+    return __builtin_convertvector(v, fcn_vd);
+}
+
+static inline fcn_vd fcn_load_double(const double *p)
+{
+    fcn_vd v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline double fcn_total(const fcn_vd *parts, double tail)
+{
+    double lanes[FCN_PARTS][FCN_DL];
+    memcpy(lanes, parts, sizeof lanes);
+    double total = tail;
+    for (int q = 0; q < FCN_PARTS; ++q)
+        for (int l = 0; l < FCN_DL; ++l)
+            total += lanes[q][l];
+    return total;
+}
+
+/* sum(x - centre), sum((x - centre)^2) or sum(g), sum(g * x) over a row,
+ * for float and double rows. */
+#define FCN_DEFINE(T, LOAD)                                                  \
+static double fcn_row_sum_##T(const T *x, ptrdiff_t n, double centre)        \
+{                                                                            \
+    fcn_vd s[FCN_PARTS] = {{0}};                                             \
+    const fcn_vd c = centre - (fcn_vd){0};                                   \
+    ptrdiff_t i = 0;                                                         \
+    for (; i + FCN_STEP <= n; i += FCN_STEP)                                 \
+        for (int q = 0; q < FCN_PARTS; ++q)                                  \
+            s[q] += LOAD(x + i + q * FCN_DL) - c;                            \
+    double tail = 0;                                                         \
+    for (; i < n; ++i)                                                       \
+        tail += (double)x[i] - centre;                                       \
+    return fcn_total(s, tail);                                               \
+}                                                                            \
+static double fcn_row_squares_##T(const T *x, ptrdiff_t n, double centre)    \
+{                                                                            \
+    fcn_vd s[FCN_PARTS] = {{0}};                                             \
+    const fcn_vd c = centre - (fcn_vd){0};                                   \
+    ptrdiff_t i = 0;                                                         \
+    for (; i + FCN_STEP <= n; i += FCN_STEP)                                 \
+        for (int q = 0; q < FCN_PARTS; ++q) {                                \
+            const fcn_vd d = LOAD(x + i + q * FCN_DL) - c;                   \
+            s[q] += d * d;                                                   \
+        }                                                                    \
+    double tail = 0;                                                         \
+    for (; i < n; ++i) {                                                     \
+        const double d = (double)x[i] - centre;                              \
+        tail += d * d;                                                       \
+    }                                                                        \
+    return fcn_total(s, tail);                                               \
+}                                                                            \
+static void fcn_row_grad_sums_##T(const T *g, const T *x, ptrdiff_t n,       \
+                                  double *grad_sum, double *grad_dot)        \
+{                                                                            \
+    fcn_vd s[FCN_PARTS] = {{0}}, d[FCN_PARTS] = {{0}};                       \
+    ptrdiff_t i = 0;                                                         \
+    for (; i + FCN_STEP <= n; i += FCN_STEP)                                 \
+        for (int q = 0; q < FCN_PARTS; ++q) {                                \
+            const fcn_vd gv = LOAD(g + i + q * FCN_DL);                      \
+            s[q] += gv;                                                      \
+            d[q] += gv * LOAD(x + i + q * FCN_DL);                           \
+        }                                                                    \
+    double tail_sum = 0, tail_dot = 0;                                       \
+    for (; i < n; ++i) {                                                     \
+        tail_sum += (double)g[i];                                            \
+        tail_dot += (double)g[i] * (double)x[i];                             \
+    }                                                                        \
+    *grad_sum = fcn_total(s, tail_sum);                                      \
+    *grad_dot = fcn_total(d, tail_dot);                                      \
+}
+FCN_DEFINE(float, fcn_load_float)
+FCN_DEFINE(double, fcn_load_double)
+
+#else  /* no vector extensions (MSVC): the same order, lane by lane */
+#define FCN_DEFINE(T)                                                        \
+static double fcn_row_sum_##T(const T *x, ptrdiff_t n, double centre)        \
+{                                                                            \
+    double s[FCN_STEP] = {0}, total = 0;                                     \
+    ptrdiff_t i = 0;                                                         \
+    for (; i + FCN_STEP <= n; i += FCN_STEP)                                 \
+        for (int j = 0; j < FCN_STEP; ++j)                                   \
+            s[j] += (double)x[i + j] - centre;                               \
+    for (; i < n; ++i)                                                       \
+        total += (double)x[i] - centre;                                      \
+    for (int j = 0; j < FCN_STEP; ++j)                                       \
+        total += s[j];                                                       \
+    return total;                                                            \
+}                                                                            \
+static double fcn_row_squares_##T(const T *x, ptrdiff_t n, double centre)    \
+{                                                                            \
+    double s[FCN_STEP] = {0}, total = 0;                                     \
+    ptrdiff_t i = 0;                                                         \
+    for (; i + FCN_STEP <= n; i += FCN_STEP)                                 \
+        for (int j = 0; j < FCN_STEP; ++j) {                                 \
+            const double d = (double)x[i + j] - centre;                      \
+            s[j] += d * d;                                                   \
+        }                                                                    \
+    for (; i < n; ++i) {                                                     \
+        const double d = (double)x[i] - centre;                              \
+        total += d * d;                                                      \
+    }                                                                        \
+    for (int j = 0; j < FCN_STEP; ++j)                                       \
+        total += s[j];                                                       \
+    return total;                                                            \
+}                                                                            \
+static void fcn_row_grad_sums_##T(const T *g, const T *x, ptrdiff_t n,       \
+                                  double *grad_sum, double *grad_dot)        \
+{                                                                            \
+    double s[FCN_STEP] = {0}, d[FCN_STEP] = {0}, ts = 0, td = 0;             \
+    ptrdiff_t i = 0;                                                         \
+    for (; i + FCN_STEP <= n; i += FCN_STEP)                                 \
+        for (int j = 0; j < FCN_STEP; ++j) {                                 \
+            s[j] += (double)g[i + j];                                        \
+            d[j] += (double)g[i + j] * (double)x[i + j];                     \
+        }                                                                    \
+    for (; i < n; ++i) {                                                     \
+        ts += (double)g[i];                                                  \
+        td += (double)g[i] * (double)x[i];                                   \
+    }                                                                        \
+    for (int j = 0; j < FCN_STEP; ++j) {                                     \
+        ts += s[j];                                                          \
+        td += d[j];                                                          \
+    }                                                                        \
+    *grad_sum = ts;                                                          \
+    *grad_dot = td;                                                          \
+}
+FCN_DEFINE(float)
+FCN_DEFINE(double)
+#endif
+
+#endif
