@@ -127,6 +127,8 @@ def same_dtype(first: np.ndarray, first_name: str, second: np.ndarray,
 
 def _int(value, name: str, expected: str = "an int or a pair of ints"
          ) -> int:
+    if type(value) is int:  # the common case, without the ABC check
+        return value
     if isinstance(value, (bool, np.bool_)) or not isinstance(
             value, numbers.Integral):
         raise TypeError(f"{name} must be {expected}, got {value!r}")
