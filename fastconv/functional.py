@@ -103,7 +103,7 @@ def _check_conv_planes(geometry, what):
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
-           *, backend=None, _packed=None):
+           *, backend=None, _packed=None, _clamp=None):
     """2-D cross-correlation, as ``torch.nn.functional.conv2d``.
 
     x: (N, C, H, W); weight: (K, C // groups, R, S); bias: (K,) or None.
@@ -124,8 +124,17 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
                 f", got {bias.shape[0]}")
     # _packed: nn.Conv2d's fastconv._packed.PackedWeights (or None), where
     # a backend may keep forms of the weight it computes (never stale).
-    return resolve("conv2d_forward", backend).conv2d_forward(
-        x, weight, bias, geometry, packed=_packed)
+    module = resolve("conv2d_forward", backend)
+    if _clamp is None:
+        return module.conv2d_forward(x, weight, bias, geometry, packed=_packed)
+    # _clamp: (lo, hi), an activation (ReLU, ReLU6) the ONNX runner fuses;
+    # a backend that can applies it as it stores the output (FUSED_CLAMP)
+    if getattr(module, "FUSED_CLAMP", False):
+        return module.conv2d_forward(x, weight, bias, geometry,
+                                     packed=_packed, clamp=_clamp)
+    y = module.conv2d_forward(x, weight, bias, geometry, packed=_packed)
+    return np.clip(y, y.dtype.type(_clamp[0]), y.dtype.type(_clamp[1]),
+                   out=y)
 
 
 def conv2d_backward(grad_output, x, weight, stride=1, padding=0, dilation=1,

@@ -473,3 +473,40 @@ def test_weight_gradient_layout_rule(shape, weight_shape, pixel_lanes,
         backend="numba")
     np.testing.assert_allclose(grad_weight, expected, rtol=0,
                                atol=2e-6 * (np.abs(expected).max() + 1))
+
+
+@pytest.mark.parametrize("clamp", [(0.0, float("inf")), (0.0, 6.0),
+                                   (-0.5, 0.25)], ids=["relu", "relu6",
+                                                       "clip"])
+@pytest.mark.parametrize("shape, weight_shape, stride, dtype", [
+    ((2, 5, 11, 19), (12, 5, 3, 3), 1, np.float32),     # pixel lanes
+    ((2, 40, 6, 6), (40, 40, 3, 3), 2, np.float32),     # channel lanes
+    ((2, 70, 5, 7), (9, 70, 1, 1), 1, np.float32),      # pointwise, blocks
+    ((2, 300, 9, 9), (20, 300, 3, 3), 1, np.float32),   # channel blocks
+    ((2, 64, 12, 12), (64, 64, 3, 3), 1, np.float32),   # Winograd, after
+    ((2, 5, 11, 19), (12, 5, 3, 3), 1, np.float64),     # im2col, after
+])
+def test_fused_clamp_matches_conv_then_clip(shape, weight_shape, stride,
+                                            dtype, clamp):
+    """conv2d's private _clamp (the ONNX runner's fused ReLU / Clip): the
+    register-blocked kernel clamps as it stores, after the last channel
+    block; the other methods clamp in place after; NaN stays NaN."""
+    rng = np.random.default_rng(sum(shape) + int(stride))
+    x = rng.standard_normal(shape).astype(dtype)
+    x[0, 0, 1, 1] = np.nan
+    weight = rng.standard_normal(weight_shape).astype(dtype) * 0.1
+    bias = rng.standard_normal(weight_shape[0]).astype(dtype)
+    padding = weight_shape[2] // 2
+    plain = fastconv.conv2d(x, weight, bias, stride, padding,
+                            backend="cython")
+    fused = fastconv.functional.conv2d(x, weight, bias, stride, padding,
+                                       backend="cython", _clamp=clamp)
+    assert np.isnan(fused).any()
+    np.testing.assert_array_equal(fused, np.clip(plain, *clamp))
+    for other in ("naive", "numba"):
+        if fastconv.backends.is_available(other) and other != "naive" or (
+                other == "naive" and x.size < 2000):
+            np.testing.assert_allclose(
+                fastconv.functional.conv2d(x, weight, bias, stride, padding,
+                                           backend=other, _clamp=clamp),
+                fused, rtol=1e-4, atol=1e-4)

@@ -722,10 +722,11 @@ def _uses_channel_vectors(g):
             and _cv_band(g, 1)[2] * 4 <= DIRECT_MAX_BAND_BYTES)
 
 
-def _direct_forward(x, weight, bias, g, packed=None):
+def _direct_forward(x, weight, bias, g, packed=None, clamp=None):
     """conv2d through a register-blocked direct kernel (float32): output
     pixels in vector lanes or, for narrow planes and strided layers
-    (``_uses_channel_vectors``), output channels."""
+    (``_uses_channel_vectors``), output channels; ``clamp`` (lo, hi) or
+    None, an activation applied as the outputs are stored."""
     if _uses_channel_vectors(g):
         vectors, plan, key = _cv_vectors(g), _cv_plan, "direct-cv"
 
@@ -750,15 +751,42 @@ def _direct_forward(x, weight, bias, g, packed=None):
         x, weights, bias_array, has_bias, y,
         np.empty((num_threads, band_size), np.float32), sums, offsets, g,
         g.groups, rows, band_rows, row_len, pointwise, block_taps,
-        chunk_runs, vectors, num_threads)
+        chunk_runs, vectors, num_threads, clamp)
     return y
 
 
-def conv2d_forward(x, weight, bias, g, packed=None):
-    """y (N, K, OH, OW) = conv2d(x, weight) + bias, in x's dtype.
+#: This backend's conv2d_forward takes ``clamp`` (see there).
+FUSED_CLAMP = True
+
+
+def _clamp_in_place(y, clamp):
+    """y clamped to [lo, hi] in place (the activation of a method that
+    does not apply it as it stores), ReLU on the compiled kernel."""
+    lo, hi = clamp
+    if lo == 0 and hi == math.inf:
+        if y.size:
+            _activation.relu(y.reshape(-1), y.reshape(-1), _num_threads(
+                _threads.elementwise_threads(y.size)))
+        return y
+    return np.clip(y, y.dtype.type(lo), y.dtype.type(hi), out=y)
+
+
+def conv2d_forward(x, weight, bias, g, packed=None, clamp=None):
+    """y (N, K, OH, OW) = conv2d(x, weight) + bias, in x's dtype; with
+    ``clamp`` = (lo, hi), then clamped to [lo, hi] (ReLU, ReLU6), as the
+    register-blocked kernel stores its outputs or in place after the
+    other methods.
 
     ``packed`` (a ``PackedWeights`` or None) keeps the Winograd-domain
     filters between calls while weight keeps its values."""
+    if clamp is not None:
+        if not _uses_winograd(g, g.in_channels, g.out_channels,
+                              (g.out_height, g.out_width), packed is not None,
+                              x.dtype) and not _is_depthwise(g) \
+                and _uses_blocked_direct(g, x.dtype):
+            return _direct_forward(x, weight, bias, g, packed, clamp)
+        return _clamp_in_place(conv2d_forward(x, weight, bias, g, packed),
+                               clamp)
     if _uses_winograd(g, g.in_channels, g.out_channels,
                       (g.out_height, g.out_width), packed is not None,
                       x.dtype):

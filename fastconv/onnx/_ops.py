@@ -174,6 +174,10 @@ def _relu(x, out):
     return np.maximum(x, x.dtype.type(0), out=out)
 
 
+# What a convolution may apply as it stores its output: [lo, hi]
+_relu.clamp = (0.0, math.inf)
+
+
 def _make_leaky_relu(alpha):
     def leaky_relu(x, out):
         negative = x < 0
@@ -190,6 +194,8 @@ def _make_clip(low, high):
         lo = None if low is None else x.dtype.type(low)
         hi = None if high is None else x.dtype.type(high)
         return np.clip(x, lo, hi, out=out)
+    clip.clamp = (-math.inf if low is None else float(low),
+                  math.inf if high is None else float(high))
     return clip
 
 
@@ -478,10 +484,12 @@ class ConvKernel(Kernel):
         x2 = _as_2d(x, window.rank)
         stride = (1,) * (2 - window.rank) + window.strides
         dilation = (1,) * (2 - window.rank) + window.dilations
+        # ReLU and Clip are applied by the convolution as it stores
+        clamp = getattr(self.activation, "clamp", None)
         y = F.conv2d(x2, self.weight, self.bias, stride, tuple(pads),
                      dilation, self.groups, backend=self.backend,
-                     _packed=self.packed)
-        if self.activation is not None:
+                     _packed=self.packed, _clamp=clamp)
+        if self.activation is not None and clamp is None:
             y = self.activation(y, y)
         return [y[:, :, 0, :] if window.rank == 1 else y]
 

@@ -47,6 +47,8 @@ cdef extern from "direct_conv.h" nogil:
         Py_ssize_t stride_h, stride_w, pad_top, pad_left, dilation_h
         Py_ssize_t taps, block_taps, rows, band_rows, row_len
         int pointwise
+        int clamp
+        float lo, hi
 
     void fc_direct_item(const fc_direct_geometry *g, const float *image,
                         const float *weights, const float *bias,
@@ -95,6 +97,7 @@ cdef fc_direct_geometry _geometry(x_shape, Py_ssize_t filters, y_shape,
     g.taps, g.block_taps = taps, block_taps
     g.rows, g.band_rows, g.row_len = rows, band_rows, row_len
     g.pointwise = pointwise
+    g.clamp, g.lo, g.hi = 0, 0, 0
     return g
 
 
@@ -166,7 +169,7 @@ def conv2d_direct(const float[:, :, :, ::1] x, const float[:, :, :, ::1] packed,
                   object geometry, Py_ssize_t groups, Py_ssize_t rows,
                   Py_ssize_t band_rows, Py_ssize_t row_len, bint pointwise,
                   Py_ssize_t block_taps, Py_ssize_t chunk_runs,
-                  int channel_vectors, int num_threads):
+                  int channel_vectors, int num_threads, clamp=None):
     """y = conv2d(x, weights) (+ bias) from the packed weights (groups,
     chunks, taps, chunk width): output pixels in the vector lanes
     (``channel_vectors`` 0, chunks of FC_KB filters) or output channels
@@ -175,10 +178,13 @@ def conv2d_direct(const float[:, :, :, ::1] x, const float[:, :, :, ::1] packed,
     ``pointwise``: the 1x1 mode without bands, where ``rows`` counts vectors
     of the flattened plane; ``block_taps``: taps per channel block (a
     multiple of R * S). Work items: (image, group, run of ``rows`` rows,
-    run of chunks), ``chunk_runs`` runs of chunks."""
+    run of chunks), ``chunk_runs`` runs of chunks. ``clamp``: None or
+    (lo, hi), an activation applied as the outputs are stored."""
     cdef fc_direct_geometry g = _geometry(
         x.shape, y.shape[1], y.shape, groups, geometry, packed.shape[2],
         block_taps, rows, band_rows, row_len, pointwise)
+    if clamp is not None:
+        g.clamp, g.lo, g.hi = 1, clamp[0], clamp[1]
     cdef Py_ssize_t row_runs = (g.out_height + rows - 1) // rows
     if pointwise:
         row_runs = ((g.out_height * g.out_width + FC_VL - 1) // FC_VL

@@ -69,6 +69,22 @@ static inline fc_vf fc_load(const float *p)
     return v;
 }
 
+typedef int fc_vm __attribute__((vector_size(FC_VL * sizeof(int))));
+
+/* The forward's output activation: v clamped to [lo, hi] where `clamp`
+ * (ReLU: [0, inf]; ReLU6: [0, 6]); NaN stays NaN, as numpy.clip keeps it
+ * (a comparison with NaN is false, so its lanes keep v). */
+static inline fc_vf fc_clamp(fc_vf v, int clamp, float lo, float hi)
+{
+    if (!clamp)
+        return v;
+    const fc_vf lov = (fc_vf){0} + lo, hiv = (fc_vf){0} + hi;
+    fc_vm below = v < lov;
+    v = (fc_vf)(((fc_vm)lov & below) | ((fc_vm)v & ~below));
+    fc_vm above = v > hiv;
+    return (fc_vf)(((fc_vm)hiv & above) | ((fc_vm)v & ~above));
+}
+
 /* Lanes of a vector that a store or load touches: `lanes` >= 0 means the
  * first `lanes`; `lanes` < 0 means all but the first -`lanes` (the shifted
  * last vector of a pointwise plane, whose first lanes the vector before it
@@ -152,7 +168,8 @@ static inline void fc_transpose16(fc_vf r[16])
 static inline __attribute__((always_inline)) void
 fc_tile(const int V, const float *const *base, const ptrdiff_t *off,
         ptrdiff_t taps, const float *w, float *const *dst, const int *lanes,
-        ptrdiff_t plane, ptrdiff_t kn, const float *bias, int accumulate)
+        ptrdiff_t plane, ptrdiff_t kn, const float *bias, int accumulate,
+        int clamp, float lo, float hi)
 {
     fc_vf a[FC_KB][FC_VMAX];
     for (int k = 0; k < FC_KB; ++k)
@@ -176,18 +193,19 @@ fc_tile(const int V, const float *const *base, const ptrdiff_t *off,
         const float b = bias ? bias[k] : 0.0f;
         for (int v = 0; v < V; ++v) {
             float *d = dst[v] + k * plane;
-            fc_store(d, accumulate ? a[k][v] + fc_load_lanes(d, lanes[v])
-                                   : a[k][v] + b, lanes[v]);
+            fc_store(d, fc_clamp(accumulate
+                                 ? a[k][v] + fc_load_lanes(d, lanes[v])
+                                 : a[k][v] + b, clamp, lo, hi), lanes[v]);
         }
     }
 }
 
 #define FC_TILE_ARGS const float *const *b, const ptrdiff_t *o, ptrdiff_t t, \
     const float *w, float *const *d, const int *l, ptrdiff_t p, ptrdiff_t kn, \
-    const float *bias, int acc
-static void fc_tile1(FC_TILE_ARGS) { fc_tile(1, b, o, t, w, d, l, p, kn, bias, acc); }
-static void fc_tile2(FC_TILE_ARGS) { fc_tile(2, b, o, t, w, d, l, p, kn, bias, acc); }
-static void fc_tile3(FC_TILE_ARGS) { fc_tile(3, b, o, t, w, d, l, p, kn, bias, acc); }
+    const float *bias, int acc, int c, float lo, float hi
+static void fc_tile1(FC_TILE_ARGS) { fc_tile(1, b, o, t, w, d, l, p, kn, bias, acc, c, lo, hi); }
+static void fc_tile2(FC_TILE_ARGS) { fc_tile(2, b, o, t, w, d, l, p, kn, bias, acc, c, lo, hi); }
+static void fc_tile3(FC_TILE_ARGS) { fc_tile(3, b, o, t, w, d, l, p, kn, bias, acc, c, lo, hi); }
 
 #else  /* no vector extensions (MSVC): the caller never selects this path */
 #define FC_WTAPS(WV) 1
@@ -211,6 +229,8 @@ typedef struct {
     int pointwise;             /* 1x1, stride 1, no padding, plane >= FC_VL */
     ptrdiff_t band_rows;       /* input rows per band: (rows-1)*sh + (R-1)*dh + 1 */
     ptrdiff_t row_len;         /* band columns per phase */
+    int clamp;                 /* outputs clamped to [lo, hi] (an activation) */
+    float lo, hi;
 } fc_direct_geometry;
 
 /* Copy the input rows of the item starting at output row oh0 into band. */
@@ -334,15 +354,17 @@ static void fc_direct_item(const fc_direct_geometry *g, const float *image,
                 float *d[FC_VMAX];
                 for (int v = 0; v < V; ++v)
                     d[v] = dst[v] + k0 * plane;
+                /* the activation once the last channel block is summed */
+                const int clamp = g->clamp && t0 + tn == g->taps;
                 if (V == 3)
                     fc_tile3(base, tap_offsets + t0, tn, w, d, lanes, plane,
-                             kn, b, t0 > 0);
+                             kn, b, t0 > 0, clamp, g->lo, g->hi);
                 else if (V == 2)
                     fc_tile2(base, tap_offsets + t0, tn, w, d, lanes, plane,
-                             kn, b, t0 > 0);
+                             kn, b, t0 > 0, clamp, g->lo, g->hi);
                 else
                     fc_tile1(base, tap_offsets + t0, tn, w, d, lanes, plane,
-                             kn, b, t0 > 0);
+                             kn, b, t0 > 0, clamp, g->lo, g->hi);
             }
         }
     }
@@ -492,7 +514,7 @@ static void fc_cv_item(const fc_direct_geometry *g, const float *image,
                     const ptrdiff_t channel = chunk * cw + k0 + k;
                     const float b = bias ? bias[channel] : 0.0f;
                     fc_store(out + channel * plane + oh0 * width + p0,
-                             r[k] + b, n);
+                             fc_clamp(r[k] + b, g->clamp, g->lo, g->hi), n);
                 }
             }
         }
