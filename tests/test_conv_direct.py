@@ -484,23 +484,27 @@ def test_weight_gradient_layout_rule(shape, weight_shape, pixel_lanes,
     ((2, 70, 5, 7), (9, 70, 1, 1), 1, np.float32),      # pointwise, blocks
     ((2, 300, 9, 9), (20, 300, 3, 3), 1, np.float32),   # channel blocks
     ((2, 64, 12, 12), (64, 64, 3, 3), 1, np.float32),   # Winograd, after
+    ((2, 6, 13, 9), (6, 1, 3, 3), 2, np.float32),       # depthwise
     ((2, 5, 11, 19), (12, 5, 3, 3), 1, np.float64),     # im2col, after
 ])
 def test_fused_clamp_matches_conv_then_clip(shape, weight_shape, stride,
                                             dtype, clamp):
     """conv2d's private _clamp (the ONNX runner's fused ReLU / Clip): the
     register-blocked kernel clamps as it stores, after the last channel
-    block; the other methods clamp in place after; NaN stays NaN."""
+    block, the depthwise kernel per work item; the other methods clamp in
+    place after; NaN stays NaN."""
     rng = np.random.default_rng(sum(shape) + int(stride))
     x = rng.standard_normal(shape).astype(dtype)
     x[0, 0, 1, 1] = np.nan
     weight = rng.standard_normal(weight_shape).astype(dtype) * 0.1
     bias = rng.standard_normal(weight_shape[0]).astype(dtype)
     padding = weight_shape[2] // 2
-    plain = fastconv.conv2d(x, weight, bias, stride, padding,
+    groups = shape[1] // weight_shape[1]
+    plain = fastconv.conv2d(x, weight, bias, stride, padding, groups=groups,
                             backend="cython")
     fused = fastconv.functional.conv2d(x, weight, bias, stride, padding,
-                                       backend="cython", _clamp=clamp)
+                                       groups=groups, backend="cython",
+                                       _clamp=clamp)
     assert np.isnan(fused).any()
     np.testing.assert_array_equal(fused, np.clip(plain, *clamp))
     for other in ("naive", "numba"):
@@ -508,5 +512,6 @@ def test_fused_clamp_matches_conv_then_clip(shape, weight_shape, stride,
                 other == "naive" and x.size < 2000):
             np.testing.assert_allclose(
                 fastconv.functional.conv2d(x, weight, bias, stride, padding,
-                                           backend=other, _clamp=clamp),
+                                           groups=groups, backend=other,
+                                           _clamp=clamp),
                 fused, rtol=1e-4, atol=1e-4)

@@ -774,16 +774,19 @@ def _clamp_in_place(y, clamp):
 def conv2d_forward(x, weight, bias, g, packed=None, clamp=None):
     """y (N, K, OH, OW) = conv2d(x, weight) + bias, in x's dtype; with
     ``clamp`` = (lo, hi), then clamped to [lo, hi] (ReLU, ReLU6), as the
-    register-blocked kernel stores its outputs or in place after the
-    other methods.
+    register-blocked and depthwise kernels store their outputs, or in place
+    after the other methods.
 
     ``packed`` (a ``PackedWeights`` or None) keeps the Winograd-domain
     filters between calls while weight keeps its values."""
     if clamp is not None:
-        if not _uses_winograd(g, g.in_channels, g.out_channels,
-                              (g.out_height, g.out_width), packed is not None,
-                              x.dtype) and not _is_depthwise(g) \
-                and _uses_blocked_direct(g, x.dtype):
+        if _uses_winograd(g, g.in_channels, g.out_channels,
+                          (g.out_height, g.out_width), packed is not None,
+                          x.dtype):
+            pass
+        elif _is_depthwise(g):
+            return _depthwise_forward(x, weight, bias, g, clamp)
+        elif _uses_blocked_direct(g, x.dtype):
             return _direct_forward(x, weight, bias, g, packed, clamp)
         return _clamp_in_place(conv2d_forward(x, weight, bias, g, packed),
                                clamp)
@@ -1144,16 +1147,19 @@ def _depthwise_tile_sweeps(g):
             and g.out_width <= DEPTHWISE_TILE_SWEEP_MAX_WIDTH)
 
 
-def _depthwise_forward(x, weight, bias, g):
-    """conv2d_forward for _is_depthwise geometries: the direct kernel."""
+def _depthwise_forward(x, weight, bias, g, clamp=None):
+    """conv2d_forward for _is_depthwise geometries: the direct kernel;
+    ``clamp`` (lo, hi) or None, applied to each work item's outputs."""
     num_threads = _num_threads(_threads.conv_threads(g))
     y = np.empty(g.output_shape, dtype=x.dtype)
     if y.size:
         has_bias = bias is not None
+        lo, hi = (0.0, 0.0) if clamp is None else clamp
         _depthwise.depthwise_forward(
             x, weight, bias if has_bias else np.empty(1, dtype=x.dtype),
             has_bias, y, g, _depthwise_tile_rows(g, x.itemsize, num_threads),
-            _depthwise_tile_sweeps(g), num_threads)
+            _depthwise_tile_sweeps(g), num_threads, clamp is not None, lo,
+            hi)
     return y
 
 

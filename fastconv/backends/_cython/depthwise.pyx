@@ -134,14 +134,27 @@ cdef void _sweep_rows(const real *tile, Py_ssize_t padded_w, Py_ssize_t rows,
                             w + r * kernel_w, kernel_w)
 
 
+cdef void _clamp_block(real *y, Py_ssize_t count, real lo,
+                       real hi) noexcept nogil:
+    """y clamped to [lo, hi] in place (a fused activation); NaN stays."""
+    cdef Py_ssize_t i
+    cdef real v
+    for i in range(count):
+        v = y[i]
+        v = lo if v < lo else v
+        y[i] = hi if v > hi else v
+
+
 def depthwise_forward(const real[:, :, :, ::1] x,
                       const real[:, :, :, ::1] weight,
                       const real[::1] bias, bint has_bias,
                       real[:, :, :, ::1] y, g, Py_ssize_t tile_rows,
-                      bint tile_sweeps, int num_threads):
+                      bint tile_sweeps, int num_threads, bint clamp=False,
+                      double lo=0, double hi=0):
     """y = depthwise conv(x, weight) + bias (see the module docstring);
     ``tile_rows`` output rows per work item; ``tile_sweeps`` (stride 1
-    only): each tap one sweep over a whole tile."""
+    only): each tap one sweep over a whole tile; ``clamp``: each item's
+    outputs then clamped to [lo, hi] while in cache (a fused activation)."""
     cdef Py_ssize_t batch = x.shape[0], channels = x.shape[1]
     cdef Py_ssize_t in_h = x.shape[2], in_w = x.shape[3]
     cdef Py_ssize_t out_channels = y.shape[1]
@@ -200,5 +213,7 @@ def depthwise_forward(const real[:, :, :, ::1] x,
                     _sweep_rows(tile, padded_w, rows, out_w, stride_h,
                                 stride_w, dilation_h, dilation_w, w_k,
                                 kernel_h, kernel_w, value, y_row)
+                if clamp:
+                    _clamp_block(y_row, rows * out_w, <real>lo, <real>hi)
     finally:
         free(scratch)
