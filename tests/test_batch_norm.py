@@ -19,6 +19,8 @@ SHAPES = {
     "nc": (6, 5),
     "ncl": (2, 3, 33),
     "ncdhw": (2, 2, 3, 2, 3),
+    # batches of 8 or more run in runs of images on the Cython backend
+    "large_batch": (9, 3, 4, 5),
 }
 
 
@@ -154,8 +156,9 @@ def test_backward_matches_finite_differences(backend, batch_statistics,
             rtol=1e-6)
 
 
-@pytest.mark.parametrize("shape", [SHAPES["nchw"], SHAPES["ncl"]],
-                         ids=["nchw", "ncl"])
+@pytest.mark.parametrize("shape", [SHAPES["nchw"], SHAPES["ncl"],
+                                   SHAPES["large_batch"]],
+                         ids=["nchw", "ncl", "large_batch"])
 def test_backward_matches_naive(compiled_backend, dtype, shape, random_array,
                                 assert_close, naive_cache):
     x, weight, bias = case(random_array, shape, dtype, "naive")

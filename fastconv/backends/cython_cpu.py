@@ -1243,10 +1243,34 @@ def batch_norm_stats(x):
     mean = np.zeros(channels)
     variance = np.zeros(channels)
     if x.size:
-        _normalization.moments(
-            _rows(x), channels, mean, variance, np.empty(batch * channels),
-            _num_threads(_threads.elementwise_threads(x.size)))
+        threads = _num_threads(_threads.elementwise_threads(x.size))
+        if _bn_by_images(batch):  # the order batch_norm_forward sums in
+            _normalization.moments_by_images(
+                x, mean, variance, np.empty((_bn_runs(batch), channels)),
+                threads)
+        else:
+            _normalization.moments(_rows(x), channels, mean, variance,
+                                   np.empty(batch * channels), threads)
     return mean, variance
+
+
+#: Batch norm of at least BN_BY_IMAGES_MIN_BATCH images runs with runs of
+#: whole images as work items (BN_IMAGE_RUNS runs at most, whatever the
+#: thread count: the sums' order depends on the shape alone), so that a
+#: thread reads the images the preceding convolution wrote on its core;
+#: smaller batches take a channel per item. Measured in ResNet-8's training
+#: step (batch 64, 2 threads, ms per step for its nine layers, forward +
+#: backward): 9.1-10.4 by images, 11.4-11.5 by channels.
+BN_BY_IMAGES_MIN_BATCH = 8
+BN_IMAGE_RUNS = 16
+
+
+def _bn_by_images(batch):
+    return batch >= BN_BY_IMAGES_MIN_BATCH
+
+
+def _bn_runs(batch):
+    return min(batch, BN_IMAGE_RUNS)
 
 
 def _factor(vector):
@@ -1261,9 +1285,16 @@ def batch_norm_forward(x, mean, variance, weight, bias, eps):
         mean, variance = np.zeros(channels), np.zeros(channels)
     y = np.empty(x.shape, dtype=x.dtype)
     if x.size:
-        _normalization.forward(
-            x, mean, variance, _factor(weight), _factor(bias), eps, given, y,
-            _num_threads(_threads.elementwise_threads(x.size)))
+        threads = _num_threads(_threads.elementwise_threads(x.size))
+        if _bn_by_images(batch):
+            _normalization.forward_by_images(
+                x, mean, variance, _factor(weight), _factor(bias), eps, given,
+                y, np.empty((_bn_runs(batch), channels)),
+                np.empty((2, channels)), threads)
+        else:
+            _normalization.forward(
+                x, mean, variance, _factor(weight), _factor(bias), eps, given,
+                y, threads)
     return y, mean, variance
 
 
@@ -1274,10 +1305,18 @@ def batch_norm_backward(grad_output, x, mean, variance, weight, eps,
     grad_weight = np.zeros(channels)
     grad_bias = np.zeros(channels)
     if x.size:
-        _normalization.backward(
-            grad_output, x, mean, variance, _factor(weight), eps,
-            batch_statistics, grad_input, grad_weight, grad_bias,
-            _num_threads(_threads.elementwise_threads(x.size)))
+        threads = _num_threads(_threads.elementwise_threads(x.size))
+        batch = x.shape[0]
+        if _bn_by_images(batch):
+            _normalization.backward_by_images(
+                grad_output, x, mean, variance, _factor(weight), eps,
+                batch_statistics, grad_input, grad_weight, grad_bias,
+                np.empty((2 * _bn_runs(batch), channels)),
+                np.empty((3, channels)), threads)
+        else:
+            _normalization.backward(
+                grad_output, x, mean, variance, _factor(weight), eps,
+                batch_statistics, grad_input, grad_weight, grad_bias, threads)
     return grad_input, grad_weight, grad_bias
 
 

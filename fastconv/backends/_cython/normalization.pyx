@@ -218,3 +218,138 @@ def backward(const real[:, :, ::1] grad_output, const real[:, :, ::1] x,
             for n in range(batch):
                 _row_affine(&grad_output[n, c, 0], &grad_input[n, c, 0],
                             length, 0, <real>scale, 0)
+
+
+cdef inline Py_ssize_t _run_start(Py_ssize_t run, Py_ssize_t runs,
+                                  Py_ssize_t batch) noexcept nogil:
+    return run * batch // runs
+
+
+cdef void _add_runs(const double[:, ::1] partial, double *out,
+                    double scale) noexcept nogil:
+    """out[c] = scale * (sum over runs r, in order, of partial[r, c])."""
+    cdef Py_ssize_t r, c
+    for c in range(partial.shape[1]):
+        out[c] = 0
+    for r in range(partial.shape[0]):
+        for c in range(partial.shape[1]):
+            out[c] += partial[r, c]
+    for c in range(partial.shape[1]):
+        out[c] *= scale
+
+
+def moments_by_images(const real[:, :, ::1] x, double[::1] mean,
+                      double[::1] variance, double[:, ::1] partial,
+                      int num_threads):
+    """``moments`` with runs of whole images as work items (``partial``:
+    (runs, C) scratch, the runs fixed by the caller, not by the thread
+    count): each run's sums per channel, then the runs' in order."""
+    cdef Py_ssize_t run, c, n, batch = x.shape[0], channels = x.shape[1]
+    cdef Py_ssize_t length = x.shape[2], runs = partial.shape[0]
+    cdef double count = <double>(batch * length), total
+    for run in prange(runs, nogil=True, schedule="static",
+                      num_threads=num_threads):
+        for c in range(channels):
+            total = 0
+            for n in range(_run_start(run, runs, batch),
+                           _run_start(run + 1, runs, batch)):
+                total = total + _row_sum(&x[n, c, 0], length, 0.0)
+            partial[run, c] = total
+    _add_runs(partial, &mean[0], 1.0 / count)
+    for run in prange(runs, nogil=True, schedule="static",
+                      num_threads=num_threads):
+        for c in range(channels):
+            total = 0
+            for n in range(_run_start(run, runs, batch),
+                           _run_start(run + 1, runs, batch)):
+                total = total + _row_squares(&x[n, c, 0], length, mean[c])
+            partial[run, c] = total
+    _add_runs(partial, &variance[0], 1.0 / count)
+
+
+def forward_by_images(const real[:, :, ::1] x, double[::1] mean,
+                      double[::1] variance, const double[::1] weight,
+                      const double[::1] bias, double eps, bint given,
+                      real[:, :, ::1] y, double[:, ::1] partial,
+                      double[:, ::1] factors, int num_threads):
+    """``forward`` with runs of whole images as work items (the statistics
+    as ``moments_by_images``; ``factors``: (2, C) scratch): each thread
+    reads and writes the images a convolution's items wrote on its core,
+    in all three passes."""
+    cdef Py_ssize_t run, c, n, batch = x.shape[0], channels = x.shape[1]
+    cdef Py_ssize_t length = x.shape[2], runs = partial.shape[0]
+    cdef double scale
+    cdef bint has_weight = weight.shape[0] > 0, has_bias = bias.shape[0] > 0
+    if not given:
+        moments_by_images(x, mean, variance, partial, num_threads)
+    for c in range(channels):
+        scale = _inverse_std(variance[c], eps)
+        if has_weight:
+            scale = scale * weight[c]
+        factors[0, c] = scale
+        factors[1, c] = bias[c] if has_bias else 0
+    for run in prange(runs, nogil=True, schedule="static",
+                      num_threads=num_threads):
+        for n in range(_run_start(run, runs, batch),
+                       _run_start(run + 1, runs, batch)):
+            for c in range(channels):
+                _row_affine(&x[n, c, 0], &y[n, c, 0], length,
+                            <real>mean[c], <real>factors[0, c],
+                            <real>factors[1, c])
+
+
+def backward_by_images(const real[:, :, ::1] grad_output,
+                       const real[:, :, ::1] x, const double[::1] mean,
+                       const double[::1] variance, const double[::1] weight,
+                       double eps, bint batch_statistics,
+                       real[:, :, ::1] grad_input, double[::1] grad_weight,
+                       double[::1] grad_bias, double[:, ::1] partial,
+                       double[:, ::1] factors, int num_threads):
+    """``backward`` with runs of whole images as work items, as
+    ``forward_by_images`` (``partial``: (2 * runs, C): the runs' sums of
+    grad_output, then of grad_output * x; ``factors``: (3, C))."""
+    cdef Py_ssize_t run, c, n, batch = x.shape[0], channels = x.shape[1]
+    cdef Py_ssize_t length = x.shape[2], runs = partial.shape[0] // 2
+    cdef double count = <double>(batch * length)
+    cdef double row_sum, row_dot, inv_std, scale, normalised
+    cdef bint has_weight = weight.shape[0] > 0
+    for run in prange(runs, nogil=True, schedule="static",
+                      num_threads=num_threads):
+        for c in range(channels):
+            partial[run, c] = 0
+            partial[runs + run, c] = 0
+        for n in range(_run_start(run, runs, batch),
+                       _run_start(run + 1, runs, batch)):
+            for c in range(channels):
+                # assigned here so that each thread has its own copy
+                row_sum = 0
+                row_dot = 0
+                _row_grad_sums(&grad_output[n, c, 0], &x[n, c, 0], length,
+                               &row_sum, &row_dot)
+                partial[run, c] += row_sum
+                partial[runs + run, c] += row_dot
+    _add_runs(partial[:runs], &grad_bias[0], 1.0)
+    _add_runs(partial[runs:], &grad_weight[0], 1.0)
+    for c in range(channels):
+        inv_std = _inverse_std(variance[c], eps)
+        normalised = (grad_weight[c] - mean[c] * grad_bias[c]) * inv_std
+        grad_weight[c] = normalised
+        scale = inv_std * weight[c] if has_weight else inv_std
+        factors[0, c] = scale
+        factors[1, c] = -scale * inv_std * normalised / count \
+            if batch_statistics else 0
+        factors[2, c] = -scale * grad_bias[c] / count \
+            if batch_statistics else 0
+    for run in prange(runs, nogil=True, schedule="static",
+                      num_threads=num_threads):
+        for n in range(_run_start(run, runs, batch),
+                       _run_start(run + 1, runs, batch)):
+            for c in range(channels):
+                if batch_statistics:
+                    _row_affine2(&grad_output[n, c, 0], &x[n, c, 0],
+                                 &grad_input[n, c, 0], length,
+                                 <real>factors[0, c], <real>mean[c],
+                                 <real>factors[1, c], <real>factors[2, c])
+                else:
+                    _row_affine(&grad_output[n, c, 0], &grad_input[n, c, 0],
+                                length, 0, <real>factors[0, c], 0)
