@@ -127,10 +127,11 @@ def test_winograd_weight_gradient_runs_where_the_forward_does(
         algorithm, count_calls):
     calls = count_calls(cython_cpu, "_winograd_weight_grad")
     rng = np.random.default_rng(5)
-    # 64 channels: with fewer, float32 runs the register-blocked kernel
-    x = rng.standard_normal((2, 64, 5, 5)).astype(np.float32)
+    # 64 channels on a plane of more than WINOGRAD_SMALL_PLANE pixels: with
+    # fewer channels or pixels, float32 runs the register-blocked kernel
+    x = rng.standard_normal((2, 64, 9, 9)).astype(np.float32)
     weight = rng.standard_normal((64, 64, 3, 3)).astype(np.float32)
-    grad_output = rng.standard_normal((2, 64, 5, 5)).astype(np.float32)
+    grad_output = rng.standard_normal((2, 64, 9, 9)).astype(np.float32)
     for value, expected in (("auto", 1), ("direct", 1), ("winograd", 2)):
         algorithm(value)
         fastconv.conv2d_backward(grad_output, x, weight, padding=1,
@@ -230,7 +231,8 @@ def test_winograd_float32_error_bound(channels, algorithm):
 
 def test_auto_and_direct_choose_by_shape(algorithm, winograd_calls):
     rng = np.random.default_rng(0)
-    wide = rng.standard_normal((1, 64, 8, 8)).astype(np.float32)
+    # 64 channels on 16x16: Winograd (on 8x8 planes the blocked kernel)
+    wide = rng.standard_normal((1, 64, 16, 16)).astype(np.float32)
     wide_weight = rng.standard_normal((64, 64, 3, 3)).astype(np.float32)
     narrow = rng.standard_normal((1, 3, 8, 8)).astype(np.float32)
     narrow_weight = rng.standard_normal((16, 3, 3, 3)).astype(np.float32)
@@ -418,3 +420,19 @@ def test_auto_needs_enough_tiles_for_winograd(monkeypatch, algorithm,
 
 def output_tiles(g):
     return g.batch * (-(-g.out_height // 4)) * (-(-g.out_width // 4))
+
+
+@pytest.mark.parametrize("channels, plane, method", [
+    (64, 8, "direct-blocked"), (64, 9, "winograd-f4x4"),
+    (96, 8, "winograd-f4x4"), (32, 14, "direct-blocked")])
+def test_small_planes_need_more_channels_for_winograd(channels, plane,
+                                                      method, algorithm):
+    algorithm("auto")
+    g = _shapes.conv_geometry((32, channels, plane, plane),
+                              (channels, channels, 3, 3), (1, 1),
+                              (1, 1, 1, 1), (1, 1), 1)
+    assert cython_cpu.conv2d_method(g, np.float32) == method
+    # float64 has no register-blocked kernel: Winograd where it applies
+    assert cython_cpu.conv2d_method(g, np.float64) == (
+        "winograd-f4x4" if channels >= cython_cpu.WINOGRAD_MIN_CHANNELS
+        else "im2col-gemm")

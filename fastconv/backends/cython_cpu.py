@@ -177,6 +177,17 @@ WINOGRAD_MIN_CHANNELS = 16
 #: 9.3, N32-C128-16x16 8.1 / 8.9, N32-C256-8x8 7.4 / 17.2).
 WINOGRAD_MIN_CHANNELS_OVER_DIRECT = 64
 
+#: ... and on output planes of at most WINOGRAD_SMALL_PLANE pixels (4 tiles
+#: of 4x4 and fewer), at least this many. Measured (float32, 2 threads, ms
+#: direct / Winograd for forward, input gradient, weight gradient):
+#: N64-C64-8x8-K64 1.36 / 1.97, 1.46 / 1.86, 1.71 / 2.58; N32-C128-8x8-K128
+#: 2.65 / 2.86, 3.04 / 2.87, 3.63 / 4.37; but N64-C96-8x8-K96 3.94 / 2.76,
+#: 3.81 / 2.80, 4.18 / 4.30 and N32-C256-8x8 10.3 / 6.3; on 16x16 planes
+#: with 64 channels the two were level (2.48 / 2.58, 2.59 / 2.51, 3.14 /
+#: 3.46).
+WINOGRAD_SMALL_PLANE = 64
+WINOGRAD_MIN_CHANNELS_OVER_DIRECT_SMALL_PLANE = 96
+
 #: ... and when the call has at least this many 4x4 output tiles (N times
 #: the tiles of a plane). Winograd-domain filters are 4x the filters'
 #: bytes and, without a layer's packed copy, transformed on every call: a
@@ -244,9 +255,11 @@ def _uses_winograd(g, in_channels, out_channels, out_plane, packed=False,
     algorithm = conv_algorithm()
     if algorithm != "auto":
         return algorithm == "winograd"
+    over_direct = WINOGRAD_MIN_CHANNELS_OVER_DIRECT_SMALL_PLANE if (
+        out_plane[0] * out_plane[1] <= WINOGRAD_SMALL_PLANE) else \
+        WINOGRAD_MIN_CHANNELS_OVER_DIRECT
     if (forward_dtype is not None
-            and min(in_channels, out_channels)
-            < WINOGRAD_MIN_CHANNELS_OVER_DIRECT
+            and min(in_channels, out_channels) < over_direct
             and _direct_applies(g, forward_dtype)):
         return False
     tiles = g.batch * (-(-out_plane[0] // 4)) * (-(-out_plane[1] // 4))

@@ -36,7 +36,8 @@ class BasicBlock(nn.Module):
         out = self.relu1(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         shortcut = x if self.downsample is None else self.downsample(x)
-        return self.relu2(out + shortcut)
+        out += shortcut  # bn2's fresh output (it saves its input, not this)
+        return self.relu2(out)
 
     def backward(self, grad_output):
         grad = self.relu2.backward(grad_output)
@@ -44,7 +45,8 @@ class BasicBlock(nn.Module):
             self.conv2.backward(self.bn2.backward(grad)))))
         grad_shortcut = grad if self.downsample is None else \
             self.downsample.backward(grad)
-        return grad_main + grad_shortcut
+        grad_main += grad_shortcut  # conv1's fresh input gradient
+        return grad_main
 
 
 class ResNet(nn.Module):
