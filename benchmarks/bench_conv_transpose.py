@@ -52,8 +52,19 @@ def _arrays(case):
     return x, weight, options
 
 
+#: Each process warms a measurement up for this long (at least 3 calls):
+#: compilation, caches, and the first allocations, which fault in fresh
+#: pages (some 6 us each on this virtual machine) until the heap holds the
+#: freed blocks the next calls reuse; a single warm-up call left fastconv's
+#: stride-2 transposed convolutions 2.6x slower than steady state.
+WARMUP_SECONDS = 0.3
+
+
 def _median_ms(function, repeats):
-    function()  # warm-up: compilation, caches, first allocations
+    start, calls = time.perf_counter(), 0
+    while calls < 3 or time.perf_counter() - start < WARMUP_SECONDS:
+        function()
+        calls += 1
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
