@@ -139,14 +139,15 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
 
 def conv2d_backward(grad_output, x, weight, stride=1, padding=0, dilation=1,
                     groups=1, *, need_input_grad=True, need_weight_grad=True,
-                    backend=None):
+                    need_bias_grad=True, backend=None):
     """Gradients of ``conv2d`` with respect to x, weight and bias.
 
     Returns ``(grad_input, grad_weight, grad_bias)`` with the shapes of x,
     weight and (K,), in x's dtype. ``need_input_grad=False`` skips
     grad_input (returned as None), which a network's first layer does not
     need; ``need_weight_grad=False`` returns None for grad_weight and
-    grad_bias (a frozen layer).
+    grad_bias (a frozen layer); ``need_bias_grad=False`` returns None for
+    grad_bias alone (a layer without bias).
     """
     device = _takes_device_arrays("conv2d_backward", backend, grad_output, x,
                                   weight)
@@ -157,12 +158,15 @@ def conv2d_backward(grad_output, x, weight, stride=1, padding=0, dilation=1,
     _validate.same_dtype(x, "x", grad_output, "grad_output")
     _validate.grad_shape(grad_output, geometry.output_shape)
     need_weight_grad = bool(need_weight_grad)
+    need_bias_grad = need_weight_grad and bool(need_bias_grad)
     grad_input, grad_weight, grad_bias = resolve(
         "conv2d_backward", backend).conv2d_backward(
             grad_output, x, weight, geometry, bool(need_input_grad),
-            need_weight_grad=need_weight_grad)
+            need_weight_grad=need_weight_grad, need_bias_grad=need_bias_grad)
     if not need_weight_grad:
-        grad_weight = grad_bias = None
+        grad_weight = None
+    if not need_bias_grad:
+        grad_bias = None
     return grad_input, grad_weight, grad_bias
 
 
@@ -292,7 +296,7 @@ def conv_transpose2d_backward(grad_output, x, weight, stride=1, padding=0,
         grad_input = resolve("conv2d_forward", backend).conv2d_forward(
             covered, weight, None, geometry)
     _, grad_weight, _ = resolve("conv2d_backward", backend).conv2d_backward(
-        x, covered, weight, geometry, False)
+        x, covered, weight, geometry, False, need_bias_grad=False)
     grad_bias = grad_output.sum(axis=(0, 2, 3), dtype=np.float64).astype(
         x.dtype)
     return grad_input, grad_weight, grad_bias

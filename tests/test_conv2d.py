@@ -516,3 +516,44 @@ def test_grouped_conv_with_several_channels_per_group_uses_im2col(
     assert not depthwise_calls
     assert_close(y, fastconv.conv2d(x, weight, padding=1, groups=2,
                                     backend="naive"), what="groups=2")
+
+
+def _check_need_bias_grad(shape, weight_shape, stride, dtype, backend,
+                          random_array, count_calls):
+    x = random_array(shape, dtype, "nbg-x", shape)
+    weight = random_array(weight_shape, dtype, "nbg-w", shape) * 0.1
+    grad = random_array(fastconv.conv2d(x, weight, stride=stride, padding=1,
+                                        backend=backend).shape, dtype,
+                        "nbg-g", shape)
+    full = fastconv.conv2d_backward(grad, x, weight, stride, 1,
+                                    backend=backend)
+    sums = None
+    if backend in ("cython", "auto") and fastconv.backends.is_available(
+            "cython"):
+        from fastconv.backends import cython_cpu
+        sums = count_calls(cython_cpu, "_bias_grad")
+    without = fastconv.conv2d_backward(grad, x, weight, stride, 1,
+                                       need_bias_grad=False, backend=backend)
+    assert without[2] is None
+    np.testing.assert_array_equal(without[0], full[0])
+    np.testing.assert_array_equal(without[1], full[1])
+    if sums is not None:
+        assert sums["count"] == 0
+    frozen = fastconv.conv2d_backward(grad, x, weight, stride, 1,
+                                      need_weight_grad=False, backend=backend)
+    assert frozen[1] is None and frozen[2] is None
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_need_bias_grad_false_returns_none_and_the_same_rest(
+        stride, dtype, backend, random_array, count_calls):
+    """A layer without bias skips its gradient's sum; grad_input and
+    grad_weight are the bits of the full call (direct, im2col, strided)."""
+    _check_need_bias_grad((2, 4, 9, 9), (6, 4, 3, 3), stride, dtype, backend,
+                          random_array, count_calls)
+
+
+def test_need_bias_grad_false_on_winograd_layers(dtype, compiled_backend,
+                                                 random_array, count_calls):
+    _check_need_bias_grad((2, 64, 10, 10), (64, 64, 3, 3), 1, dtype,
+                          compiled_backend, random_array, count_calls)

@@ -14,11 +14,13 @@ the backend; ``g`` is a ``ConvGeometry`` or ``PoolGeometry``):
     ``bias`` is None or a 1-D array of ``g.out_channels``. ``packed`` is
     None or a ``fastconv._packed.PackedWeights`` in which a backend may keep
     forms it computes from ``weight`` (others ignore it).
-``conv2d_backward(grad_output, x, weight, g, need_input_grad, *, need_weight_grad=True) -> (grad_input, grad_weight, grad_bias)``
+``conv2d_backward(grad_output, x, weight, g, need_input_grad, *, need_weight_grad=True, need_bias_grad=True) -> (grad_input, grad_weight, grad_bias)``
     ``grad_input`` is None when ``need_input_grad`` is False; ``grad_weight``
     and ``grad_bias`` are None when ``need_weight_grad`` is False, and ``x``
     may then be None (only ``g.input_shape`` matters): ``conv_transpose2d``
-    runs as the input gradient of a convolution that has no input array.
+    runs as the input gradient of a convolution that has no input array;
+    ``grad_bias`` is None when ``need_bias_grad`` is False (a backend may
+    skip its sum).
 ``max_pool2d_forward(x, g) -> (y, indices)``
     indices int64, flat position inside each input H*W plane.
 ``max_pool2d_backward(grad_output, indices, g) -> grad_input``

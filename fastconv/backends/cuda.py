@@ -220,7 +220,7 @@ def _grad_weight_splits(g, rows, cols, depth, itemsize, launch) -> int:
 
 
 def conv2d_backward(grad_output, x, weight, g, need_input_grad=True, *,
-                    need_weight_grad=True):
+                    need_weight_grad=True, need_bias_grad=True):
     placement = _Placement()
     grad_output = placement.take(grad_output)
     weight = placement.take(weight)
@@ -280,7 +280,8 @@ def conv2d_backward(grad_output, x, weight, g, need_input_grad=True, *,
         flat_grad_output, grad_bias, g.batch, g.out_channels, out_plane)
 
     return (None if grad_input is None else placement.give(grad_input),
-            placement.give(grad_weight), placement.give(grad_bias))
+            placement.give(grad_weight),
+            placement.give(grad_bias) if need_bias_grad else None)
 
 
 # ------------------------------------------------------------------- pooling

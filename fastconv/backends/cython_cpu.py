@@ -847,8 +847,8 @@ def conv2d_forward(x, weight, bias, g, packed=None, clamp=None):
     return y
 
 
-def _winograd_weight_grad(grad_output, x, g):
-    """(grad_weight, grad_bias) of a 3x3 stride-1 convolution through the
+def _winograd_weight_grad(grad_output, x, g, need_bias_grad=True):
+    """(grad_weight, grad_bias or None) of a 3x3 stride-1 convolution through the
     Winograd domain (winograd.pyx): per-run sums of E[p] @ V[p]^T over
     fixed runs of tiles (GRAD_WEIGHT_RUNS at most, and as many as
     WORKSPACE_BYTES holds), blocks laid out for GRAD_WEIGHT_RUNS // 2
@@ -875,7 +875,8 @@ def _winograd_weight_grad(grad_output, x, g):
     grad_weight = np.empty(g.weight_shape, dtype)
     _winograd_kernels.winograd_filters_adjoint_f43(domain, grad_weight,
                                                    num_threads)
-    return grad_weight, _bias_grad(grad_output, num_threads)
+    return grad_weight, (_bias_grad(grad_output, num_threads)
+                         if need_bias_grad else None)
 
 
 def _bias_grad(grad_output, num_threads):
@@ -890,11 +891,12 @@ def _bias_grad(grad_output, num_threads):
     return sums.astype(grad_output.dtype)
 
 
-def _direct_weight_grad_and_bias(grad_output, x, g):
-    """(grad_weight, grad_bias), the weight's through the register-blocked
-    kernel."""
-    return _direct_weight_grad(grad_output, x, g), _bias_grad(
+def _direct_weight_grad_and_bias(grad_output, x, g, need_bias_grad=True):
+    """(grad_weight, grad_bias or None), the weight's through the
+    register-blocked kernel."""
+    return _direct_weight_grad(grad_output, x, g), (_bias_grad(
         grad_output, _num_threads(_threads.conv_threads(g)))
+        if need_bias_grad else None)
 
 
 def _input_grad_geometry(g):
@@ -1000,10 +1002,11 @@ def _flipped_filters(weight, groups):
 
 
 def conv2d_backward(grad_output, x, weight, g, need_input_grad, *,
-                    need_weight_grad=True):
+                    need_weight_grad=True, need_bias_grad=True):
     """(grad_input or None, grad_weight, grad_bias), in grad_output's dtype;
     grad_weight and grad_bias are None (and x may be None) when
-    need_weight_grad is False: their GEMMs are then skipped.
+    need_weight_grad is False: their GEMMs are then skipped; grad_bias is
+    None, and not summed, when need_bias_grad is False.
 
     grad_input of a stride-1 convolution is the forward convolution of
     grad_output with the flipped filters, channels swapped
@@ -1048,7 +1051,8 @@ def conv2d_backward(grad_output, x, weight, g, need_input_grad, *,
         # unfolding there, which measured faster than a second pass)
         weight_method = _direct_weight_grad_and_bias
     if weight_method is not None:
-        grad_weight, grad_bias = weight_method(grad_output, x, g)
+        grad_weight, grad_bias = weight_method(grad_output, x, g,
+                                               need_bias_grad)
         if direct_input:
             grad_input, _, _ = conv2d_backward(grad_output, x, weight, g,
                                                True, need_weight_grad=False)
@@ -1093,7 +1097,8 @@ def conv2d_backward(grad_output, x, weight, g, need_input_grad, *,
         return grad_input, None, None
     grad_weight = np.empty(g.weight_shape, dtype=dtype)
     _conv.sum_rows(partials, grad_weight.reshape(-1), num_threads)
-    return grad_input, grad_weight, _bias_grad(grad_output, num_threads)
+    return grad_input, grad_weight, (
+        _bias_grad(grad_output, num_threads) if need_bias_grad else None)
 
 
 # ------------------------------------------------------- depthwise convolution

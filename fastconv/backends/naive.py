@@ -49,7 +49,7 @@ def conv2d_forward(x, weight, bias, g, packed=None):
 
 
 def conv2d_backward(grad_output, x, weight, g, need_input_grad=True, *,
-                    need_weight_grad=True):
+                    need_weight_grad=True, need_bias_grad=True):
     grad_input = np.zeros(g.input_shape, dtype=np.float64)
     grad_weight = np.zeros(g.weight_shape, dtype=np.float64)
     channels_per_group = g.in_channels // g.groups
@@ -87,7 +87,8 @@ def conv2d_backward(grad_output, x, weight, g, need_input_grad=True, *,
     if not need_weight_grad:
         return grad_input.astype(dtype) if need_input_grad else None, None, None
     return (grad_input.astype(dtype) if need_input_grad else None,
-            grad_weight.astype(dtype), grad_bias.astype(dtype))
+            grad_weight.astype(dtype),
+            grad_bias.astype(dtype) if need_bias_grad else None)
 
 
 def max_pool2d_forward(x, g):

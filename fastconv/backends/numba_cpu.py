@@ -219,7 +219,7 @@ def _im2col_forward(x, weight, bias, g):
 
 
 def conv2d_backward(grad_output, x, weight, g, need_input_grad, *,
-                    need_weight_grad=True):
+                    need_weight_grad=True, need_bias_grad=True):
     """(grad_input or None, grad_weight, grad_bias), each in grad_output's
     dtype; grad_weight and grad_bias are None (and x may be None) when
     ``need_weight_grad`` is False: the kernel then skips their GEMMs."""
@@ -256,7 +256,9 @@ def conv2d_backward(grad_output, x, weight, g, need_input_grad, *,
     if not need_weight_grad:
         return grad_input, None, None
     grad_weight = grad_weight_parts.sum(axis=0).reshape(weight.shape)
-    grad_bias = grad_bias_parts.sum(axis=0).astype(dtype)
+    # (the fused kernel sums the bias gradient anyway; dropped if unasked)
+    grad_bias = grad_bias_parts.sum(axis=0).astype(dtype) \
+        if need_bias_grad else None
     return grad_input, grad_weight, grad_bias
 
 

@@ -211,7 +211,8 @@ class Conv2d(_ConvLayer):
         grad_output = _grad_array(grad_output, self.weight.dtype)
         grad_input, grad_weight, grad_bias = F.conv2d_backward(
             grad_output, x, self.weight.data, self.stride, self.padding,
-            self.dilation, self.groups, need_input_grad=self.need_input_grad)
+            self.dilation, self.groups, need_input_grad=self.need_input_grad,
+            need_bias_grad=self.bias is not None)
         self._accumulate_grads(grad_weight, grad_bias)
         return grad_input
 
