@@ -209,6 +209,21 @@ def test_bands_stay_within_their_budget():
                     <= cython_cpu.DIRECT_BAND_BYTES)
 
 
+def _check_input_gradient(rng, x, weight, conv, direct_calls):
+    """cython's float32 grad_input through the direct path against the
+    naive float64 reference."""
+    grad_output = rng.standard_normal(
+        fastconv.conv2d(x, weight, **conv, backend="naive").shape)
+    expected, _, _ = fastconv.conv2d_backward(grad_output, x, weight, **conv,
+                                              backend="naive")
+    got, _, _ = fastconv.conv2d_backward(
+        grad_output.astype(np.float32), x.astype(np.float32),
+        weight.astype(np.float32), **conv, backend="cython")
+    assert direct_calls["count"] >= 1
+    scale = np.abs(expected).max() + 1
+    np.testing.assert_allclose(got, expected, rtol=0, atol=2e-6 * scale)
+
+
 @pytest.mark.parametrize("seed", range(12))
 def test_stride1_input_gradient_runs_the_kernel(seed, direct_calls):
     """grad_input of a stride-1 convolution is the forward convolution of
@@ -226,16 +241,7 @@ def test_stride1_input_gradient_runs_the_kernel(seed, direct_calls):
                                   kernel))
     pads = ((padding[0], padding[2]), (padding[1], padding[3]))
     conv = dict(padding=pads, dilation=dilation, groups=groups)
-    grad_output = rng.standard_normal(
-        fastconv.conv2d(x, weight, **conv, backend="naive").shape)
-    expected, _, _ = fastconv.conv2d_backward(grad_output, x, weight, **conv,
-                                              backend="naive")
-    got, _, _ = fastconv.conv2d_backward(
-        grad_output.astype(np.float32), x.astype(np.float32),
-        weight.astype(np.float32), **conv, backend="cython")
-    assert direct_calls["count"] >= 1
-    scale = np.abs(expected).max() + 1
-    np.testing.assert_allclose(got, expected, rtol=0, atol=2e-6 * scale)
+    _check_input_gradient(rng, x, weight, conv, direct_calls)
 
 
 @pytest.mark.parametrize("layout", ["filter_lanes", "pixel_lanes"])
@@ -318,16 +324,7 @@ def test_strided_input_gradient_runs_one_convolution_per_phase(seed,
     pads = ((padding[0], padding[2]), (padding[1], padding[3]))
     conv = dict(stride=stride, padding=pads, dilation=dilation,
                 groups=groups)
-    grad_output = rng.standard_normal(
-        fastconv.conv2d(x, weight, **conv, backend="naive").shape)
-    expected, _, _ = fastconv.conv2d_backward(grad_output, x, weight, **conv,
-                                              backend="naive")
-    got, _, _ = fastconv.conv2d_backward(
-        grad_output.astype(np.float32), x.astype(np.float32),
-        weight.astype(np.float32), **conv, backend="cython")
-    assert direct_calls["count"] >= 1
-    scale = np.abs(expected).max() + 1
-    np.testing.assert_allclose(got, expected, rtol=0, atol=2e-6 * scale)
+    _check_input_gradient(rng, x, weight, conv, direct_calls)
 
 
 @pytest.mark.parametrize("lanes_in", ["pixels", "channels"])

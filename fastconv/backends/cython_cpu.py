@@ -774,7 +774,10 @@ FUSED_CLAMP = True
 
 def _clamp_in_place(y, clamp):
     """y clamped to [lo, hi] in place (the activation of a method that
-    does not apply it as it stores), ReLU on the compiled kernel."""
+    does not apply it as it stores), ReLU on the compiled kernel; y as it
+    is for ``clamp`` None."""
+    if clamp is None:
+        return y
     lo, hi = clamp
     if lo == 0 and hi == math.inf:
         if y.size:
@@ -792,17 +795,6 @@ def conv2d_forward(x, weight, bias, g, packed=None, clamp=None):
 
     ``packed`` (a ``PackedWeights`` or None) keeps the Winograd-domain
     filters between calls while weight keeps its values."""
-    if clamp is not None:
-        if _uses_winograd(g, g.in_channels, g.out_channels,
-                          (g.out_height, g.out_width), packed is not None,
-                          x.dtype):
-            pass
-        elif _is_depthwise(g):
-            return _depthwise_forward(x, weight, bias, g, clamp)
-        elif _uses_blocked_direct(g, x.dtype):
-            return _direct_forward(x, weight, bias, g, packed, clamp)
-        return _clamp_in_place(conv2d_forward(x, weight, bias, g, packed),
-                               clamp)
     if _uses_winograd(g, g.in_channels, g.out_channels,
                       (g.out_height, g.out_width), packed is not None,
                       x.dtype):
@@ -811,12 +803,13 @@ def conv2d_forward(x, weight, bias, g, packed=None, clamp=None):
         else:
             filters = packed.get(weight, "winograd-f4x4",
                                  lambda: winograd_filters(weight))
-        return _winograd(x, filters, False, bias, g.output_shape, g.pad_top,
-                         g.pad_left)
+        return _clamp_in_place(_winograd(
+            x, filters, False, bias, g.output_shape, g.pad_top, g.pad_left),
+            clamp)
     if _is_depthwise(g):
-        return _depthwise_forward(x, weight, bias, g)
+        return _depthwise_forward(x, weight, bias, g, clamp)
     if _uses_blocked_direct(g, x.dtype):
-        return _direct_forward(x, weight, bias, g, packed)
+        return _direct_forward(x, weight, bias, g, packed, clamp)
     num_threads = _num_threads(_threads.conv_threads(g))
     dtype = x.dtype
     budget = _thread_budget(num_threads)
@@ -844,7 +837,7 @@ def conv2d_forward(x, weight, bias, g, packed=None, clamp=None):
     with _blas_held_to_one_thread(num_threads):
         _conv.conv2d_forward(x, weight, bias_array, has_bias, y, workspace, g,
                              tile_rows, chunk_images, num_threads)
-    return y
+    return _clamp_in_place(y, clamp)
 
 
 def _winograd_weight_grad(grad_output, x, g, need_bias_grad=True):

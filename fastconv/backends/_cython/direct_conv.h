@@ -602,6 +602,30 @@ static void fc_wgrad1(FC_WGRAD_ARGS)
 { fc_wgrad_tile(1, FC_WTAPS(1), gt, gt_ld, base, rows, width, pitch, off, partial, partial_ld); }
 #endif
 
+#if FC_DIRECT_AVAILABLE
+/* The inputs of a weight-gradient work item starting at output row oh0:
+ * its rows (fewer at the bottom), and where tap 0 of its first pixel lies
+ * (*base) with the distance between its output rows' inputs (*pitch): the
+ * image itself in the pointwise mode, else the band, filled here. */
+static ptrdiff_t fc_wgrad_inputs(const fc_direct_geometry *g,
+                                 const float *image, ptrdiff_t oh0,
+                                 float *band, const float **base,
+                                 ptrdiff_t *pitch)
+{
+    ptrdiff_t rows = g->out_height - oh0;
+    if (rows > g->rows) rows = g->rows;
+    if (g->pointwise) {
+        *base = image + oh0 * g->out_width;
+        *pitch = g->out_width;
+    } else {
+        fc_fill_band(g, image, oh0, band);
+        *base = band;
+        *pitch = g->stride_h * g->stride_w * g->row_len;
+    }
+    return rows;
+}
+#endif
+
 /* One work item of the weight gradient: output rows [oh0, oh0 + rows) of
  * one image and group. grad: that image's and group's (Kg, OH, OW) output
  * gradients; partial: (padded taps, padded filters); wv: filter vectors per
@@ -614,19 +638,10 @@ static void fc_wgrad_item(const fc_direct_geometry *g, const float *image,
                           float *partial)
 {
 #if FC_DIRECT_AVAILABLE
-    ptrdiff_t rows = g->out_height - oh0;
-    if (rows > g->rows) rows = g->rows;
-    const ptrdiff_t width = g->out_width, plane = g->out_height * width;
     const float *base;
     ptrdiff_t pitch;
-    if (g->pointwise) {
-        base = image + oh0 * width;
-        pitch = width;
-    } else {
-        fc_fill_band(g, image, oh0, band);
-        base = band;
-        pitch = g->stride_h * g->stride_w * g->row_len;
-    }
+    const ptrdiff_t rows = fc_wgrad_inputs(g, image, oh0, band, &base, &pitch);
+    const ptrdiff_t width = g->out_width, plane = g->out_height * width;
     /* gt[chunk][pixel][k]: grad[chunk * cw + k][oh0 * width + pixel], zeros
      * past the filters; each chunk's block is contiguous */
     const ptrdiff_t pixels = rows * width, cw = wv * FC_VL;
@@ -756,19 +771,10 @@ static void fc_wgrad_px_item(const fc_direct_geometry *g, const float *image,
                              float *lane_partial)
 {
 #if FC_DIRECT_AVAILABLE
-    ptrdiff_t rows = g->out_height - oh0;
-    if (rows > g->rows) rows = g->rows;
-    const ptrdiff_t width = g->out_width, plane = g->out_height * width;
     const float *base;
     ptrdiff_t pitch;
-    if (g->pointwise) {
-        base = image + oh0 * width;
-        pitch = width;
-    } else {
-        fc_fill_band(g, image, oh0, band);
-        base = band;
-        pitch = g->stride_h * g->stride_w * g->row_len;
-    }
+    const ptrdiff_t rows = fc_wgrad_inputs(g, image, oh0, band, &base, &pitch);
+    const ptrdiff_t width = g->out_width, plane = g->out_height * width;
     memset(zeros, 0, (size_t)(rows * width) * sizeof(float));
     for (ptrdiff_t k0 = 0; k0 < padded_filters; k0 += FC_PK) {
         const float *grad_rows[FC_PK];

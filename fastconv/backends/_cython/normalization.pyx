@@ -134,6 +134,43 @@ cdef inline double _inverse_std(double variance, double eps) noexcept nogil:
     return 1.0 / sqrt(variance + eps)
 
 
+# The per-channel factors, as fastconv.backends._normalization forms them
+# (weight or bias of length 0: 1 or 0).
+
+cdef inline double _scale(const double[::1] variance,
+                          const double[::1] weight, Py_ssize_t c,
+                          double eps) noexcept nogil:
+    """weight[c] / sqrt(variance[c] + eps)."""
+    cdef double scale = _inverse_std(variance[c], eps)
+    if weight.shape[0] > 0:
+        scale = scale * weight[c]
+    return scale
+
+
+cdef inline double _shift(const double[::1] bias, Py_ssize_t c) noexcept nogil:
+    return bias[c] if bias.shape[0] > 0 else 0
+
+
+cdef inline void _grad_factors(double grad_sum, double grad_dot,
+                               const double[::1] mean,
+                               const double[::1] variance,
+                               const double[::1] weight, Py_ssize_t c,
+                               double eps, double count,
+                               bint batch_statistics, double *normalised,
+                               double *scale, double *x_scale,
+                               double *shift) noexcept nogil:
+    """grad_weight[c] (the sum of grad times normalised x) and the factors
+    of grad_input = grad * scale + (x - mean) * x_scale + shift."""
+    cdef double inv_std = _inverse_std(variance[c], eps)
+    normalised[0] = (grad_dot - mean[c] * grad_sum) * inv_std
+    scale[0] = _scale(variance, weight, c, eps)
+    x_scale[0] = 0
+    shift[0] = 0
+    if batch_statistics:
+        x_scale[0] = -scale[0] * inv_std * normalised[0] / count
+        shift[0] = -scale[0] * grad_sum / count
+
+
 def forward(const real[:, :, ::1] x, double[::1] mean, double[::1] variance,
             const double[::1] weight, const double[::1] bias, double eps,
             bint given, real[:, :, ::1] y, int num_threads):
@@ -145,7 +182,6 @@ def forward(const real[:, :, ::1] x, double[::1] mean, double[::1] variance,
     cdef Py_ssize_t c, n, batch = x.shape[0], channels = x.shape[1]
     cdef Py_ssize_t length = x.shape[2]
     cdef double count = <double>(batch * length), total, m, scale, shift
-    cdef bint has_weight = weight.shape[0] > 0, has_bias = bias.shape[0] > 0
     for c in prange(channels, nogil=True, schedule="static",
                     num_threads=num_threads):
         if not given:
@@ -159,12 +195,8 @@ def forward(const real[:, :, ::1] x, double[::1] mean, double[::1] variance,
             mean[c] = m
             variance[c] = total / count
         m = mean[c]
-        scale = _inverse_std(variance[c], eps)
-        if has_weight:
-            scale = scale * weight[c]
-        shift = 0
-        if has_bias:
-            shift = bias[c]
+        scale = _scale(variance, weight, c, eps)
+        shift = _shift(bias, c)
         for n in range(batch):
             _row_affine(&x[n, c, 0], &y[n, c, 0], length, <real>m,
                         <real>scale, <real>shift)
@@ -183,9 +215,8 @@ def backward(const real[:, :, ::1] grad_output, const real[:, :, ::1] x,
     cdef Py_ssize_t c, n, batch = x.shape[0], channels = x.shape[1]
     cdef Py_ssize_t length = x.shape[2]
     cdef double count = <double>(batch * length)
-    cdef double row_sum, row_dot, grad_sum, grad_dot, inv_std, scale
-    cdef double normalised, x_scale, shift, m
-    cdef bint has_weight = weight.shape[0] > 0
+    cdef double row_sum, row_dot, grad_sum, grad_dot, scale
+    cdef double normalised, x_scale, shift
     for c in prange(channels, nogil=True, schedule="static",
                     num_threads=num_threads):
         grad_sum = 0
@@ -199,21 +230,21 @@ def backward(const real[:, :, ::1] grad_output, const real[:, :, ::1] x,
                            &row_sum, &row_dot)
             grad_sum = grad_sum + row_sum
             grad_dot = grad_dot + row_dot
-        m = mean[c]
-        inv_std = _inverse_std(variance[c], eps)
-        normalised = (grad_dot - m * grad_sum) * inv_std
+        # assigned for the same reason
+        normalised = 0
+        scale = 0
+        x_scale = 0
+        shift = 0
+        _grad_factors(grad_sum, grad_dot, mean, variance, weight, c, eps,
+                      count, batch_statistics, &normalised, &scale, &x_scale,
+                      &shift)
         grad_weight[c] = normalised
         grad_bias[c] = grad_sum
-        scale = inv_std
-        if has_weight:
-            scale = scale * weight[c]
         if batch_statistics:
-            x_scale = -scale * inv_std * normalised / count
-            shift = -scale * grad_sum / count
             for n in range(batch):
                 _row_affine2(&grad_output[n, c, 0], &x[n, c, 0],
                              &grad_input[n, c, 0], length, <real>scale,
-                             <real>m, <real>x_scale, <real>shift)
+                             <real>mean[c], <real>x_scale, <real>shift)
         else:  # no x term: x_scale is 0, and 0 * inf is NaN
             for n in range(batch):
                 _row_affine(&grad_output[n, c, 0], &grad_input[n, c, 0],
@@ -278,16 +309,11 @@ def forward_by_images(const real[:, :, ::1] x, double[::1] mean,
     in all three passes."""
     cdef Py_ssize_t run, c, n, batch = x.shape[0], channels = x.shape[1]
     cdef Py_ssize_t length = x.shape[2], runs = partial.shape[0]
-    cdef double scale
-    cdef bint has_weight = weight.shape[0] > 0, has_bias = bias.shape[0] > 0
     if not given:
         moments_by_images(x, mean, variance, partial, num_threads)
     for c in range(channels):
-        scale = _inverse_std(variance[c], eps)
-        if has_weight:
-            scale = scale * weight[c]
-        factors[0, c] = scale
-        factors[1, c] = bias[c] if has_bias else 0
+        factors[0, c] = _scale(variance, weight, c, eps)
+        factors[1, c] = _shift(bias, c)
     for run in prange(runs, nogil=True, schedule="static",
                       num_threads=num_threads):
         for n in range(_run_start(run, runs, batch),
@@ -311,8 +337,7 @@ def backward_by_images(const real[:, :, ::1] grad_output,
     cdef Py_ssize_t run, c, n, batch = x.shape[0], channels = x.shape[1]
     cdef Py_ssize_t length = x.shape[2], runs = partial.shape[0] // 2
     cdef double count = <double>(batch * length)
-    cdef double row_sum, row_dot, inv_std, scale, normalised
-    cdef bint has_weight = weight.shape[0] > 0
+    cdef double row_sum, row_dot
     for run in prange(runs, nogil=True, schedule="static",
                       num_threads=num_threads):
         for c in range(channels):
@@ -331,15 +356,10 @@ def backward_by_images(const real[:, :, ::1] grad_output,
     _add_runs(partial[:runs], &grad_bias[0], 1.0)
     _add_runs(partial[runs:], &grad_weight[0], 1.0)
     for c in range(channels):
-        inv_std = _inverse_std(variance[c], eps)
-        normalised = (grad_weight[c] - mean[c] * grad_bias[c]) * inv_std
-        grad_weight[c] = normalised
-        scale = inv_std * weight[c] if has_weight else inv_std
-        factors[0, c] = scale
-        factors[1, c] = -scale * inv_std * normalised / count \
-            if batch_statistics else 0
-        factors[2, c] = -scale * grad_bias[c] / count \
-            if batch_statistics else 0
+        # grad_weight holds the sums of grad * x until here
+        _grad_factors(grad_bias[c], grad_weight[c], mean, variance, weight, c,
+                      eps, count, batch_statistics, &grad_weight[c],
+                      &factors[0, c], &factors[1, c], &factors[2, c])
     for run in prange(runs, nogil=True, schedule="static",
                       num_threads=num_threads):
         for n in range(_run_start(run, runs, batch),
