@@ -136,25 +136,35 @@ static inline fc_vf fc_load_lanes(const float *src, int lanes)
 #if FC_HAVE_SHUFFLE && FC_VL == 16
 /* Transpose a 16 x 16 block held as 16 vectors (r[i][j] -> r[j][i]) in four
  * rounds of two-vector shuffles: round h swaps the h x h sub-blocks off the
- * diagonal of each 2h x 2h block. */
+ * diagonal of each 2h x 2h block. FC_T_LO(h, p) is lane p's source (lanes
+ * 16 and up: the second vector) in the new r[i]; r[i + h] takes the lanes
+ * h further on. The index vectors are constants (computed in the loop they
+ * cost as much as the shuffles). */
+#define FC_T_LO(h, p) (((p) / (h) / 2) * 2 * (h) + (p) % (h) \
+                       + ((p) / (h) % 2 ? 16 : 0))
+#define FC_T_IDX(h, d) ((fc_vi){ \
+    FC_T_LO(h, 0) + d, FC_T_LO(h, 1) + d, FC_T_LO(h, 2) + d, \
+    FC_T_LO(h, 3) + d, FC_T_LO(h, 4) + d, FC_T_LO(h, 5) + d, \
+    FC_T_LO(h, 6) + d, FC_T_LO(h, 7) + d, FC_T_LO(h, 8) + d, \
+    FC_T_LO(h, 9) + d, FC_T_LO(h, 10) + d, FC_T_LO(h, 11) + d, \
+    FC_T_LO(h, 12) + d, FC_T_LO(h, 13) + d, FC_T_LO(h, 14) + d, \
+    FC_T_LO(h, 15) + d})
+#define FC_T_ROUND(h) do { \
+        const fc_vi lo = FC_T_IDX(h, 0), hi = FC_T_IDX(h, h); \
+        for (int i = 0; i < 16; ++i) { \
+            if (i & (h)) \
+                continue; \
+            const fc_vf a = r[i], b = r[i + (h)]; \
+            r[i] = __builtin_shuffle(a, b, lo); \
+            r[i + (h)] = __builtin_shuffle(a, b, hi); \
+        } \
+    } while (0)
 static inline void fc_transpose16(fc_vf r[16])
 {
-    for (int h = 8; h >= 1; h /= 2) {
-        fc_vi lo, hi;
-        for (int p = 0; p < 16; ++p) {
-            const int m = p / h, within = p % h;
-            const int source = (m / 2) * 2 * h + within + (m % 2 ? 16 : 0);
-            lo[p] = source;
-            hi[p] = source + h;
-        }
-        for (int i = 0; i < 16; ++i) {
-            if (i & h)
-                continue;
-            const fc_vf a = r[i], b = r[i + h];
-            r[i] = __builtin_shuffle(a, b, lo);
-            r[i + h] = __builtin_shuffle(a, b, hi);
-        }
-    }
+    FC_T_ROUND(8);
+    FC_T_ROUND(4);
+    FC_T_ROUND(2);
+    FC_T_ROUND(1);
 }
 #endif
 
@@ -489,9 +499,15 @@ static void fc_cv_item(const fc_direct_geometry *g, const float *image,
                 int taken;
                 const fc_cv_fn tile = fc_cv_pick(cv, pixels - f, &taken);
                 const float *base[24];
+                /* pixel f + p is (i, ow): stepped, not divided (a
+                 * division per pixel cost a tenth of the item) */
+                ptrdiff_t i = f / width, ow = f % width;
                 for (int p = 0; p < taken; ++p) {
-                    const ptrdiff_t i = (f + p) / width, ow = (f + p) % width;
                     base[p] = band + i * pitch + ow * g->stride_w;
+                    if (++ow == width) {
+                        ow = 0;
+                        ++i;
+                    }
                 }
                 tile(base, tap_offsets + t0, tn, w + t0 * cw, sums + f * cw,
                      t0 > 0);
