@@ -45,10 +45,15 @@ def keep_freed_memory() -> bool:
     global _applied
     if _applied is not None:
         return _applied
+    try:
+        wanted = config.setting("FASTCONV_KEEP_FREED_MEMORY")
+    except ValueError:
+        # neither yes nor no: left alone here (this runs on import, which
+        # must not raise); config.check_environment reports it at the first
+        # kernel call and comes back here once it is fixed
+        return False
     _applied = False
-    # a yes/no value like fastconv's other switches (anything else raises)
-    if not config._env_flag("FASTCONV_KEEP_FREED_MEMORY", True) or \
-            not sys.platform.startswith("linux"):
+    if not wanted or not sys.platform.startswith("linux"):
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt

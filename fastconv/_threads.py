@@ -119,6 +119,9 @@ def set_num_threads(n: int) -> None:
             "threads, and GNU OpenMP cannot start threads in such a child: "
             "it runs them on one thread (n=1); start worker processes with "
             "the 'spawn' or 'forkserver' method to use threads in them")
+    # a fresh look at the loaded libraries: one loaded since the last
+    # (another package's OpenBLAS) is limited too
+    _state["controller"] = None
     _state["blas_limit"] = _controller().limit(limits=n, user_api="blas")
     _state["threads"] = n
 

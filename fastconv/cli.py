@@ -22,6 +22,8 @@ import os
 import sys
 import time
 
+from fastconv import config
+
 try:
     from fastconv._filter_cli import add_filter_parser
 except ImportError:
@@ -584,6 +586,7 @@ def main(argv=None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); return the
     exit status."""
     try:
+        config.check_environment()  # a bad FASTCONV_* setting: one line
         parser = build_parser()
         args = parser.parse_args(argv)
         if getattr(args, "func", None) is None:

@@ -7,12 +7,18 @@ Environment variables:
     ValueError naming the variable at the first call.
 ``FASTCONV_NUMBA_CACHE``
     ``1``/``true``/``yes``/``on`` (the default) or ``0``/``false``/``no``/
-    ``off``: whether Numba caches its compiled kernels on disk; any other
-    value is a ValueError on ``import fastconv``. Where the cache goes is
+    ``off``: whether Numba caches its compiled kernels on disk. Where the cache goes is
     Numba's own ``NUMBA_CACHE_DIR`` (else ``__pycache__`` next to the
     sources, else a per-user cache directory); where none of them is
     writable the kernels are compiled in each process instead, rather than
     the backend failing.
+``FASTCONV_KEEP_FREED_MEMORY``
+    The same yes/no values (default on): see ``fastconv._memory``.
+
+A yes/no variable with any other value is a ValueError naming it at the
+first kernel call (``check_environment``), and one line from the command
+line; ``import fastconv`` itself does not raise, so that the command line
+can report it without a traceback.
 """
 
 import os
@@ -35,8 +41,25 @@ def _env_flag(name: str, default: bool) -> bool:
         f"{', '.join(_TRUE)} (on) or {', '.join(_FALSE)} (off)")
 
 
-#: Whether the user asked for Numba's on-disk cache (FASTCONV_NUMBA_CACHE).
-NUMBA_CACHE_REQUESTED = _env_flag("FASTCONV_NUMBA_CACHE", True)
+#: The yes/no settings and their defaults.
+YES_NO_SETTINGS = {"FASTCONV_NUMBA_CACHE": True,
+                   "FASTCONV_KEEP_FREED_MEMORY": True}
+
+
+def setting(name: str) -> bool:
+    """The value of one of YES_NO_SETTINGS (ValueError naming it when the
+    environment holds neither yes nor no)."""
+    return _env_flag(name, YES_NO_SETTINGS[name])
+
+
+def check_environment() -> None:
+    """ValueError naming the first of YES_NO_SETTINGS whose value is
+    neither yes nor no; where they are all valid, the settings read at
+    import that had to wait for them are applied."""
+    for name in YES_NO_SETTINGS:
+        setting(name)
+    from fastconv import _memory
+    _memory.keep_freed_memory()
 
 
 def _numba_cache_usable() -> bool:
@@ -59,8 +82,10 @@ def __getattr__(name):
     # NUMBA_CACHE (``cache=`` of every Numba kernel) is worked out when the
     # Numba kernels first ask, so that ``import fastconv`` does not import
     # Numba; a test may still set it.
+    if name == "NUMBA_CACHE_REQUESTED":  # whether the user asked for it
+        return setting("FASTCONV_NUMBA_CACHE")
     if name == "NUMBA_CACHE":
-        value = NUMBA_CACHE_REQUESTED and _numba_cache_usable()
+        value = setting("FASTCONV_NUMBA_CACHE") and _numba_cache_usable()
         globals()["NUMBA_CACHE"] = value
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -122,6 +122,9 @@ def _float_image(image):
     if min(image.shape) < 1:
         raise ValueError(f"image must have no empty axis, got shape "
                          f"{image.shape}")
+    # (a broadcast view can claim any size; the kernels index with int64)
+    _validate.at_most_max_axis(image.shape, "every axis of image",
+                               image.shape)
     kind = image.dtype.kind
     if kind == "f":
         result_dtype = image.dtype
@@ -162,6 +165,9 @@ def _float_kernel(kernel, dtype):
             f"kernel must be 2-D (R, S), got shape {array.shape}")
     if min(array.shape) < 1:
         raise ValueError(f"kernel must be non-empty, got shape {array.shape}")
+    # checked before the copy below, which a broadcast view makes real
+    _validate.at_most_max_axis(array.shape, "every axis of kernel",
+                               array.shape)
     return array.astype(dtype)
 
 
@@ -208,6 +214,37 @@ def _index_map(size, before, after, mode):
         return np.pad(positions, (before, after), mode="constant",
                       constant_values=-1)
     return np.pad(positions, (before, after), mode=mode)
+
+
+def _index_map_at(positions, size, before, after, mode):
+    """``_index_map(size, before, after, mode)[positions]`` in memory of
+    the order of ``positions`` and the pads, whatever ``size`` (a tall
+    broadcast view read at a large stride needs a few rows of an axis of
+    millions).
+
+    An axis longer than twice its pads is padded as a stand-in: its first
+    and last ``before + after + 1`` indices. Every mode's padding reads
+    within that many of an end (reflect, symmetric and edge the near end,
+    wrap the far one), so the stand-in's padding is the axis's.
+    """
+    reach = before + after + 1
+    if size <= 2 * reach:
+        return _index_map(size, before, after, mode)[positions]
+    ends = np.concatenate([np.arange(reach, dtype=np.int64),
+                           np.arange(size - reach, size, dtype=np.int64)])
+    if mode == "constant":
+        padded_ends = np.pad(ends, (before, after), mode="constant",
+                             constant_values=-1)
+    else:
+        padded_ends = np.pad(ends, (before, after), mode=mode)
+    inside = positions - before
+    leading = positions < before
+    trailing = inside >= size
+    result = inside.copy()
+    result[leading] = padded_ends[positions[leading]]
+    result[trailing] = padded_ends[before + 2 * reach
+                                   + (inside[trailing] - size)]
+    return result
 
 
 def _choose_method(method, kernel):
@@ -489,12 +526,11 @@ def _read_positions(size, kernel, stride, before, after, mode, out_size):
     only those are kept, each window after the last, and the stride over
     them becomes ``kernel``: scratch then follows the output, not the input.
     """
-    padded = _index_map(size, before, after, mode)
     if stride <= kernel:
-        return padded, stride
+        return _index_map(size, before, after, mode), stride
     positions = (np.arange(out_size, dtype=np.int64)[:, None] * stride
                  + np.arange(kernel, dtype=np.int64)).reshape(-1)
-    return padded[positions], kernel
+    return _index_map_at(positions, size, before, after, mode), kernel
 
 
 def filter2d(image, kernel, *, stride=1, padding="same", boundary="zero",
@@ -543,7 +579,7 @@ def filter2d(image, kernel, *, stride=1, padding="same", boundary="zero",
             compute_dtype.itemsize <= config.WORKSPACE_BYTES // 2:
         image3 = image3.astype(compute_dtype)
     out = _filter(image3, kernel, stride, (top, left, bottom, right), mode,
-                  method, backend, (out_height, out_width))
+                  method, backend, (out_height, out_width), result_dtype)
     if was_2d:
         out = out[:, :, 0]
     return out if out.dtype == result_dtype else out.astype(result_dtype)
@@ -572,13 +608,16 @@ def _checked_geometry(out_shape, kernel_shape, image_shape, pads, stride):
             min(stride[1], image_shape[1] + left + right))
 
 
-def _filter(image3, kernel, stride, pads, mode, method, backend, out_shape):
+def _filter(image3, kernel, stride, pads, mode, method, backend, out_shape,
+            result_dtype=None):
     """filter2d on checked arguments: (H, W, C) in, (H_out, W_out, C) out.
 
     ``kernel`` is in the compute dtype, ``image3`` in it or any other real
     dtype (then converted band by band); ``pads`` is (top, left, bottom,
     right) and may be asymmetric (fastconv.dask pads only the sides of a
     block that are the image's edges); ``mode`` is a numpy.pad mode.
+    ``result_dtype`` (None: the compute dtype) is what banded results are
+    stored in as each band is done (float16 needs no full float32 copy).
     """
     channels = image3.shape[2]
     kernel_height = kernel.shape[0]
@@ -637,7 +676,8 @@ def _filter(image3, kernel, stride, pads, mode, method, backend, out_shape):
                           (band_output_rows - 1) * stride[0] + kernel_height,
                           interleave, gather_columns, left)
     return _run_bands(padded, kernel.dtype, channels, interleave, bands,
-                      fallback, stride, kernel_height, out_shape)
+                      fallback, stride, kernel_height, out_shape,
+                      result_dtype)
 
 
 def _band_rows(out_height, kernel_height, stride_h, band_values, itemsize):
@@ -739,9 +779,9 @@ def _depthwise_in_place(image, kernel, stride, pads, mode, interleave,
 
 
 def _run_bands(padded, dtype, channels, interleave, bands, fallback,
-               stride, kernel_height, out_shape):
-    """Filter ``padded`` (a ``_PaddedImage``) band by band into a new
-    (H_out, W_out, C) array of ``dtype``.
+               stride, kernel_height, out_shape, out_dtype=None):
+    """Filter ``padded`` (a ``_PaddedImage``) band by band in ``dtype``
+    into a new (H_out, W_out, C) array of ``out_dtype`` (None: ``dtype``).
 
     ``bands`` computes a batch of bands; ``fallback`` (or None) recomputes a
     batch whose result from ``bands`` holds an inf or NaN. With
@@ -749,7 +789,8 @@ def _run_bands(padded, dtype, channels, interleave, bands, fallback,
     values (channels interleaved), otherwise C channels of W values.
     """
     out_height, out_width = out_shape
-    out = np.empty((out_height, out_width, channels), dtype=dtype)
+    out = np.empty((out_height, out_width, channels),
+                   dtype=dtype if out_dtype is None else out_dtype)
     if interleave > 1:
         out_width, channels = out_width * channels, 1
         out_view = out.reshape(out_height, out_width, 1)

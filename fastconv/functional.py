@@ -386,13 +386,22 @@ def conv1d_backward(grad_output, x, weight, stride=1, padding=0, dilation=1,
 
 # ------------------------------------------------------------------- pooling
 
+def _no_stride(stride) -> bool:
+    """Whether a pooling's stride is left out (None or an empty tuple, as
+    PyTorch takes it): the kernel size then. Compared by type first, so
+    that a NumPy integer or array is checked as a stride, not broadcast
+    against ()."""
+    return stride is None or (isinstance(stride, (tuple, list))
+                              and len(stride) == 0)
+
+
 def _pool_setup(input_shape, kernel_size, stride, padding, dilation,
                 ceil_mode, what):
     """The pooling geometry as the call names it (checked: padding at most
     half the kernel on each side, a non-empty output, every window reaching
     into the input)."""
     kernel = _validate.pair(kernel_size, "kernel_size", minimum=1)
-    stride = kernel if stride is None or stride == () else _validate.pair(
+    stride = kernel if _no_stride(stride) else _validate.pair(
         stride, "stride", minimum=1)
     pads = _validate.padding_2d(padding, "padding")
     dilation = _validate.pair(dilation, "dilation", minimum=1)
@@ -543,7 +552,7 @@ def _pool1d_args(input_shape, kernel_size, stride, padding, dilation,
     """The 2-D (kernel, stride, padding, dilation) of a 1-D pooling, after
     checking it as the 1-D call names it."""
     kernel = _single(kernel_size, "kernel_size", 1)
-    stride = kernel if stride is None or stride == () else _single(
+    stride = kernel if _no_stride(stride) else _single(
         stride, "stride", 1)
     left, right = _validate.padding_1d(padding, "padding")
     dilation = _single(dilation, "dilation", 1)

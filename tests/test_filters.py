@@ -685,6 +685,15 @@ LAYOUT_CASES = {
         0, 256, (1024, 3072, 3), dtype=np.uint8)[:, ::3], 5),
     "float16-2048": (lambda: np.random.default_rng(5).random(
         (2048, 2048)).astype(np.float16), 3),
+    # stride 1: the float32 result was kept whole until the end (256 MiB
+    # for 8192^2)
+    "float16-2048-stride-1": (lambda: np.random.default_rng(5).random(
+        (2048, 2048)).astype(np.float16), 1),
+    # a tall view at a large stride: the row map covered every row (257 MiB
+    # for a 2^24 x 2^24 view)
+    "broadcast-tall-stride-2^20": (lambda: np.broadcast_to(
+        np.random.default_rng(6).random((1, 64)).astype(np.float32),
+        (2**24, 64)), 2**20),
 }
 
 
@@ -699,9 +708,13 @@ def test_scratch_follows_the_output_for_any_layout_and_stride(
     make, stride = LAYOUT_CASES[case]
     image = make()
     kernel = kernels.gaussian(5, 1.0)
-    result, scratch = scratch_of(lambda: filter2d(
-        image, kernel, stride=stride, boundary=boundary,
-        backend=compiled_backend), None)
+
+    def call():
+        return filter2d(image, kernel, stride=stride, boundary=boundary,
+                        backend=compiled_backend)
+
+    call()  # Numba compiles (or loads) its kernels outside the measurement
+    result, scratch = scratch_of(call, None)
     assert scratch <= 2 * fastconv.config.WORKSPACE_BYTES, (
         f"{scratch / 2**20:.1f} MiB of scratch for a "
         f"{result.nbytes / 2**20:.2f} MiB result")
@@ -736,3 +749,31 @@ def test_large_kernels_on_a_wide_image_stay_within_the_workspace(method):
         assert scratch <= 2 * fastconv.config.WORKSPACE_BYTES, scratch
     close(result[:, :64], numpy_reference(image[:, :96], kernel)[:, :64],
           np.float32)
+
+
+@pytest.mark.parametrize("mode", ["constant", "reflect", "symmetric", "edge",
+                                  "wrap"])
+def test_index_map_at_positions_equals_the_whole_map(mode):
+    """filters._index_map_at (the positions a large stride reads, without
+    a map of the whole axis) against numpy.pad's map, pads wider than the
+    axis included."""
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        size = int(rng.integers(1, 80))
+        before, after = (int(v) for v in rng.integers(0, 25, 2))
+        whole = filters._index_map(size, before, after, mode)
+        positions = rng.integers(0, whole.size, 40)
+        np.testing.assert_array_equal(
+            filters._index_map_at(positions, size, before, after, mode),
+            whole[positions])
+
+
+@pytest.mark.parametrize("which", ["image", "kernel"])
+def test_axes_past_the_index_bound_are_refused_before_any_copy(which):
+    """A broadcast view can claim 2^31 rows; converting it was an 8 GiB
+    (kernel) or 16 GiB (index map) allocation."""
+    huge = np.broadcast_to(np.uint8(1), (2**31, 8))
+    image, kernel = (huge, np.ones((3, 3))) if which == "image" else (
+        np.ones((8, 8), np.float32), huge)
+    with pytest.raises(ValueError, match=rf"axis of {which}.*2\*\*31 - 1"):
+        filter2d(image, kernel)

@@ -244,3 +244,21 @@ def test_missing_onnx_package_is_named(monkeypatch):
     with pytest.raises(ImportError, match=r"fastconv\[onnx\]|\.\[onnx\]"):
         fastconv.onnx.load(b"\x08\x07")
     assert main(["profile", "model.onnx"]) == 1
+
+
+def test_reading_a_small_file_reserves_no_more_than_it(tmp_path):
+    """The reader asked for MAX_MODEL_BYTES + 1 bytes at once, which
+    reserves 2 GiB for any file (an out-of-memory error under an address
+    space cap instead of 'not a valid ONNX model')."""
+    from fastconv.onnx import _reader
+
+    path = tmp_path / "small.onnx"
+    path.write_bytes(b"not an onnx model at all\n" * 4)
+    tracemalloc.start()
+    try:
+        data = _reader.read_model_bytes(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert data == path.read_bytes()
+    assert peak < 2**20, f"{peak} bytes traced reading a 100-byte file"

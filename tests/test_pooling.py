@@ -525,3 +525,35 @@ def test_max_pool_window_missing_input_is_rejected(shape, kwargs, backend):
     with pytest.raises(ValueError, match=r"\bdilation\b"):
         fastconv.max_pool2d(np.ones(shape), **kwargs, return_indices=True,
                             backend=backend)
+
+
+@pytest.mark.parametrize("stride", [np.int64(2), np.int32(2), (np.int64(2), 2)])
+def test_numpy_integer_strides_are_strides(stride, backend):
+    """A NumPy integer stride pools as the int does (it was compared with
+    () first, which NumPy answers elementwise)."""
+    x = np.random.default_rng(0).random((2, 3, 9, 8)).astype(np.float32)
+    line = x[:, :, 0]
+    for pool in (fastconv.max_pool2d, fastconv.avg_pool2d):
+        np.testing.assert_array_equal(
+            pool(x, 3, stride=stride, backend=backend),
+            pool(x, 3, stride=2, backend=backend))
+    if isinstance(stride, tuple):
+        return
+    for pool in (fastconv.max_pool1d, fastconv.avg_pool1d):
+        np.testing.assert_array_equal(
+            pool(line, 3, stride=stride, backend=backend),
+            pool(line, 3, stride=2, backend=backend))
+    np.testing.assert_array_equal(
+        fastconv.nn.MaxPool2d(2, stride=stride)(x), fastconv.max_pool2d(x, 2))
+
+
+@pytest.mark.parametrize("stride", [np.array([2, 2]), np.array(2), ()])
+def test_array_or_empty_strides(stride):
+    """An array is refused as a stride; () means the kernel size (PyTorch's
+    default)."""
+    x = np.ones((1, 1, 4, 4), np.float32)
+    if isinstance(stride, tuple):
+        assert fastconv.max_pool2d(x, 2, stride=stride).shape == (1, 1, 2, 2)
+        return
+    with pytest.raises(TypeError, match="stride"):
+        fastconv.max_pool2d(x, 2, stride=stride)

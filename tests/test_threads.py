@@ -42,6 +42,7 @@ def test_default_matches_numba():
 
 
 @pytest.mark.skipif(not NUMBA, reason="numba backend unavailable")
+@pytest.mark.skipif(MAXIMUM < 2, reason="needs two threads to tell 1 apart")
 def test_numba_follows_the_count_in_every_python_thread(restore_num_threads):
     """Numba keeps one thread count per Python thread; a count set in the
     main thread holds in the others too."""
@@ -279,11 +280,32 @@ def test_set_num_threads_in_a_forked_child_says_why_it_cannot():
 
 # ------------------------------------------------------------- environment
 
-def test_numba_cache_flag_must_be_yes_or_no():
-    result = _run_python("import fastconv", FASTCONV_NUMBA_CACHE="maybe")
+@pytest.mark.parametrize("name", sorted(config.YES_NO_SETTINGS))
+def test_yes_no_flags_must_be_yes_or_no(name):
+    """``import fastconv`` works (the command line has to be able to report
+    the value in one line); the first kernel call is the ValueError."""
+    result = _run_python("""
+        import numpy as np, fastconv
+        print("imported", flush=True)
+        fastconv.relu(np.ones(3, np.float32))
+    """, **{name: "maybe"})
     assert result.returncode != 0
-    assert "FASTCONV_NUMBA_CACHE='maybe'" in result.stderr
+    assert result.stdout.strip() == "imported"
+    assert f"{name}='maybe'" in result.stderr
     assert "ValueError" in result.stderr and "off" in result.stderr
+
+
+@pytest.mark.parametrize("name", sorted(config.YES_NO_SETTINGS))
+def test_bad_yes_no_flag_is_one_line_from_the_command_line(name):
+    result = subprocess.run(
+        [sys.executable, "-m", "fastconv.cli", "info"], capture_output=True,
+        text=True, timeout=120, cwd=tempfile.gettempdir(),
+        env=dict(os.environ, **{name: "maybe"}))
+    assert result.returncode == 1
+    assert result.stderr.startswith("fastconv: error: environment variable "
+                                    f"{name}='maybe'")
+    assert result.stderr.count("\n") == 1 and "Traceback" not in (
+        result.stderr + result.stdout)
 
 
 @pytest.mark.parametrize("value, expected", [("0", False), ("off", False),

@@ -66,7 +66,7 @@ import importlib
 import os
 import threading
 
-from fastconv import _threads
+from fastconv import _threads, config
 
 PRIMITIVES = (
     "conv2d_forward",
@@ -203,8 +203,16 @@ def _require(name: str):
     return module
 
 
+_environment_checked = False
+
+
 def resolve(primitive: str, backend=None):
-    """The module that will run ``primitive`` for a call's ``backend=`` value."""
+    """The module that will run ``primitive`` for a call's ``backend=`` value
+    (the first call checks fastconv's yes/no environment settings)."""
+    global _environment_checked
+    if not _environment_checked:
+        config.check_environment()
+        _environment_checked = True
     name = get_backend() if backend is None else _check_name(backend)
     if name != "auto":
         return _require(name)

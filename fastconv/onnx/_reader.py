@@ -81,7 +81,9 @@ def read_model_bytes(source) -> bytes:
                 f"ONNX model file {path!r} is {size} bytes; at most "
                 f"{MAX_MODEL_BYTES} (protobuf's limit) can be read")
         with open(path, "rb") as handle:
-            data = handle.read(MAX_MODEL_BYTES + 1)
+            # the size it had, plus one byte to see it grow (a read of
+            # MAX_MODEL_BYTES reserves 2 GiB whatever the file holds)
+            data = handle.read(size + 1)
     else:
         raise TypeError(
             "model must be a path (str or os.PathLike) or the model's bytes, "
