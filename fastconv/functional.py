@@ -9,6 +9,7 @@ pass too; see ``fastconv.backends.cuda`` for where results then live.
 
 from __future__ import annotations
 
+import functools
 import secrets
 
 import numpy as np
@@ -62,10 +63,34 @@ def _conv_setup(x, weight, stride, padding, dilation, groups, device=False,
     x = _validate.float_array(x, "x", ndim=4, device=device)
     weight = _validate.float_array(weight, "weight", ndim=4, device=device)
     _validate.same_dtype(x, "x", weight, "weight")
+    arguments = (tuple(x.shape), tuple(weight.shape), stride, padding,
+                 dilation, groups, what)
+    if all(_plain(value) for value in (stride, padding, dilation, groups)):
+        # a layer's calls repeat: their checked geometry is remembered (a
+        # failing check raises every time; lru_cache keeps only results)
+        return x, weight, _cached_conv_geometry(*arguments)
+    return x, weight, _conv_geometry(*arguments)
+
+
+def _plain(value) -> bool:
+    """An int, a string, or (nested) tuples of ints: an argument that can
+    key a cache and means the same thing each time (not a bool, a NumPy
+    integer or a list, which take the full checks)."""
+    if type(value) is int or type(value) is str:
+        return True
+    return type(value) is tuple and all(
+        type(item) is int or (type(item) is tuple
+                              and all(type(v) is int for v in item))
+        for item in value)
+
+
+def _conv_geometry(x_shape, weight_shape, stride, padding, dilation, groups,
+                   what):
+    """The checked ConvGeometry of a convolution's arguments."""
     groups = _validate.positive_int(groups, "groups")
     stride = _validate.pair(stride, "stride", minimum=1)
     dilation = _validate.pair(dilation, "dilation", minimum=1)
-    in_channels, out_channels = x.shape[1], weight.shape[0]
+    in_channels, out_channels = x_shape[1], weight_shape[0]
     if in_channels % groups:
         raise ValueError(
             f"groups={groups} must divide the input channels "
@@ -74,20 +99,23 @@ def _conv_setup(x, weight, stride, padding, dilation, groups, device=False,
         raise ValueError(
             f"groups={groups} must divide the output channels "
             f"(weight.shape[0]={out_channels})")
-    if weight.shape[1] * groups != in_channels:
+    if weight_shape[1] * groups != in_channels:
         raise ValueError(
             f"weight.shape[1] must be x.shape[1] // groups = "
-            f"{in_channels // groups}, got weight of shape {weight.shape}")
-    if min(weight.shape) < 1 or min(x.shape) < 1:
+            f"{in_channels // groups}, got weight of shape {weight_shape}")
+    if min(weight_shape) < 1 or min(x_shape) < 1:
         raise ValueError(
-            f"x and weight must have no empty axis, got {x.shape} and "
-            f"{weight.shape}")
-    pads = _conv_padding(padding, weight.shape[2:], dilation, stride)
-    geometry = _shapes.conv_geometry(x.shape, weight.shape, stride, pads,
+            f"x and weight must have no empty axis, got {x_shape} and "
+            f"{weight_shape}")
+    pads = _conv_padding(padding, weight_shape[2:], dilation, stride)
+    geometry = _shapes.conv_geometry(x_shape, weight_shape, stride, pads,
                                      dilation, groups)
     _validate.nonempty_output(geometry.out_height, geometry.out_width, what)
     _check_conv_planes(geometry, what)
-    return x, weight, geometry
+    return geometry
+
+
+_cached_conv_geometry = functools.lru_cache(maxsize=1024)(_conv_geometry)
 
 
 def _check_conv_planes(geometry, what):

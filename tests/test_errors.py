@@ -309,3 +309,24 @@ def test_unknown_backend_name_lists_valid_names(bad_name):
 def test_backend_name_must_be_a_string():
     with pytest.raises(TypeError, match=r"\bbackend\b"):
         fastconv.max_pool2d(X, 2, backend=1)
+
+
+def test_remembered_conv_geometry_never_hides_a_check():
+    """conv2d remembers the checked geometry of plain int/tuple arguments:
+    a failing call fails every time, a bool or a list still takes the full
+    checks, and a NumPy integer the uncached path with the same result."""
+    x = np.ones((1, 2, 5, 5), np.float32)
+    w = np.ones((3, 2, 3, 3), np.float32)
+    expected = fastconv.conv2d(x, w, stride=2, padding=1)
+    for _ in range(2):
+        with pytest.raises(ValueError, match="padding"):
+            fastconv.conv2d(x, w, padding=-1)
+        with pytest.raises(TypeError, match="stride"):
+            fastconv.conv2d(x, w, stride=True, padding=1)
+        np.testing.assert_array_equal(
+            fastconv.conv2d(x, w, stride=np.int64(2), padding=(1, 1)),
+            expected)
+        np.testing.assert_array_equal(
+            fastconv.conv2d(x, w, stride=[2, 2], padding=[1, 1]), expected)
+    with pytest.raises(ValueError, match="groups"):
+        fastconv.conv2d(x, w, stride=2, padding=1, groups=2)

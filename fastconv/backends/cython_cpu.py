@@ -228,7 +228,10 @@ WINOGRAD_STAGED_BYTES = 16 * 1024 * 1024
 
 def conv_algorithm() -> str:
     """The method the environment asks for (``FASTCONV_CONV_ALGO``)."""
-    value = os.environ.get(CONV_ALGO_ENV, "").strip().lower() or "auto"
+    value = os.environ.get(CONV_ALGO_ENV)
+    if not value:  # the common case, read on every call
+        return "auto"
+    value = value.strip().lower() or "auto"
     if value not in CONV_ALGOS:
         raise ValueError(
             f"{CONV_ALGO_ENV} must be one of {list(CONV_ALGOS)}, got "
