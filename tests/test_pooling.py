@@ -557,3 +557,23 @@ def test_array_or_empty_strides(stride):
         return
     with pytest.raises(TypeError, match="stride"):
         fastconv.max_pool2d(x, 2, stride=stride)
+
+
+@pytest.mark.parametrize("bad", [-1, 36, 2**40, -2**62])
+@pytest.mark.parametrize("where", ["first", "last"])
+def test_max_pool_backward_refuses_indices_outside_the_plane(bad, where,
+                                                              backend):
+    """Every backend refuses an index outside [0, H*W) with the same error
+    (cython checks in its scatter pass, the others before it), on the first
+    or the last element, and leaves the caller's arrays as they were."""
+    x = np.random.default_rng(3).random((2, 3, 6, 6)).astype(np.float32)
+    y, indices = fastconv.max_pool2d(x, 2, return_indices=True,
+                                     backend=backend)
+    grad = np.ones_like(y)
+    indices = indices.copy()
+    indices.reshape(-1)[0 if where == "first" else -1] = bad
+    kept = indices.copy()
+    with pytest.raises(ValueError, match=r"indices must lie in \[0, H\*W = "
+                                         r"36\) for input_shape \(2, 3, 6, 6\)"):
+        fastconv.max_pool2d_backward(grad, indices, x.shape, backend=backend)
+    np.testing.assert_array_equal(indices, kept)

@@ -1189,14 +1189,24 @@ def max_pool2d_forward(x, g):
     return y, indices
 
 
+#: max_pool2d_backward checks its indices' range itself, in the scatter's
+#: pass (fastconv.functional then skips its own check, two reductions).
+CHECKS_POOL_INDICES = True
+
+
 def max_pool2d_backward(grad_output, indices, g):
-    """grad_input (N, C, H, W): grad_output added at each index."""
+    """grad_input (N, C, H, W): grad_output added at each index; a
+    ValueError where an index lies outside the plane."""
     grad_input = np.empty(g.input_shape, dtype=grad_output.dtype)
     if grad_input.size:
         if grad_output.size:
             threads = _threads.elementwise_threads(grad_input.size)
-            _pool.max_pool2d_backward(grad_output, indices, grad_input,
-                                      _num_threads(threads))
+            outside = _pool.max_pool2d_backward(
+                grad_output, indices, grad_input, _num_threads(threads))
+            if outside:
+                raise ValueError(
+                    f"indices must lie in [0, H*W = {g.in_height * g.in_width}"
+                    f") for input_shape {g.input_shape}")
         else:
             grad_input.fill(0)
     return grad_input

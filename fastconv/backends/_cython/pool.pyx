@@ -679,14 +679,18 @@ def max_pool2d_forward(const pool_value[:, :, :, ::1] x,
 def max_pool2d_backward(const real[:, :, :, ::1] grad_output,
                         const long long[:, :, :, ::1] indices,
                         real[:, :, :, ::1] grad_input, int num_threads):
-    """grad_input = scatter-add of grad_output at indices (zeroed here)."""
+    """grad_input = scatter-add of grad_output at indices (zeroed here).
+    Returns how many indices lie outside [0, H*W): those are skipped (the
+    caller raises), checked in the same pass as the scatter rather than in
+    two reductions before it."""
     cdef Py_ssize_t planes = grad_input.shape[0] * grad_input.shape[1]
     cdef Py_ssize_t in_plane = grad_input.shape[2] * grad_input.shape[3]
     cdef Py_ssize_t out_plane = grad_output.shape[2] * grad_output.shape[3]
     cdef const real *grad_base = &grad_output[0, 0, 0, 0]
     cdef const long long *idx_base = &indices[0, 0, 0, 0]
     cdef real *grad_input_base = &grad_input[0, 0, 0, 0]
-    cdef Py_ssize_t plane, p
+    cdef Py_ssize_t plane, p, outside = 0
+    cdef unsigned long long limit = <unsigned long long>in_plane
     cdef real *target
     cdef const real *grad
     cdef const long long *idx
@@ -697,7 +701,12 @@ def max_pool2d_backward(const real[:, :, :, ::1] grad_output,
         idx = idx_base + plane * out_plane
         memset(target, 0, in_plane * sizeof(real))
         for p in range(out_plane):
-            target[idx[p]] += grad[p]
+            # a negative index is a huge unsigned one
+            if <unsigned long long>idx[p] < limit:
+                target[idx[p]] += grad[p]
+            else:
+                outside += 1
+    return outside
 
 
 # ---------------------------------------------------------------- avg pool
