@@ -181,8 +181,12 @@ fc_tile(const int V, const float *const *base, const ptrdiff_t *off,
         ptrdiff_t plane, ptrdiff_t kn, const float *bias, int accumulate,
         int clamp, float lo, float hi)
 {
+    /* the loops around the tap loop unrolled by pragma, as in fc_cv_tile:
+     * the sums then stay in registers from start to store */
     fc_vf a[FC_KB][FC_VMAX];
+#pragma GCC unroll 8
     for (int k = 0; k < FC_KB; ++k)
+#pragma GCC unroll 3
         for (int v = 0; v < V; ++v)
             a[k][v] = (fc_vf){0};
     for (ptrdiff_t t = 0; t < taps; ++t) {
@@ -197,10 +201,12 @@ fc_tile(const int V, const float *const *base, const ptrdiff_t *off,
                 a[k][v] += in[v] * wk;
         }
     }
+#pragma GCC unroll 8
     for (int k = 0; k < FC_KB; ++k) {
         if (k >= kn)
             break;
         const float b = bias ? bias[k] : 0.0f;
+#pragma GCC unroll 3
         for (int v = 0; v < V; ++v) {
             float *d = dst[v] + k * plane;
             fc_store(d, fc_clamp(accumulate
@@ -427,7 +433,10 @@ fc_cv_tile(const int CV, const int CP, const float *const *base,
            const ptrdiff_t *off, ptrdiff_t taps, const float *w,
            float *sums, int accumulate)
 {
+    /* the loops unrolled by pragma: otherwise GCC zeroes the array with a
+     * memset and spills the sums to the stack before storing them */
     fc_vf a[24];
+#pragma GCC unroll 24
     for (int i = 0; i < CV * CP; ++i)
         a[i] = (fc_vf){0};
     for (ptrdiff_t t = 0; t < taps; ++t) {
@@ -441,7 +450,9 @@ fc_cv_tile(const int CV, const int CP, const float *const *base,
                 a[p * CV + v] += wv[v] * xp;
         }
     }
+#pragma GCC unroll 24
     for (int p = 0; p < CP; ++p)
+#pragma GCC unroll 4
         for (int v = 0; v < CV; ++v) {
             float *d = sums + (p * CV + v) * FC_VL;
             fc_vf sum = accumulate ? fc_load(d) + a[p * CV + v]
