@@ -206,3 +206,67 @@ W = np.zeros((2, 3, 3, 3))
 def test_bad_input(call, error, pattern):
     with pytest.raises(error, match=pattern):
         call()
+
+
+@pytest.mark.parametrize("case", [
+    # (x shape, weight shape, stride, output_padding, groups, merged)
+    ((2, 6, 5, 7), (6, 4, 2, 2), 2, 0, 1, True),
+    ((2, 6, 5, 7), (6, 4, 3, 3), 3, 0, 1, True),
+    ((2, 6, 5, 7), (6, 4, 2, 3), (2, 3), 0, 1, True),
+    ((3, 16, 4, 4), (16, 32, 2, 2), 2, 0, 1, True),
+    # (output_padding: the rows and columns no tap reaches are added
+    # around the stacked convolution's result)
+    ((2, 6, 5, 7), (6, 4, 2, 2), 2, 1, 1, True),
+    ((2, 6, 5, 7), (6, 2, 2, 2), 2, 0, 2, False),   # groups
+    ((2, 6, 5, 7), (6, 4, 4, 4), 2, 0, 1, False),   # 2x2 taps a phase
+])
+def test_kernel_the_size_of_its_stride_is_one_stacked_convolution(
+        monkeypatch, case):
+    """cython: where every phase of a strided input gradient is a 1x1
+    unpadded convolution (kernel == stride), one convolution onto the
+    stacked phases' channels runs instead of one per phase; it must agree
+    with the naive reference, and run exactly where it applies."""
+    from fastconv.backends import cython_cpu
+
+    if "cython" not in fastconv.available_backends():
+        pytest.skip("cython backend unavailable")
+    x_shape, w_shape, stride, output_padding, groups, merged = case
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    taken = []
+    check = cython_cpu._phases_are_one_pointwise
+    monkeypatch.setattr(cython_cpu, "_phases_are_one_pointwise",
+                        lambda *a: taken.append(check(*a)) or taken[-1])
+    y = fastconv.conv_transpose2d(x, w, stride=stride,
+                                  output_padding=output_padding,
+                                  groups=groups, backend="cython")
+    expected = fastconv.conv_transpose2d(
+        x.astype(np.float64), w.astype(np.float64), stride=stride,
+        output_padding=output_padding, groups=groups, backend="naive")
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+    assert taken == [merged] if merged else not any(taken)
+
+
+def test_uneven_phase_planes_take_one_convolution_each(monkeypatch):
+    """conv2d's input gradient with an input one past a whole number of
+    strides: the phases' planes differ in size, so each phase runs alone."""
+    from fastconv.backends import cython_cpu
+
+    if "cython" not in fastconv.available_backends():
+        pytest.skip("cython backend unavailable")
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((2, 6, 11, 15)).astype(np.float32)
+    w = rng.standard_normal((4, 6, 2, 2)).astype(np.float32)
+    g = rng.standard_normal((2, 4, 5, 7)).astype(np.float32)
+    taken = []
+    check = cython_cpu._phases_are_one_pointwise
+    monkeypatch.setattr(cython_cpu, "_phases_are_one_pointwise",
+                        lambda *a: taken.append(check(*a)) or taken[-1])
+    grad_input, _, _ = fastconv.conv2d_backward(g, x, w, stride=2,
+                                                backend="cython")
+    expected, _, _ = fastconv.conv2d_backward(
+        g.astype(np.float64), x.astype(np.float64), w.astype(np.float64),
+        stride=2, backend="naive")
+    np.testing.assert_allclose(grad_input, expected, rtol=1e-5, atol=1e-5)
+    assert taken == [False]

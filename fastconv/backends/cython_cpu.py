@@ -963,6 +963,8 @@ def _strided_input_grad(grad_output, weight, g):
                     phase, grad_output.dtype):
                 return None
             phases.append((a, b, phase, (rows, columns)))
+    if _phases_are_one_pointwise(phases, g):
+        return _pointwise_phases_input_grad(grad_output, weight, g, phases)
     results = []
     for a, b, phase, taps in phases:
         if phase is None:
@@ -976,6 +978,40 @@ def _strided_input_grad(grad_output, weight, g):
     grad_input = np.empty(g.input_shape, grad_output.dtype)
     _direct.interleave_phases(
         results, grad_input, g.stride_h, g.stride_w,
+        _num_threads(_threads.elementwise_threads(grad_input.size)))
+    return grad_input
+
+
+def _phases_are_one_pointwise(phases, g):
+    """Whether every phase of a strided input gradient is a 1x1 unpadded
+    convolution of all of grad_output onto a whole (OH, OW) plane (a kernel
+    as large as its stride, no padding: 2x2/2 upsampling, patchify layers):
+    one convolution with the phases' filters stacked computes them all."""
+    return g.groups == 1 and all(
+        phase is not None and phase.kernel_height == phase.kernel_width == 1
+        and not (phase.pad_top or phase.pad_left or phase.pad_bottom
+                 or phase.pad_right)
+        and (phase.out_height, phase.out_width) == (g.out_height,
+                                                     g.out_width)
+        for _, _, phase, _ in phases)
+
+
+def _pointwise_phases_input_grad(grad_output, weight, g, phases):
+    """``_strided_input_grad`` where ``_phases_are_one_pointwise``: one 1x1
+    convolution onto sh * sw * C channels (grad_output read once, one
+    parallel region), then each phase's channels interleaved into place.
+    Measured (2 threads, alternating in one process, medians of 15):
+    conv_transpose2d 128 -> 64 channels, 2x2 stride 2 on 8 x 28 x 28, 2.03
+    ms against 2.39 with four phase calls (load 1.2)."""
+    filters = np.concatenate(
+        [_swapped_filter_channels(weight[:, :, rows][:, :, :, columns], 1)
+         for _, _, _, (rows, columns) in phases])
+    stacked = _shapes.conv_geometry(
+        grad_output.shape, filters.shape, (1, 1), (0, 0, 0, 0), (1, 1), 1)
+    result = _direct_forward(grad_output, filters, None, stacked)
+    grad_input = np.empty(g.input_shape, grad_output.dtype)
+    _direct.interleave_phase_channels(
+        result, grad_input, g.stride_h, g.stride_w,
         _num_threads(_threads.elementwise_threads(grad_input.size)))
     return grad_input
 

@@ -290,3 +290,40 @@ def interleave_phases(list phases, float[:, :, :, ::1] out, Py_ssize_t sh,
                 src = src + (plane * heights[k] + i) * widths[k]
                 for j in range(widths[k]):
                     dst[b + j * sw] = src[j]
+
+
+def interleave_phase_channels(const float[:, :, :, ::1] phases,
+                              float[:, :, :, ::1] out, Py_ssize_t sh,
+                              Py_ssize_t sw, int num_threads):
+    """out[n, c, a::sh, b::sw] = phases[n, (a * sw + b) * C + c]: the phases
+    stacked along the channels of one (N, sh * sw * C, H / sh, W / sw)
+    array (one convolution computed them all), out (N, C, H, W) with H and
+    W whole multiples of the strides."""
+    cdef Py_ssize_t batch = out.shape[0], channels = out.shape[1]
+    cdef Py_ssize_t height = out.shape[2], width = out.shape[3]
+    cdef Py_ssize_t rows = phases.shape[2], columns = phases.shape[3]
+    if (phases.shape[0] != batch or phases.shape[1] != sh * sw * channels
+            or rows * sh != height or columns * sw != width):
+        raise ValueError("interleave_phase_channels: shapes do not match")
+    cdef Py_ssize_t row, plane, ih, a, b, i, j, n, c
+    cdef const float *src
+    cdef float *dst
+    with nogil:
+        for row in prange(batch * channels * height,
+                          num_threads=num_threads, schedule="static"):
+            plane = row // height
+            ih = row % height
+            a = ih % sh
+            i = ih // sh
+            n = plane // channels
+            c = plane % channels
+            dst = &out[0, 0, 0, 0] + row * width
+            if sw == 2:
+                _interleave_pair(&phases[n, 2 * a * channels + c, i, 0],
+                                 &phases[n, (2 * a + 1) * channels + c, i, 0],
+                                 columns, columns, dst)
+                continue
+            for b in range(sw):
+                src = &phases[n, (a * sw + b) * channels + c, i, 0]
+                for j in range(columns):
+                    dst[b + j * sw] = src[j]
