@@ -262,3 +262,20 @@ def test_reading_a_small_file_reserves_no_more_than_it(tmp_path):
         tracemalloc.stop()
     assert data == path.read_bytes()
     assert peak < 2**20, f"{peak} bytes traced reading a 100-byte file"
+
+
+def test_a_file_that_grows_while_read_is_refused(tmp_path, monkeypatch):
+    """The reader reads the size it saw plus one byte; more means the file
+    changed under it (an exporter still writing), which is named rather
+    than parsed as a truncated model."""
+    import os
+
+    from fastconv.onnx import _reader
+
+    path = tmp_path / "growing.onnx"
+    path.write_bytes(b"x" * 100)
+    real_getsize = os.path.getsize
+    monkeypatch.setattr(_reader.os.path, "getsize",
+                        lambda p: real_getsize(p) - 10)
+    with pytest.raises(ValueError, match="changed while it was read"):
+        _reader.read_model_bytes(path)

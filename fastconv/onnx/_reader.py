@@ -84,6 +84,10 @@ def read_model_bytes(source) -> bytes:
             # the size it had, plus one byte to see it grow (a read of
             # MAX_MODEL_BYTES reserves 2 GiB whatever the file holds)
             data = handle.read(size + 1)
+        if len(data) != size:
+            raise ValueError(
+                f"ONNX model file {path!r} changed while it was read (it "
+                f"had {size} bytes); read it again once it is written")
     else:
         raise TypeError(
             "model must be a path (str or os.PathLike) or the model's bytes, "
