@@ -233,6 +233,54 @@ cdef void _interleave_pair(const float *even, const float *odd,
         dst[2 * odd_count] = even[odd_count]
 
 
+cdef void _interleave(const float **pointers, const Py_ssize_t[:] heights,
+                      const Py_ssize_t[:] widths, Py_ssize_t source_planes,
+                      float[:, :, :, ::1] out, Py_ssize_t sh, Py_ssize_t sw,
+                      int num_threads):
+    """out[n, c, a::sh, b::sw] = phase k = a * sw + b, whose plane (n, c)
+    starts at pointers[k] + (n * source_planes + c) * heights[k] *
+    widths[k] (NULL: zeros), in one pass over out's rows."""
+    cdef Py_ssize_t channels = out.shape[1]
+    cdef Py_ssize_t planes = out.shape[0] * channels
+    cdef Py_ssize_t height = out.shape[2], width = out.shape[3]
+    cdef Py_ssize_t row, plane, source, ih, a, b, i, j, k
+    cdef const float *src
+    cdef float *dst
+    with nogil:
+        for row in prange(planes * height, num_threads=num_threads,
+                          schedule="static"):
+            plane = row // height
+            source = plane // channels * source_planes + plane % channels
+            ih = row % height
+            a = ih % sh
+            i = ih // sh
+            dst = &out[0, 0, 0, 0] + row * width
+            if (sw == 2 and pointers[a * 2] != NULL
+                    and pointers[a * 2 + 1] != NULL):
+                # both column phases at once: one interleaving loop the
+                # compiler vectorises (strided stores one phase at a time
+                # ran scalar)
+                _interleave_pair(
+                    pointers[a * 2] + (source * heights[a * 2] + i)
+                    * widths[a * 2],
+                    pointers[a * 2 + 1] + (source * heights[a * 2 + 1] + i)
+                    * widths[a * 2 + 1],
+                    widths[a * 2], widths[a * 2 + 1], dst)
+                continue
+            for b in range(sw):
+                k = a * sw + b
+                src = pointers[k]
+                if src == NULL:
+                    j = b
+                    while j < width:
+                        dst[j] = 0
+                        j = j + sw
+                    continue
+                src = src + (source * heights[k] + i) * widths[k]
+                for j in range(widths[k]):
+                    dst[b + j * sw] = src[j]
+
+
 def interleave_phases(list phases, float[:, :, :, ::1] out, Py_ssize_t sh,
                       Py_ssize_t sw, int num_threads):
     """out[:, :, a::sh, b::sw] = phases[a * sw + b] (each (N, C, rows,
@@ -252,44 +300,8 @@ def interleave_phases(list phases, float[:, :, :, ::1] out, Py_ssize_t sh,
             sources.data[p] = &phase[0, 0, 0, 0]
             heights[p] = phase.shape[2]
             widths[p] = phase.shape[3]
-    cdef const float **pointers = sources.data
-    cdef Py_ssize_t planes = out.shape[0] * out.shape[1]
-    cdef Py_ssize_t height = out.shape[2], width = out.shape[3]
-    cdef Py_ssize_t row, plane, ih, a, b, i, j, k
-    cdef const float *src
-    cdef float *dst
-    with nogil:
-        for row in prange(planes * height, num_threads=num_threads,
-                          schedule="static"):
-            plane = row // height
-            ih = row % height
-            a = ih % sh
-            i = ih // sh
-            dst = &out[0, 0, 0, 0] + row * width
-            if (sw == 2 and pointers[a * 2] != NULL
-                    and pointers[a * 2 + 1] != NULL):
-                # both column phases at once: one interleaving loop the
-                # compiler vectorises (strided stores one phase at a time
-                # ran scalar)
-                _interleave_pair(
-                    pointers[a * 2] + (plane * heights[a * 2] + i)
-                    * widths[a * 2],
-                    pointers[a * 2 + 1] + (plane * heights[a * 2 + 1] + i)
-                    * widths[a * 2 + 1],
-                    widths[a * 2], widths[a * 2 + 1], dst)
-                continue
-            for b in range(sw):
-                k = a * sw + b
-                src = pointers[k]
-                if src == NULL:
-                    j = b
-                    while j < width:
-                        dst[j] = 0
-                        j = j + sw
-                    continue
-                src = src + (plane * heights[k] + i) * widths[k]
-                for j in range(widths[k]):
-                    dst[b + j * sw] = src[j]
+    _interleave(sources.data, heights, widths, out.shape[1], out, sh, sw,
+                num_threads)
 
 
 def interleave_phase_channels(const float[:, :, :, ::1] phases,
@@ -299,31 +311,18 @@ def interleave_phase_channels(const float[:, :, :, ::1] phases,
     stacked along the channels of one (N, sh * sw * C, H / sh, W / sw)
     array (one convolution computed them all), out (N, C, H, W) with H and
     W whole multiples of the strides."""
-    cdef Py_ssize_t batch = out.shape[0], channels = out.shape[1]
-    cdef Py_ssize_t height = out.shape[2], width = out.shape[3]
-    cdef Py_ssize_t rows = phases.shape[2], columns = phases.shape[3]
-    if (phases.shape[0] != batch or phases.shape[1] != sh * sw * channels
-            or rows * sh != height or columns * sw != width):
+    cdef Py_ssize_t count = sh * sw, channels = out.shape[1]
+    if (phases.shape[0] != out.shape[0]
+            or phases.shape[1] != count * channels
+            or phases.shape[2] * sh != out.shape[2]
+            or phases.shape[3] * sw != out.shape[3]):
         raise ValueError("interleave_phase_channels: shapes do not match")
-    cdef Py_ssize_t row, plane, ih, a, b, i, j, n, c
-    cdef const float *src
-    cdef float *dst
-    with nogil:
-        for row in prange(batch * channels * height,
-                          num_threads=num_threads, schedule="static"):
-            plane = row // height
-            ih = row % height
-            a = ih % sh
-            i = ih // sh
-            n = plane // channels
-            c = plane % channels
-            dst = &out[0, 0, 0, 0] + row * width
-            if sw == 2:
-                _interleave_pair(&phases[n, 2 * a * channels + c, i, 0],
-                                 &phases[n, (2 * a + 1) * channels + c, i, 0],
-                                 columns, columns, dst)
-                continue
-            for b in range(sw):
-                src = &phases[n, (a * sw + b) * channels + c, i, 0]
-                for j in range(columns):
-                    dst[b + j * sw] = src[j]
+    cdef vector_pointers sources = vector_pointers(count)
+    cdef Py_ssize_t[:] heights = np.full(count, phases.shape[2], np.intp)
+    cdef Py_ssize_t[:] widths = np.full(count, phases.shape[3], np.intp)
+    cdef Py_ssize_t p
+    for p in range(count):
+        sources.data[p] = &phases[0, p * channels, 0, 0]
+    # phase p's plane (n, c) is plane n * count * C + p * C + c
+    _interleave(sources.data, heights, widths, count * channels, out, sh,
+                sw, num_threads)
