@@ -313,11 +313,12 @@ def parallel_small_calls(monkeypatch):
     ((6, 8, 9, 9), (5, 8, 3, 3)),       # row-tile schedule
     ((16, 32, 3, 3), (8, 32, 3, 3)),    # chunks of whole images
     ((4, 6, 5, 5), (4, 6, 1, 1)),       # 1x1: x is its own im2col matrix
-    ((5, 16, 6, 7), (16, 16, 3, 3)),    # Winograd ('auto')
+    ((9, 64, 16, 16), (64, 64, 3, 3)),  # Winograd ('auto'), two blocks
 ])
-def test_grad_weight_is_reproducible(x_shape, w_shape):
+def test_grad_weight_is_reproducible(x_shape, w_shape, count_calls):
     """The same grad_weight bits run after run on each backend, and for any
     thread count on the Cython backend (a fixed reduction order)."""
+    winograd = count_calls(cython_cpu, "_winograd_weight_grad")
     rng = np.random.default_rng(2)
     g = _shapes.conv_geometry(x_shape, w_shape, (1, 1), (1, 1, 1, 1), (1, 1),
                               1)
@@ -341,6 +342,7 @@ def test_grad_weight_is_reproducible(x_shape, w_shape):
             np.testing.assert_array_equal(a, b)
     finally:
         fastconv.set_num_threads(threads)
+    assert (winograd["count"] > 0) == (w_shape[1] == 64)
 
 
 # ---------------------------------------------------------- packed weights

@@ -214,10 +214,14 @@ WINOGRAD_BLOCK_BYTES = 1024 * 1024
 WINOGRAD_MIN_TILES = 16
 WINOGRAD_MAX_TILES = 256
 
-#: The weight gradient's blocks (V and E of a block of tiles, per thread)
-#: may be larger: each of its GEMMs reads and writes a (K, C) sum for a
-#: reduction only as deep as the block, so deep blocks pay.
-WINOGRAD_WEIGHT_GRAD_BLOCK_BYTES = 4 * 1024 * 1024
+#: Tiles per block of the weight gradient (V and E of the block shared by
+#: the threads, at most WINOGRAD_STAGED_BYTES of them): each of its GEMMs
+#: reads and writes a (K, C) sum for a reduction as deep as the block.
+#: Measured (float32, 2 threads, noisy, ms at 32 / 64 / 128 / 256 tiles):
+#: N32-C256-8x8-K256 13.0 / 8.9 / 8.6 / 8.0, N32-C128-16x16-K128 10.8 /
+#: 8.0 / 8.3 / 8.1, N32-C64-32x32-K64 15.7 / 12.7 / 9.5 / 11.2; per-thread
+#: runs of tiles, each summing its own copy of dU, took 14.0, 13.2 and 13.6.
+WINOGRAD_WEIGHT_GRAD_TILES = 128
 
 #: Where a per-thread block would hold fewer tiles than this (many
 #: channels), the threads share blocks of up to WINOGRAD_STAGED_BYTES of V
@@ -844,30 +848,24 @@ def conv2d_forward(x, weight, bias, g, packed=None, clamp=None):
 
 
 def _winograd_weight_grad(grad_output, x, g, need_bias_grad=True):
-    """(grad_weight, grad_bias or None) of a 3x3 stride-1 convolution through the
-    Winograd domain (winograd.pyx): per-run sums of E[p] @ V[p]^T over
-    fixed runs of tiles (GRAD_WEIGHT_RUNS at most, and as many as
-    WORKSPACE_BYTES holds), blocks laid out for GRAD_WEIGHT_RUNS // 2
-    threads, summed in order: the bits depend on the shape alone."""
+    """(grad_weight, grad_bias or None) of a 3x3 stride-1 convolution
+    through the Winograd domain (winograd.pyx's winograd_f43_weight_grad:
+    blocks of WINOGRAD_WEIGHT_GRAD_TILES tiles shared by the threads, each
+    point's sum on one thread): the bits depend on the shape alone."""
     num_threads = _num_threads(_threads.conv_threads(g, passes=2))
     dtype = grad_output.dtype
     in_channels, out_channels = g.in_channels, g.out_channels
     total_tiles = g.batch * (-(-g.out_height // 4)) * (-(-g.out_width // 4))
-    point_bytes = 36 * in_channels * out_channels * dtype.itemsize
-    runs = int(max(1, min(GRAD_WEIGHT_RUNS, total_tiles,
-                          config.WORKSPACE_BYTES // point_bytes)))
     per_tile = 36 * (in_channels + out_channels) * dtype.itemsize
-    block_tiles = int(max(WINOGRAD_MIN_TILES, min(
-        WINOGRAD_WEIGHT_GRAD_BLOCK_BYTES // per_tile, -(-total_tiles // runs))))
-    partials = np.zeros((runs, 36 * in_channels * out_channels), dtype)
-    workspace = np.empty(
-        (num_threads, 36 * (in_channels + out_channels) * block_tiles), dtype)
+    block_tiles = int(max(1, min(total_tiles, WINOGRAD_WEIGHT_GRAD_TILES,
+                                 WINOGRAD_STAGED_BYTES // per_tile)))
+    domain = np.empty(36 * in_channels * out_channels, dtype)
     with _blas_held_to_one_thread(num_threads):
         _winograd_kernels.winograd_f43_weight_grad(
-            x, grad_output, partials, workspace, g.pad_top, g.pad_left,
-            block_tiles, num_threads)
-    domain = np.empty(partials.shape[1], dtype)
-    _conv.sum_rows(partials, domain, num_threads)
+            x, grad_output, domain,
+            np.empty(36 * in_channels * block_tiles, dtype),
+            np.empty(36 * out_channels * block_tiles, dtype), g.pad_top,
+            g.pad_left, block_tiles, num_threads)
     grad_weight = np.empty(g.weight_shape, dtype)
     _winograd_kernels.winograd_filters_adjoint_f43(domain, grad_weight,
                                                    num_threads)

@@ -387,45 +387,61 @@ cdef double TWELFTH = 1.0 / 12.0
 cdef double TWENTYFOURTH = 1.0 / 24.0
 
 
-cdef inline void _filter_1d(const double *g, Py_ssize_t g_stride,
-                            double *out, Py_ssize_t out_stride) noexcept nogil:
-    """out (6-vector) = G g for a 3-vector g."""
-    cdef double g0 = g[0], g1 = g[g_stride], g2 = g[2 * g_stride]
-    out[0] = g0 * QUARTER
-    out[out_stride] = -(g0 + g1 + g2) * SIXTH
-    out[2 * out_stride] = -(g0 - g1 + g2) * SIXTH
-    out[3 * out_stride] = g0 * TWENTYFOURTH + g1 * TWELFTH + g2 * SIXTH
-    out[4 * out_stride] = g0 * TWENTYFOURTH - g1 * TWELFTH + g2 * SIXTH
-    out[5 * out_stride] = g2
-
-
 cdef enum:
-    FILTER_BLOCK = 64   # filters transformed together: whole cache lines out
+    FILTER_BLOCK = 64   # filters transformed together, a lane each
+
+
+cdef inline void _filter_1d(const double *g, Py_ssize_t g_stride,
+                            double *out,
+                            Py_ssize_t out_stride) noexcept nogil:
+    """out (6-vectors) = G g for the FILTER_BLOCK 3-vectors g, lane by
+    lane: element j of lane i at g[j * g_stride + i], out likewise."""
+    cdef Py_ssize_t i
+    cdef double g0, g1, g2
+    for i in range(FILTER_BLOCK):
+        g0 = g[i]
+        g1 = g[g_stride + i]
+        g2 = g[2 * g_stride + i]
+        out[i] = g0 * QUARTER
+        out[out_stride + i] = -(g0 + g1 + g2) * SIXTH
+        out[2 * out_stride + i] = -(g0 - g1 + g2) * SIXTH
+        out[3 * out_stride + i] = (g0 * TWENTYFOURTH + g1 * TWELFTH
+                                   + g2 * SIXTH)
+        out[4 * out_stride + i] = (g0 * TWENTYFOURTH - g1 * TWELFTH
+                                   + g2 * SIXTH)
+        out[5 * out_stride + i] = g2
 
 
 cdef void _filter_block(const real *taps, Py_ssize_t first, Py_ssize_t count,
                         bint flipped, real *u,
                         Py_ssize_t point_stride) noexcept nogil:
-    """u[p * point_stride + first + i] for p < 36, i < count: G g G^T of
-    the 3x3 filters ``taps[(first + i) * 9:]`` (rotated by 180 degrees when
-    flipped), in double precision, written point by point (contiguous runs
-    of ``count``)."""
-    cdef double g[9]
-    cdef double t[18]
-    cdef double block[FILTER_BLOCK * POINTS]
+    """u[p * point_stride + first + i] for p < 36, i < count (<=
+    FILTER_BLOCK): G g G^T of the 3x3 filters ``taps[(first + i) * 9:]``
+    (rotated by 180 degrees when flipped), in double precision, the
+    filters side by side in vector lanes (unused lanes zero)."""
+    cdef double g[9 * FILTER_BLOCK]              # [tap][lane]
+    cdef double t[PATCH * 3 * FILTER_BLOCK]      # G g: [row][column][lane]
+    cdef double block[POINTS * FILTER_BLOCK]     # t G^T: [point][lane]
     cdef Py_ssize_t i, j, p
     cdef const real *filter_taps
     for i in range(count):
         filter_taps = taps + (first + i) * 9
         for j in range(9):
-            g[j] = filter_taps[8 - j] if flipped else filter_taps[j]
-        for j in range(3):          # t (6, 3) = G g
-            _filter_1d(g + j, 3, t + j, 3)
-        for j in range(PATCH):      # (6, 6) = t G^T
-            _filter_1d(t + j * 3, 1, block + i * POINTS + j * PATCH, 1)
+            g[j * FILTER_BLOCK + i] = (filter_taps[8 - j] if flipped
+                                       else filter_taps[j])
+    for j in range(9):
+        for i in range(count, FILTER_BLOCK):
+            g[j * FILTER_BLOCK + i] = 0
+    for j in range(3):              # t (6, 3) = G g, column j
+        _filter_1d(g + j * FILTER_BLOCK, 3 * FILTER_BLOCK,
+                   t + j * FILTER_BLOCK, 3 * FILTER_BLOCK)
+    for j in range(PATCH):          # (6, 6) = t G^T, row j
+        _filter_1d(t + j * 3 * FILTER_BLOCK, FILTER_BLOCK,
+                   block + j * PATCH * FILTER_BLOCK, FILTER_BLOCK)
     for p in range(POINTS):
         for i in range(count):
-            u[p * point_stride + first + i] = <real>block[i * POINTS + p]
+            u[p * point_stride + first + i] = <real>block[
+                p * FILTER_BLOCK + i]
 
 
 def winograd_filters_f43(const real[:, :, :, ::1] weight, real[:, :, ::1] u,
@@ -540,87 +556,100 @@ cdef void _grad_output_filter(const WinogradShape *ws, const real *grad,
 
 def winograd_f43_weight_grad(const real[:, :, :, ::1] x,
                              const real[:, :, :, ::1] grad_output,
-                             real[:, ::1] partials, real[:, ::1] workspace,
-                             Py_ssize_t pad_top, Py_ssize_t pad_left,
-                             Py_ssize_t block_tiles, int num_threads):
-    """Winograd-domain weight gradient of y = conv3x3(x) (stride 1).
+                             real[::1] du, real[::1] v_buffer,
+                             real[::1] e_buffer, Py_ssize_t pad_top,
+                             Py_ssize_t pad_left, Py_ssize_t block_tiles,
+                             int num_threads):
+    """Winograd-domain weight gradient of y = conv3x3(x) (stride 1): du
+    (36 * K * C, every element written) = dU, then
+    ``winograd_filters_adjoint_f43`` gives grad_weight.
 
-    x (N, C, H, W); grad_output (N, K, OH, OW). partials (R, 36*K*C)
-    zeros: the tiles are cut into R runs of consecutive tiles, and run j
-    adds dU = sum over its tiles, in block order, of E[p] @ V[p]^T to row
-    j (the caller sums the rows in order, then ``winograd_filters_adjoint``):
-    the bits depend on R and the shape alone. workspace (num_threads,
-    36 * (C + K) * block_tiles).
+    x (N, C, H, W); grad_output (N, K, OH, OW). Each block of block_tiles
+    tiles is shared by all threads in three stages: input transforms V
+    split by channel, output-gradient transforms E by filter, then the 36
+    GEMMs dU[p] += E[p] @ V[p]^T by point. Each dU[p] is summed by one
+    thread, block after block in tile order, into the one dU: the bits
+    depend on the shape and block_tiles alone (not on the thread count),
+    and no per-thread copies of dU are written and added, which on layers
+    with many channels and few tiles cost more than the GEMMs (8x8 planes,
+    256 channels: 14 -> 8.5 ms). v_buffer (36 * C * block_tiles), e_buffer
+    (36 * K * block_tiles).
     """
     cdef WinogradShape ws = _winograd_shape(x, grad_output, pad_top,
                                             pad_left)
     cdef Py_ssize_t total = ws.batch * ws.tiles_h * ws.tiles_w
-    cdef Py_ssize_t runs = partials.shape[0]
     cdef Py_ssize_t channels = ws.in_channels, filters = ws.out_channels
-    cdef Py_ssize_t run, first, stop, count, c, k, p
+    cdef Py_ssize_t first, count, c, k, p
     cdef const real *x_ptr = &x[0, 0, 0, 0]
     cdef const real *grad_ptr = &grad_output[0, 0, 0, 0]
-    cdef real *partials_ptr = &partials[0, 0]
-    cdef Py_ssize_t partial_stride = partials.shape[1]
-    cdef real *work_ptr = &workspace[0, 0]
-    cdef Py_ssize_t work_stride = workspace.shape[1]
-    cdef Py_ssize_t v_size = POINTS * channels * block_tiles
-    cdef real *v
-    cdef real *e
-    cdef real *du
-    with nogil, parallel(num_threads=num_threads):
-        v = work_ptr + threadid() * work_stride
-        e = v + v_size
-        for run in prange(runs, schedule="dynamic"):
-            du = partials_ptr + run * partial_stride
-            first = run * total // runs
-            stop = (run + 1) * total // runs
-            while first < stop:
-                count = stop - first
-                if count > block_tiles:
-                    count = block_tiles
-                for c in range(channels):
-                    _input_channel(&ws, x_ptr, c, v, first, count)
-                for k in range(filters):
-                    _grad_output_filter(&ws, grad_ptr, k, e, first, count)
-                for p in range(POINTS):
-                    # dU[p] (K, C) += E[p] (K, count) @ V[p]^T (count, C)
-                    gemm_row_major(c'N', c'T', <int>filters, <int>channels,
-                                   <int>count, <real>1,
-                                   e + p * filters * count, <int>count,
-                                   v + p * channels * count, <int>count,
-                                   <real>1, du + p * filters * channels,
-                                   <int>channels)
-                first = first + count
+    cdef real *du_ptr = &du[0]
+    cdef real *v = &v_buffer[0]
+    cdef real *e = &e_buffer[0]
+    cdef real beta
+    first = 0
+    while first < total:
+        count = total - first
+        if count > block_tiles:
+            count = block_tiles
+        beta = 1 if first > 0 else 0
+        with nogil, parallel(num_threads=num_threads):
+            for c in prange(channels, schedule="static"):
+                _input_channel(&ws, x_ptr, c, v, first, count)
+            for k in prange(filters, schedule="static"):
+                _grad_output_filter(&ws, grad_ptr, k, e, first, count)
+            for p in prange(POINTS, schedule="static"):
+                # dU[p] (K, C) (+)= E[p] (K, count) @ V[p]^T (count, C)
+                gemm_row_major(c'N', c'T', <int>filters, <int>channels,
+                               <int>count, <real>1, e + p * filters * count,
+                               <int>count, v + p * channels * count,
+                               <int>count, beta, du_ptr + p * filters * channels,
+                               <int>channels)
+        first = first + count
 
 
 cdef inline void _filter_adjoint_1d(const double *u, Py_ssize_t u_stride,
                                     double *out,
                                     Py_ssize_t out_stride) noexcept nogil:
-    """out (3-vector) = G^T u for a 6-vector u."""
-    cdef double u0 = u[0], u1 = u[u_stride], u2 = u[2 * u_stride]
-    cdef double u3 = u[3 * u_stride], u4 = u[4 * u_stride]
-    cdef double u5 = u[5 * u_stride]
-    out[0] = u0 * QUARTER - (u1 + u2) * SIXTH + (u3 + u4) * TWENTYFOURTH
-    out[out_stride] = (u2 - u1) * SIXTH + (u3 - u4) * TWELFTH
-    out[2 * out_stride] = (u3 + u4 - u1 - u2) * SIXTH + u5
+    """out (3-vectors) = G^T u for the FILTER_BLOCK 6-vectors u, lane by
+    lane: element j of lane i at u[j * u_stride + i], out likewise."""
+    cdef Py_ssize_t i
+    cdef double u0, u1, u2, u3, u4, u5
+    for i in range(FILTER_BLOCK):
+        u0 = u[i]
+        u1 = u[u_stride + i]
+        u2 = u[2 * u_stride + i]
+        u3 = u[3 * u_stride + i]
+        u4 = u[4 * u_stride + i]
+        u5 = u[5 * u_stride + i]
+        out[i] = u0 * QUARTER - (u1 + u2) * SIXTH + (u3 + u4) * TWENTYFOURTH
+        out[out_stride + i] = (u2 - u1) * SIXTH + (u3 - u4) * TWELFTH
+        out[2 * out_stride + i] = (u3 + u4 - u1 - u2) * SIXTH + u5
 
 
-cdef void _filter_adjoint(const real *du, Py_ssize_t point_stride,
-                          real *out) noexcept nogil:
-    """out (3x3) = G^T u G for u[p] = du[p * point_stride], p < 36."""
-    cdef double u[POINTS]
-    cdef double t[3 * PATCH]
-    cdef double g[9]
-    cdef Py_ssize_t i, p
+cdef void _filter_adjoint_block(const real *du, Py_ssize_t point_stride,
+                                Py_ssize_t first, Py_ssize_t count,
+                                real *grad) noexcept nogil:
+    """grad[(first + i) * 9:][:9] (3x3) = G^T u G for i < count (<=
+    FILTER_BLOCK), u[p] = du[p * point_stride + first + i], in double
+    precision, the filters side by side in vector lanes."""
+    cdef double u[POINTS * FILTER_BLOCK]         # [point][lane]
+    cdef double t[3 * PATCH * FILTER_BLOCK]      # G^T u: [row][column][lane]
+    cdef double g[9 * FILTER_BLOCK]              # t G: [tap][lane]
+    cdef Py_ssize_t i, j, p
     for p in range(POINTS):
-        u[p] = du[p * point_stride]
-    for i in range(PATCH):          # t (3, 6) = G^T u
-        _filter_adjoint_1d(u + i, PATCH, t + i, PATCH)
-    for i in range(3):              # g (3, 3) = t G
-        _filter_adjoint_1d(t + i * PATCH, 1, g + i * 3, 1)
-    for i in range(9):
-        out[i] = <real>g[i]
+        for i in range(count):
+            u[p * FILTER_BLOCK + i] = du[p * point_stride + first + i]
+        for i in range(count, FILTER_BLOCK):
+            u[p * FILTER_BLOCK + i] = 0
+    for j in range(PATCH):          # t (3, 6) = G^T u, column j
+        _filter_adjoint_1d(u + j * FILTER_BLOCK, PATCH * FILTER_BLOCK,
+                           t + j * FILTER_BLOCK, PATCH * FILTER_BLOCK)
+    for j in range(3):              # g (3, 3) = t G, row j
+        _filter_adjoint_1d(t + j * PATCH * FILTER_BLOCK, FILTER_BLOCK,
+                           g + j * 3 * FILTER_BLOCK, FILTER_BLOCK)
+    for i in range(count):
+        for j in range(9):
+            grad[(first + i) * 9 + j] = <real>g[j * FILTER_BLOCK + i]
 
 
 def winograd_filters_adjoint_f43(const real[::1] du, real[:, :, :, ::1] grad,
@@ -628,9 +657,14 @@ def winograd_filters_adjoint_f43(const real[::1] du, real[:, :, :, ::1] grad,
     """grad[k, c] = G^T dU[:, k, c] G (3x3) for dU = du as (36, K, C), in
     double precision: the adjoint of ``winograd_filters_f43``."""
     cdef Py_ssize_t pairs = grad.shape[0] * grad.shape[1]
-    cdef Py_ssize_t pair
+    cdef Py_ssize_t blocks = (pairs + FILTER_BLOCK - 1) // FILTER_BLOCK
+    cdef Py_ssize_t block, count
     cdef const real *du_ptr = &du[0]
     cdef real *grad_ptr = &grad[0, 0, 0, 0]
-    for pair in prange(pairs, nogil=True, schedule="static",
-                       num_threads=num_threads):
-        _filter_adjoint(du_ptr + pair, pairs, grad_ptr + pair * 9)
+    for block in prange(blocks, nogil=True, schedule="static",
+                        num_threads=num_threads):
+        count = pairs - block * FILTER_BLOCK
+        if count > FILTER_BLOCK:
+            count = FILTER_BLOCK
+        _filter_adjoint_block(du_ptr, pairs, block * FILTER_BLOCK, count,
+                              grad_ptr)
