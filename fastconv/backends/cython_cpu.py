@@ -228,6 +228,9 @@ WINOGRAD_WEIGHT_GRAD_TILES = 128
 #: and M instead, stage by stage (winograd_f43_staged): each U[p] is then
 #: read once per block rather than once per few tiles.
 WINOGRAD_STAGED_BELOW = 20
+#: Floats after a block's transformed inputs V that the float32 products
+#: (winograd_gemm.h) may read (never use): a vector's width.
+WINOGRAD_V_SLACK = 16
 WINOGRAD_STAGED_BYTES = 16 * 1024 * 1024
 
 def conv_algorithm() -> str:
@@ -353,7 +356,8 @@ def _winograd(x, filters, transposed, bias, out_shape, pad_top, pad_left):
                                          WINOGRAD_STAGED_BYTES // per_tile)))
             _winograd_kernels.winograd_f43_staged(
                 x, filters, transposed, bias_array, has_bias, y,
-                np.empty(36 * in_channels * block_tiles, dtype),
+                np.empty(36 * in_channels * block_tiles + WINOGRAD_V_SLACK,
+                         dtype),
                 np.empty(36 * out_channels * block_tiles, dtype), pad_top,
                 pad_left, block_tiles, num_threads)
         else:
@@ -864,8 +868,10 @@ def _winograd_weight_grad(grad_output, x, g, need_bias_grad=True):
         _winograd_kernels.winograd_f43_weight_grad(
             x, grad_output, domain,
             np.empty(36 * in_channels * block_tiles, dtype),
-            np.empty(36 * out_channels * block_tiles, dtype), g.pad_top,
-            g.pad_left, block_tiles, num_threads)
+            np.empty(36 * out_channels * block_tiles, dtype),
+            np.empty((num_threads, block_tiles * in_channels
+                      + WINOGRAD_V_SLACK), dtype), g.pad_top, g.pad_left,
+            block_tiles, num_threads)
     grad_weight = np.empty(g.weight_shape, dtype)
     _winograd_kernels.winograd_filters_adjoint_f43(domain, grad_weight,
                                                    num_threads)

@@ -252,13 +252,32 @@ cdef void _output_filter(const WinogradShape *ws, const real *m,
         t += segment
 
 
+cdef extern from "winograd_gemm.h" nogil:
+    const int WG_AVAILABLE
+    const int FC_VL
+    void wg_point_product(const float *u, Py_ssize_t u_k, Py_ssize_t u_c,
+                          Py_ssize_t filters, Py_ssize_t depth,
+                          const float *v, Py_ssize_t ldv, Py_ssize_t n,
+                          float *m, Py_ssize_t ldm, int accumulate)
+    void wg_transpose(const float *src, Py_ssize_t lds, Py_ssize_t rows,
+                      Py_ssize_t cols, float *dst, Py_ssize_t ldd)
+
+
 cdef inline void _point_product(const WinogradShape *ws, const real *u,
                                 bint transposed_weight, const real *v,
                                 real *m, Py_ssize_t p,
                                 Py_ssize_t count) noexcept nogil:
-    """M[p] (K, count) = U[p] (K, C) @ V[p] (C, count), single-threaded."""
+    """M[p] (K, count) = U[p] (K, C) @ V[p] (C, count), single-threaded:
+    float32 by winograd_gemm.h's register-blocked kernel (which reads up
+    to FC_VL - 1 floats past V[p]'s last row), float64 by BLAS."""
     cdef Py_ssize_t channels = ws.in_channels, filters = ws.out_channels
-    if transposed_weight:
+    if real is float and WG_AVAILABLE:
+        wg_point_product(u + p * filters * channels,
+                         1 if transposed_weight else channels,
+                         filters if transposed_weight else 1, filters,
+                         channels, v + p * channels * count, count, count,
+                         m + p * filters * count, count, 0)
+    elif transposed_weight:
         gemm_row_major(c'T', c'N', <int>filters, <int>count, <int>channels,
                        <real>1, u + p * filters * channels, <int>filters,
                        v + p * channels * count, <int>count, <real>0,
@@ -554,12 +573,31 @@ cdef void _grad_output_filter(const WinogradShape *ws, const real *grad,
         t += segment
 
 
+cdef inline void _weight_point_product(const real *e, const real *v,
+                                       real *du, Py_ssize_t filters,
+                                       Py_ssize_t channels, Py_ssize_t count,
+                                       bint accumulate,
+                                       real *scratch) noexcept nogil:
+    """dU[p] (K, C) = (or += with accumulate) E[p] (K, count) @ V[p]^T
+    (count, C), single-threaded: float32 by winograd_gemm.h's kernel on
+    V[p] transposed into scratch (count * C + FC_VL floats), float64 by
+    BLAS."""
+    if real is float and WG_AVAILABLE:
+        wg_transpose(v, count, channels, count, scratch, channels)
+        wg_point_product(e, count, 1, filters, count, scratch, channels,
+                         channels, du, channels, accumulate)
+    else:
+        gemm_row_major(c'N', c'T', <int>filters, <int>channels, <int>count,
+                       <real>1, e, <int>count, v, <int>count,
+                       <real>1 if accumulate else <real>0, du, <int>channels)
+
+
 def winograd_f43_weight_grad(const real[:, :, :, ::1] x,
                              const real[:, :, :, ::1] grad_output,
                              real[::1] du, real[::1] v_buffer,
-                             real[::1] e_buffer, Py_ssize_t pad_top,
-                             Py_ssize_t pad_left, Py_ssize_t block_tiles,
-                             int num_threads):
+                             real[::1] e_buffer, real[:, ::1] scratch,
+                             Py_ssize_t pad_top, Py_ssize_t pad_left,
+                             Py_ssize_t block_tiles, int num_threads):
     """Winograd-domain weight gradient of y = conv3x3(x) (stride 1): du
     (36 * K * C, every element written) = dU, then
     ``winograd_filters_adjoint_f43`` gives grad_weight.
@@ -573,7 +611,7 @@ def winograd_f43_weight_grad(const real[:, :, :, ::1] x,
     and no per-thread copies of dU are written and added, which on layers
     with many channels and few tiles cost more than the GEMMs (8x8 planes,
     256 channels: 14 -> 8.5 ms). v_buffer (36 * C * block_tiles), e_buffer
-    (36 * K * block_tiles).
+    (36 * K * block_tiles), scratch (num_threads, block_tiles * C + 16).
     """
     cdef WinogradShape ws = _winograd_shape(x, grad_output, pad_top,
                                             pad_left)
@@ -585,25 +623,25 @@ def winograd_f43_weight_grad(const real[:, :, :, ::1] x,
     cdef real *du_ptr = &du[0]
     cdef real *v = &v_buffer[0]
     cdef real *e = &e_buffer[0]
-    cdef real beta
+    cdef real *scratch_ptr = &scratch[0, 0]
+    cdef Py_ssize_t scratch_stride = scratch.shape[1]
     first = 0
     while first < total:
         count = total - first
         if count > block_tiles:
             count = block_tiles
-        beta = 1 if first > 0 else 0
         with nogil, parallel(num_threads=num_threads):
             for c in prange(channels, schedule="static"):
                 _input_channel(&ws, x_ptr, c, v, first, count)
             for k in prange(filters, schedule="static"):
                 _grad_output_filter(&ws, grad_ptr, k, e, first, count)
             for p in prange(POINTS, schedule="static"):
-                # dU[p] (K, C) (+)= E[p] (K, count) @ V[p]^T (count, C)
-                gemm_row_major(c'N', c'T', <int>filters, <int>channels,
-                               <int>count, <real>1, e + p * filters * count,
-                               <int>count, v + p * channels * count,
-                               <int>count, beta, du_ptr + p * filters * channels,
-                               <int>channels)
+                _weight_point_product(e + p * filters * count,
+                                      v + p * channels * count,
+                                      du_ptr + p * filters * channels,
+                                      filters, channels, count, first > 0,
+                                      scratch_ptr + threadid()
+                                      * scratch_stride)
         first = first + count
 
 

@@ -1,0 +1,160 @@
+/* The 36 matrix products of Winograd F(4x4, 3x3), float32, register-blocked
+ * (included by winograd.pyx).
+ *
+ * Each is M (K, n) = U (K, C) @ V (C, n) for one point of the 6x6 domain:
+ * V the transformed inputs of n tiles (rows of channels, row stride ldv),
+ * M the products (row stride ldm), U the transformed filters read through
+ * two strides, u_k between filters and u_c between channels, so that the
+ * forward's U (K, C) and the input gradient's U^T (its (C', K') array read
+ * transposed) need no repacking. A tile is WG_KB filters x up to FC_VMAX
+ * vectors of FC_VL tiles: the sums stay in registers over the whole depth
+ * C, per channel FC_VMAX vector loads of V and WG_KB broadcast weights
+ * feeding WG_KB * FC_VMAX fused multiply-adds (the layout of the direct
+ * kernel's tile, direct_conv.h, whose vector helpers this uses). Tiles run
+ * over n outermost, so that a panel of V (C x FC_VMAX * FC_VL floats) stays
+ * in L1 while every filter block passes over it.
+ *
+ * The vector loads of a panel's last, partial vector read up to FC_VL - 1
+ * floats past the row's last tile (the caller leaves that much room after
+ * V); those lanes are never stored. Each output is summed over C in one
+ * order, by one thread.
+ *
+ * BLAS (OpenBLAS's generic x86-64 kernels where it does not know the CPU,
+ * as on AVX-512 machines it calls Haswell) took 1.4x longer on these
+ * shapes, and its packing copies on top. float64 and builds without vector
+ * extensions call BLAS.
+ */
+
+#ifndef FASTCONV_WINOGRAD_GEMM_H
+#define FASTCONV_WINOGRAD_GEMM_H
+
+#include "direct_conv.h"
+
+#define WG_AVAILABLE FC_DIRECT_AVAILABLE
+#define WG_KB FC_KB
+
+#if FC_DIRECT_AVAILABLE
+
+static inline __attribute__((always_inline)) void
+wg_tile(const int NV, const float *const *u_rows, ptrdiff_t u_c,
+        ptrdiff_t depth, const float *v, ptrdiff_t ldv, float *m,
+        ptrdiff_t ldm, int kn, int last_lanes, int accumulate)
+{
+    fc_vf a[WG_KB][FC_VMAX];
+#pragma GCC unroll 8
+    for (int k = 0; k < WG_KB; ++k)
+#pragma GCC unroll 3
+        for (int j = 0; j < NV; ++j)
+            a[k][j] = (fc_vf){0};
+    for (ptrdiff_t c = 0; c < depth; ++c) {
+        const float *vc = v + c * ldv;
+        fc_vf in[FC_VMAX];
+        for (int j = 0; j < NV; ++j)
+            in[j] = fc_load(vc + j * FC_VL);
+        const ptrdiff_t uc = c * u_c;
+        for (int k = 0; k < WG_KB; ++k) {
+            const float w = u_rows[k][uc];
+            for (int j = 0; j < NV; ++j)
+                a[k][j] += in[j] * w;
+        }
+    }
+#pragma GCC unroll 8
+    for (int k = 0; k < WG_KB; ++k) {
+        if (k >= kn)
+            break;
+#pragma GCC unroll 3
+        for (int j = 0; j < NV; ++j) {
+            float *d = m + k * ldm + j * FC_VL;
+            const int lanes = j == NV - 1 ? last_lanes : FC_VL;
+            fc_store(d, accumulate ? a[k][j] + fc_load_lanes(d, lanes)
+                                   : a[k][j], lanes);
+        }
+    }
+}
+
+#define WG_TILE_ARGS const float *const *r, ptrdiff_t uc, ptrdiff_t d, \
+    const float *v, ptrdiff_t lv, float *m, ptrdiff_t lm, int kn, int ll, \
+    int acc
+static void wg_tile1(WG_TILE_ARGS) { wg_tile(1, r, uc, d, v, lv, m, lm, kn, ll, acc); }
+static void wg_tile2(WG_TILE_ARGS) { wg_tile(2, r, uc, d, v, lv, m, lm, kn, ll, acc); }
+static void wg_tile3(WG_TILE_ARGS) { wg_tile(3, r, uc, d, v, lv, m, lm, kn, ll, acc); }
+
+/* M (filters, n) = U (filters, depth) @ V (depth, n), or M += that with
+ * `accumulate`; U[k][c] at u[k * u_k + c * u_c]. */
+static void wg_point_product(const float *u, ptrdiff_t u_k, ptrdiff_t u_c,
+                             ptrdiff_t filters, ptrdiff_t depth,
+                             const float *v, ptrdiff_t ldv, ptrdiff_t n,
+                             float *m, ptrdiff_t ldm, int accumulate)
+{
+    const ptrdiff_t panel = FC_VMAX * FC_VL;
+    for (ptrdiff_t n0 = 0; n0 < n; n0 += panel) {
+        const ptrdiff_t width = n - n0 < panel ? n - n0 : panel;
+        const int vectors = (int)((width + FC_VL - 1) / FC_VL);
+        const int last = (int)(width - (vectors - 1) * FC_VL);
+        for (ptrdiff_t k0 = 0; k0 < filters; k0 += WG_KB) {
+            const int kn = (int)(filters - k0 < WG_KB ? filters - k0 : WG_KB);
+            const float *rows[WG_KB];
+            /* rows past the last filter repeat it (their sums are not
+             * stored) rather than read past U */
+            for (int k = 0; k < WG_KB; ++k)
+                rows[k] = u + (k0 + (k < kn ? k : kn - 1)) * u_k;
+            float *dst = m + k0 * ldm + n0;
+            const float *src = v + n0;
+            if (vectors == 3)
+                wg_tile3(rows, u_c, depth, src, ldv, dst, ldm, kn, last,
+                         accumulate);
+            else if (vectors == 2)
+                wg_tile2(rows, u_c, depth, src, ldv, dst, ldm, kn, last,
+                         accumulate);
+            else
+                wg_tile1(rows, u_c, depth, src, ldv, dst, ldm, kn, last,
+                         accumulate);
+        }
+    }
+}
+
+/* dst (cols, rows) = src (rows, cols) transposed; row strides lds, ldd.
+ * The weight gradient's products sum over tiles, so its V[p] (C, tiles)
+ * is multiplied as V[p]^T (tiles, C): channels along the vectors. */
+static void wg_transpose(const float *src, ptrdiff_t lds, ptrdiff_t rows,
+                         ptrdiff_t cols, float *dst, ptrdiff_t ldd)
+{
+#if FC_HAVE_SHUFFLE && FC_VL == 16
+    for (ptrdiff_t i0 = 0; i0 < rows; i0 += 16) {
+        const int height = (int)(rows - i0 < 16 ? rows - i0 : 16);
+        for (ptrdiff_t j0 = 0; j0 < cols; j0 += 16) {
+            const int width = (int)(cols - j0 < 16 ? cols - j0 : 16);
+            fc_vf r[16];
+            for (int i = 0; i < 16; ++i)
+                r[i] = i < height ? fc_load_lanes(src + (i0 + i) * lds + j0,
+                                                  width)
+                                  : (fc_vf){0};
+            fc_transpose16(r);
+            for (int j = 0; j < width; ++j)
+                fc_store(dst + (j0 + j) * ldd + i0, r[j], height);
+        }
+    }
+#else
+    for (ptrdiff_t i = 0; i < rows; ++i)
+        for (ptrdiff_t j = 0; j < cols; ++j)
+            dst[j * ldd + i] = src[i * lds + j];
+#endif
+}
+
+#else  /* no vector extensions: winograd.pyx calls BLAS instead */
+static void wg_point_product(const float *u, ptrdiff_t u_k, ptrdiff_t u_c,
+                             ptrdiff_t filters, ptrdiff_t depth,
+                             const float *v, ptrdiff_t ldv, ptrdiff_t n,
+                             float *m, ptrdiff_t ldm, int accumulate)
+{
+    (void)u; (void)u_k; (void)u_c; (void)filters; (void)depth; (void)v;
+    (void)ldv; (void)n; (void)m; (void)ldm; (void)accumulate;
+}
+static void wg_transpose(const float *src, ptrdiff_t lds, ptrdiff_t rows,
+                         ptrdiff_t cols, float *dst, ptrdiff_t ldd)
+{
+    (void)src; (void)lds; (void)rows; (void)cols; (void)dst; (void)ldd;
+}
+#endif
+
+#endif
