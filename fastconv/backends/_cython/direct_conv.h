@@ -252,12 +252,47 @@ typedef struct {
 /* Channels ahead that fc_fill_band prefetches. */
 #define FC_FILL_AHEAD 2
 
+/* Columns [*lo, *hi) of phase q of a band row that hold inputs (the
+ * others are padding): dst[j] = src[j * sw + q - pad_left]. */
+static inline void fc_phase_columns(const fc_direct_geometry *g, ptrdiff_t q,
+                                    ptrdiff_t *lo, ptrdiff_t *hi)
+{
+    const ptrdiff_t sw = g->stride_w, len = g->row_len, width = g->in_width;
+    const ptrdiff_t shift = q - g->pad_left;
+    ptrdiff_t a = shift < 0 ? (-shift + sw - 1) / sw : 0;
+    ptrdiff_t b = width - shift <= 0 ? 0 : (width - shift + sw - 1) / sw;
+    if (a > len) a = len;
+    if (b > len) b = len;
+    if (b < a) b = a;
+    *lo = a;
+    *hi = b;
+}
+
+/* n zeros at dst: a loop for the few padding columns of a row (a library
+ * call costs more), memset beyond. */
+static inline void fc_zero(float *dst, ptrdiff_t n)
+{
+    if (n > 16) {
+        memset(dst, 0, (size_t)n * sizeof(float));
+        return;
+    }
+    for (ptrdiff_t j = 0; j < n; ++j)
+        dst[j] = 0.0f;
+}
+
+/* Phases whose columns fc_fill_band works out once per call (two
+ * divisions per row and phase were a tenth of a small layer's band fill). */
+#define FC_PHASES_CACHED 8
+
 /* Copy the input rows of the item starting at output row oh0 into band. */
 static void fc_fill_band(const fc_direct_geometry *g, const float *image,
                          ptrdiff_t oh0, float *band)
 {
     const ptrdiff_t sw = g->stride_w, len = g->row_len, width = g->in_width;
     const ptrdiff_t first = oh0 * g->stride_h - g->pad_top;
+    ptrdiff_t lo_q[FC_PHASES_CACHED], hi_q[FC_PHASES_CACHED];
+    for (ptrdiff_t q = 0; q < sw && q < FC_PHASES_CACHED; ++q)
+        fc_phase_columns(g, q, &lo_q[q], &hi_q[q]);
     for (ptrdiff_t c = 0; c < g->channels; ++c) {
         const float *plane = image + c * g->in_height * width;
         for (ptrdiff_t i = 0; i < g->band_rows; ++i) {
@@ -282,12 +317,13 @@ static void fc_fill_band(const fc_direct_geometry *g, const float *image,
             for (ptrdiff_t q = 0; q < sw; ++q, dst += len) {
                 /* dst[j] = src[j * sw + q - pad_left], zero outside */
                 const ptrdiff_t shift = q - g->pad_left;
-                ptrdiff_t lo = shift < 0 ? (-shift + sw - 1) / sw : 0;
-                ptrdiff_t hi = width - shift <= 0 ? 0
-                               : (width - shift + sw - 1) / sw;
-                if (lo > len) lo = len;
-                if (hi > len) hi = len;
-                if (hi < lo) hi = lo;
+                ptrdiff_t lo, hi;
+                if (q < FC_PHASES_CACHED) {
+                    lo = lo_q[q];
+                    hi = hi_q[q];
+                } else {
+                    fc_phase_columns(g, q, &lo, &hi);
+                }
 #if FC_VL == 16
                 if (sw == 1 && len <= 2 * FC_VL) {
                     /* a short row's inputs at [lo, hi), zeros around them,
@@ -310,7 +346,7 @@ static void fc_fill_band(const fc_direct_geometry *g, const float *image,
                     continue;
                 }
 #endif
-                memset(dst, 0, (size_t)lo * sizeof(float));
+                fc_zero(dst, lo);
                 if (sw == 1) {
                     memcpy(dst + lo, src + lo + shift,
                            (size_t)(hi - lo) * sizeof(float));
@@ -334,7 +370,7 @@ static void fc_fill_band(const fc_direct_geometry *g, const float *image,
                     for (; j < hi; ++j)
                         dst[j] = src[j * sw + shift];
                 }
-                memset(dst + hi, 0, (size_t)(len - hi) * sizeof(float));
+                fc_zero(dst + hi, len - hi);
             }
         }
     }
