@@ -55,178 +55,189 @@ cdef struct WinogradShape:
 
 
 cdef enum:
-    SEGMENT_TILES = 16                          # tiles transformed together
-    SEGMENT_SPAN = OUT_TILE * SEGMENT_TILES + 2  # their input columns
+    GROUP = 16     # tiles transformed together, one per vector lane
 
 
-cdef void _input_segment(const real *plane, Py_ssize_t height,
+# ------------------------------------------------------------- transforms
+#
+# The transforms take GROUP consecutive tiles at a time, in tile order
+# (along tile rows, then images: a group may span several tile rows and
+# images), each tile in its own lane of every local array: gathering a
+# tile's patch is per tile, every combination after it runs on whole
+# vectors of GROUP tiles however narrow the plane (an 8x8 plane has two
+# tiles per tile row, which transformed side by side filled 2 of 16
+# lanes). Every intermediate is a local array, which the compiler knows
+# aliases nothing, so the loops over tiles vectorise without run-time
+# overlap checks.
+
+cdef struct TileCursor:
+    Py_ssize_t n, ty, tx     # image, tile row, tile column
+
+
+cdef inline void _cursor_at(const WinogradShape *ws, Py_ssize_t tile,
+                            TileCursor *at) noexcept nogil:
+    cdef Py_ssize_t per_image = ws.tiles_h * ws.tiles_w
+    at.n = tile // per_image
+    at.ty = (tile % per_image) // ws.tiles_w
+    at.tx = tile % ws.tiles_w
+
+
+cdef inline void _cursor_next(const WinogradShape *ws,
+                              TileCursor *at) noexcept nogil:
+    at.tx += 1
+    if at.tx == ws.tiles_w:
+        at.tx = 0
+        at.ty += 1
+        if at.ty == ws.tiles_h:
+            at.ty = 0
+            at.n += 1
+
+
+cdef inline void _gather(const real *plane, Py_ssize_t height,
                          Py_ssize_t width, Py_ssize_t row0, Py_ssize_t col0,
-                         Py_ssize_t tiles, real *out,
-                         Py_ssize_t point_stride) noexcept nogil:
-    """B^T d B of ``tiles`` (<= SEGMENT_TILES) side-by-side 6x6 patches of
-    one plane (height x width), the first with its corner at (row0, col0),
-    the next 4 columns on; zeros outside the plane (the padding). Point p
-    of tile q goes to out[p * point_stride + q].
+                         Py_ssize_t side, real *lanes,
+                         Py_ssize_t q) noexcept nogil:
+    """lanes[(i * side + j) * GROUP + q] = plane[row0 + i, col0 + j] for
+    i, j < side, zero outside the plane (height x width)."""
+    cdef Py_ssize_t i, j, r, col
+    cdef const real *src
+    if (row0 >= 0 and col0 >= 0 and row0 + side <= height
+            and col0 + side <= width):
+        for i in range(side):
+            src = plane + (row0 + i) * width + col0
+            for j in range(side):
+                lanes[(i * side + j) * GROUP + q] = src[j]
+        return
+    for i in range(side):
+        r = row0 + i
+        for j in range(side):
+            col = col0 + j
+            lanes[(i * side + j) * GROUP + q] = (
+                plane[r * width + col] if 0 <= r < height and 0 <= col < width
+                else 0)
 
-    The six input rows are copied into a zero-padded strip and combined
-    down the columns for the whole strip at once (patches overlap by two
-    columns), then along each patch's row. Every intermediate is a local
-    array, which the compiler knows aliases nothing, so the loops over
-    columns and tiles vectorise without run-time overlap checks.
-    """
-    cdef Py_ssize_t span = OUT_TILE * tiles + 2
-    cdef real strip[PATCH * SEGMENT_SPAN]
-    cdef real column[PATCH * SEGMENT_SPAN]
-    cdef real points[POINTS * SEGMENT_TILES]
-    cdef Py_ssize_t i, j, q, r, first, stop
+
+cdef void _input_transform(const real *patch, real *points) noexcept nogil:
+    """points[(r * 6 + s) * GROUP + q] = (B^T d B)[r, s] of the GROUP 6x6
+    patches d[i, j] = patch[(i * 6 + j) * GROUP + q]."""
+    cdef real column[POINTS * GROUP]
+    cdef Py_ssize_t j, q, r
     cdef const real *src
     cdef real *dst
     cdef real d0, d1, d2, d3, d4, d5
-    for i in range(PATCH):
-        dst = strip + i * SEGMENT_SPAN
-        r = row0 + i
-        first = -col0 if col0 < 0 else 0
-        stop = width - col0 if width - col0 < span else span
-        if r < 0 or r >= height or stop <= first:
-            for j in range(span):
-                dst[j] = 0
-            continue
-        src = plane + r * width + col0
-        for j in range(first):
-            dst[j] = 0
-        for j in range(first, stop):
-            dst[j] = src[j]
-        for j in range(stop, span):
-            dst[j] = 0
-    for j in range(span):           # B^T down the columns
-        d0 = strip[j]
-        d1 = strip[SEGMENT_SPAN + j]
-        d2 = strip[2 * SEGMENT_SPAN + j]
-        d3 = strip[3 * SEGMENT_SPAN + j]
-        d4 = strip[4 * SEGMENT_SPAN + j]
-        d5 = strip[5 * SEGMENT_SPAN + j]
-        column[j] = <real>4 * d0 - <real>5 * d2 + d4
-        column[SEGMENT_SPAN + j] = -<real>4 * (d1 + d2) + d3 + d4
-        column[2 * SEGMENT_SPAN + j] = <real>4 * (d1 - d2) - d3 + d4
-        column[3 * SEGMENT_SPAN + j] = <real>2 * (d3 - d1) - d2 + d4
-        column[4 * SEGMENT_SPAN + j] = <real>2 * (d1 - d3) - d2 + d4
-        column[5 * SEGMENT_SPAN + j] = <real>4 * d1 - <real>5 * d3 + d5
-    for i in range(PATCH):          # B along each patch's row
-        src = column + i * SEGMENT_SPAN
-        dst = points + i * PATCH * SEGMENT_TILES
-        for q in range(tiles):
-            d0 = src[OUT_TILE * q]
-            d1 = src[OUT_TILE * q + 1]
-            d2 = src[OUT_TILE * q + 2]
-            d3 = src[OUT_TILE * q + 3]
-            d4 = src[OUT_TILE * q + 4]
-            d5 = src[OUT_TILE * q + 5]
+    for j in range(PATCH):          # B^T down column j
+        src = patch + j * GROUP
+        dst = column + j * GROUP
+        for q in range(GROUP):
+            d0 = src[q]
+            d1 = src[PATCH * GROUP + q]
+            d2 = src[2 * PATCH * GROUP + q]
+            d3 = src[3 * PATCH * GROUP + q]
+            d4 = src[4 * PATCH * GROUP + q]
+            d5 = src[5 * PATCH * GROUP + q]
             dst[q] = <real>4 * d0 - <real>5 * d2 + d4
-            dst[SEGMENT_TILES + q] = -<real>4 * (d1 + d2) + d3 + d4
-            dst[2 * SEGMENT_TILES + q] = <real>4 * (d1 - d2) - d3 + d4
-            dst[3 * SEGMENT_TILES + q] = <real>2 * (d3 - d1) - d2 + d4
-            dst[4 * SEGMENT_TILES + q] = <real>2 * (d1 - d3) - d2 + d4
-            dst[5 * SEGMENT_TILES + q] = <real>4 * d1 - <real>5 * d3 + d5
-    for i in range(POINTS):
-        src = points + i * SEGMENT_TILES
-        dst = out + i * point_stride
-        for q in range(SEGMENT_TILES):
-            if q < tiles:       # a masked vector store, not a memmove call
-                dst[q] = src[q]
+            dst[PATCH * GROUP + q] = -<real>4 * (d1 + d2) + d3 + d4
+            dst[2 * PATCH * GROUP + q] = <real>4 * (d1 - d2) - d3 + d4
+            dst[3 * PATCH * GROUP + q] = <real>2 * (d3 - d1) - d2 + d4
+            dst[4 * PATCH * GROUP + q] = <real>2 * (d1 - d3) - d2 + d4
+            dst[5 * PATCH * GROUP + q] = <real>4 * d1 - <real>5 * d3 + d5
+    for r in range(PATCH):          # B along row r
+        src = column + r * PATCH * GROUP
+        dst = points + r * PATCH * GROUP
+        for q in range(GROUP):
+            d0 = src[q]
+            d1 = src[GROUP + q]
+            d2 = src[2 * GROUP + q]
+            d3 = src[3 * GROUP + q]
+            d4 = src[4 * GROUP + q]
+            d5 = src[5 * GROUP + q]
+            dst[q] = <real>4 * d0 - <real>5 * d2 + d4
+            dst[GROUP + q] = -<real>4 * (d1 + d2) + d3 + d4
+            dst[2 * GROUP + q] = <real>4 * (d1 - d2) - d3 + d4
+            dst[3 * GROUP + q] = <real>2 * (d3 - d1) - d2 + d4
+            dst[4 * GROUP + q] = <real>2 * (d1 - d3) - d2 + d4
+            dst[5 * GROUP + q] = <real>4 * d1 - <real>5 * d3 + d5
 
 
-cdef void _output_segment(const real *m, Py_ssize_t point_stride,
-                          Py_ssize_t tiles, real bias, real *out,
-                          Py_ssize_t width, Py_ssize_t rows,
-                          Py_ssize_t cols) noexcept nogil:
-    """A^T m A + bias of ``tiles`` (<= SEGMENT_TILES) side-by-side output
-    tiles of one plane (point p of tile q at m[p * point_stride + q]); the
-    top-left rows x cols of the 4 x (4 * tiles) result go to ``out`` (row
-    stride width). Local intermediates, as in ``_input_segment``."""
-    cdef real points[POINTS * SEGMENT_TILES]
-    cdef real half[OUT_TILE * PATCH * SEGMENT_TILES]     # (4, 6, tiles)
-    cdef real strip[OUT_TILE * OUT_TILE * SEGMENT_TILES]  # (4, 4 * tiles)
-    cdef Py_ssize_t span = OUT_TILE * SEGMENT_TILES
+cdef void _output_transform(const real *points, real bias,
+                            real *result) noexcept nogil:
+    """result[(i * 4 + j) * GROUP + q] = (A^T m A)[i, j] + bias of the
+    GROUP 6x6 products m[r, s] = points[(r * 6 + s) * GROUP + q]."""
+    cdef real half[OUT_TILE * PATCH * GROUP]
     cdef Py_ssize_t i, j, q
     cdef const real *src
     cdef real *dst
     cdef real m0, m1, m2, m3, m4, m5, sum12, diff12, sum34, diff34
-    for i in range(POINTS):
-        src = m + i * point_stride
-        dst = points + i * SEGMENT_TILES
-        for q in range(SEGMENT_TILES):
-            if q < tiles:       # a masked vector load, not a memmove call
-                dst[q] = src[q]
-    for j in range(PATCH):          # A^T down the columns
-        src = points + j * SEGMENT_TILES
-        dst = half + j * SEGMENT_TILES
-        for q in range(tiles):
+    for j in range(PATCH):          # A^T down column j
+        src = points + j * GROUP
+        dst = half + j * GROUP
+        for q in range(GROUP):
             m0 = src[q]
-            m1 = src[PATCH * SEGMENT_TILES + q]
-            m2 = src[2 * PATCH * SEGMENT_TILES + q]
-            m3 = src[3 * PATCH * SEGMENT_TILES + q]
-            m4 = src[4 * PATCH * SEGMENT_TILES + q]
-            m5 = src[5 * PATCH * SEGMENT_TILES + q]
+            m1 = src[PATCH * GROUP + q]
+            m2 = src[2 * PATCH * GROUP + q]
+            m3 = src[3 * PATCH * GROUP + q]
+            m4 = src[4 * PATCH * GROUP + q]
+            m5 = src[5 * PATCH * GROUP + q]
             sum12, diff12 = m1 + m2, m1 - m2
             sum34, diff34 = m3 + m4, m3 - m4
             dst[q] = m0 + sum12 + sum34
-            dst[PATCH * SEGMENT_TILES + q] = diff12 + <real>2 * diff34
-            dst[2 * PATCH * SEGMENT_TILES + q] = sum12 + <real>4 * sum34
-            dst[3 * PATCH * SEGMENT_TILES + q] = (diff12 + <real>8 * diff34
-                                                  + m5)
-    for i in range(OUT_TILE):       # A along each tile's row
-        src = half + i * PATCH * SEGMENT_TILES
-        dst = strip + i * span
-        for q in range(tiles):
+            dst[PATCH * GROUP + q] = diff12 + <real>2 * diff34
+            dst[2 * PATCH * GROUP + q] = sum12 + <real>4 * sum34
+            dst[3 * PATCH * GROUP + q] = diff12 + <real>8 * diff34 + m5
+    for i in range(OUT_TILE):       # A along row i
+        src = half + i * PATCH * GROUP
+        dst = result + i * OUT_TILE * GROUP
+        for q in range(GROUP):
             m0 = src[q]
-            m1 = src[SEGMENT_TILES + q]
-            m2 = src[2 * SEGMENT_TILES + q]
-            m3 = src[3 * SEGMENT_TILES + q]
-            m4 = src[4 * SEGMENT_TILES + q]
-            m5 = src[5 * SEGMENT_TILES + q]
+            m1 = src[GROUP + q]
+            m2 = src[2 * GROUP + q]
+            m3 = src[3 * GROUP + q]
+            m4 = src[4 * GROUP + q]
+            m5 = src[5 * GROUP + q]
             sum12, diff12 = m1 + m2, m1 - m2
             sum34, diff34 = m3 + m4, m3 - m4
-            dst[OUT_TILE * q] = m0 + sum12 + sum34 + bias
-            dst[OUT_TILE * q + 1] = diff12 + <real>2 * diff34 + bias
-            dst[OUT_TILE * q + 2] = sum12 + <real>4 * sum34 + bias
-            dst[OUT_TILE * q + 3] = diff12 + <real>8 * diff34 + m5 + bias
-    for i in range(rows):
-        src = strip + i * span
-        dst = out + i * width
-        for j in range(cols):
-            dst[j] = src[j]
+            dst[q] = m0 + sum12 + sum34 + bias
+            dst[GROUP + q] = diff12 + <real>2 * diff34 + bias
+            dst[2 * GROUP + q] = sum12 + <real>4 * sum34 + bias
+            dst[3 * GROUP + q] = diff12 + <real>8 * diff34 + m5 + bias
 
 
-cdef inline void _segment_at(const WinogradShape *ws, Py_ssize_t tile,
-                             Py_ssize_t left, Py_ssize_t *n, Py_ssize_t *ty,
-                             Py_ssize_t *tx,
-                             Py_ssize_t *segment) noexcept nogil:
-    """Where tile ``tile`` lies (image, tile row, tile column) and how many
-    tiles, at most ``left``, run from it along its tile row."""
-    cdef Py_ssize_t tiles_per_image = ws.tiles_h * ws.tiles_w
-    n[0] = tile // tiles_per_image
-    ty[0] = (tile % tiles_per_image) // ws.tiles_w
-    tx[0] = tile % ws.tiles_w
-    segment[0] = ws.tiles_w - tx[0]
-    if segment[0] > SEGMENT_TILES:
-        segment[0] = SEGMENT_TILES
-    if segment[0] > left:
-        segment[0] = left
+cdef inline void _store_points(const real *points, Py_ssize_t tiles,
+                               real *out,
+                               Py_ssize_t point_stride) noexcept nogil:
+    """out[p * point_stride + q] = points[p * GROUP + q], q < tiles."""
+    cdef Py_ssize_t p, q
+    cdef real *dst
+    for p in range(POINTS):
+        dst = out + p * point_stride
+        for q in range(GROUP):
+            if q < tiles:       # a masked vector store, not a memmove call
+                dst[q] = points[p * GROUP + q]
 
 
 cdef void _input_channel(const WinogradShape *ws, const real *x,
                          Py_ssize_t c, real *v, Py_ssize_t first_tile,
                          Py_ssize_t count) noexcept nogil:
     """V[:, c, :] (V is (36, C, count)) of tiles [first_tile, +count)."""
-    cdef Py_ssize_t t = 0, n, ty, tx, segment
+    cdef real patch[POINTS * GROUP]
+    cdef real points[POINTS * GROUP]
+    cdef TileCursor at
+    cdef Py_ssize_t done = 0, tiles, q, p
     cdef Py_ssize_t plane_in = ws.in_height * ws.in_width
-    while t < count:
-        _segment_at(ws, first_tile + t, count - t, &n, &ty, &tx, &segment)
-        _input_segment(x + (n * ws.in_channels + c) * plane_in, ws.in_height,
-                       ws.in_width, ty * OUT_TILE - ws.pad_top,
-                       tx * OUT_TILE - ws.pad_left, segment,
-                       v + c * count + t, ws.in_channels * count)
-        t += segment
+    for p in range(POINTS * GROUP):     # the lanes past a last, short
+        patch[p] = 0                    # group hold finite values
+    _cursor_at(ws, first_tile, &at)
+    while done < count:
+        tiles = count - done if count - done < GROUP else GROUP
+        for q in range(tiles):
+            _gather(x + (at.n * ws.in_channels + c) * plane_in, ws.in_height,
+                    ws.in_width, at.ty * OUT_TILE - ws.pad_top,
+                    at.tx * OUT_TILE - ws.pad_left, PATCH, patch, q)
+            _cursor_next(ws, &at)
+        _input_transform(patch, points)
+        _store_points(points, tiles, v + c * count + done,
+                      ws.in_channels * count)
+        done += tiles
 
 
 cdef void _output_filter(const WinogradShape *ws, const real *m,
@@ -235,21 +246,44 @@ cdef void _output_filter(const WinogradShape *ws, const real *m,
                          Py_ssize_t count) noexcept nogil:
     """Output channel k of tiles [first_tile, +count) from M (36, K,
     count)."""
-    cdef Py_ssize_t t = 0, n, ty, tx, segment, rows, cols
-    cdef Py_ssize_t plane_out = ws.out_height * ws.out_width
-    while t < count:
-        _segment_at(ws, first_tile + t, count - t, &n, &ty, &tx, &segment)
-        rows = ws.out_height - ty * OUT_TILE
-        if rows > OUT_TILE:
-            rows = OUT_TILE
-        cols = ws.out_width - tx * OUT_TILE
-        if cols > OUT_TILE * segment:
-            cols = OUT_TILE * segment
-        _output_segment(m + k * count + t, ws.out_channels * count, segment,
-                        bias_k, y + (n * ws.out_channels + k) * plane_out
-                        + ty * OUT_TILE * ws.out_width + tx * OUT_TILE,
-                        ws.out_width, rows, cols)
-        t += segment
+    cdef real points[POINTS * GROUP]
+    cdef real result[OUT_TILE * OUT_TILE * GROUP]
+    cdef TileCursor at
+    cdef Py_ssize_t done = 0, tiles, q, p, i, j, row0, col0, rows, cols
+    cdef Py_ssize_t width = ws.out_width
+    cdef Py_ssize_t plane_out = ws.out_height * width
+    cdef Py_ssize_t point_stride = ws.out_channels * count
+    cdef const real *src
+    cdef real *dst
+    for p in range(POINTS * GROUP):
+        points[p] = 0
+    _cursor_at(ws, first_tile, &at)
+    while done < count:
+        tiles = count - done if count - done < GROUP else GROUP
+        for p in range(POINTS):
+            src = m + p * point_stride + k * count + done
+            for q in range(GROUP):
+                if q < tiles:   # a masked vector load, not a memmove call
+                    points[p * GROUP + q] = src[q]
+        _output_transform(points, bias_k, result)
+        for q in range(tiles):
+            row0, col0 = at.ty * OUT_TILE, at.tx * OUT_TILE
+            rows = ws.out_height - row0
+            cols = width - col0
+            dst = y + (at.n * ws.out_channels + k) * plane_out \
+                + row0 * width + col0
+            if rows >= OUT_TILE and cols >= OUT_TILE:
+                for i in range(OUT_TILE):
+                    for j in range(OUT_TILE):
+                        dst[i * width + j] = result[
+                            (i * OUT_TILE + j) * GROUP + q]
+            else:
+                for i in range(min(rows, OUT_TILE)):
+                    for j in range(min(cols, OUT_TILE)):
+                        dst[i * width + j] = result[
+                            (i * OUT_TILE + j) * GROUP + q]
+            _cursor_next(ws, &at)
+        done += tiles
 
 
 cdef extern from "winograd_gemm.h" nogil:
@@ -493,84 +527,73 @@ def winograd_filters_f43(const real[:, :, :, ::1] weight, real[:, :, ::1] u,
 # E = A dY A^T of the output-gradient tiles; then one adjoint filter
 # transform per filter.
 
-cdef void _grad_output_segment(const real *plane, Py_ssize_t height,
-                               Py_ssize_t width, Py_ssize_t row0,
-                               Py_ssize_t col0, Py_ssize_t tiles, real *out,
-                               Py_ssize_t point_stride) noexcept nogil:
-    """A dY A^T (6x6) of ``tiles`` (<= SEGMENT_TILES) side-by-side 4x4
-    tiles of one output-gradient plane (height x width), the first at
-    (row0, col0); zeros past the plane's edge. Point p of tile q goes to
-    out[p * point_stride + q]."""
-    cdef Py_ssize_t span = OUT_TILE * tiles
-    cdef real strip[OUT_TILE * OUT_TILE * SEGMENT_TILES]
-    cdef real column[PATCH * OUT_TILE * SEGMENT_TILES]
-    cdef real points[POINTS * SEGMENT_TILES]
-    cdef Py_ssize_t i, j, q, r, stop
+cdef void _grad_output_transform(const real *tile,
+                                 real *points) noexcept nogil:
+    """points[(r * 6 + s) * GROUP + q] = (A dY A^T)[r, s] of the GROUP 4x4
+    output-gradient tiles dY[i, j] = tile[(i * 4 + j) * GROUP + q]."""
+    cdef real column[PATCH * OUT_TILE * GROUP]
+    cdef Py_ssize_t j, q, r
     cdef const real *src
     cdef real *dst
     cdef real y0, y1, y2, y3
-    for i in range(OUT_TILE):
-        dst = strip + i * OUT_TILE * SEGMENT_TILES
-        r = row0 + i
-        stop = width - col0 if width - col0 < span else span
-        if r >= height:
-            stop = 0
-        src = plane + r * width + col0
-        for j in range(stop):
-            dst[j] = src[j]
-        for j in range(stop, span):
-            dst[j] = 0
-    for j in range(span):           # A down the columns: (6, 4 * tiles)
-        y0 = strip[j]
-        y1 = strip[OUT_TILE * SEGMENT_TILES + j]
-        y2 = strip[2 * OUT_TILE * SEGMENT_TILES + j]
-        y3 = strip[3 * OUT_TILE * SEGMENT_TILES + j]
-        column[j] = y0
-        column[OUT_TILE * SEGMENT_TILES + j] = y0 + y1 + y2 + y3
-        column[2 * OUT_TILE * SEGMENT_TILES + j] = y0 - y1 + y2 - y3
-        column[3 * OUT_TILE * SEGMENT_TILES + j] = (
-            y0 + <real>2 * y1 + <real>4 * y2 + <real>8 * y3)
-        column[4 * OUT_TILE * SEGMENT_TILES + j] = (
-            y0 - <real>2 * y1 + <real>4 * y2 - <real>8 * y3)
-        column[5 * OUT_TILE * SEGMENT_TILES + j] = y3
-    for i in range(PATCH):          # A^T along each tile's row
-        src = column + i * OUT_TILE * SEGMENT_TILES
-        dst = points + i * PATCH * SEGMENT_TILES
-        for q in range(tiles):
-            y0 = src[OUT_TILE * q]
-            y1 = src[OUT_TILE * q + 1]
-            y2 = src[OUT_TILE * q + 2]
-            y3 = src[OUT_TILE * q + 3]
+    for j in range(OUT_TILE):       # A down column j: (6, 4)
+        src = tile + j * GROUP
+        dst = column + j * GROUP
+        for q in range(GROUP):
+            y0 = src[q]
+            y1 = src[OUT_TILE * GROUP + q]
+            y2 = src[2 * OUT_TILE * GROUP + q]
+            y3 = src[3 * OUT_TILE * GROUP + q]
             dst[q] = y0
-            dst[SEGMENT_TILES + q] = y0 + y1 + y2 + y3
-            dst[2 * SEGMENT_TILES + q] = y0 - y1 + y2 - y3
-            dst[3 * SEGMENT_TILES + q] = (y0 + <real>2 * y1 + <real>4 * y2
-                                          + <real>8 * y3)
-            dst[4 * SEGMENT_TILES + q] = (y0 - <real>2 * y1 + <real>4 * y2
-                                          - <real>8 * y3)
-            dst[5 * SEGMENT_TILES + q] = y3
-    for i in range(POINTS):
-        src = points + i * SEGMENT_TILES
-        dst = out + i * point_stride
-        for q in range(SEGMENT_TILES):
-            if q < tiles:       # a masked vector store, not a memmove call
-                dst[q] = src[q]
+            dst[OUT_TILE * GROUP + q] = y0 + y1 + y2 + y3
+            dst[2 * OUT_TILE * GROUP + q] = y0 - y1 + y2 - y3
+            dst[3 * OUT_TILE * GROUP + q] = (y0 + <real>2 * y1
+                                             + <real>4 * y2 + <real>8 * y3)
+            dst[4 * OUT_TILE * GROUP + q] = (y0 - <real>2 * y1
+                                             + <real>4 * y2 - <real>8 * y3)
+            dst[5 * OUT_TILE * GROUP + q] = y3
+    for r in range(PATCH):          # A^T along row r: (6, 6)
+        src = column + r * OUT_TILE * GROUP
+        dst = points + r * PATCH * GROUP
+        for q in range(GROUP):
+            y0 = src[q]
+            y1 = src[GROUP + q]
+            y2 = src[2 * GROUP + q]
+            y3 = src[3 * GROUP + q]
+            dst[q] = y0
+            dst[GROUP + q] = y0 + y1 + y2 + y3
+            dst[2 * GROUP + q] = y0 - y1 + y2 - y3
+            dst[3 * GROUP + q] = (y0 + <real>2 * y1 + <real>4 * y2
+                                  + <real>8 * y3)
+            dst[4 * GROUP + q] = (y0 - <real>2 * y1 + <real>4 * y2
+                                  - <real>8 * y3)
+            dst[5 * GROUP + q] = y3
 
 
 cdef void _grad_output_filter(const WinogradShape *ws, const real *grad,
                               Py_ssize_t k, real *e, Py_ssize_t first_tile,
                               Py_ssize_t count) noexcept nogil:
     """E[:, k, :] (E is (36, K, count)) of tiles [first_tile, +count) of
-    the output gradient (ws's output shape)."""
-    cdef Py_ssize_t t = 0, n, ty, tx, segment
+    the output gradient (ws's output shape; zeros past its edge)."""
+    cdef real tile[OUT_TILE * OUT_TILE * GROUP]
+    cdef real points[POINTS * GROUP]
+    cdef TileCursor at
+    cdef Py_ssize_t done = 0, tiles, q, p
     cdef Py_ssize_t plane_out = ws.out_height * ws.out_width
-    while t < count:
-        _segment_at(ws, first_tile + t, count - t, &n, &ty, &tx, &segment)
-        _grad_output_segment(grad + (n * ws.out_channels + k) * plane_out,
-                             ws.out_height, ws.out_width, ty * OUT_TILE,
-                             tx * OUT_TILE, segment, e + k * count + t,
-                             ws.out_channels * count)
-        t += segment
+    for p in range(OUT_TILE * OUT_TILE * GROUP):
+        tile[p] = 0
+    _cursor_at(ws, first_tile, &at)
+    while done < count:
+        tiles = count - done if count - done < GROUP else GROUP
+        for q in range(tiles):
+            _gather(grad + (at.n * ws.out_channels + k) * plane_out,
+                    ws.out_height, ws.out_width, at.ty * OUT_TILE,
+                    at.tx * OUT_TILE, OUT_TILE, tile, q)
+            _cursor_next(ws, &at)
+        _grad_output_transform(tile, points)
+        _store_points(points, tiles, e + k * count + done,
+                      ws.out_channels * count)
+        done += tiles
 
 
 cdef inline void _weight_point_product(const real *e, const real *v,
