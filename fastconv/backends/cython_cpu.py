@@ -735,14 +735,30 @@ DIRECT_CV_BELOW_LANE_USE = 0.7
 DIRECT_CV_STRIDED_MIN_TAPS = 256
 
 
+#: ... and so do rows narrower than a vector (each row's one vector leaves
+#: lanes empty) with at least DIRECT_CV_NARROW_MIN_FILTERS filters and
+#: DIRECT_CV_NARROW_MIN_CHANNELS channels per group. Measured (ms, 2
+#: threads, the two alternating in one process, pixels / channels in
+#: lanes): N64-C32-14x14-K64 3x3 1.83 / 1.76, its input gradient (64 -> 32
+#: channels) 2.03 / 1.80, N64-C16-14x14-K32 0.62 / 0.45; but with 16
+#: filters (that layer's input gradient) 0.65 / 1.58, and N64-C1-28x28-K32
+#: 0.26 / 0.35; on rows of 28 and 56 (N16-C128-28x28-K128, N16-C64-56x56-K64)
+#: level or slower.
+DIRECT_CV_NARROW_MIN_FILTERS = 32
+DIRECT_CV_NARROW_MIN_CHANNELS = 16
+
+
 def _uses_channel_vectors(g):
     """Whether a register-blocked call puts output channels in the lanes."""
     _, lanes, _, _ = _direct_parameters()
     use = g.out_width / (-(-g.out_width // lanes) * lanes)
     strided = (g.stride_w > 1 and _col_rows(g) >= DIRECT_CV_STRIDED_MIN_TAPS
                and g.out_channels // g.groups >= 16)
+    narrow = (g.out_width < lanes
+              and g.out_channels // g.groups >= DIRECT_CV_NARROW_MIN_FILTERS
+              and g.in_channels // g.groups >= DIRECT_CV_NARROW_MIN_CHANNELS)
     return (_direct.channel_vectors_available() and not _direct_pointwise(g)
-            and (use < DIRECT_CV_BELOW_LANE_USE or strided)
+            and (use < DIRECT_CV_BELOW_LANE_USE or strided or narrow)
             and _cv_band(g, 1)[2] * 4 <= DIRECT_MAX_BAND_BYTES)
 
 
