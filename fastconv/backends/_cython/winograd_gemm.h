@@ -28,7 +28,15 @@
 #ifndef FASTCONV_WINOGRAD_GEMM_H
 #define FASTCONV_WINOGRAD_GEMM_H
 
+/* for its vector type and helpers only: its kernels go unused here */
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wunused-function"
+#endif
 #include "direct_conv.h"
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
 
 #define WG_AVAILABLE FC_DIRECT_AVAILABLE
 #define WG_KB FC_KB
