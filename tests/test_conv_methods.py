@@ -161,6 +161,37 @@ def test_winograd_input_gradient_matches_naive(seed, dtype, algorithm,
                                    atol=tolerance * np.abs(reference).max())
 
 
+@pytest.mark.parametrize("block_tiles", [5, 128])
+@pytest.mark.parametrize("x_shape,filters", [
+    ((3, 11, 9, 13), 13),   # channels and filters not multiples of 8
+    ((2, 19, 5, 30), 7),    # fewer filters than a register block
+    ((1, 9, 22, 6), 33),    # a tile row narrower than a 16-tile group
+])
+def test_winograd_weight_and_input_gradients_in_blocks(
+        x_shape, filters, block_tiles, dtype, algorithm, monkeypatch,
+        count_calls):
+    """The Winograd weight gradient summed over several shared blocks
+    (blocks of 5 tiles end mid-row and mid-image) and one, and the input
+    gradient, on odd channel and filter counts and tile counts: against
+    the naive loops."""
+    algorithm("winograd")
+    monkeypatch.setattr(cython_cpu, "WINOGRAD_WEIGHT_GRAD_TILES", block_tiles)
+    weight_grads = count_calls(cython_cpu, "_winograd_weight_grad")
+    rng = np.random.default_rng(31 * sum(x_shape) + filters)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    weight = rng.standard_normal((filters, x_shape[1], 3, 3)).astype(dtype)
+    g = _geometry(x, weight, ((1, 1), (1, 1)))
+    grad_output = rng.standard_normal(g.output_shape).astype(dtype)
+    expected = resolve("conv2d_backward", "naive").conv2d_backward(
+        grad_output, x, weight, g, True)
+    got = cython_cpu.conv2d_backward(grad_output, x, weight, g, True)
+    assert weight_grads["count"] == 1
+    tolerance = WINOGRAD_FLOAT32_BOUND if dtype == np.float32 else 1e-12
+    for mine, reference in zip(got, expected):
+        np.testing.assert_allclose(mine, reference, rtol=0,
+                                   atol=tolerance * np.abs(reference).max())
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_winograd_matches_torch(dtype, algorithm, winograd_calls):
     torch = pytest.importorskip("torch")
