@@ -20,6 +20,7 @@ Environment variables:
     first for the setting to take effect.
 """
 
+import glob
 import os
 import sys
 import tempfile
@@ -139,6 +140,8 @@ extensions = [
         [os.path.join(CYTHON_DIR, f"{name}.pyx")],
         include_dirs=[numpy.get_include(), CYTHON_DIR],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+        # the C kernels they include: an edited header rebuilds them too
+        depends=sorted(glob.glob(os.path.join(CYTHON_DIR, "*.h"))),
     )
     for name in KERNELS
 ]

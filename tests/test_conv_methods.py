@@ -192,6 +192,39 @@ def test_winograd_weight_and_input_gradients_in_blocks(
                                    atol=tolerance * np.abs(reference).max())
 
 
+def test_parallel_stages_are_separated_by_barriers():
+    """Cython emits the prange loops of one ``parallel()`` block as ``omp
+    for nowait``: a thread with no share of one stage would start the next
+    while another still writes what it reads (a race that timing hides;
+    the Winograd staged schedules had it). Every Cython kernel therefore
+    puts ``_stage_barrier()`` between consecutive pranges of a block."""
+    import pathlib
+    import re
+
+    sources = pathlib.Path(cython_cpu.__file__).parent / "_cython"
+    checked = 0
+    for path in sorted(sources.glob("*.pyx")):
+        lines = path.read_text().splitlines()
+        for start, line in enumerate(lines):
+            if not re.search(r"with nogil, parallel\(", line):
+                continue
+            indent = len(line) - len(line.lstrip())
+            body = []
+            for inner in lines[start + 1:]:
+                if inner.strip() and len(inner) - len(inner.lstrip()) <= indent:
+                    break
+                body.append(inner.strip())
+            stages = [i for i, text in enumerate(body)
+                      if re.match(r"for \w+ in prange\(", text)]
+            for first, second in zip(stages, stages[1:]):
+                checked += 1
+                assert any(text.startswith("_stage_barrier()")
+                           for text in body[first:second]), (
+                    f"{path.name}:{start + 1}: prange loops without a "
+                    "barrier between them")
+    assert checked >= 3     # the staged forward's two, the weight grad's
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_winograd_matches_torch(dtype, algorithm, winograd_calls):
     torch = pytest.importorskip("torch")

@@ -16,8 +16,9 @@ with 36 multiplications per channel pair and tile instead of 144. For the
 
 over a block of T tiles. One work item is one block of consecutive tiles
 (tiles run along output rows, then images); a thread transforms the block's
-input patches into its own ``V`` (36, C, T), runs the 36 GEMMs into its own
-``M`` (36, K, T) with a single-threaded BLAS, and transforms ``M`` back into
+input patches into its own ``V`` (36, C, T), runs the 36 products into its
+own ``M`` (36, K, T) (float32 on winograd_gemm.h's register-blocked kernel,
+float64 on a single-threaded BLAS), and transforms ``M`` back into
 the output tiles, so the block's data stays in the thread's cache. Every
 output element is written by exactly one item: the result does not depend
 on the schedule.
@@ -34,6 +35,21 @@ size, allocates outputs and workspaces; nothing here checks arguments.
 """
 
 from cython.parallel cimport parallel, prange, threadid
+
+cdef extern from *:
+    """
+    /* Cython's prange loops inside one parallel block end without a
+     * barrier (they are emitted as `omp for nowait`): a stage that reads
+     * what the stage before it wrote waits for every thread here. */
+    static inline void fastconv_stage_barrier(void)
+    {
+    #ifdef _OPENMP
+        #pragma omp barrier
+    #endif
+    }
+    """
+    void _stage_barrier "fastconv_stage_barrier" () noexcept nogil
+
 
 ctypedef fused real:
     float
@@ -288,7 +304,6 @@ cdef void _output_filter(const WinogradShape *ws, const real *m,
 
 cdef extern from "winograd_gemm.h" nogil:
     const int WG_AVAILABLE
-    const int FC_VL
     void wg_point_product(const float *u, Py_ssize_t u_k, Py_ssize_t u_c,
                           Py_ssize_t filters, Py_ssize_t depth,
                           const float *v, Py_ssize_t ldv, Py_ssize_t n,
@@ -385,8 +400,10 @@ def winograd_f43_staged(const real[:, :, :, ::1] x, const real[:, :, ::1] u,
         with nogil, parallel(num_threads=num_threads):
             for c in prange(ws.in_channels, schedule="static"):
                 _input_channel(&ws, x_ptr, c, v, first, count)
+            _stage_barrier()
             for p in prange(POINTS, schedule="static"):
                 _point_product(&ws, u_ptr, transposed_weight, v, m, p, count)
+            _stage_barrier()
             for k in prange(ws.out_channels, schedule="static"):
                 _output_filter(&ws, m, k,
                                bias_ptr[k] if bias_ptr != NULL else 0,
@@ -656,8 +673,10 @@ def winograd_f43_weight_grad(const real[:, :, :, ::1] x,
         with nogil, parallel(num_threads=num_threads):
             for c in prange(channels, schedule="static"):
                 _input_channel(&ws, x_ptr, c, v, first, count)
+            _stage_barrier()    # (E does not need V: one rule for all)
             for k in prange(filters, schedule="static"):
                 _grad_output_filter(&ws, grad_ptr, k, e, first, count)
+            _stage_barrier()
             for p in prange(POINTS, schedule="static"):
                 _weight_point_product(e + p * filters * count,
                                       v + p * channels * count,

@@ -11,18 +11,19 @@
  * C, per channel FC_VMAX vector loads of V and WG_KB broadcast weights
  * feeding WG_KB * FC_VMAX fused multiply-adds (the layout of the direct
  * kernel's tile, direct_conv.h, whose vector helpers this uses). Tiles run
- * over n outermost, so that a panel of V (C x FC_VMAX * FC_VL floats) stays
- * in L1 while every filter block passes over it.
+ * over n outermost, so that a panel of V (C x FC_VMAX * FC_VL floats: in
+ * L1 up to about 200 channels, in L2 beyond) is reused by every filter
+ * block.
  *
  * The vector loads of a panel's last, partial vector read up to FC_VL - 1
  * floats past the row's last tile (the caller leaves that much room after
  * V); those lanes are never stored. Each output is summed over C in one
  * order, by one thread.
  *
- * BLAS (OpenBLAS's generic x86-64 kernels where it does not know the CPU,
- * as on AVX-512 machines it calls Haswell) took 1.4x longer on these
- * shapes, and its packing copies on top. float64 and builds without vector
- * extensions call BLAS.
+ * BLAS took 1.4x longer on these shapes, plus its packing copies (SciPy's
+ * OpenBLAS running its AVX2 Haswell kernels, as it does where the
+ * environment sets OPENBLAS_CORETYPE=Haswell or it does not know the CPU).
+ * float64 and builds without vector extensions call BLAS.
  */
 
 #ifndef FASTCONV_WINOGRAD_GEMM_H
