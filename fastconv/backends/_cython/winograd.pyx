@@ -133,89 +133,94 @@ cdef inline void _gather(const real *plane, Py_ssize_t height,
                 else 0)
 
 
+cdef inline void _input_1d(const real *d, Py_ssize_t d_stride, real *out,
+                           Py_ssize_t out_stride) noexcept nogil:
+    """out (6-vectors) = B^T d for the GROUP 6-vectors d, lane by lane:
+    element i of lane q at d[i * d_stride + q], out likewise."""
+    cdef Py_ssize_t q
+    cdef real d0, d1, d2, d3, d4, d5
+    for q in range(GROUP):
+        d0 = d[q]
+        d1 = d[d_stride + q]
+        d2 = d[2 * d_stride + q]
+        d3 = d[3 * d_stride + q]
+        d4 = d[4 * d_stride + q]
+        d5 = d[5 * d_stride + q]
+        out[q] = <real>4 * d0 - <real>5 * d2 + d4
+        out[out_stride + q] = -<real>4 * (d1 + d2) + d3 + d4
+        out[2 * out_stride + q] = <real>4 * (d1 - d2) - d3 + d4
+        out[3 * out_stride + q] = <real>2 * (d3 - d1) - d2 + d4
+        out[4 * out_stride + q] = <real>2 * (d1 - d3) - d2 + d4
+        out[5 * out_stride + q] = <real>4 * d1 - <real>5 * d3 + d5
+
+
+cdef inline void _output_1d(const real *m, Py_ssize_t m_stride, real *out,
+                            Py_ssize_t out_stride) noexcept nogil:
+    """out (4-vectors) = A^T m for the GROUP 6-vectors m, lane by lane."""
+    cdef Py_ssize_t q
+    cdef real m0, m1, m2, m3, m4, m5, sum12, diff12, sum34, diff34
+    for q in range(GROUP):
+        m0 = m[q]
+        m1 = m[m_stride + q]
+        m2 = m[2 * m_stride + q]
+        m3 = m[3 * m_stride + q]
+        m4 = m[4 * m_stride + q]
+        m5 = m[5 * m_stride + q]
+        sum12, diff12 = m1 + m2, m1 - m2
+        sum34, diff34 = m3 + m4, m3 - m4
+        out[q] = m0 + sum12 + sum34
+        out[out_stride + q] = diff12 + <real>2 * diff34
+        out[2 * out_stride + q] = sum12 + <real>4 * sum34
+        out[3 * out_stride + q] = diff12 + <real>8 * diff34 + m5
+
+
+cdef inline void _grad_output_1d(const real *y, Py_ssize_t y_stride,
+                                 real *out,
+                                 Py_ssize_t out_stride) noexcept nogil:
+    """out (6-vectors) = A y for the GROUP 4-vectors y, lane by lane (the
+    adjoint of _output_1d)."""
+    cdef Py_ssize_t q
+    cdef real y0, y1, y2, y3
+    for q in range(GROUP):
+        y0 = y[q]
+        y1 = y[y_stride + q]
+        y2 = y[2 * y_stride + q]
+        y3 = y[3 * y_stride + q]
+        out[q] = y0
+        out[out_stride + q] = y0 + y1 + y2 + y3
+        out[2 * out_stride + q] = y0 - y1 + y2 - y3
+        out[3 * out_stride + q] = (y0 + <real>2 * y1 + <real>4 * y2
+                                   + <real>8 * y3)
+        out[4 * out_stride + q] = (y0 - <real>2 * y1 + <real>4 * y2
+                                   - <real>8 * y3)
+        out[5 * out_stride + q] = y3
+
+
 cdef void _input_transform(const real *patch, real *points) noexcept nogil:
     """points[(r * 6 + s) * GROUP + q] = (B^T d B)[r, s] of the GROUP 6x6
     patches d[i, j] = patch[(i * 6 + j) * GROUP + q]."""
     cdef real column[POINTS * GROUP]
-    cdef Py_ssize_t j, q, r
-    cdef const real *src
-    cdef real *dst
-    cdef real d0, d1, d2, d3, d4, d5
+    cdef Py_ssize_t j
     for j in range(PATCH):          # B^T down column j
-        src = patch + j * GROUP
-        dst = column + j * GROUP
-        for q in range(GROUP):
-            d0 = src[q]
-            d1 = src[PATCH * GROUP + q]
-            d2 = src[2 * PATCH * GROUP + q]
-            d3 = src[3 * PATCH * GROUP + q]
-            d4 = src[4 * PATCH * GROUP + q]
-            d5 = src[5 * PATCH * GROUP + q]
-            dst[q] = <real>4 * d0 - <real>5 * d2 + d4
-            dst[PATCH * GROUP + q] = -<real>4 * (d1 + d2) + d3 + d4
-            dst[2 * PATCH * GROUP + q] = <real>4 * (d1 - d2) - d3 + d4
-            dst[3 * PATCH * GROUP + q] = <real>2 * (d3 - d1) - d2 + d4
-            dst[4 * PATCH * GROUP + q] = <real>2 * (d1 - d3) - d2 + d4
-            dst[5 * PATCH * GROUP + q] = <real>4 * d1 - <real>5 * d3 + d5
-    for r in range(PATCH):          # B along row r
-        src = column + r * PATCH * GROUP
-        dst = points + r * PATCH * GROUP
-        for q in range(GROUP):
-            d0 = src[q]
-            d1 = src[GROUP + q]
-            d2 = src[2 * GROUP + q]
-            d3 = src[3 * GROUP + q]
-            d4 = src[4 * GROUP + q]
-            d5 = src[5 * GROUP + q]
-            dst[q] = <real>4 * d0 - <real>5 * d2 + d4
-            dst[GROUP + q] = -<real>4 * (d1 + d2) + d3 + d4
-            dst[2 * GROUP + q] = <real>4 * (d1 - d2) - d3 + d4
-            dst[3 * GROUP + q] = <real>2 * (d3 - d1) - d2 + d4
-            dst[4 * GROUP + q] = <real>2 * (d1 - d3) - d2 + d4
-            dst[5 * GROUP + q] = <real>4 * d1 - <real>5 * d3 + d5
+        _input_1d(patch + j * GROUP, PATCH * GROUP, column + j * GROUP,
+                  PATCH * GROUP)
+    for j in range(PATCH):          # B along row j
+        _input_1d(column + j * PATCH * GROUP, GROUP,
+                  points + j * PATCH * GROUP, GROUP)
 
 
-cdef void _output_transform(const real *points, real bias,
+cdef void _output_transform(const real *points,
                             real *result) noexcept nogil:
-    """result[(i * 4 + j) * GROUP + q] = (A^T m A)[i, j] + bias of the
-    GROUP 6x6 products m[r, s] = points[(r * 6 + s) * GROUP + q]."""
+    """result[(i * 4 + j) * GROUP + q] = (A^T m A)[i, j] of the GROUP 6x6
+    products m[r, s] = points[(r * 6 + s) * GROUP + q]."""
     cdef real half[OUT_TILE * PATCH * GROUP]
-    cdef Py_ssize_t i, j, q
-    cdef const real *src
-    cdef real *dst
-    cdef real m0, m1, m2, m3, m4, m5, sum12, diff12, sum34, diff34
+    cdef Py_ssize_t j
     for j in range(PATCH):          # A^T down column j
-        src = points + j * GROUP
-        dst = half + j * GROUP
-        for q in range(GROUP):
-            m0 = src[q]
-            m1 = src[PATCH * GROUP + q]
-            m2 = src[2 * PATCH * GROUP + q]
-            m3 = src[3 * PATCH * GROUP + q]
-            m4 = src[4 * PATCH * GROUP + q]
-            m5 = src[5 * PATCH * GROUP + q]
-            sum12, diff12 = m1 + m2, m1 - m2
-            sum34, diff34 = m3 + m4, m3 - m4
-            dst[q] = m0 + sum12 + sum34
-            dst[PATCH * GROUP + q] = diff12 + <real>2 * diff34
-            dst[2 * PATCH * GROUP + q] = sum12 + <real>4 * sum34
-            dst[3 * PATCH * GROUP + q] = diff12 + <real>8 * diff34 + m5
-    for i in range(OUT_TILE):       # A along row i
-        src = half + i * PATCH * GROUP
-        dst = result + i * OUT_TILE * GROUP
-        for q in range(GROUP):
-            m0 = src[q]
-            m1 = src[GROUP + q]
-            m2 = src[2 * GROUP + q]
-            m3 = src[3 * GROUP + q]
-            m4 = src[4 * GROUP + q]
-            m5 = src[5 * GROUP + q]
-            sum12, diff12 = m1 + m2, m1 - m2
-            sum34, diff34 = m3 + m4, m3 - m4
-            dst[q] = m0 + sum12 + sum34 + bias
-            dst[GROUP + q] = diff12 + <real>2 * diff34 + bias
-            dst[2 * GROUP + q] = sum12 + <real>4 * sum34 + bias
-            dst[3 * GROUP + q] = diff12 + <real>8 * diff34 + m5 + bias
+        _output_1d(points + j * GROUP, PATCH * GROUP, half + j * GROUP,
+                   PATCH * GROUP)
+    for j in range(OUT_TILE):       # A along row j
+        _output_1d(half + j * PATCH * GROUP, GROUP,
+                   result + j * OUT_TILE * GROUP, GROUP)
 
 
 cdef inline void _store_points(const real *points, Py_ssize_t tiles,
@@ -281,23 +286,23 @@ cdef void _output_filter(const WinogradShape *ws, const real *m,
             for q in range(GROUP):
                 if q < tiles:   # a masked vector load, not a memmove call
                     points[p * GROUP + q] = src[q]
-        _output_transform(points, bias_k, result)
+        _output_transform(points, result)
         for q in range(tiles):
             row0, col0 = at.ty * OUT_TILE, at.tx * OUT_TILE
             rows = ws.out_height - row0
             cols = width - col0
             dst = y + (at.n * ws.out_channels + k) * plane_out \
                 + row0 * width + col0
-            if rows >= OUT_TILE and cols >= OUT_TILE:
+            if rows >= OUT_TILE and cols >= OUT_TILE:   # constant bounds
                 for i in range(OUT_TILE):
                     for j in range(OUT_TILE):
                         dst[i * width + j] = result[
-                            (i * OUT_TILE + j) * GROUP + q]
+                            (i * OUT_TILE + j) * GROUP + q] + bias_k
             else:
                 for i in range(min(rows, OUT_TILE)):
                     for j in range(min(cols, OUT_TILE)):
                         dst[i * width + j] = result[
-                            (i * OUT_TILE + j) * GROUP + q]
+                            (i * OUT_TILE + j) * GROUP + q] + bias_k
             _cursor_next(ws, &at)
         done += tiles
 
@@ -549,42 +554,13 @@ cdef void _grad_output_transform(const real *tile,
     """points[(r * 6 + s) * GROUP + q] = (A dY A^T)[r, s] of the GROUP 4x4
     output-gradient tiles dY[i, j] = tile[(i * 4 + j) * GROUP + q]."""
     cdef real column[PATCH * OUT_TILE * GROUP]
-    cdef Py_ssize_t j, q, r
-    cdef const real *src
-    cdef real *dst
-    cdef real y0, y1, y2, y3
+    cdef Py_ssize_t j
     for j in range(OUT_TILE):       # A down column j: (6, 4)
-        src = tile + j * GROUP
-        dst = column + j * GROUP
-        for q in range(GROUP):
-            y0 = src[q]
-            y1 = src[OUT_TILE * GROUP + q]
-            y2 = src[2 * OUT_TILE * GROUP + q]
-            y3 = src[3 * OUT_TILE * GROUP + q]
-            dst[q] = y0
-            dst[OUT_TILE * GROUP + q] = y0 + y1 + y2 + y3
-            dst[2 * OUT_TILE * GROUP + q] = y0 - y1 + y2 - y3
-            dst[3 * OUT_TILE * GROUP + q] = (y0 + <real>2 * y1
-                                             + <real>4 * y2 + <real>8 * y3)
-            dst[4 * OUT_TILE * GROUP + q] = (y0 - <real>2 * y1
-                                             + <real>4 * y2 - <real>8 * y3)
-            dst[5 * OUT_TILE * GROUP + q] = y3
-    for r in range(PATCH):          # A^T along row r: (6, 6)
-        src = column + r * OUT_TILE * GROUP
-        dst = points + r * PATCH * GROUP
-        for q in range(GROUP):
-            y0 = src[q]
-            y1 = src[GROUP + q]
-            y2 = src[2 * GROUP + q]
-            y3 = src[3 * GROUP + q]
-            dst[q] = y0
-            dst[GROUP + q] = y0 + y1 + y2 + y3
-            dst[2 * GROUP + q] = y0 - y1 + y2 - y3
-            dst[3 * GROUP + q] = (y0 + <real>2 * y1 + <real>4 * y2
-                                  + <real>8 * y3)
-            dst[4 * GROUP + q] = (y0 - <real>2 * y1 + <real>4 * y2
-                                  - <real>8 * y3)
-            dst[5 * GROUP + q] = y3
+        _grad_output_1d(tile + j * GROUP, OUT_TILE * GROUP,
+                        column + j * GROUP, OUT_TILE * GROUP)
+    for j in range(PATCH):          # A^T along row j: (6, 6)
+        _grad_output_1d(column + j * OUT_TILE * GROUP, GROUP,
+                        points + j * PATCH * GROUP, GROUP)
 
 
 cdef void _grad_output_filter(const WinogradShape *ws, const real *grad,
