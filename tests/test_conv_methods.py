@@ -68,6 +68,16 @@ def _random_case(seed):
     return x, weight, bias, padding
 
 
+def _assert_within_bound(pairs, dtype):
+    """Each (result, reference) pair within the method's float error:
+    WINOGRAD_FLOAT32_BOUND (float32) or 1e-12 (float64) times the
+    reference's largest magnitude, elementwise."""
+    tolerance = WINOGRAD_FLOAT32_BOUND if dtype == np.float32 else 1e-12
+    for mine, reference in pairs:
+        np.testing.assert_allclose(mine, reference, rtol=0,
+                                   atol=tolerance * np.abs(reference).max())
+
+
 def _geometry(x, weight, padding):
     (top, bottom), (left, right) = padding
     return _shapes.conv_geometry(x.shape, weight.shape, (1, 1),
@@ -87,10 +97,7 @@ def test_winograd_forward_matches_naive(seed, dtype, algorithm,
     got = cython_cpu.conv2d_forward(x, weight, bias, g)
     assert winograd_calls["count"] == 1
     assert got.dtype == dtype
-    scale = np.abs(expected).max()
-    tolerance = WINOGRAD_FLOAT32_BOUND if dtype == np.float32 else 1e-12
-    np.testing.assert_allclose(got, expected, rtol=0,
-                               atol=tolerance * scale)
+    _assert_within_bound([(got, expected)], dtype)
 
 
 @pytest.mark.parametrize("schedule", ["per-thread", "staged"])
@@ -118,9 +125,7 @@ def test_winograd_schedules_and_wide_rows(schedule, dtype, algorithm,
     expected = resolve("conv2d_forward", "naive").conv2d_forward(
         x, weight, bias, g)
     got = cython_cpu.conv2d_forward(x, weight, bias, g)
-    tolerance = WINOGRAD_FLOAT32_BOUND if dtype == np.float32 else 1e-12
-    np.testing.assert_allclose(got, expected, rtol=0,
-                               atol=tolerance * np.abs(expected).max())
+    _assert_within_bound([(got, expected)], dtype)
 
 
 def test_winograd_weight_gradient_runs_where_the_forward_does(
@@ -155,10 +160,7 @@ def test_winograd_input_gradient_matches_naive(seed, dtype, algorithm,
         grad_output, x, weight, g, True)
     got = cython_cpu.conv2d_backward(grad_output, x, weight, g, True)
     assert winograd_calls["count"] == 1
-    tolerance = WINOGRAD_FLOAT32_BOUND if dtype == np.float32 else 1e-12
-    for mine, reference in zip(got, expected):
-        np.testing.assert_allclose(mine, reference, rtol=0,
-                                   atol=tolerance * np.abs(reference).max())
+    _assert_within_bound(zip(got, expected), dtype)
 
 
 @pytest.mark.parametrize("block_tiles", [5, 128])
@@ -186,10 +188,7 @@ def test_winograd_weight_and_input_gradients_in_blocks(
         grad_output, x, weight, g, True)
     got = cython_cpu.conv2d_backward(grad_output, x, weight, g, True)
     assert weight_grads["count"] == 1
-    tolerance = WINOGRAD_FLOAT32_BOUND if dtype == np.float32 else 1e-12
-    for mine, reference in zip(got, expected):
-        np.testing.assert_allclose(mine, reference, rtol=0,
-                                   atol=tolerance * np.abs(reference).max())
+    _assert_within_bound(zip(got, expected), dtype)
 
 
 def test_parallel_stages_are_separated_by_barriers():
@@ -243,12 +242,9 @@ def test_winograd_matches_torch(dtype, algorithm, winograd_calls):
     grad_x, grad_w, _ = fastconv.conv2d_backward(
         grad_output, x, weight, padding=(1, 2), backend="cython")
     assert winograd_calls["count"] == 2
-    tolerance = WINOGRAD_FLOAT32_BOUND if dtype == np.float32 else 1e-12
-    for mine, reference in ((y, y_t.detach().numpy()),
-                            (grad_x, x_t.grad.numpy()),
-                            (grad_w, w_t.grad.numpy())):
-        np.testing.assert_allclose(mine, reference, rtol=0,
-                                   atol=tolerance * np.abs(reference).max())
+    _assert_within_bound([(y, y_t.detach().numpy()),
+                          (grad_x, x_t.grad.numpy()),
+                          (grad_w, w_t.grad.numpy())], dtype)
 
 
 def test_winograd_gradients_by_finite_differences(algorithm,
