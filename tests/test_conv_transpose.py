@@ -208,65 +208,99 @@ def test_bad_input(call, error, pattern):
         call()
 
 
-@pytest.mark.parametrize("case", [
-    # (x shape, weight shape, stride, output_padding, groups, merged)
-    ((2, 6, 5, 7), (6, 4, 2, 2), 2, 0, 1, True),
-    ((2, 6, 5, 7), (6, 4, 3, 3), 3, 0, 1, True),
-    ((2, 6, 5, 7), (6, 4, 2, 3), (2, 3), 0, 1, True),
-    ((3, 16, 4, 4), (16, 32, 2, 2), 2, 0, 1, True),
-    # (output_padding: the rows and columns no tap reaches are added
-    # around the stacked convolution's result)
-    ((2, 6, 5, 7), (6, 4, 2, 2), 2, 1, 1, True),
-    ((2, 6, 5, 7), (6, 2, 2, 2), 2, 0, 2, False),   # groups
-    ((2, 6, 5, 7), (6, 4, 4, 4), 2, 0, 1, False),   # 2x2 taps a phase
-])
-def test_kernel_the_size_of_its_stride_is_one_stacked_convolution(
-        monkeypatch, case):
-    """cython: where every phase of a strided input gradient is a 1x1
-    unpadded convolution (kernel == stride), one convolution onto the
-    stacked phases' channels runs instead of one per phase; it must agree
-    with the naive reference, and run exactly where it applies."""
+def _stacking_calls(monkeypatch):
+    """Record what cython's _stacked_phases decides on each call (whether
+    one stacked convolution ran)."""
     from fastconv.backends import cython_cpu
 
     if "cython" not in fastconv.available_backends():
         pytest.skip("cython backend unavailable")
-    x_shape, w_shape, stride, output_padding, groups, merged = case
+    taken = []
+    check = cython_cpu._stacked_phases
+
+    def recorded(*args):
+        result = check(*args)
+        taken.append(result is not None)
+        return result
+
+    monkeypatch.setattr(cython_cpu, "_stacked_phases", recorded)
+    return taken
+
+
+@pytest.mark.parametrize("case", [
+    # (x shape, weight shape, stride, padding, output_padding, groups,
+    # merged)
+    ((2, 6, 5, 7), (6, 4, 2, 2), 2, 0, 0, 1, True),
+    ((2, 6, 5, 7), (6, 4, 3, 3), 3, 0, 0, 1, True),
+    ((2, 6, 5, 7), (6, 4, 2, 3), (2, 3), 0, 0, 1, True),
+    ((3, 16, 4, 4), (16, 32, 2, 2), 2, 0, 0, 1, True),
+    # (output_padding: the rows and columns no tap reaches are added
+    # around the stacked convolution's result)
+    ((2, 6, 5, 7), (6, 4, 2, 2), 2, 0, 1, 1, True),
+    # a kernel a whole multiple of its stride: every phase has 2x2 taps
+    # (DCGAN's 4x4/2), the phases' windows offset by their paddings
+    ((2, 6, 5, 7), (6, 4, 4, 4), 2, 1, 0, 1, True),
+    ((2, 6, 5, 7), (6, 4, 4, 4), 2, 0, 1, 1, True),
+    ((2, 6, 5, 7), (6, 4, 4, 4), 2, 1, 1, 1, True),
+    ((3, 5, 6, 4), (5, 3, 6, 4), (3, 2), (2, 1), (1, 0), 1, True),
+    ((2, 6, 5, 7), (6, 2, 2, 2), 2, 0, 0, 2, False),   # groups
+    ((2, 6, 5, 7), (6, 4, 3, 3), 2, 1, 1, 1, False),   # 2x2, 2x1, 1x2, 1x1
+])
+def test_kernel_a_multiple_of_its_stride_is_one_stacked_convolution(
+        monkeypatch, case):
+    """cython: where every phase of a strided input gradient has as many
+    taps as every other (a kernel a whole multiple of its stride), one
+    convolution onto the stacked phases' channels runs instead of one per
+    phase; it must agree with the naive reference, and run exactly where
+    it applies."""
+    x_shape, w_shape, stride, padding, output_padding, groups, merged = case
+    taken = _stacking_calls(monkeypatch)
     rng = np.random.default_rng(11)
     x = rng.standard_normal(x_shape).astype(np.float32)
     w = rng.standard_normal(w_shape).astype(np.float32)
-    taken = []
-    check = cython_cpu._phases_are_one_pointwise
-    monkeypatch.setattr(cython_cpu, "_phases_are_one_pointwise",
-                        lambda *a: taken.append(check(*a)) or taken[-1])
-    y = fastconv.conv_transpose2d(x, w, stride=stride,
-                                  output_padding=output_padding,
-                                  groups=groups, backend="cython")
+    arguments = dict(stride=stride, padding=padding,
+                     output_padding=output_padding, groups=groups)
+    y = fastconv.conv_transpose2d(x, w, backend="cython", **arguments)
     expected = fastconv.conv_transpose2d(
-        x.astype(np.float64), w.astype(np.float64), stride=stride,
-        output_padding=output_padding, groups=groups, backend="naive")
+        x.astype(np.float64), w.astype(np.float64), backend="naive",
+        **arguments)
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
     assert taken == [merged] if merged else not any(taken)
 
 
-def test_uneven_phase_planes_take_one_convolution_each(monkeypatch):
+def test_uneven_phase_planes_are_windows_of_one_convolution(monkeypatch):
     """conv2d's input gradient with an input one past a whole number of
-    strides: the phases' planes differ in size, so each phase runs alone."""
-    from fastconv.backends import cython_cpu
-
-    if "cython" not in fastconv.available_backends():
-        pytest.skip("cython backend unavailable")
+    strides: the phases' planes differ in size, each a window of the one
+    stacked convolution's output (a row and a column more than some
+    phases need)."""
+    taken = _stacking_calls(monkeypatch)
     rng = np.random.default_rng(12)
     x = rng.standard_normal((2, 6, 11, 15)).astype(np.float32)
     w = rng.standard_normal((4, 6, 2, 2)).astype(np.float32)
     g = rng.standard_normal((2, 4, 5, 7)).astype(np.float32)
-    taken = []
-    check = cython_cpu._phases_are_one_pointwise
-    monkeypatch.setattr(cython_cpu, "_phases_are_one_pointwise",
-                        lambda *a: taken.append(check(*a)) or taken[-1])
     grad_input, _, _ = fastconv.conv2d_backward(g, x, w, stride=2,
                                                 backend="cython")
     expected, _, _ = fastconv.conv2d_backward(
         g.astype(np.float64), x.astype(np.float64), w.astype(np.float64),
         stride=2, backend="naive")
     np.testing.assert_allclose(grad_input, expected, rtol=1e-5, atol=1e-5)
-    assert taken == [False]
+    assert taken == [True]
+
+
+def test_phase_windows_are_checked_against_the_stacked_planes():
+    """The interleave reads each phase's window of the stacked planes; an
+    offset that would leave them is refused, not read past the end."""
+    if "cython" not in fastconv.available_backends():
+        pytest.skip("cython backend unavailable")
+    from fastconv.backends._cython import direct
+
+    stacked = np.zeros((1, 4 * 2, 3, 3), np.float32)
+    out = np.empty((1, 2, 4, 4), np.float32)
+    fine = np.array([0, 1, 1, 0], np.intp)
+    direct.interleave_phase_channels(stacked, out, 2, 2, fine, fine, 1)
+    with pytest.raises(ValueError, match="window"):
+        direct.interleave_phase_channels(
+            stacked, out, 2, 2, np.array([0, 2, 0, 0], np.intp), fine, 1)
+    with pytest.raises(ValueError, match="shapes"):
+        direct.interleave_phase_channels(stacked, out, 2, 2, fine[:3],
+                                         fine, 1)

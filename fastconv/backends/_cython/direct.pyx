@@ -233,13 +233,15 @@ cdef void _interleave_pair(const float *even, const float *odd,
         dst[2 * odd_count] = even[odd_count]
 
 
-cdef void _interleave(const float **pointers, const Py_ssize_t[:] heights,
-                      const Py_ssize_t[:] widths, Py_ssize_t source_planes,
-                      float[:, :, :, ::1] out, Py_ssize_t sh, Py_ssize_t sw,
+cdef void _interleave(const float **pointers, const Py_ssize_t[:] plane_floats,
+                      const Py_ssize_t[:] pitches, const Py_ssize_t[:] widths,
+                      Py_ssize_t source_planes, float[:, :, :, ::1] out,
+                      Py_ssize_t sh, Py_ssize_t sw,
                       int num_threads):
-    """out[n, c, a::sh, b::sw] = phase k = a * sw + b, whose plane (n, c)
-    starts at pointers[k] + (n * source_planes + c) * heights[k] *
-    widths[k] (NULL: zeros), in one pass over out's rows."""
+    """out[n, c, a::sh, b::sw] = phase k = a * sw + b: row i of its plane
+    (n, c) holds widths[k] floats from pointers[k] + (n * source_planes + c)
+    * plane_floats[k] + i * pitches[k] (NULL: zeros), in one pass over
+    out's rows."""
     cdef Py_ssize_t channels = out.shape[1]
     cdef Py_ssize_t planes = out.shape[0] * channels
     cdef Py_ssize_t height = out.shape[2], width = out.shape[3]
@@ -261,10 +263,10 @@ cdef void _interleave(const float **pointers, const Py_ssize_t[:] heights,
                 # compiler vectorises (strided stores one phase at a time
                 # ran scalar)
                 _interleave_pair(
-                    pointers[a * 2] + (source * heights[a * 2] + i)
-                    * widths[a * 2],
-                    pointers[a * 2 + 1] + (source * heights[a * 2 + 1] + i)
-                    * widths[a * 2 + 1],
+                    pointers[a * 2] + source * plane_floats[a * 2]
+                    + i * pitches[a * 2],
+                    pointers[a * 2 + 1] + source * plane_floats[a * 2 + 1]
+                    + i * pitches[a * 2 + 1],
                     widths[a * 2], widths[a * 2 + 1], dst)
                 continue
             for b in range(sw):
@@ -276,7 +278,7 @@ cdef void _interleave(const float **pointers, const Py_ssize_t[:] heights,
                         dst[j] = 0
                         j = j + sw
                     continue
-                src = src + (source * heights[k] + i) * widths[k]
+                src = src + source * plane_floats[k] + i * pitches[k]
                 for j in range(widths[k]):
                     dst[b + j * sw] = src[j]
 
@@ -290,39 +292,68 @@ def interleave_phases(list phases, float[:, :, :, ::1] out, Py_ssize_t sh,
     if len(phases) != count:
         raise ValueError("interleave_phases needs sh * sw phases")
     cdef vector_pointers sources = vector_pointers(count)
-    cdef Py_ssize_t[:] heights = np.zeros(count, np.intp)
+    cdef Py_ssize_t[:] plane_floats = np.zeros(count, np.intp)
     cdef Py_ssize_t[:] widths = np.zeros(count, np.intp)
     cdef float[:, :, :, ::1] phase
     cdef Py_ssize_t p
     for p in range(count):
         if phases[p] is not None:
             phase = phases[p]
+            if (phase.shape[0] != out.shape[0]
+                    or phase.shape[1] != out.shape[1]
+                    or phase.shape[2] != _phase_count(out.shape[2], sh, p // sw)
+                    or phase.shape[3] != _phase_count(out.shape[3], sw, p % sw)):
+                raise ValueError("interleave_phases: shapes do not match")
             sources.data[p] = &phase[0, 0, 0, 0]
-            heights[p] = phase.shape[2]
+            plane_floats[p] = phase.shape[2] * phase.shape[3]
             widths[p] = phase.shape[3]
-    _interleave(sources.data, heights, widths, out.shape[1], out, sh, sw,
-                num_threads)
+    _interleave(sources.data, plane_floats, widths, widths, out.shape[1],
+                out, sh, sw, num_threads)
+
+
+cdef Py_ssize_t _phase_count(Py_ssize_t size, Py_ssize_t stride,
+                             Py_ssize_t phase):
+    """How many of the indices phase, phase + stride, ... are below size."""
+    return (size - phase + stride - 1) // stride if size > phase else 0
 
 
 def interleave_phase_channels(const float[:, :, :, ::1] phases,
                               float[:, :, :, ::1] out, Py_ssize_t sh,
-                              Py_ssize_t sw, int num_threads):
-    """out[n, c, a::sh, b::sw] = phases[n, (a * sw + b) * C + c]: the phases
-    stacked along the channels of one (N, sh * sw * C, H / sh, W / sw)
-    array (one convolution computed them all), out (N, C, H, W) with H and
-    W whole multiples of the strides."""
+                              Py_ssize_t sw, const Py_ssize_t[:] row_offsets,
+                              const Py_ssize_t[:] column_offsets,
+                              int num_threads):
+    """out[n, c, a::sh, b::sw] = phases[n, k * C + c, r:, s:] for phase
+    k = a * sw + b, r = row_offsets[k], s = column_offsets[k]: the phases
+    stacked along the channels of one (N, sh * sw * C, H', W') array (one
+    convolution computed them all), each phase's plane a window of it."""
     cdef Py_ssize_t count = sh * sw, channels = out.shape[1]
+    cdef Py_ssize_t p, a, b
     if (phases.shape[0] != out.shape[0]
             or phases.shape[1] != count * channels
-            or phases.shape[2] * sh != out.shape[2]
-            or phases.shape[3] * sw != out.shape[3]):
+            or row_offsets.shape[0] != count
+            or column_offsets.shape[0] != count):
         raise ValueError("interleave_phase_channels: shapes do not match")
-    cdef vector_pointers sources = vector_pointers(count)
-    cdef Py_ssize_t[:] heights = np.full(count, phases.shape[2], np.intp)
-    cdef Py_ssize_t[:] widths = np.full(count, phases.shape[3], np.intp)
-    cdef Py_ssize_t p
     for p in range(count):
-        sources.data[p] = &phases[0, p * channels, 0, 0]
+        a, b = p // sw, p % sw
+        if (min(row_offsets[p], column_offsets[p]) < 0
+                or row_offsets[p] + _phase_count(out.shape[2], sh, a)
+                > phases.shape[2]
+                or column_offsets[p] + _phase_count(out.shape[3], sw, b)
+                > phases.shape[3]):
+            raise ValueError(
+                "interleave_phase_channels: a phase's window leaves the "
+                "stacked planes")
+    cdef vector_pointers sources = vector_pointers(count)
+    cdef Py_ssize_t[:] plane_floats = np.full(
+        count, phases.shape[2] * phases.shape[3], np.intp)
+    cdef Py_ssize_t[:] pitches = np.full(count, phases.shape[3], np.intp)
+    cdef Py_ssize_t[:] widths = np.zeros(count, np.intp)
+    for p in range(count):
+        widths[p] = _phase_count(out.shape[3], sw, p % sw)
+        if phases.shape[0] and phases.shape[2] and phases.shape[3]:
+            sources.data[p] = (&phases[0, p * channels, 0, 0]
+                               + row_offsets[p] * phases.shape[3]
+                               + column_offsets[p])
     # phase p's plane (n, c) is plane n * count * C + p * C + c
-    _interleave(sources.data, heights, widths, count * channels, out, sh,
-                sw, num_threads)
+    _interleave(sources.data, plane_floats, pitches, widths,
+                count * channels, out, sh, sw, num_threads)
