@@ -207,7 +207,7 @@ WINOGRAD_MIN_CALL_TILES = 128
 WINOGRAD_MIN_CALL_TILES_PACKED = 16
 
 #: Scratch bytes per thread for one Winograd tile block: the transformed
-#: inputs V (36, C, T) and products M (36, K, T) of T tiles, sized to stay
+#: inputs V (36, C, T) and products M (K, 36, T) of T tiles, sized to stay
 #: in a core's L2 cache; T is kept within [WINOGRAD_MIN_TILES,
 #: WINOGRAD_MAX_TILES] (fewer makes the 36 products too narrow).
 WINOGRAD_BLOCK_BYTES = 1024 * 1024

@@ -17,9 +17,10 @@ with 36 multiplications per channel pair and tile instead of 144. For the
 over a block of T tiles. One work item is one block of consecutive tiles
 (tiles run along output rows, then images); a thread transforms the block's
 input patches into its own ``V`` (36, C, T), runs the 36 products into its
-own ``M`` (36, K, T) (float32 on winograd_gemm.h's register-blocked kernel,
-float64 on a single-threaded BLAS), and transforms ``M`` back into
-the output tiles, so the block's data stays in the thread's cache. Every
+own ``M`` (K, 36, T) (float32 on winograd_gemm.h's register-blocked kernel,
+float64 on a single-threaded BLAS; M[p] has rows 36 T apart, so that each
+filter's 36 points, read together by the output transform, are one run of
+memory), and transforms ``M`` back into the output tiles, so the block's data stays in the thread's cache. Every
 output element is written by exactly one item: the result does not depend
 on the schedule.
 
@@ -229,11 +230,16 @@ cdef inline void _store_points(const real *points, Py_ssize_t tiles,
     """out[p * point_stride + q] = points[p * GROUP + q], q < tiles."""
     cdef Py_ssize_t p, q
     cdef real *dst
+    if tiles == GROUP:          # whole vectors (the compiler left the
+        for p in range(POINTS):     # masked loop below scalar)
+            dst = out + p * point_stride
+            for q in range(GROUP):
+                dst[q] = points[p * GROUP + q]
+        return
     for p in range(POINTS):
         dst = out + p * point_stride
-        for q in range(GROUP):
-            if q < tiles:       # a masked vector store, not a memmove call
-                dst[q] = points[p * GROUP + q]
+        for q in range(tiles):
+            dst[q] = points[p * GROUP + q]
 
 
 cdef void _input_channel(const WinogradShape *ws, const real *x,
@@ -265,7 +271,7 @@ cdef void _output_filter(const WinogradShape *ws, const real *m,
                          Py_ssize_t k, real bias_k, real *y,
                          Py_ssize_t first_tile,
                          Py_ssize_t count) noexcept nogil:
-    """Output channel k of tiles [first_tile, +count) from M (36, K,
+    """Output channel k of tiles [first_tile, +count) from M (K, 36,
     count)."""
     cdef real points[POINTS * GROUP]
     cdef real result[OUT_TILE * OUT_TILE * GROUP]
@@ -273,7 +279,6 @@ cdef void _output_filter(const WinogradShape *ws, const real *m,
     cdef Py_ssize_t done = 0, tiles, q, p, i, j, row0, col0, rows, cols
     cdef Py_ssize_t width = ws.out_width
     cdef Py_ssize_t plane_out = ws.out_height * width
-    cdef Py_ssize_t point_stride = ws.out_channels * count
     cdef const real *src
     cdef real *dst
     for p in range(POINTS * GROUP):
@@ -282,9 +287,12 @@ cdef void _output_filter(const WinogradShape *ws, const real *m,
     while done < count:
         tiles = count - done if count - done < GROUP else GROUP
         for p in range(POINTS):
-            src = m + p * point_stride + k * count + done
-            for q in range(GROUP):
-                if q < tiles:   # a masked vector load, not a memmove call
+            src = m + (k * POINTS + p) * count + done
+            if tiles == GROUP:  # whole vectors, as in _store_points
+                for q in range(GROUP):
+                    points[p * GROUP + q] = src[q]
+            else:
+                for q in range(tiles):
                     points[p * GROUP + q] = src[q]
         _output_transform(points, result)
         for q in range(tiles):
@@ -321,7 +329,7 @@ cdef inline void _point_product(const WinogradShape *ws, const real *u,
                                 bint transposed_weight, const real *v,
                                 real *m, Py_ssize_t p,
                                 Py_ssize_t count) noexcept nogil:
-    """M[p] (K, count) = U[p] (K, C) @ V[p] (C, count), single-threaded:
+    """M[:, p] (K, count) = U[p] (K, C) @ V[p] (C, count), single-threaded:
     float32 by winograd_gemm.h's register-blocked kernel (which reads up
     to FC_VL - 1 floats past V[p]'s last row), float64 by BLAS."""
     cdef Py_ssize_t channels = ws.in_channels, filters = ws.out_channels
@@ -330,17 +338,17 @@ cdef inline void _point_product(const WinogradShape *ws, const real *u,
                          1 if transposed_weight else channels,
                          filters if transposed_weight else 1, filters,
                          channels, v + p * channels * count, count, count,
-                         m + p * filters * count, count, 0)
+                         m + p * count, POINTS * count, 0)
     elif transposed_weight:
         gemm_row_major(c'T', c'N', <int>filters, <int>count, <int>channels,
                        <real>1, u + p * filters * channels, <int>filters,
                        v + p * channels * count, <int>count, <real>0,
-                       m + p * filters * count, <int>count)
+                       m + p * count, <int>(POINTS * count))
     else:
         gemm_row_major(c'N', c'N', <int>filters, <int>count, <int>channels,
                        <real>1, u + p * filters * channels, <int>channels,
                        v + p * channels * count, <int>count, <real>0,
-                       m + p * filters * count, <int>count)
+                       m + p * count, <int>(POINTS * count))
 
 
 cdef void _block(const WinogradShape *ws, const real *x, const real *u,
