@@ -132,8 +132,8 @@ def test_winograd_weight_gradient_runs_where_the_forward_does(
         algorithm, count_calls):
     calls = count_calls(cython_cpu, "_winograd_weight_grad")
     rng = np.random.default_rng(5)
-    # 64 channels on a plane of more than WINOGRAD_SMALL_PLANE pixels: with
-    # fewer channels or pixels, float32 runs the register-blocked kernel
+    # 64 channels: with fewer than WINOGRAD_MIN_CHANNELS_OVER_DIRECT_BACKWARD,
+    # float32 gradients run the register-blocked kernel
     x = rng.standard_normal((2, 64, 9, 9)).astype(np.float32)
     weight = rng.standard_normal((64, 64, 3, 3)).astype(np.float32)
     grad_output = rng.standard_normal((2, 64, 9, 9)).astype(np.float32)
@@ -316,10 +316,19 @@ def test_auto_and_direct_choose_by_shape(algorithm, winograd_calls):
     assert cython_cpu.conv2d_method(g) == "winograd-f4x4"
     # below WINOGRAD_MIN_CHANNELS_OVER_DIRECT channels the blocked kernel
     # serves float32, Winograd float64
-    middle = _geometry(np.zeros((1, 32, 8, 8)), np.zeros((32, 32, 3, 3)),
+    middle = _geometry(np.zeros((1, 16, 8, 8)), np.zeros((16, 16, 3, 3)),
                        ((1, 1), (1, 1)))
     assert cython_cpu.conv2d_method(middle) == "direct-blocked"
     assert cython_cpu.conv2d_method(middle, np.float64) == "winograd-f4x4"
+    # the gradients keep the direct kernel up to
+    # WINOGRAD_MIN_CHANNELS_OVER_DIRECT_BACKWARD channels
+    narrow = _geometry(np.zeros((1, 32, 8, 8)), np.zeros((32, 32, 3, 3)),
+                       ((1, 1), (1, 1)))
+    assert cython_cpu.conv2d_method(narrow) == "winograd-f4x4"
+    assert not cython_cpu._uses_winograd(
+        narrow, 32, 32, (8, 8), forward_dtype=np.float32, backward=True)
+    assert cython_cpu._uses_winograd(
+        narrow, 32, 32, (8, 8), forward_dtype=np.float64, backward=True)
 
 
 def test_unknown_algorithm_is_refused(algorithm):
@@ -485,10 +494,13 @@ def output_tiles(g):
 
 
 @pytest.mark.parametrize("channels, plane, method", [
-    (64, 8, "direct-blocked"), (64, 9, "winograd-f4x4"),
-    (96, 8, "winograd-f4x4"), (32, 14, "direct-blocked")])
-def test_small_planes_need_more_channels_for_winograd(channels, plane,
-                                                      method, algorithm):
+    (64, 8, "winograd-f4x4"), (32, 8, "winograd-f4x4"),
+    (32, 14, "winograd-f4x4"), (16, 14, "direct-blocked"),
+    (24, 32, "direct-blocked")])
+def test_winograd_needs_enough_channels_over_the_direct_kernel(
+        channels, plane, method, algorithm):
+    """WINOGRAD_MIN_CHANNELS_OVER_DIRECT, whatever the plane (32 tiles and
+    more here: the per-call tile minimum is not what decides)."""
     algorithm("auto")
     g = _shapes.conv_geometry((32, channels, plane, plane),
                               (channels, channels, 3, 3), (1, 1),

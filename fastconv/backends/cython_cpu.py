@@ -170,23 +170,21 @@ CONV_ALGOS = ("auto", "direct", "gemm", "winograd")
 #: they save.
 WINOGRAD_MIN_CHANNELS = 16
 
-#: ... or this many where the register-blocked direct kernel can run the
-#: call instead (float32): below it that kernel was faster. Measured
-#: (float32, 2 threads, load 0.3-1, ms Winograd / direct): N64-C32-14x14-K64
-#: 2.86 / 2.20; with 64 channels Winograd wins (N32-C64-32x32-K64 7.7 /
-#: 9.3, N32-C128-16x16 8.1 / 8.9, N32-C256-8x8 7.4 / 17.2).
-WINOGRAD_MIN_CHANNELS_OVER_DIRECT = 64
-
-#: ... and on output planes of at most WINOGRAD_SMALL_PLANE pixels (4 tiles
-#: of 4x4 and fewer), at least this many. Measured (float32, 2 threads, ms
-#: direct / Winograd for forward, input gradient, weight gradient):
-#: N64-C64-8x8-K64 1.36 / 1.97, 1.46 / 1.86, 1.71 / 2.58; N32-C128-8x8-K128
-#: 2.65 / 2.86, 3.04 / 2.87, 3.63 / 4.37; but N64-C96-8x8-K96 3.94 / 2.76,
-#: 3.81 / 2.80, 4.18 / 4.30 and N32-C256-8x8 10.3 / 6.3; on 16x16 planes
-#: with 64 channels the two were level (2.48 / 2.58, 2.59 / 2.51, 3.14 /
-#: 3.46).
-WINOGRAD_SMALL_PLANE = 64
-WINOGRAD_MIN_CHANNELS_OVER_DIRECT_SMALL_PLANE = 96
+#: ... or, where the register-blocked direct kernel can run the call instead
+#: (float32), this many for the forward, WINOGRAD_MIN_CHANNELS_OVER_DIRECT_
+#: BACKWARD for the gradients: below them that kernel was faster. Measured
+#: 2026-12-02 (Intel Xeon, 2 threads, load 0.6-0.9, float32, ms direct /
+#: Winograd, alternated processes; forward, then the backward's two
+#: gradients): N64-C16-14x14-K32 0.52 / 0.69; N32-C16-32x32-K16 0.68 /
+#: 0.97; N64-C32-8x8-K32 0.33 / 0.34, 0.81 / 0.81; N64-C32-14x14-K64 1.80 /
+#: 1.57, 3.58 / 3.84; N32-C32-32x32-K32 2.11 / 1.92, 4.65 / 4.77;
+#: N16-C32-28x28-K32 0.99 / 0.94; N64-C32-8x8-K64 0.61 / 0.47, 1.40 / 1.25;
+#: N64-C48-14x14-K48 2.39 / 1.65, 4.97 / 3.99; N64-C64-8x8-K64 1.10 /
+#: 0.89, 2.66 / 2.16; N32-C128-8x8-K128 2.26 / 1.35, 5.15 / 3.02. (Earlier
+#: measurements, on an AMD host and before Winograd's stores became whole
+#: vectors, had put both limits at 64 and at 96 on planes of 64 pixels.)
+WINOGRAD_MIN_CHANNELS_OVER_DIRECT = 32
+WINOGRAD_MIN_CHANNELS_OVER_DIRECT_BACKWARD = 48
 
 #: ... and when the call has at least this many 4x4 output tiles (N times
 #: the tiles of a plane). Winograd-domain filters are 4x the filters'
@@ -253,21 +251,20 @@ def _winograd_applies(g):
 
 
 def _uses_winograd(g, in_channels, out_channels, out_plane, packed=False,
-                   forward_dtype=None):
+                   forward_dtype=None, backward=False):
     """Whether a 3x3 stride-1 convolution of these channel counts and output
     plane (the forward's, or the input gradient's, swapped) runs through
     Winograd; ``packed``: its filters are a layer's packed copy;
     ``forward_dtype``: the forward's dtype (the alternative is then the
-    register-blocked direct kernel where it applies; the backward's is
-    im2col + GEMM)."""
+    register-blocked direct kernel where it applies; otherwise im2col +
+    GEMM); ``backward``: for one of the gradients."""
     if not _winograd_applies(g):
         return False
     algorithm = conv_algorithm()
     if algorithm != "auto":
         return algorithm == "winograd"
-    over_direct = WINOGRAD_MIN_CHANNELS_OVER_DIRECT_SMALL_PLANE if (
-        out_plane[0] * out_plane[1] <= WINOGRAD_SMALL_PLANE) else \
-        WINOGRAD_MIN_CHANNELS_OVER_DIRECT
+    over_direct = (WINOGRAD_MIN_CHANNELS_OVER_DIRECT_BACKWARD if backward
+                   else WINOGRAD_MIN_CHANNELS_OVER_DIRECT)
     if (forward_dtype is not None
             and min(in_channels, out_channels) < over_direct
             and _direct_applies(g, forward_dtype)):
@@ -1113,7 +1110,7 @@ def conv2d_backward(grad_output, x, weight, g, need_input_grad, *,
     winograd_input = need_input_grad and _uses_winograd(
         g if transposed is None else transposed, g.out_channels,
         g.in_channels, (g.in_height, g.in_width),
-        forward_dtype=None if transposed is None else dtype)
+        forward_dtype=None if transposed is None else dtype, backward=True)
     if winograd_input:
         grad_input = _winograd(
             grad_output, winograd_filters(weight, flipped=True), True, None,
@@ -1133,7 +1130,7 @@ def conv2d_backward(grad_output, x, weight, g, need_input_grad, *,
     weight_method = None
     if need_weight_grad and _uses_winograd(
             g, g.in_channels, g.out_channels, (g.out_height, g.out_width),
-            forward_dtype=dtype):
+            forward_dtype=dtype, backward=True):
         weight_method = _winograd_weight_grad
     elif (need_weight_grad and not direct_input and not _is_depthwise(g)
           and _uses_blocked_direct(g, dtype)):
