@@ -795,8 +795,19 @@ def batch_norm_statistics(x, *, backend=None):
     return resolve("batch_norm_stats", backend).batch_norm_stats(x)
 
 
+def _batch_norm_forward(backend, x, mean, var, weight, bias, eps, relu):
+    """The backend's batch_norm_forward, with ``relu`` fused where the
+    backend fuses it (FUSED_BATCH_NORM_RELU), else a relu_forward after."""
+    module = resolve("batch_norm_forward", backend)
+    if not relu or getattr(module, "FUSED_BATCH_NORM_RELU", False):
+        return module.batch_norm_forward(x, mean, var, weight, bias, eps,
+                                         **({"relu": True} if relu else {}))
+    y, mean, var = module.batch_norm_forward(x, mean, var, weight, bias, eps)
+    return resolve("relu_forward", backend).relu_forward(y), mean, var
+
+
 def batch_norm(x, mean, var, weight=None, bias=None, eps=1e-5, *,
-               backend=None):
+               relu=False, backend=None):
     """``(x - mean) / sqrt(var + eps) * weight + bias`` per channel (axis 1
     of ``x``, (N, C, ...)), in x's dtype: ``torch.nn.functional.batch_norm``
     with the statistics given (what eval mode runs; ``batch_norm_training``
@@ -805,6 +816,8 @@ def batch_norm(x, mean, var, weight=None, bias=None, eps=1e-5, *,
     ``mean``, ``var``, ``weight``, ``bias``: (C,) float arrays; ``weight``
     None means 1, ``bias`` None 0. One pass over x: ``(x - mean[c]) *
     scale[c] + shift[c]``, the per-channel factors formed in float64.
+    ``relu=True``: ``relu`` of that, in the same pass where the backend
+    fuses the two (cython), else a second one.
     """
     device = _takes_device_arrays("batch_norm_forward", backend, x)
     x, shape = _channel_rows(x, "x", device)
@@ -814,17 +827,19 @@ def batch_norm(x, mean, var, weight=None, bias=None, eps=1e-5, *,
     var = _channel_vector(var, "var", channels)
     weight = _channel_vector(weight, "weight", channels, optional=True)
     bias = _channel_vector(bias, "bias", channels, optional=True)
-    y, _, _ = resolve("batch_norm_forward", backend).batch_norm_forward(
-        x, mean, var, weight, bias, eps)
+    y, _, _ = _batch_norm_forward(backend, x, mean, var, weight, bias, eps,
+                                  bool(relu))
     return y.reshape(shape)
 
 
 def batch_norm_training(x, weight=None, bias=None, eps=1e-5, *,
-                        backend=None):
+                        relu=False, backend=None):
     """Batch norm with x's own statistics (training mode): ``(y, mean,
     var)``, ``mean`` and ``var`` as ``batch_norm_statistics`` gives them
     (float64, var biased). The same result as those two calls, in one
     call that normalises each channel while its values are in cache.
+    ``relu=True``: ``y`` is ``relu`` of the normalised x, as in
+    ``batch_norm``.
     """
     device = _takes_device_arrays("batch_norm_forward", backend, x)
     x, shape = _channel_rows(x, "x", device)
@@ -833,13 +848,14 @@ def batch_norm_training(x, weight=None, bias=None, eps=1e-5, *,
     _per_channel_count(shape, "x")
     weight = _channel_vector(weight, "weight", channels, optional=True)
     bias = _channel_vector(bias, "bias", channels, optional=True)
-    y, mean, var = resolve("batch_norm_forward", backend).batch_norm_forward(
-        x, None, None, weight, bias, eps)
+    y, mean, var = _batch_norm_forward(backend, x, None, None, weight, bias,
+                                       eps, bool(relu))
     return y.reshape(shape), mean, var
 
 
 def batch_norm_backward(grad_output, x, mean, var, weight=None, eps=1e-5, *,
-                        batch_statistics=True, backend=None):
+                        batch_statistics=True, relu=False, bias=None,
+                        backend=None):
     """Gradients of ``batch_norm``: ``(grad_input, grad_weight,
     grad_bias)``, the last two (C,) in x's dtype (the gradients a weight of
     ones and a bias of zeros would get when ``weight`` is None).
@@ -849,7 +865,11 @@ def batch_norm_backward(grad_output, x, mean, var, weight=None, eps=1e-5, *,
     through them too; False: they were constants (running statistics).
     Two passes: the per-channel sums of grad_output and grad_output * x,
     then ``grad * a[c] + (x - mean[c]) * b[c] + d[c]`` (the factors in
-    ``fastconv.backends._normalization``).
+    ``fastconv.backends._normalization``). ``relu=True``: the gradients of
+    ``batch_norm(..., relu=True)`` with this ``bias`` (None: 0):
+    grad_output is first masked as ``relu_backward`` masks it, the
+    normalised x recomputed rather than passed (fused into the two passes
+    where the backend fuses them).
     """
     device = _takes_device_arrays("batch_norm_backward", backend,
                                   grad_output, x)
@@ -865,12 +885,23 @@ def batch_norm_backward(grad_output, x, mean, var, weight=None, eps=1e-5, *,
     mean = _channel_vector(mean, "mean", channels)
     var = _channel_vector(var, "var", channels)
     weight = _channel_vector(weight, "weight", channels, optional=True)
+    bias = _channel_vector(bias, "bias", channels, optional=True)
     batch_statistics = bool(batch_statistics)
     if batch_statistics:
         _per_channel_count(shape, "x")
-    grad_input, grad_weight, grad_bias = resolve(
-        "batch_norm_backward", backend).batch_norm_backward(
-        grad_output, x, mean, var, weight, eps, batch_statistics)
+    module = resolve("batch_norm_backward", backend)
+    if relu and getattr(module, "FUSED_BATCH_NORM_RELU", False):
+        grad_input, grad_weight, grad_bias = module.batch_norm_backward(
+            grad_output, x, mean, var, weight, eps, batch_statistics,
+            bias=bias, relu=True)
+    else:
+        if relu:  # the normalised x again, then ReLU's mask from it
+            normalised, _, _ = _batch_norm_forward(
+                backend, x, mean, var, weight, bias, eps, False)
+            grad_output = resolve("relu_backward", backend).relu_backward(
+                grad_output, normalised)
+        grad_input, grad_weight, grad_bias = module.batch_norm_backward(
+            grad_output, x, mean, var, weight, eps, batch_statistics)
     dtype = _validate.dtype_of(x)
     return (grad_input.reshape(shape), grad_weight.astype(dtype),
             grad_bias.astype(dtype))

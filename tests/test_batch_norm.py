@@ -334,3 +334,115 @@ def test_relu_non_contiguous_input(backend):
     x = np.arange(-24, 24, dtype=np.float64).reshape(4, 12)[:, ::3]
     np.testing.assert_array_equal(F.relu(x, backend=backend),
                                   np.maximum(x, 0))
+
+
+# ------------------------------------------------ batch norm + ReLU, fused
+
+@pytest.mark.parametrize("shape", [SHAPES["nchw"], SHAPES["ragged_rows"],
+                                   SHAPES["large_batch"]],
+                         ids=["nchw", "ragged_rows", "large_batch"])
+def test_fused_relu_is_batch_norm_then_relu(backend, dtype, shape,
+                                            random_array, assert_close):
+    """relu=True (fused on cython, composed elsewhere) against the naive
+    batch norm followed by the naive ReLU, forward and backward, with the
+    batch's statistics and with given ones; the inputs untouched."""
+    x, weight, bias = case(random_array, shape, dtype, "fused")
+    grad = random_array(shape, dtype, "fused-grad")
+    before = (x.copy(), grad.copy(), weight.copy(), bias.copy())
+    y, mean, var = F.batch_norm_training(x, weight, bias, relu=True,
+                                         backend=backend)
+    plain, want_mean, want_var = F.batch_norm_training(x, weight, bias,
+                                                       backend="naive")
+    want = F.relu(plain, backend="naive")
+    assert y.dtype == dtype
+    assert_close(y, want, dtype=dtype, what="y")
+    np.testing.assert_allclose(mean, want_mean, rtol=1e-12, atol=1e-12)
+    assert (y >= 0).all()
+    for batch_statistics in (True, False):
+        got = F.batch_norm_backward(
+            grad, x, mean, var, weight, relu=True, bias=bias,
+            batch_statistics=batch_statistics, backend=backend)
+        masked = F.relu_backward(grad, F.relu(F.batch_norm(
+            x, mean, var, weight, bias, backend="naive"), backend="naive"),
+            backend="naive")
+        expected = F.batch_norm_backward(
+            masked, x, mean, var, weight, batch_statistics=batch_statistics,
+            backend="naive")
+        for actual, wanted, what in zip(got, expected, (
+                "grad_input", "grad_weight", "grad_bias")):
+            assert_close(actual, wanted, dtype=dtype, what=what)
+    assert_close(F.batch_norm(x, mean, var, weight, bias, relu=True,
+                              backend=backend),
+                 F.relu(F.batch_norm(x, mean, var, weight, bias,
+                                     backend="naive"), backend="naive"),
+                 dtype=dtype, what="eval y")
+    for array, copy in zip((x, grad, weight, bias), before):
+        np.testing.assert_array_equal(array, copy)
+
+
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
+def test_fused_relu_backward_matches_finite_differences(
+        backend, affine, random_array, finite_difference):
+    shape = (9, 2, 3, 2)   # 9 images: the cython backend's image runs
+    x, weight, bias = case(random_array, shape, np.float64, "fused-fd")
+    upstream = random_array(shape, np.float64, "fused-upstream")
+    if not affine:
+        weight = bias = None
+    eps = 1e-3
+    mean, var = F.batch_norm_statistics(x, backend=backend)
+
+    def loss_of_x(point):
+        m, v = reference_statistics(point)
+        return float(np.sum(upstream * np.maximum(
+            reference_forward(point, m, v, weight, bias, eps), 0)))
+
+    grad_input, _, grad_bias = F.batch_norm_backward(
+        upstream, x, mean, var, weight, eps, relu=True, bias=bias,
+        backend=backend)
+    np.testing.assert_allclose(grad_input, finite_difference(loss_of_x, x),
+                               rtol=1e-6, atol=1e-8)
+    positive = reference_forward(x, mean, var, weight, bias, eps) > 0
+    np.testing.assert_allclose(
+        grad_bias, (upstream * positive).sum(axis=(0, 2, 3)), rtol=1e-9)
+
+
+def test_fused_relu_keeps_nan_as_relu_does(backend):
+    x = np.array([[[1.0, np.nan, -3.0, 2.0]], [[0.5, -1.0, 4.0, 0.0]]],
+                 np.float32)
+    y, mean, var = F.batch_norm_training(x, relu=True, backend=backend)
+    plain, _, _ = F.batch_norm_training(x, backend="naive")
+    np.testing.assert_array_equal(y, F.relu(plain, backend="naive"))
+    assert np.isnan(y).all()   # a NaN in the channel makes its mean NaN
+
+
+def test_batch_norm_relu_layer_is_batch_norm_then_relu(random_array):
+    """nn.BatchNormReLU2d: BatchNorm2d + ReLU in one layer, the same
+    state_dict keys, outputs, gradients and running statistics, in
+    training and in eval mode."""
+    from fastconv import nn
+
+    shape = (9, 3, 5, 4)
+    x = random_array(shape, np.float32, "layer-x")
+    grad = random_array(shape, np.float32, "layer-grad")
+    fused = nn.BatchNormReLU2d(3)
+    pair_bn, pair_relu = nn.BatchNorm2d(3), nn.ReLU()
+    for layer in (fused, pair_bn):
+        layer.weight.data[...] = random_array((3,), np.float32, "layer-w")
+        layer.bias.data[...] = random_array((3,), np.float32, "layer-b")
+    assert list(fused.state_dict()) == list(pair_bn.state_dict())
+    for training in (True, False):
+        fused.train(training)
+        pair_bn.train(training)
+        y = fused(x)
+        want = pair_relu(pair_bn(x))
+        np.testing.assert_allclose(y, want, rtol=1e-6, atol=1e-6)
+        got_grad = fused.backward(grad)
+        want_grad = pair_bn.backward(pair_relu.backward(grad))
+        np.testing.assert_allclose(got_grad, want_grad, rtol=1e-5,
+                                   atol=1e-5)
+    np.testing.assert_allclose(fused.weight.grad, pair_bn.weight.grad,
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(fused.bias.grad, pair_bn.bias.grad,
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(fused.running_mean, pair_bn.running_mean)
+    np.testing.assert_allclose(fused.running_var, pair_bn.running_var)

@@ -1393,7 +1393,13 @@ def _factor(vector):
     return np.zeros(0) if vector is None else vector
 
 
-def batch_norm_forward(x, mean, variance, weight, bias, eps):
+#: This backend's batch_norm_forward and batch_norm_backward take ``relu``
+#: (a ReLU after the normalisation, fused into its passes; see
+#: fastconv.functional.batch_norm_training).
+FUSED_BATCH_NORM_RELU = True
+
+
+def batch_norm_forward(x, mean, variance, weight, bias, eps, relu=False):
     batch, channels, length = x.shape
     given = mean is not None
     if not given:
@@ -1405,16 +1411,16 @@ def batch_norm_forward(x, mean, variance, weight, bias, eps):
             _normalization.forward_by_images(
                 x, mean, variance, _factor(weight), _factor(bias), eps, given,
                 y, np.empty((_bn_runs(batch), channels)),
-                np.empty((2, channels)), threads)
+                np.empty((2, channels)), relu, threads)
         else:
             _normalization.forward(
                 x, mean, variance, _factor(weight), _factor(bias), eps, given,
-                y, threads)
+                y, relu, threads)
     return y, mean, variance
 
 
 def batch_norm_backward(grad_output, x, mean, variance, weight, eps,
-                        batch_statistics):
+                        batch_statistics, bias=None, relu=False):
     channels = x.shape[1]
     grad_input = np.empty(x.shape, dtype=x.dtype)
     grad_weight = np.zeros(channels)
@@ -1424,14 +1430,16 @@ def batch_norm_backward(grad_output, x, mean, variance, weight, eps,
         batch = x.shape[0]
         if _bn_by_images(batch):
             _normalization.backward_by_images(
-                grad_output, x, mean, variance, _factor(weight), eps,
-                batch_statistics, grad_input, grad_weight, grad_bias,
+                grad_output, x, mean, variance, _factor(weight),
+                _factor(bias), eps, batch_statistics, grad_input,
+                grad_weight, grad_bias,
                 np.empty((2 * _bn_runs(batch), channels)),
-                np.empty((3, channels)), threads)
+                np.empty((5, channels)), relu, threads)
         else:
             _normalization.backward(
-                grad_output, x, mean, variance, _factor(weight), eps,
-                batch_statistics, grad_input, grad_weight, grad_bias, threads)
+                grad_output, x, mean, variance, _factor(weight),
+                _factor(bias), eps, batch_statistics, grad_input,
+                grad_weight, grad_bias, relu, threads)
     return grad_input, grad_weight, grad_bias
 
 

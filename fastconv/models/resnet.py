@@ -16,7 +16,9 @@ class BasicBlock(nn.Module):
 
     torchvision's signature ``BasicBlock(inplanes, planes, stride,
     downsample)``; ``downsample`` (a 1x1 strided conv + BN in a Sequential,
-    or None for the identity) maps the input to the output's shape.
+    or None for the identity) maps the input to the output's shape. The
+    first BN and its ReLU are one fused layer (``nn.BatchNormReLU2d``,
+    torchvision's ``bn1`` and ``relu``: the same state_dict keys).
     """
 
     expansion = 1
@@ -25,15 +27,14 @@ class BasicBlock(nn.Module):
                  generator=None):
         super().__init__()
         self.conv1 = _conv3x3(inplanes, planes, stride, generator)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.relu1 = nn.ReLU()
+        self.bn1 = nn.BatchNormReLU2d(planes)
         self.conv2 = _conv3x3(planes, planes, 1, generator)
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = downsample
         self.relu2 = nn.ReLU()
 
     def forward(self, x):
-        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.bn1(self.conv1(x))
         out = self.bn2(self.conv2(out))
         shortcut = x if self.downsample is None else self.downsample(x)
         out += shortcut  # bn2's fresh output (it saves its input, not this)
@@ -41,8 +42,8 @@ class BasicBlock(nn.Module):
 
     def backward(self, grad_output):
         grad = self.relu2.backward(grad_output)
-        grad_main = self.conv1.backward(self.bn1.backward(self.relu1.backward(
-            self.conv2.backward(self.bn2.backward(grad)))))
+        grad_main = self.conv1.backward(self.bn1.backward(
+            self.conv2.backward(self.bn2.backward(grad))))
         grad_shortcut = grad if self.downsample is None else \
             self.downsample.backward(grad)
         grad_main += grad_shortcut  # conv1's fresh input gradient
@@ -52,7 +53,7 @@ class BasicBlock(nn.Module):
 class ResNet(nn.Module):
     """ResNet-(6n+2) for small images: ResNet-8 (n=1), -14, -20, -32...
 
-    3x3 stem conv (no bias) + BN + ReLU; three stages of n BasicBlocks with
+    3x3 stem conv (no bias) + BN + ReLU (one fused layer); three stages of n BasicBlocks with
     ``widths`` channels and strides 1, 2, 2 (a shape-changing shortcut is a
     1x1 strided conv + BN); global average pooling; ``fc``. Input (N,
     in_channels, H, W) with H and W multiples of 4; output logits (N,
@@ -79,8 +80,7 @@ class ResNet(nn.Module):
         generator = init.as_generator(generator)
         self.conv1 = _conv3x3(in_channels, widths[0], 1, generator)
         self.conv1.need_input_grad = False
-        self.bn1 = nn.BatchNorm2d(widths[0])
-        self.relu = nn.ReLU()
+        self.bn1 = nn.BatchNormReLU2d(widths[0])  # BN + ReLU, fused
         inplanes = widths[0]
         for stage, (planes, stride) in enumerate(zip(widths, (1, 2, 2)), 1):
             blocks = []
@@ -104,7 +104,7 @@ class ResNet(nn.Module):
                 module.weight.data = init.kaiming_normal(
                     module.weight.shape, module.weight.dtype, "fan_out",
                     generator)
-        self._sequence = [self.conv1, self.bn1, self.relu, self.layer1,
+        self._sequence = [self.conv1, self.bn1, self.layer1,
                           self.layer2, self.layer3, self.avgpool,
                           self.flatten, self.fc]
 

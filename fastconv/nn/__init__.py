@@ -11,6 +11,7 @@ from fastconv.nn.layers import (
     AvgPool1d,
     AvgPool2d,
     BatchNorm2d,
+    BatchNormReLU2d,
     Conv1d,
     Conv2d,
     ConvTranspose2d,
@@ -29,6 +30,6 @@ __all__ = [
     "Module", "Parameter", "Sequential", "IncompatibleKeys", "init",
     "Conv2d", "ConvTranspose2d", "Conv1d", "Linear", "ReLU", "Flatten",
     "Identity", "MaxPool2d", "AvgPool2d", "MaxPool1d", "AvgPool1d",
-    "AdaptiveAvgPool2d", "Dropout", "BatchNorm2d",
+    "AdaptiveAvgPool2d", "Dropout", "BatchNorm2d", "BatchNormReLU2d",
     "CrossEntropyLoss", "log_softmax", "softmax",
 ]

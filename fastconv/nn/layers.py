@@ -29,7 +29,7 @@ from fastconv.nn.module import FLOAT_DTYPES, Module, Parameter
 __all__ = [
     "Conv2d", "ConvTranspose2d", "Conv1d", "Linear", "ReLU", "Flatten",
     "Identity", "MaxPool2d", "AvgPool2d", "MaxPool1d", "AvgPool1d",
-    "AdaptiveAvgPool2d", "Dropout", "BatchNorm2d",
+    "AdaptiveAvgPool2d", "Dropout", "BatchNorm2d", "BatchNormReLU2d",
 ]
 
 
@@ -659,6 +659,9 @@ class BatchNorm2d(Module):
     elementwise passes in the compute dtype.
     """
 
+    #: BatchNormReLU2d: a ReLU applied to the output in the same passes.
+    _relu = False
+
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
                  track_running_stats=True, device=None, dtype=None):
         super().__init__()
@@ -714,15 +717,20 @@ class BatchNorm2d(Module):
                     "BatchNorm2d needs more than one value per channel in "
                     f"training mode, got input of shape {x.shape}")
             y, mean, variance = F.batch_norm_training(
-                x, _data(self.weight), _data(self.bias), self.eps)
+                x, _data(self.weight), _data(self.bias), self.eps,
+                relu=self._relu)
             if self.training and self.track_running_stats:
                 self._update_running_stats(mean, variance, count)
         else:
             mean, variance = self.running_mean, self.running_var
             y = F.batch_norm(x, mean, variance, _data(self.weight),
-                             _data(self.bias), self.eps)
-        # x itself is what backward needs (with the statistics it used)
-        self.save_for_backward(x, mean, variance, use_batch_stats)
+                             _data(self.bias), self.eps, relu=self._relu)
+        # x itself is what backward needs (with the statistics it used, and
+        # for the ReLU's mask the bias)
+        bias = _data(self.bias)
+        self.save_for_backward(
+            x, mean, variance, use_batch_stats,
+            None if bias is None or not self._relu else bias.copy())
         return y
 
     def _update_running_stats(self, mean, variance, count):
@@ -737,11 +745,11 @@ class BatchNorm2d(Module):
                             + factor * unbiased).astype(self.running_var.dtype)
 
     def backward(self, grad_output):
-        x, mean, variance, used_batch_stats = self.pop_saved()
+        x, mean, variance, used_batch_stats, bias = self.pop_saved()
         grad_output = np.ascontiguousarray(_grad_array(grad_output, x.dtype))
         grad_input, grad_weight, grad_bias = F.batch_norm_backward(
             grad_output, x, mean, variance, _data(self.weight), self.eps,
-            batch_statistics=used_batch_stats)
+            batch_statistics=used_batch_stats, relu=self._relu, bias=bias)
         if self.weight is not None:
             self.weight.accumulate_grad(grad_weight)
             self.bias.accumulate_grad(grad_bias)
@@ -751,3 +759,19 @@ class BatchNorm2d(Module):
         return (f"{self.num_features}, eps={self.eps}, momentum="
                 f"{self.momentum}, affine={self.affine}, track_running_stats="
                 f"{self.track_running_stats}")
+
+
+class BatchNormReLU2d(BatchNorm2d):
+    """``BatchNorm2d`` followed by ``ReLU``, fused (fastconv's own layer;
+    ``torch.nn.Sequential(BatchNorm2d(C), ReLU())`` in PyTorch, with the
+    same state_dict keys as the BatchNorm2d alone).
+
+    The ReLU is applied as the normalised values are stored, and its
+    backward mask is recomputed from the saved input inside the batch
+    norm's own two passes (fused on the cython backend; elsewhere the two
+    run one after the other): two passes over the activations fewer each
+    way. ResNet's blocks use it after their first convolution (ResNet-8's
+    training step: see benchmarks/bench_training.py).
+    """
+
+    _relu = True

@@ -189,8 +189,11 @@ def _write_batch_norm(writer, layer, value, shape):
                                             ("bn_bias", beta),
                                             ("bn_mean", layer.running_mean),
                                             ("bn_var", layer.running_var))]
-    return writer.node("BatchNormalization", inputs, "batchnorm",
-                       epsilon=float(layer.eps)), shape
+    output = writer.node("BatchNormalization", inputs, "batchnorm",
+                         epsilon=float(layer.eps))
+    if layer._relu:  # a BatchNormReLU2d
+        output = writer.node("Relu", [output], "relu")
+    return output, shape
 
 
 def _pool_arguments(layer):
@@ -277,7 +280,7 @@ def _write_linear(writer, layer, value, shape):
 
 def _write_basic_block(writer, block, value, shape):
     main, main_shape = _write_sequence(
-        writer, [block.conv1, block.bn1, block.relu1, block.conv2, block.bn2],
+        writer, [block.conv1, block.bn1, block.conv2, block.bn2],
         value, shape)
     shortcut = value
     if block.downsample is not None:
@@ -308,6 +311,7 @@ def _writers():
         nn.Conv1d: _write_conv1d, nn.MaxPool1d: _write_pool1d,
         nn.AvgPool1d: _write_pool1d,
         nn.BatchNorm2d: _write_batch_norm,
+        nn.BatchNormReLU2d: _write_batch_norm,
         nn.ReLU: relu, nn.Identity: identity, nn.Dropout: identity,
         nn.MaxPool2d: _write_max_pool, nn.AvgPool2d: _write_avg_pool,
         nn.AdaptiveAvgPool2d: _write_adaptive_avg_pool,

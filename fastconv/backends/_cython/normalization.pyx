@@ -122,6 +122,29 @@ cdef void _row_affine(const real *x, real *y, Py_ssize_t length, real centre,
         y[i] = (x[i] - centre) * scale + shift
 
 
+cdef void _row_affine_relu(const real *x, real *y, Py_ssize_t length,
+                           real centre, real scale, real shift) noexcept nogil:
+    """_row_affine, then ReLU as relu_forward has it (NaN stays NaN)."""
+    cdef Py_ssize_t i
+    cdef real value
+    for i in range(length):
+        value = (x[i] - centre) * scale + shift
+        y[i] = 0 if value < 0 else value
+
+
+cdef void _row_relu_grad(const real *g, const real *x, real *out,
+                         Py_ssize_t length, real centre, real scale,
+                         real shift) noexcept nogil:
+    """out = g where the forward's _row_affine_relu output is positive (or
+    NaN), else 0, as relu_backward has it: the output recomputed from x by
+    the same expression, not read back. out may be g."""
+    cdef Py_ssize_t i
+    cdef real value
+    for i in range(length):
+        value = (x[i] - centre) * scale + shift
+        out[i] = 0 if value <= 0 else g[i]
+
+
 cdef void _row_affine2(const real *a, const real *b, real *y,
                        Py_ssize_t length, real a_scale, real centre,
                        real b_scale, real shift) noexcept nogil:
@@ -173,12 +196,13 @@ cdef inline void _grad_factors(double grad_sum, double grad_dot,
 
 def forward(const real[:, :, ::1] x, double[::1] mean, double[::1] variance,
             const double[::1] weight, const double[::1] bias, double eps,
-            bint given, real[:, :, ::1] y, int num_threads):
+            bint given, real[:, :, ::1] y, bint relu, int num_threads):
     """y = (x - mean) * weight / sqrt(variance + eps) + bias per channel of
     x (N, C, L), the factors formed in double; ``weight`` or ``bias`` of
     length 0: 1 or 0. ``given`` False: the statistics are x's own, written
     into mean and variance first (two passes over the channel, then the
-    third while its rows are still in cache). One channel per work item."""
+    third while its rows are still in cache). ``relu``: y = relu(that), in
+    the same pass. One channel per work item."""
     cdef Py_ssize_t c, n, batch = x.shape[0], channels = x.shape[1]
     cdef Py_ssize_t length = x.shape[2]
     cdef double count = <double>(batch * length), total, m, scale, shift
@@ -198,25 +222,34 @@ def forward(const real[:, :, ::1] x, double[::1] mean, double[::1] variance,
         scale = _scale(variance, weight, c, eps)
         shift = _shift(bias, c)
         for n in range(batch):
-            _row_affine(&x[n, c, 0], &y[n, c, 0], length, <real>m,
-                        <real>scale, <real>shift)
+            if relu:
+                _row_affine_relu(&x[n, c, 0], &y[n, c, 0], length, <real>m,
+                                 <real>scale, <real>shift)
+            else:
+                _row_affine(&x[n, c, 0], &y[n, c, 0], length, <real>m,
+                            <real>scale, <real>shift)
 
 
 def backward(const real[:, :, ::1] grad_output, const real[:, :, ::1] x,
              const double[::1] mean, const double[::1] variance,
-             const double[::1] weight, double eps, bint batch_statistics,
-             real[:, :, ::1] grad_input, double[::1] grad_weight,
-             double[::1] grad_bias, int num_threads):
+             const double[::1] weight, const double[::1] bias, double eps,
+             bint batch_statistics, real[:, :, ::1] grad_input,
+             double[::1] grad_weight, double[::1] grad_bias, bint relu,
+             int num_threads):
     """The gradients of ``forward`` per channel (one work item each): the
     sums of grad_output and grad_output * x, then (while the channel's rows
     are in cache) grad_input; the factors as ``fastconv.backends.
     _normalization`` forms them. ``batch_statistics``: mean and variance
-    were x's own, so the gradient flows through them too."""
+    were x's own, so the gradient flows through them too. ``relu``: the
+    gradients of ``forward`` with relu (``bias`` as there): grad_output
+    masked as relu_backward does, into grad_input, which the second pass
+    then reads and overwrites."""
     cdef Py_ssize_t c, n, batch = x.shape[0], channels = x.shape[1]
     cdef Py_ssize_t length = x.shape[2]
     cdef double count = <double>(batch * length)
     cdef double row_sum, row_dot, grad_sum, grad_dot, scale
     cdef double normalised, x_scale, shift
+    cdef const real *grad
     for c in prange(channels, nogil=True, schedule="static",
                     num_threads=num_threads):
         grad_sum = 0
@@ -226,8 +259,14 @@ def backward(const real[:, :, ::1] grad_output, const real[:, :, ::1] x,
         row_sum = 0
         row_dot = 0
         for n in range(batch):
-            _row_grad_sums(&grad_output[n, c, 0], &x[n, c, 0], length,
-                           &row_sum, &row_dot)
+            grad = &grad_output[n, c, 0]
+            if relu:
+                _row_relu_grad(grad, &x[n, c, 0], &grad_input[n, c, 0],
+                               length, <real>mean[c],
+                               <real>_scale(variance, weight, c, eps),
+                               <real>_shift(bias, c))
+                grad = &grad_input[n, c, 0]
+            _row_grad_sums(grad, &x[n, c, 0], length, &row_sum, &row_dot)
             grad_sum = grad_sum + row_sum
             grad_dot = grad_dot + row_dot
         # assigned for the same reason
@@ -240,15 +279,15 @@ def backward(const real[:, :, ::1] grad_output, const real[:, :, ::1] x,
                       &shift)
         grad_weight[c] = normalised
         grad_bias[c] = grad_sum
-        if batch_statistics:
-            for n in range(batch):
-                _row_affine2(&grad_output[n, c, 0], &x[n, c, 0],
-                             &grad_input[n, c, 0], length, <real>scale,
-                             <real>mean[c], <real>x_scale, <real>shift)
-        else:  # no x term: x_scale is 0, and 0 * inf is NaN
-            for n in range(batch):
-                _row_affine(&grad_output[n, c, 0], &grad_input[n, c, 0],
-                            length, 0, <real>scale, 0)
+        for n in range(batch):
+            grad = &grad_input[n, c, 0] if relu else &grad_output[n, c, 0]
+            if batch_statistics:
+                _row_affine2(grad, &x[n, c, 0], &grad_input[n, c, 0], length,
+                             <real>scale, <real>mean[c], <real>x_scale,
+                             <real>shift)
+            else:  # no x term: x_scale is 0, and 0 * inf is NaN
+                _row_affine(grad, &grad_input[n, c, 0], length, 0,
+                            <real>scale, 0)
 
 
 cdef inline Py_ssize_t _run_start(Py_ssize_t run, Py_ssize_t runs,
@@ -302,7 +341,7 @@ def forward_by_images(const real[:, :, ::1] x, double[::1] mean,
                       double[::1] variance, const double[::1] weight,
                       const double[::1] bias, double eps, bint given,
                       real[:, :, ::1] y, double[:, ::1] partial,
-                      double[:, ::1] factors, int num_threads):
+                      double[:, ::1] factors, bint relu, int num_threads):
     """``forward`` with runs of whole images as work items (the statistics
     as ``moments_by_images``; ``factors``: (2, C) scratch): each thread
     reads and writes the images a convolution's items wrote on its core,
@@ -319,25 +358,36 @@ def forward_by_images(const real[:, :, ::1] x, double[::1] mean,
         for n in range(_run_start(run, runs, batch),
                        _run_start(run + 1, runs, batch)):
             for c in range(channels):
-                _row_affine(&x[n, c, 0], &y[n, c, 0], length,
-                            <real>mean[c], <real>factors[0, c],
-                            <real>factors[1, c])
+                if relu:
+                    _row_affine_relu(&x[n, c, 0], &y[n, c, 0], length,
+                                     <real>mean[c], <real>factors[0, c],
+                                     <real>factors[1, c])
+                else:
+                    _row_affine(&x[n, c, 0], &y[n, c, 0], length,
+                                <real>mean[c], <real>factors[0, c],
+                                <real>factors[1, c])
 
 
 def backward_by_images(const real[:, :, ::1] grad_output,
                        const real[:, :, ::1] x, const double[::1] mean,
                        const double[::1] variance, const double[::1] weight,
-                       double eps, bint batch_statistics,
-                       real[:, :, ::1] grad_input, double[::1] grad_weight,
-                       double[::1] grad_bias, double[:, ::1] partial,
-                       double[:, ::1] factors, int num_threads):
+                       const double[::1] bias, double eps,
+                       bint batch_statistics, real[:, :, ::1] grad_input,
+                       double[::1] grad_weight, double[::1] grad_bias,
+                       double[:, ::1] partial, double[:, ::1] factors,
+                       bint relu, int num_threads):
     """``backward`` with runs of whole images as work items, as
     ``forward_by_images`` (``partial``: (2 * runs, C): the runs' sums of
-    grad_output, then of grad_output * x; ``factors``: (3, C))."""
+    grad_output, then of grad_output * x; ``factors``: (5, C), the last
+    two rows the forward's scale and shift for ``relu``)."""
     cdef Py_ssize_t run, c, n, batch = x.shape[0], channels = x.shape[1]
     cdef Py_ssize_t length = x.shape[2], runs = partial.shape[0] // 2
     cdef double count = <double>(batch * length)
     cdef double row_sum, row_dot
+    cdef const real *grad
+    for c in range(channels):
+        factors[3, c] = _scale(variance, weight, c, eps)
+        factors[4, c] = _shift(bias, c)
     for run in prange(runs, nogil=True, schedule="static",
                       num_threads=num_threads):
         for c in range(channels):
@@ -349,8 +399,13 @@ def backward_by_images(const real[:, :, ::1] grad_output,
                 # assigned here so that each thread has its own copy
                 row_sum = 0
                 row_dot = 0
-                _row_grad_sums(&grad_output[n, c, 0], &x[n, c, 0], length,
-                               &row_sum, &row_dot)
+                grad = &grad_output[n, c, 0]
+                if relu:
+                    _row_relu_grad(grad, &x[n, c, 0], &grad_input[n, c, 0],
+                                   length, <real>mean[c],
+                                   <real>factors[3, c], <real>factors[4, c])
+                    grad = &grad_input[n, c, 0]
+                _row_grad_sums(grad, &x[n, c, 0], length, &row_sum, &row_dot)
                 partial[run, c] += row_sum
                 partial[runs + run, c] += row_dot
     _add_runs(partial[:runs], &grad_bias[0], 1.0)
@@ -365,11 +420,12 @@ def backward_by_images(const real[:, :, ::1] grad_output,
         for n in range(_run_start(run, runs, batch),
                        _run_start(run + 1, runs, batch)):
             for c in range(channels):
+                grad = (&grad_input[n, c, 0] if relu
+                        else &grad_output[n, c, 0])
                 if batch_statistics:
-                    _row_affine2(&grad_output[n, c, 0], &x[n, c, 0],
-                                 &grad_input[n, c, 0], length,
-                                 <real>factors[0, c], <real>mean[c],
+                    _row_affine2(grad, &x[n, c, 0], &grad_input[n, c, 0],
+                                 length, <real>factors[0, c], <real>mean[c],
                                  <real>factors[1, c], <real>factors[2, c])
                 else:
-                    _row_affine(&grad_output[n, c, 0], &grad_input[n, c, 0],
-                                length, 0, <real>factors[0, c], 0)
+                    _row_affine(grad, &grad_input[n, c, 0], length, 0,
+                                <real>factors[0, c], 0)
