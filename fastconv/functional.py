@@ -795,13 +795,21 @@ def batch_norm_statistics(x, *, backend=None):
     return resolve("batch_norm_stats", backend).batch_norm_stats(x)
 
 
+def _fuses_batch_norm_relu(module) -> bool:
+    """Whether a backend's batch_norm_forward / batch_norm_backward take
+    ``relu`` (FUSED_BATCH_NORM_RELU); the others get a ReLU pass beside."""
+    return getattr(module, "FUSED_BATCH_NORM_RELU", False)
+
+
 def _batch_norm_forward(backend, x, mean, var, weight, bias, eps, relu):
     """The backend's batch_norm_forward, with ``relu`` fused where the
-    backend fuses it (FUSED_BATCH_NORM_RELU), else a relu_forward after."""
+    backend fuses it, else a relu_forward after."""
     module = resolve("batch_norm_forward", backend)
-    if not relu or getattr(module, "FUSED_BATCH_NORM_RELU", False):
+    if not relu:
+        return module.batch_norm_forward(x, mean, var, weight, bias, eps)
+    if _fuses_batch_norm_relu(module):
         return module.batch_norm_forward(x, mean, var, weight, bias, eps,
-                                         **({"relu": True} if relu else {}))
+                                         relu=True)
     y, mean, var = module.batch_norm_forward(x, mean, var, weight, bias, eps)
     return resolve("relu_forward", backend).relu_forward(y), mean, var
 
@@ -890,7 +898,7 @@ def batch_norm_backward(grad_output, x, mean, var, weight=None, eps=1e-5, *,
     if batch_statistics:
         _per_channel_count(shape, "x")
     module = resolve("batch_norm_backward", backend)
-    if relu and getattr(module, "FUSED_BATCH_NORM_RELU", False):
+    if relu and _fuses_batch_norm_relu(module):
         grad_input, grad_weight, grad_bias = module.batch_norm_backward(
             grad_output, x, mean, var, weight, eps, batch_statistics,
             bias=bias, relu=True)

@@ -53,9 +53,10 @@ class BasicBlock(nn.Module):
 class ResNet(nn.Module):
     """ResNet-(6n+2) for small images: ResNet-8 (n=1), -14, -20, -32...
 
-    3x3 stem conv (no bias) + BN + ReLU (one fused layer); three stages of n BasicBlocks with
-    ``widths`` channels and strides 1, 2, 2 (a shape-changing shortcut is a
-    1x1 strided conv + BN); global average pooling; ``fc``. Input (N,
+    3x3 stem conv (no bias) + BN + ReLU (one fused layer); three stages of
+    n BasicBlocks with ``widths`` channels and strides 1, 2, 2 (a
+    shape-changing shortcut is a 1x1 strided conv + BN); global average
+    pooling; ``fc``. Input (N,
     in_channels, H, W) with H and W multiples of 4; output logits (N,
     num_classes). Convolutions are initialised as torchvision does
     (Kaiming normal, fan_out), BN to weight 1 and bias 0, ``fc`` as

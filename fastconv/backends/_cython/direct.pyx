@@ -283,6 +283,12 @@ cdef void _interleave(const float **pointers, const Py_ssize_t[:] plane_floats,
                     dst[b + j * sw] = src[j]
 
 
+cdef Py_ssize_t _phase_count(Py_ssize_t size, Py_ssize_t stride,
+                             Py_ssize_t phase):
+    """How many of the indices phase, phase + stride, ... are below size."""
+    return (size - phase + stride - 1) // stride if size > phase else 0
+
+
 def interleave_phases(list phases, float[:, :, :, ::1] out, Py_ssize_t sh,
                       Py_ssize_t sw, int num_threads):
     """out[:, :, a::sh, b::sw] = phases[a * sw + b] (each (N, C, rows,
@@ -301,20 +307,16 @@ def interleave_phases(list phases, float[:, :, :, ::1] out, Py_ssize_t sh,
             phase = phases[p]
             if (phase.shape[0] != out.shape[0]
                     or phase.shape[1] != out.shape[1]
-                    or phase.shape[2] != _phase_count(out.shape[2], sh, p // sw)
-                    or phase.shape[3] != _phase_count(out.shape[3], sw, p % sw)):
+                    or phase.shape[2]
+                    != _phase_count(out.shape[2], sh, p // sw)
+                    or phase.shape[3]
+                    != _phase_count(out.shape[3], sw, p % sw)):
                 raise ValueError("interleave_phases: shapes do not match")
             sources.data[p] = &phase[0, 0, 0, 0]
             plane_floats[p] = phase.shape[2] * phase.shape[3]
             widths[p] = phase.shape[3]
     _interleave(sources.data, plane_floats, widths, widths, out.shape[1],
                 out, sh, sw, num_threads)
-
-
-cdef Py_ssize_t _phase_count(Py_ssize_t size, Py_ssize_t stride,
-                             Py_ssize_t phase):
-    """How many of the indices phase, phase + stride, ... are below size."""
-    return (size - phase + stride - 1) // stride if size > phase else 0
 
 
 def interleave_phase_channels(const float[:, :, :, ::1] phases,

@@ -145,6 +145,17 @@ cdef void _row_relu_grad(const real *g, const real *x, real *out,
         out[i] = 0 if value <= 0 else g[i]
 
 
+cdef inline void _row_normalise(const real *x, real *y, Py_ssize_t length,
+                                real centre, real scale, real shift,
+                                bint relu) noexcept nogil:
+    """The forward's pass over one row: _row_affine, or with relu
+    _row_affine_relu."""
+    if relu:
+        _row_affine_relu(x, y, length, centre, scale, shift)
+    else:
+        _row_affine(x, y, length, centre, scale, shift)
+
+
 cdef void _row_affine2(const real *a, const real *b, real *y,
                        Py_ssize_t length, real a_scale, real centre,
                        real b_scale, real shift) noexcept nogil:
@@ -222,12 +233,8 @@ def forward(const real[:, :, ::1] x, double[::1] mean, double[::1] variance,
         scale = _scale(variance, weight, c, eps)
         shift = _shift(bias, c)
         for n in range(batch):
-            if relu:
-                _row_affine_relu(&x[n, c, 0], &y[n, c, 0], length, <real>m,
-                                 <real>scale, <real>shift)
-            else:
-                _row_affine(&x[n, c, 0], &y[n, c, 0], length, <real>m,
-                            <real>scale, <real>shift)
+            _row_normalise(&x[n, c, 0], &y[n, c, 0], length, <real>m,
+                           <real>scale, <real>shift, relu)
 
 
 def backward(const real[:, :, ::1] grad_output, const real[:, :, ::1] x,
@@ -248,7 +255,7 @@ def backward(const real[:, :, ::1] grad_output, const real[:, :, ::1] x,
     cdef Py_ssize_t length = x.shape[2]
     cdef double count = <double>(batch * length)
     cdef double row_sum, row_dot, grad_sum, grad_dot, scale
-    cdef double normalised, x_scale, shift
+    cdef double normalised, x_scale, shift, relu_scale, relu_shift
     cdef const real *grad
     for c in prange(channels, nogil=True, schedule="static",
                     num_threads=num_threads):
@@ -258,13 +265,15 @@ def backward(const real[:, :, ::1] grad_output, const real[:, :, ::1] x,
         # (a variable only passed by address would be shared)
         row_sum = 0
         row_dot = 0
+        # the forward's factors, for the ReLU's mask
+        relu_scale = _scale(variance, weight, c, eps)
+        relu_shift = _shift(bias, c)
         for n in range(batch):
             grad = &grad_output[n, c, 0]
             if relu:
                 _row_relu_grad(grad, &x[n, c, 0], &grad_input[n, c, 0],
-                               length, <real>mean[c],
-                               <real>_scale(variance, weight, c, eps),
-                               <real>_shift(bias, c))
+                               length, <real>mean[c], <real>relu_scale,
+                               <real>relu_shift)
                 grad = &grad_input[n, c, 0]
             _row_grad_sums(grad, &x[n, c, 0], length, &row_sum, &row_dot)
             grad_sum = grad_sum + row_sum
@@ -358,14 +367,9 @@ def forward_by_images(const real[:, :, ::1] x, double[::1] mean,
         for n in range(_run_start(run, runs, batch),
                        _run_start(run + 1, runs, batch)):
             for c in range(channels):
-                if relu:
-                    _row_affine_relu(&x[n, c, 0], &y[n, c, 0], length,
-                                     <real>mean[c], <real>factors[0, c],
-                                     <real>factors[1, c])
-                else:
-                    _row_affine(&x[n, c, 0], &y[n, c, 0], length,
-                                <real>mean[c], <real>factors[0, c],
-                                <real>factors[1, c])
+                _row_normalise(&x[n, c, 0], &y[n, c, 0], length,
+                               <real>mean[c], <real>factors[0, c],
+                               <real>factors[1, c], relu)
 
 
 def backward_by_images(const real[:, :, ::1] grad_output,

@@ -20,9 +20,9 @@ input patches into its own ``V`` (36, C, T), runs the 36 products into its
 own ``M`` (K, 36, T) (float32 on winograd_gemm.h's register-blocked kernel,
 float64 on a single-threaded BLAS; M[p] has rows 36 T apart, so that each
 filter's 36 points, read together by the output transform, are one run of
-memory), and transforms ``M`` back into the output tiles, so the block's data stays in the thread's cache. Every
-output element is written by exactly one item: the result does not depend
-on the schedule.
+memory), and transforms ``M`` back into the output tiles, so the block's
+data stays in the thread's cache. Every output element is written by
+exactly one item: the result does not depend on the schedule.
 
 The filters arrive transformed (``U``, (36, K, C), computed by the caller
 once per weight value). ``transposed_weight`` reads ``U`` as (36, C', K')
