@@ -56,11 +56,10 @@ class ResNet(nn.Module):
     3x3 stem conv (no bias) + BN + ReLU (one fused layer); three stages of
     n BasicBlocks with ``widths`` channels and strides 1, 2, 2 (a
     shape-changing shortcut is a 1x1 strided conv + BN); global average
-    pooling; ``fc``. Input (N,
-    in_channels, H, W) with H and W multiples of 4; output logits (N,
-    num_classes). Convolutions are initialised as torchvision does
-    (Kaiming normal, fan_out), BN to weight 1 and bias 0, ``fc`` as
-    ``nn.Linear``.
+    pooling; ``fc``. Input (N, in_channels, H, W) with H and W multiples
+    of 4; output logits (N, num_classes). Convolutions are initialised as
+    torchvision does (Kaiming normal, fan_out), BN to weight 1 and bias 0,
+    ``fc`` as ``nn.Linear``.
     """
 
     def __init__(self, depth=8, in_channels=3, num_classes=10,
