@@ -73,6 +73,9 @@ cdef struct WinogradShape:
 
 cdef enum:
     GROUP = 16     # tiles transformed together, one per vector lane
+    # the staged stages' channel runs per thread (the transforms' share of
+    # each stage: several per thread, so that an uneven run costs little)
+    STAGE_RUNS_PER_THREAD = 4
 
 
 # ------------------------------------------------------------- transforms
@@ -86,6 +89,25 @@ cdef enum:
 # lanes). Every intermediate is a local array, which the compiler knows
 # aliases nothing, so the loops over tiles vectorise without run-time
 # overlap checks.
+
+cdef extern from "winograd_tiles.h" nogil:
+    const int WG_TILES_AVAILABLE
+    void wg_input_f32(const float *x, Py_ssize_t channels, Py_ssize_t c0,
+                      Py_ssize_t c1, Py_ssize_t height, Py_ssize_t width,
+                      Py_ssize_t tiles_h, Py_ssize_t tiles_w,
+                      Py_ssize_t pad_top, Py_ssize_t pad_left,
+                      Py_ssize_t first_tile, Py_ssize_t count, float *v)
+    void wg_grad_output_f32(const float *grad, Py_ssize_t filters,
+                            Py_ssize_t k0, Py_ssize_t k1, Py_ssize_t height,
+                            Py_ssize_t width, Py_ssize_t tiles_h,
+                            Py_ssize_t tiles_w, Py_ssize_t first_tile,
+                            Py_ssize_t count, float *e)
+    void wg_output_f32(const float *m, Py_ssize_t filters, Py_ssize_t k0,
+                       Py_ssize_t k1, const float *bias, float *y,
+                       Py_ssize_t height, Py_ssize_t width,
+                       Py_ssize_t tiles_h, Py_ssize_t tiles_w,
+                       Py_ssize_t first_tile, Py_ssize_t count)
+
 
 cdef struct TileCursor:
     Py_ssize_t n, ty, tx     # image, tile row, tile column
@@ -315,6 +337,47 @@ cdef void _output_filter(const WinogradShape *ws, const real *m,
         done += tiles
 
 
+cdef void _input_channels(const WinogradShape *ws, const real *x,
+                          Py_ssize_t c0, Py_ssize_t c1, real *v,
+                          Py_ssize_t first_tile,
+                          Py_ssize_t count) noexcept nogil:
+    """V[:, c, :] for channels [c0, c1): float32 by winograd_tiles.h
+    (whole rows of tiles at a time, each group's tile positions worked out
+    once for all the channels), else channel by channel."""
+    cdef Py_ssize_t c
+    if real is float and WG_TILES_AVAILABLE:
+        wg_input_f32(x, ws.in_channels, c0, c1, ws.in_height, ws.in_width,
+                     ws.tiles_h, ws.tiles_w, ws.pad_top, ws.pad_left,
+                     first_tile, count, v)
+        return
+    for c in range(c0, c1):
+        _input_channel(ws, x, c, v, first_tile, count)
+
+
+cdef void _output_filters(const WinogradShape *ws, const real *m,
+                          Py_ssize_t k0, Py_ssize_t k1, const real *bias,
+                          real *y, Py_ssize_t first_tile,
+                          Py_ssize_t count) noexcept nogil:
+    """Output channels [k0, k1) (bias NULL: none), as _input_channels."""
+    cdef Py_ssize_t k
+    if real is float and WG_TILES_AVAILABLE:
+        wg_output_f32(m, ws.out_channels, k0, k1, bias, y, ws.out_height,
+                      ws.out_width, ws.tiles_h, ws.tiles_w, first_tile,
+                      count)
+        return
+    for k in range(k0, k1):
+        _output_filter(ws, m, k, bias[k] if bias != NULL else 0, y,
+                       first_tile, count)
+
+
+cdef inline void _channel_run(Py_ssize_t run, Py_ssize_t runs,
+                              Py_ssize_t total, Py_ssize_t *first,
+                              Py_ssize_t *last) noexcept nogil:
+    """Channels [first, last) of run `run` of `runs` nearly equal runs."""
+    first[0] = run * total // runs
+    last[0] = (run + 1) * total // runs
+
+
 cdef extern from "winograd_gemm.h" nogil:
     const int WG_AVAILABLE
     void wg_point_product(const float *u, Py_ssize_t u_k, Py_ssize_t u_c,
@@ -358,13 +421,10 @@ cdef void _block(const WinogradShape *ws, const real *x, const real *u,
     """Tiles [first_tile, first_tile + count), all on this thread:
     transform, multiply, write."""
     cdef Py_ssize_t c, k, p
-    for c in range(ws.in_channels):
-        _input_channel(ws, x, c, v, first_tile, count)
+    _input_channels(ws, x, 0, ws.in_channels, v, first_tile, count)
     for p in range(POINTS):
         _point_product(ws, u, transposed_weight, v, m, p, count)
-    for k in range(ws.out_channels):
-        _output_filter(ws, m, k, bias[k] if bias != NULL else 0, y,
-                       first_tile, count)
+    _output_filters(ws, m, 0, ws.out_channels, bias, y, first_tile, count)
 
 
 cdef WinogradShape _winograd_shape(x, y, Py_ssize_t pad_top,
@@ -398,7 +458,10 @@ def winograd_f43_staged(const real[:, :, :, ::1] x, const real[:, :, ::1] u,
     """
     cdef WinogradShape ws = _winograd_shape(x, y, pad_top, pad_left)
     cdef Py_ssize_t total = ws.batch * ws.tiles_h * ws.tiles_w
-    cdef Py_ssize_t first, count, c, k, p
+    cdef Py_ssize_t first, count, p, run, c0, c1, k0, k1
+    # channel runs: a few per thread, each group's plan made once per run
+    cdef Py_ssize_t runs = min(ws.in_channels, ws.out_channels,
+                               STAGE_RUNS_PER_THREAD * num_threads)
     cdef const real *x_ptr = &x[0, 0, 0, 0]
     cdef const real *u_ptr = &u[0, 0, 0]
     cdef const real *bias_ptr = &bias[0] if has_bias else NULL
@@ -411,16 +474,17 @@ def winograd_f43_staged(const real[:, :, :, ::1] x, const real[:, :, ::1] u,
         if count > block_tiles:
             count = block_tiles
         with nogil, parallel(num_threads=num_threads):
-            for c in prange(ws.in_channels, schedule="static"):
-                _input_channel(&ws, x_ptr, c, v, first, count)
+            for run in prange(runs, schedule="static"):
+                _channel_run(run, runs, ws.in_channels, &c0, &c1)
+                _input_channels(&ws, x_ptr, c0, c1, v, first, count)
             _stage_barrier()
             for p in prange(POINTS, schedule="static"):
                 _point_product(&ws, u_ptr, transposed_weight, v, m, p, count)
             _stage_barrier()
-            for k in prange(ws.out_channels, schedule="static"):
-                _output_filter(&ws, m, k,
-                               bias_ptr[k] if bias_ptr != NULL else 0,
-                               y_ptr, first, count)
+            for run in prange(runs, schedule="static"):
+                _channel_run(run, runs, ws.out_channels, &k0, &k1)
+                _output_filters(&ws, m, k0, k1, bias_ptr, y_ptr, first,
+                                count)
         first = first + count
 
 
@@ -597,6 +661,21 @@ cdef void _grad_output_filter(const WinogradShape *ws, const real *grad,
         done += tiles
 
 
+cdef void _grad_output_filters(const WinogradShape *ws, const real *grad,
+                               Py_ssize_t k0, Py_ssize_t k1, real *e,
+                               Py_ssize_t first_tile,
+                               Py_ssize_t count) noexcept nogil:
+    """E[:, k, :] for filters [k0, k1), as _input_channels."""
+    cdef Py_ssize_t k
+    if real is float and WG_TILES_AVAILABLE:
+        wg_grad_output_f32(grad, ws.out_channels, k0, k1, ws.out_height,
+                           ws.out_width, ws.tiles_h, ws.tiles_w, first_tile,
+                           count, e)
+        return
+    for k in range(k0, k1):
+        _grad_output_filter(ws, grad, k, e, first_tile, count)
+
+
 cdef inline void _weight_point_product(const real *e, const real *v,
                                        real *du, Py_ssize_t filters,
                                        Py_ssize_t channels, Py_ssize_t count,
@@ -641,7 +720,9 @@ def winograd_f43_weight_grad(const real[:, :, :, ::1] x,
                                             pad_left)
     cdef Py_ssize_t total = ws.batch * ws.tiles_h * ws.tiles_w
     cdef Py_ssize_t channels = ws.in_channels, filters = ws.out_channels
-    cdef Py_ssize_t first, count, c, k, p
+    cdef Py_ssize_t first, count, p, run, c0, c1, k0, k1
+    cdef Py_ssize_t runs = min(channels, filters,
+                               STAGE_RUNS_PER_THREAD * num_threads)
     cdef const real *x_ptr = &x[0, 0, 0, 0]
     cdef const real *grad_ptr = &grad_output[0, 0, 0, 0]
     cdef real *du_ptr = &du[0]
@@ -655,11 +736,13 @@ def winograd_f43_weight_grad(const real[:, :, :, ::1] x,
         if count > block_tiles:
             count = block_tiles
         with nogil, parallel(num_threads=num_threads):
-            for c in prange(channels, schedule="static"):
-                _input_channel(&ws, x_ptr, c, v, first, count)
+            for run in prange(runs, schedule="static"):
+                _channel_run(run, runs, channels, &c0, &c1)
+                _input_channels(&ws, x_ptr, c0, c1, v, first, count)
             _stage_barrier()    # (E does not need V: one rule for all)
-            for k in prange(filters, schedule="static"):
-                _grad_output_filter(&ws, grad_ptr, k, e, first, count)
+            for run in prange(runs, schedule="static"):
+                _channel_run(run, runs, filters, &k0, &k1)
+                _grad_output_filters(&ws, grad_ptr, k0, k1, e, first, count)
             _stage_barrier()
             for p in prange(POINTS, schedule="static"):
                 _weight_point_product(e + p * filters * count,
