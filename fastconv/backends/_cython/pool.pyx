@@ -378,6 +378,13 @@ cdef void _max_pool_plane(const pool_value *x_plane, Py_ssize_t in_w,
 # vectoriser leaves to its scalar loop, since a strided load with a gap
 # needs a scalar last iteration.)
 
+cdef extern from "pool_rows.h" nogil:
+    const int FC_POOL_ROWS_AVAILABLE
+    void fc_max2x2s2_row_f32(const float *top, Py_ssize_t source_w,
+                             Py_ssize_t count, long long first_index,
+                             int in_w, float *y_row, long long *idx_row)
+
+
 cdef inline void _max_2x2_row(const pool_value *source, Py_ssize_t source_w,
                               Py_ssize_t count, Py_ssize_t step,
                               long long first_index, int in_w,
@@ -463,9 +470,13 @@ cdef inline void _max_unrolled_row(const pool_value *source,
                                    long long first_index, int in_w,
                                    pool_value *y_row,
                                    long long *idx_row) noexcept nogil:
-    """_max_2x2_row or _max_3x3_row, with ``step`` 1 and 2 as constants."""
+    """_max_2x2_row or _max_3x3_row, with ``step`` 1 and 2 as constants
+    (float32 2x2 stride 2: pool_rows.h's vector row where it is built)."""
     if kernel == 2:
-        if step == 2:
+        if pool_value is float and step == 2 and FC_POOL_ROWS_AVAILABLE:
+            fc_max2x2s2_row_f32(source, source_w, count, first_index, in_w,
+                                y_row, idx_row)
+        elif step == 2:
             _max_2x2_row(source, source_w, count, 2, first_index, in_w,
                          y_row, idx_row)
         elif step == 1:
