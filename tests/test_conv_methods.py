@@ -495,8 +495,8 @@ def output_tiles(g):
 
 @pytest.mark.parametrize("channels, plane, method", [
     (64, 8, "winograd-f4x4"), (32, 8, "winograd-f4x4"),
-    (32, 14, "winograd-f4x4"), (16, 14, "direct-blocked"),
-    (24, 32, "direct-blocked")])
+    (32, 14, "winograd-f4x4"), (24, 32, "winograd-f4x4"),
+    (16, 14, "direct-blocked"), (20, 32, "direct-blocked")])
 def test_winograd_needs_enough_channels_over_the_direct_kernel(
         channels, plane, method, algorithm):
     """WINOGRAD_MIN_CHANNELS_OVER_DIRECT, whatever the plane (32 tiles and

@@ -183,7 +183,15 @@ WINOGRAD_MIN_CHANNELS = 16
 #: 0.89, 2.66 / 2.16; N32-C128-8x8-K128 2.26 / 1.35, 5.15 / 3.02. (Earlier
 #: measurements, on an AMD host and before Winograd's stores became whole
 #: vectors, had put both limits at 64 and at 96 on planes of 64 pixels.)
-WINOGRAD_MIN_CHANNELS_OVER_DIRECT = 32
+#: With the transforms on whole rows (winograd_tiles.h), re-measured
+#: 2026-12-03 on an AMD EPYC (Zen 5) host, forward, ms Winograd / direct,
+#: medians of 5 alternated processes, load 1.5-1.7: N64-C16-32x32-K16 1.02
+#: / 1.16, N64-C16-14x14-K32 0.42 / 0.44, N32-C16-32x32-K16 0.75 / 0.61,
+#: N16-C24-28x28-K24 0.36 / 0.54, N64-C32-8x8-K32 0.25 / 0.30,
+#: N64-C32-16x16-K32 0.80 / 0.98; the gradients: N64-C16-32x32-K16 4.96 /
+#: 3.16, N64-C32-16x16-K32 2.38 / 2.27, N64-C32-14x14-K64 4.9 / 3.5 (the
+#: backward limit stays).
+WINOGRAD_MIN_CHANNELS_OVER_DIRECT = 24
 WINOGRAD_MIN_CHANNELS_OVER_DIRECT_BACKWARD = 48
 
 #: ... and when the call has at least this many 4x4 output tiles (N times
