@@ -191,6 +191,34 @@ def test_winograd_weight_and_input_gradients_in_blocks(
     _assert_within_bound(zip(got, expected), dtype)
 
 
+@pytest.mark.parametrize("height, width", [
+    (1, 1), (2, 5), (3, 4), (4, 3), (5, 9), (7, 7), (8, 16), (9, 2),
+    (13, 17), (16, 8), (17, 21), (21, 13)])
+def test_winograd_tile_rows_of_every_shape(height, width, algorithm,
+                                           monkeypatch):
+    """float32 moves tiles between planes and vector lanes a row at a time
+    (winograd_tiles.h, where AVX-512 is built): 16-tile groups that span
+    tile rows and images, end part way (a partial last group), and reach
+    past every edge of the plane (asymmetric padding). Forward and both
+    gradients, per-thread and staged blocks, against the naive loops."""
+    algorithm("winograd")
+    rng = np.random.default_rng(height * 31 + width)
+    x = rng.standard_normal((3, 5, height, width)).astype(np.float32)
+    weight = rng.standard_normal((6, 5, 3, 3)).astype(np.float32)
+    bias = rng.standard_normal(6).astype(np.float32)
+    g = _geometry(x, weight, ((1, 2), (2, 1)))
+    grad_output = rng.standard_normal(g.output_shape).astype(np.float32)
+    naive = resolve("conv2d_backward", "naive")
+    expected = [naive.conv2d_forward(x, weight, bias, g)] + list(
+        naive.conv2d_backward(grad_output, x, weight, g, True))
+    for staged in (False, True):
+        monkeypatch.setattr(cython_cpu, "WINOGRAD_STAGED_BELOW",
+                            10 ** 9 if staged else 0)
+        got = [cython_cpu.conv2d_forward(x, weight, bias, g)] + list(
+            cython_cpu.conv2d_backward(grad_output, x, weight, g, True))
+        _assert_within_bound(zip(got, expected), np.float32)
+
+
 def test_parallel_stages_are_separated_by_barriers():
     """Cython emits the prange loops of one ``parallel()`` block as ``omp
     for nowait``: a thread with no share of one stage would start the next
