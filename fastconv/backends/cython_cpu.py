@@ -171,10 +171,11 @@ CONV_ALGOS = ("auto", "direct", "gemm", "winograd")
 WINOGRAD_MIN_CHANNELS = 16
 
 #: ... or, where the register-blocked direct kernel can run the call instead
-#: (float32), this many for the forward, WINOGRAD_MIN_CHANNELS_OVER_DIRECT_
-#: BACKWARD for the gradients: below them that kernel was faster. Measured
-#: 2026-12-02 (Intel Xeon, 2 threads, load 0.6-0.9, float32, ms direct /
-#: Winograd, alternated processes; forward, then the backward's two
+#: (float32), this many for the forward (and the input gradient, a forward
+#: convolution; see conv2d_backward), WINOGRAD_MIN_CHANNELS_OVER_DIRECT_
+#: BACKWARD for the weight gradient: below them that kernel was faster.
+#: Measured 2026-12-02 (Intel Xeon, 2 threads, load 0.6-0.9, float32, ms
+#: direct / Winograd, alternated processes; forward, then the backward's two
 #: gradients): N64-C16-14x14-K32 0.52 / 0.69; N32-C16-32x32-K16 0.68 /
 #: 0.97; N64-C32-8x8-K32 0.33 / 0.34, 0.81 / 0.81; N64-C32-14x14-K64 1.80 /
 #: 1.57, 3.58 / 3.84; N32-C32-32x32-K32 2.11 / 1.92, 4.65 / 4.77;
@@ -189,8 +190,9 @@ WINOGRAD_MIN_CHANNELS = 16
 #: / 1.16, N64-C16-14x14-K32 0.42 / 0.44, N32-C16-32x32-K16 0.75 / 0.61,
 #: N16-C24-28x28-K24 0.36 / 0.54, N64-C32-8x8-K32 0.25 / 0.30,
 #: N64-C32-16x16-K32 0.80 / 0.98; the gradients: N64-C16-32x32-K16 4.96 /
-#: 3.16, N64-C32-16x16-K32 2.38 / 2.27, N64-C32-14x14-K64 4.9 / 3.5 (the
-#: backward limit stays).
+#: 3.16, N64-C32-16x16-K32 2.38 / 2.27, N64-C32-14x14-K64 4.9 / 3.5; the
+#: weight gradient alone: N64-C32-14x14-K64 1.40 / 1.41, N64-C32-16x16-K32
+#: 1.24 / 1.07 (its limit stays).
 WINOGRAD_MIN_CHANNELS_OVER_DIRECT = 24
 WINOGRAD_MIN_CHANNELS_OVER_DIRECT_BACKWARD = 48
 
@@ -1113,12 +1115,18 @@ def conv2d_backward(grad_output, x, weight, g, need_input_grad, *,
     grad_input = None
     dtype = grad_output.dtype
     # a stride-1 input gradient is a forward convolution: Winograd or the
-    # register-blocked kernel by the forward's rule, on its geometry
+    # register-blocked kernel by the forward's rule, on its geometry (from
+    # WINOGRAD_MIN_CHANNELS_OVER_DIRECT channels, not the weight
+    # gradient's limit: measured 2026-12-03, Zen 5, 2 threads, ms Winograd
+    # / direct for the input gradient alone, medians of 5 alternated
+    # processes, load 1.7-1.8: N64-C32-14x14-K64 0.85 / 1.34,
+    # N64-C32-16x16-K32 0.53 / 0.93, N64-C16-14x14-K32 0.34 / 0.48,
+    # N16-C24-28x28-K24 0.33 / 0.47, N64-C16-32x32-K16 0.80 / 0.92)
     transposed = _input_grad_geometry(g) if need_input_grad else None
     winograd_input = need_input_grad and _uses_winograd(
         g if transposed is None else transposed, g.out_channels,
         g.in_channels, (g.in_height, g.in_width),
-        forward_dtype=None if transposed is None else dtype, backward=True)
+        forward_dtype=None if transposed is None else dtype)
     if winograd_input:
         grad_input = _winograd(
             grad_output, winograd_filters(weight, flipped=True), True, None,
