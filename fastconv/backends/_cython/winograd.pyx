@@ -370,14 +370,6 @@ cdef void _output_filters(const WinogradShape *ws, const real *m,
                        first_tile, count)
 
 
-cdef inline void _channel_run(Py_ssize_t run, Py_ssize_t runs,
-                              Py_ssize_t total, Py_ssize_t *first,
-                              Py_ssize_t *last) noexcept nogil:
-    """Channels [first, last) of run `run` of `runs` nearly equal runs."""
-    first[0] = run * total // runs
-    last[0] = (run + 1) * total // runs
-
-
 cdef extern from "winograd_gemm.h" nogil:
     const int WG_AVAILABLE
     void wg_point_product(const float *u, Py_ssize_t u_k, Py_ssize_t u_c,
@@ -420,7 +412,7 @@ cdef void _block(const WinogradShape *ws, const real *x, const real *u,
                  Py_ssize_t count) noexcept nogil:
     """Tiles [first_tile, first_tile + count), all on this thread:
     transform, multiply, write."""
-    cdef Py_ssize_t c, k, p
+    cdef Py_ssize_t p
     _input_channels(ws, x, 0, ws.in_channels, v, first_tile, count)
     for p in range(POINTS):
         _point_product(ws, u, transposed_weight, v, m, p, count)
@@ -475,14 +467,17 @@ def winograd_f43_staged(const real[:, :, :, ::1] x, const real[:, :, ::1] u,
             count = block_tiles
         with nogil, parallel(num_threads=num_threads):
             for run in prange(runs, schedule="static"):
-                _channel_run(run, runs, ws.in_channels, &c0, &c1)
+                # assigned here, so that each thread has its own
+                c0 = run * ws.in_channels // runs
+                c1 = (run + 1) * ws.in_channels // runs
                 _input_channels(&ws, x_ptr, c0, c1, v, first, count)
             _stage_barrier()
             for p in prange(POINTS, schedule="static"):
                 _point_product(&ws, u_ptr, transposed_weight, v, m, p, count)
             _stage_barrier()
             for run in prange(runs, schedule="static"):
-                _channel_run(run, runs, ws.out_channels, &k0, &k1)
+                k0 = run * ws.out_channels // runs
+                k1 = (run + 1) * ws.out_channels // runs
                 _output_filters(&ws, m, k0, k1, bias_ptr, y_ptr, first,
                                 count)
         first = first + count
@@ -737,11 +732,14 @@ def winograd_f43_weight_grad(const real[:, :, :, ::1] x,
             count = block_tiles
         with nogil, parallel(num_threads=num_threads):
             for run in prange(runs, schedule="static"):
-                _channel_run(run, runs, channels, &c0, &c1)
+                # assigned here, so that each thread has its own
+                c0 = run * channels // runs
+                c1 = (run + 1) * channels // runs
                 _input_channels(&ws, x_ptr, c0, c1, v, first, count)
             _stage_barrier()    # (E does not need V: one rule for all)
             for run in prange(runs, schedule="static"):
-                _channel_run(run, runs, filters, &k0, &k1)
+                k0 = run * filters // runs
+                k1 = (run + 1) * filters // runs
                 _grad_output_filters(&ws, grad_ptr, k0, k1, e, first, count)
             _stage_barrier()
             for p in prange(POINTS, schedule="static"):
