@@ -252,6 +252,51 @@ def test_parallel_stages_are_separated_by_barriers():
     assert checked >= 3     # the staged forward's two, the weight grad's
 
 
+def test_prange_bodies_assign_what_they_pass_by_address():
+    """Cython makes a variable private to each thread of a prange loop only
+    where the loop body assigns it; one set through a pointer (``f(&n)``)
+    and never assigned stays shared between the threads, a race (the
+    Winograd staged stages' channel runs had it). Every scalar a prange
+    body passes by address is therefore assigned in that body."""
+    import pathlib
+    import re
+
+    def scalars(source):
+        """Names declared ``cdef <scalar type> a, b = 0, ...`` (not
+        pointers, structs or memoryviews)."""
+        names = set()
+        for match in re.finditer(
+                r"^\s*cdef (?:Py_ssize_t|int|long long|double|float|real|"
+                r"bint) ([^\n*\[]*)$", source, re.MULTILINE):
+            for part in match.group(1).split(","):
+                names.add(part.split("=")[0].strip())
+        return names
+
+    sources = pathlib.Path(cython_cpu.__file__).parent / "_cython"
+    checked = 0
+    for path in sorted(sources.glob("*.pyx")):
+        declared = scalars(path.read_text())
+        lines = path.read_text().splitlines()
+        for start, line in enumerate(lines):
+            if not re.search(r"for \w+ in prange\(", line):
+                continue
+            indent = len(line) - len(line.lstrip())
+            body = []
+            for inner in lines[start + 1:]:
+                if inner.strip() and len(inner) - len(inner.lstrip()) <= indent:
+                    break
+                body.append(inner.split("#")[0])
+            text = "\n".join(body)
+            for name in set(re.findall(r"&(\w+)\b(?!\s*\[)", text)):
+                if name not in declared:
+                    continue        # a struct or array the threads share
+                checked += 1
+                assert re.search(rf"(^|\n)\s*{name}\s*=[^=]", text), (
+                    f"{path.name}:{start + 1}: {name} is passed by address "
+                    "in a prange body that never assigns it (shared)")
+    assert checked >= 1
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_winograd_matches_torch(dtype, algorithm, winograd_calls):
     torch = pytest.importorskip("torch")
