@@ -580,23 +580,26 @@ def test_max_pool_backward_refuses_indices_outside_the_plane(bad, where,
     np.testing.assert_array_equal(indices, kept)
 
 
+@pytest.mark.parametrize("kernel", [2, 3])
 @pytest.mark.parametrize("padding, ceil_mode", [(0, False), (1, False),
                                                 (0, True), (1, True)])
-def test_max_pool_2x2_stride2_float32_rows_of_any_width(backend, padding,
-                                                        ceil_mode):
-    """The float32 2x2 stride-2 rows run 16 windows at a time under masks
-    (pool_rows.h, where AVX-512 is built): every row width from 1 to 40
-    windows (short, partial and whole vectors, and a tail), with ties, NaN
-    and -inf, gives the reference's values and indices exactly."""
-    rng = np.random.default_rng(22)
-    for width in range(2, 82, 3):
+def test_max_pool_stride2_float32_rows_of_any_width(backend, kernel,
+                                                    padding, ceil_mode):
+    """The float32 2x2 and 3x3 stride-2 rows run 16 windows at a time under
+    masks (pool_rows.h, where AVX-512 is built): every row width from 1 to
+    40 windows (short, partial and whole vectors, and a tail), with ties,
+    NaN and -inf, gives the reference's values and indices exactly."""
+    rng = np.random.default_rng(22 + kernel)
+    for width in range(kernel, 82, 3):
         x = rng.integers(-2, 3, (2, 2, 5, width)).astype(np.float32)
         draw = rng.random(x.shape)
         x[draw < 0.04] = np.nan
         x[(draw >= 0.04) & (draw < 0.1)] = -np.inf
-        got = fastconv.max_pool2d(x, 2, 2, padding, ceil_mode=ceil_mode,
-                                  return_indices=True, backend=backend)
-        want = fastconv.max_pool2d(x, 2, 2, padding, ceil_mode=ceil_mode,
-                                   return_indices=True, backend="naive")
+        got = fastconv.max_pool2d(x, kernel, 2, padding,
+                                  ceil_mode=ceil_mode, return_indices=True,
+                                  backend=backend)
+        want = fastconv.max_pool2d(x, kernel, 2, padding,
+                                   ceil_mode=ceil_mode, return_indices=True,
+                                   backend="naive")
         np.testing.assert_array_equal(got[0], want[0], err_msg=f"W={width}")
         np.testing.assert_array_equal(got[1], want[1], err_msg=f"W={width}")

@@ -380,9 +380,10 @@ cdef void _max_pool_plane(const pool_value *x_plane, Py_ssize_t in_w,
 
 cdef extern from "pool_rows.h" nogil:
     const int FC_POOL_ROWS_AVAILABLE
-    void fc_max2x2s2_row_f32(const float *top, Py_ssize_t source_w,
-                             Py_ssize_t count, long long first_index,
-                             int in_w, float *y_row, long long *idx_row)
+    void fc_max_s2_row_f32(const float *top, Py_ssize_t source_w,
+                           Py_ssize_t count, int kernel,
+                           long long first_index, int in_w, float *y_row,
+                           long long *idx_row)
 
 
 cdef inline void _max_2x2_row(const pool_value *source, Py_ssize_t source_w,
@@ -471,12 +472,13 @@ cdef inline void _max_unrolled_row(const pool_value *source,
                                    pool_value *y_row,
                                    long long *idx_row) noexcept nogil:
     """_max_2x2_row or _max_3x3_row, with ``step`` 1 and 2 as constants
-    (float32 2x2 stride 2: pool_rows.h's vector row where it is built)."""
+    (float32 at stride 2: pool_rows.h's vector rows where it is built)."""
+    if pool_value is float and step == 2 and FC_POOL_ROWS_AVAILABLE:
+        fc_max_s2_row_f32(source, source_w, count, <int>kernel, first_index,
+                          in_w, y_row, idx_row)
+        return
     if kernel == 2:
-        if pool_value is float and step == 2 and FC_POOL_ROWS_AVAILABLE:
-            fc_max2x2s2_row_f32(source, source_w, count, first_index, in_w,
-                                y_row, idx_row)
-        elif step == 2:
+        if step == 2:
             _max_2x2_row(source, source_w, count, 2, first_index, in_w,
                          y_row, idx_row)
         elif step == 1:
