@@ -32,28 +32,17 @@ static inline __mmask16 fc_pool_beats(__m512 value, __m512 best)
            | _mm512_cmp_ps_mask(value, value, _CMP_UNORD_Q);
 }
 
-/* The even (`taken` = 0) or odd (1) columns of the 2n floats from src, or
- * the even columns from src + 2 (`taken` = 2: a 3x3 window's third
- * column), in lanes j < n (zero beyond); 1 <= n <= 16. */
-static inline __m512 fc_pool_columns(const float *src, ptrdiff_t n,
-                                     int taken)
+/* Lanes [0, m) of the pair of vectors from src (zero beyond); m <= 32. */
+static inline void fc_pool_load_pair(const float *src, ptrdiff_t m,
+                                     __m512 *low, __m512 *high)
 {
-    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16,
-                                           18, 20, 22, 24, 26, 28, 30);
-    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
-    /* lanes [0, m) of a pair of vectors: 2n inputs, or 2n - 1 from src +
-     * 2 (the last window's third column is src[2n]; src[2n + 1] may lie
-     * past the plane) */
-    const ptrdiff_t m = taken == 2 ? 2 * n - 1 : 2 * n;
     const __mmask16 first = m >= 16 ? (__mmask16)0xFFFF
                                     : (__mmask16)((1u << m) - 1u);
     const __mmask16 second = m <= 16 ? (__mmask16)0
                              : m == 32 ? (__mmask16)0xFFFF
                              : (__mmask16)((1u << (m - 16)) - 1u);
-    const float *at = src + (taken == 2 ? 2 : 0);
-    const __m512 low = _mm512_maskz_loadu_ps(first, at);
-    const __m512 high = _mm512_maskz_loadu_ps(second, at + 16);
-    return _mm512_permutex2var_ps(low, taken == 1 ? odd : even, high);
+    *low = _mm512_maskz_loadu_ps(first, src);
+    *high = _mm512_maskz_loadu_ps(second, src + 16);
 }
 
 /* y_row[j], idx_row[j] for windows j < count of a kernel x kernel (2 or
@@ -65,17 +54,35 @@ static void fc_max_s2_row_f32(const float *top, ptrdiff_t source_w,
                               long long first_index, int in_w, float *y_row,
                               long long *idx_row)
 {
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16,
+                                           18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
     const __m512i lane2 = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);
     for (ptrdiff_t j = 0; j < count; j += 16) {
         const ptrdiff_t n = count - j < 16 ? count - j : 16;
-        __m512 best = fc_pool_columns(top + 2 * j, n, 0);
+        __m512 best = _mm512_setzero_ps();
         __m512i offset = _mm512_setzero_si512();
         for (int r = 0; r < kernel; ++r) {
             const float *row = top + r * source_w + 2 * j;
-            for (int s = r == 0 ? 1 : 0; s < kernel; ++s) {
-                const __m512 value = fc_pool_columns(row, n, s);
-                const __mmask16 take = fc_pool_beats(value, best);
-                best = _mm512_mask_blend_ps(take, best, value);
+            /* the row's columns 2j, 2j + 1 (and 2j + 2) of windows j < n:
+             * 2n floats, split into even and odd lanes; for 3x3 the 2n - 1
+             * floats from two columns on (the last window's third column
+             * is row[2n]; row[2n + 1] may lie past the plane) */
+            __m512 low, high, columns[3];
+            fc_pool_load_pair(row, 2 * n, &low, &high);
+            columns[0] = _mm512_permutex2var_ps(low, even, high);
+            columns[1] = _mm512_permutex2var_ps(low, odd, high);
+            if (kernel == 3) {
+                fc_pool_load_pair(row + 2, 2 * n - 1, &low, &high);
+                columns[2] = _mm512_permutex2var_ps(low, even, high);
+            }
+            for (int s = 0; s < kernel; ++s) {
+                if (r == 0 && s == 0) {     /* the first tap: the best */
+                    best = columns[0];
+                    continue;
+                }
+                const __mmask16 take = fc_pool_beats(columns[s], best);
+                best = _mm512_mask_blend_ps(take, best, columns[s]);
                 offset = _mm512_mask_blend_epi32(
                     take, offset, _mm512_set1_epi32(r * in_w + s));
             }
