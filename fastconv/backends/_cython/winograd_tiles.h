@@ -202,6 +202,54 @@ static inline void wg_store_points(const __m512 points[36], int tiles,
     }
 }
 
+/* The 1-D transform of a patch row or column: `side` vectors in, six
+ * out (wg_input_1d, side 6; wg_grad_output_1d, side 4). */
+typedef void (*wg_transform_1d)(const __m512 *in, __m512 *out);
+
+/* dst[:, c, :] for planes c in [c0, c1) of tiles [first_tile, first_tile
+ * + count): dst (36, planes, count) = T d T^T of each tile's side x side
+ * patch d, whose first element is (4 ty - row_shift, 4 tx - col_shift),
+ * zero outside the plane, T the 6 x side matrix of `transform` (applied
+ * along each gathered row, then down each column). src (N, planes,
+ * height, width). Inlined into its two callers, where side and transform
+ * are constants. */
+static inline __attribute__((always_inline)) void
+wg_patch_points(const float *src, ptrdiff_t planes, ptrdiff_t c0,
+                ptrdiff_t c1, ptrdiff_t height, ptrdiff_t width,
+                ptrdiff_t tiles_h, ptrdiff_t tiles_w, ptrdiff_t row_shift,
+                ptrdiff_t col_shift, const int side,
+                const wg_transform_1d transform, ptrdiff_t first_tile,
+                ptrdiff_t count, float *dst)
+{
+    const ptrdiff_t plane = height * width;
+    wg_group_plan plan;
+    for (ptrdiff_t done = 0; done < count; done += WG_GROUP) {
+        const int tiles = count - done < WG_GROUP ? (int)(count - done)
+                                                  : WG_GROUP;
+        wg_plan_group(first_tile + done, tiles, tiles_h, tiles_w, height,
+                      width, planes * plane, row_shift, col_shift, side,
+                      &plan);
+        for (ptrdiff_t c = c0; c < c1; ++c) {
+            __m512 rows[6][6], points[36];
+            for (int i = 0; i < side; ++i) {    /* along each row */
+                __m512 r[8];
+                wg_gather_row(src + c * plane, width, &plan, i, r);
+                transform(r, rows[i]);
+            }
+            for (int s = 0; s < 6; ++s) {       /* down each column */
+                __m512 column[6], out[6];
+                for (int i = 0; i < side; ++i)
+                    column[i] = rows[i][s];
+                transform(column, out);
+                for (int r = 0; r < 6; ++r)
+                    points[r * 6 + s] = out[r];
+            }
+            wg_store_points(points, tiles, dst + c * count + done,
+                            planes * count);
+        }
+    }
+}
+
 /* V[:, c, :] for channels [c0, c1) of tiles [first_tile, first_tile +
  * count): V (36, channels, count) = B^T d B of each tile's 6x6 input patch
  * d, whose first element is (4 ty - pad_top, 4 tx - pad_left), zero
@@ -212,32 +260,8 @@ static void wg_input_f32(const float *x, ptrdiff_t channels, ptrdiff_t c0,
                          ptrdiff_t pad_top, ptrdiff_t pad_left,
                          ptrdiff_t first_tile, ptrdiff_t count, float *v)
 {
-    const ptrdiff_t plane = height * width;
-    wg_group_plan plan;
-    for (ptrdiff_t done = 0; done < count; done += WG_GROUP) {
-        const int tiles = count - done < WG_GROUP ? (int)(count - done)
-                                                  : WG_GROUP;
-        wg_plan_group(first_tile + done, tiles, tiles_h, tiles_w, height,
-                      width, channels * plane, pad_top, pad_left, 6, &plan);
-        for (ptrdiff_t c = c0; c < c1; ++c) {
-            __m512 rows[6][6], points[36];
-            for (int i = 0; i < 6; ++i) {       /* B along each row */
-                __m512 r[8];
-                wg_gather_row(x + c * plane, width, &plan, i, r);
-                wg_input_1d(r, rows[i]);
-            }
-            for (int s = 0; s < 6; ++s) {       /* B^T down each column */
-                __m512 column[6], out[6];
-                for (int i = 0; i < 6; ++i)
-                    column[i] = rows[i][s];
-                wg_input_1d(column, out);
-                for (int r = 0; r < 6; ++r)
-                    points[r * 6 + s] = out[r];
-            }
-            wg_store_points(points, tiles, v + c * count + done,
-                            channels * count);
-        }
-    }
+    wg_patch_points(x, channels, c0, c1, height, width, tiles_h, tiles_w,
+                    pad_top, pad_left, 6, wg_input_1d, first_tile, count, v);
 }
 
 /* E[:, k, :] for filters [k0, k1) of tiles [first_tile, first_tile +
@@ -250,32 +274,8 @@ static void wg_grad_output_f32(const float *grad, ptrdiff_t filters,
                                ptrdiff_t tiles_w, ptrdiff_t first_tile,
                                ptrdiff_t count, float *e)
 {
-    const ptrdiff_t plane = height * width;
-    wg_group_plan plan;
-    for (ptrdiff_t done = 0; done < count; done += WG_GROUP) {
-        const int tiles = count - done < WG_GROUP ? (int)(count - done)
-                                                  : WG_GROUP;
-        wg_plan_group(first_tile + done, tiles, tiles_h, tiles_w, height,
-                      width, filters * plane, 0, 0, 4, &plan);
-        for (ptrdiff_t k = k0; k < k1; ++k) {
-            __m512 rows[4][6], points[36];
-            for (int i = 0; i < 4; ++i) {       /* A^T along each row */
-                __m512 r[8];
-                wg_gather_row(grad + k * plane, width, &plan, i, r);
-                wg_grad_output_1d(r, rows[i]);
-            }
-            for (int s = 0; s < 6; ++s) {       /* A down each column */
-                __m512 column[4], out[6];
-                for (int i = 0; i < 4; ++i)
-                    column[i] = rows[i][s];
-                wg_grad_output_1d(column, out);
-                for (int r = 0; r < 6; ++r)
-                    points[r * 6 + s] = out[r];
-            }
-            wg_store_points(points, tiles, e + k * count + done,
-                            filters * count);
-        }
-    }
+    wg_patch_points(grad, filters, k0, k1, height, width, tiles_h, tiles_w,
+                    0, 0, 4, wg_grad_output_1d, first_tile, count, e);
 }
 
 /* Output channels [k0, k1) of tiles [first_tile, first_tile + count): y's
