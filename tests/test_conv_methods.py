@@ -219,36 +219,48 @@ def test_winograd_tile_rows_of_every_shape(height, width, algorithm,
         _assert_within_bound(zip(got, expected), np.float32)
 
 
-def test_parallel_stages_are_separated_by_barriers():
-    """Cython emits the prange loops of one ``parallel()`` block as ``omp
-    for nowait``: a thread with no share of one stage would start the next
-    while another still writes what it reads (a race that timing hides;
-    the Winograd staged schedules had it). Every Cython kernel therefore
-    puts ``_stage_barrier()`` between consecutive pranges of a block."""
+def _cython_blocks(opening):
+    """(path, source, line number, body lines) for every line of the Cython
+    kernels' sources that matches the regular expression ``opening``: the
+    body is the lines indented under it, as written."""
     import pathlib
     import re
 
     sources = pathlib.Path(cython_cpu.__file__).parent / "_cython"
-    checked = 0
     for path in sorted(sources.glob("*.pyx")):
-        lines = path.read_text().splitlines()
+        source = path.read_text()
+        lines = source.splitlines()
         for start, line in enumerate(lines):
-            if not re.search(r"with nogil, parallel\(", line):
+            if not re.search(opening, line):
                 continue
             indent = len(line) - len(line.lstrip())
             body = []
             for inner in lines[start + 1:]:
                 if inner.strip() and len(inner) - len(inner.lstrip()) <= indent:
                     break
-                body.append(inner.strip())
-            stages = [i for i, text in enumerate(body)
-                      if re.match(r"for \w+ in prange\(", text)]
-            for first, second in zip(stages, stages[1:]):
-                checked += 1
-                assert any(text.startswith("_stage_barrier()")
-                           for text in body[first:second]), (
-                    f"{path.name}:{start + 1}: prange loops without a "
-                    "barrier between them")
+                body.append(inner)
+            yield path, source, start + 1, body
+
+
+def test_parallel_stages_are_separated_by_barriers():
+    """Cython emits the prange loops of one ``parallel()`` block as ``omp
+    for nowait``: a thread with no share of one stage would start the next
+    while another still writes what it reads (a race that timing hides;
+    the Winograd staged schedules had it). Every Cython kernel therefore
+    puts ``_stage_barrier()`` between consecutive pranges of a block."""
+    import re
+
+    checked = 0
+    for path, _, number, lines in _cython_blocks(r"with nogil, parallel\("):
+        body = [inner.strip() for inner in lines]
+        stages = [i for i, text in enumerate(body)
+                  if re.match(r"for \w+ in prange\(", text)]
+        for first, second in zip(stages, stages[1:]):
+            checked += 1
+            assert any(text.startswith("_stage_barrier()")
+                       for text in body[first:second]), (
+                f"{path.name}:{number}: prange loops without a barrier "
+                "between them")
     assert checked >= 3     # the staged forward's two, the weight grad's
 
 
@@ -258,7 +270,6 @@ def test_prange_bodies_assign_what_they_pass_by_address():
     and never assigned stays shared between the threads, a race (the
     Winograd staged stages' channel runs had it). Every scalar a prange
     body passes by address is therefore assigned in that body."""
-    import pathlib
     import re
 
     def scalars(source):
@@ -272,28 +283,18 @@ def test_prange_bodies_assign_what_they_pass_by_address():
                 names.add(part.split("=")[0].strip())
         return names
 
-    sources = pathlib.Path(cython_cpu.__file__).parent / "_cython"
     checked = 0
-    for path in sorted(sources.glob("*.pyx")):
-        declared = scalars(path.read_text())
-        lines = path.read_text().splitlines()
-        for start, line in enumerate(lines):
-            if not re.search(r"for \w+ in prange\(", line):
-                continue
-            indent = len(line) - len(line.lstrip())
-            body = []
-            for inner in lines[start + 1:]:
-                if inner.strip() and len(inner) - len(inner.lstrip()) <= indent:
-                    break
-                body.append(inner.split("#")[0])
-            text = "\n".join(body)
-            for name in set(re.findall(r"&(\w+)\b(?!\s*\[)", text)):
-                if name not in declared:
-                    continue        # a struct or array the threads share
-                checked += 1
-                assert re.search(rf"(^|\n)\s*{name}\s*=[^=]", text), (
-                    f"{path.name}:{start + 1}: {name} is passed by address "
-                    "in a prange body that never assigns it (shared)")
+    for path, source, number, lines in _cython_blocks(
+            r"for \w+ in prange\("):
+        declared = scalars(source)
+        text = "\n".join(inner.split("#")[0] for inner in lines)
+        for name in set(re.findall(r"&(\w+)\b(?!\s*\[)", text)):
+            if name not in declared:
+                continue        # a struct or array the threads share
+            checked += 1
+            assert re.search(rf"(^|\n)\s*{name}\s*=[^=]", text), (
+                f"{path.name}:{number}: {name} is passed by address in a "
+                "prange body that never assigns it (shared)")
     assert checked >= 1
 
 
