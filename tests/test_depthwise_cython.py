@@ -6,6 +6,9 @@ kernel rather than im2col + GEMM. Its two inner loops (whole-tile sweeps for
 stride 1, row sweeps for any stride) and its row tiles are each forced on
 the shared depthwise cases of test_conv2d.py and compared with the naive
 reference and PyTorch; filter2d's depthwise method runs through it too.
+The channel-vector kernel (``_cython/depthwise_vectors.h``: 16 channels to a
+vector, for narrow float32 layers) is forced on the same cases and on
+channel counts around its blocks of 16.
 """
 
 from __future__ import annotations
@@ -30,15 +33,23 @@ def cython_backend():
 
 
 class _CountingKernels:
-    """Stands in for the compiled depthwise module, counting its calls."""
+    """Stands in for the compiled depthwise module, recording which of its
+    kernels each call ran ("planes" or "vectors")."""
 
     def __init__(self, module):
         self.module = module
         self.calls = []
 
     def depthwise_forward(self, *args):
-        self.calls.append(args)
+        self.calls.append("planes")
         return self.module.depthwise_forward(*args)
+
+    def depthwise_forward_vectors(self, *args):
+        self.calls.append("vectors")
+        return self.module.depthwise_forward_vectors(*args)
+
+    def __getattr__(self, name):
+        return getattr(self.module, name)
 
 
 @pytest.fixture
@@ -46,6 +57,11 @@ def depthwise_calls(cython_backend, monkeypatch):
     counting = _CountingKernels(cython_backend._depthwise)
     monkeypatch.setattr(cython_backend, "_depthwise", counting)
     return counting.calls
+
+
+def _never(g, dtype):
+    """Stands in for _depthwise_vectors: the plane kernel always."""
+    return False
 
 
 # (DEPTHWISE_TILE_BYTES, tile sweeps for stride 1): each loop and tiling
@@ -63,6 +79,7 @@ def test_cython_depthwise_matches_naive(case_id, loops, dtype, random_array,
                                         cython_backend, depthwise_calls,
                                         monkeypatch, assert_close):
     tile_bytes, tile_sweeps = LOOPS[loops]
+    monkeypatch.setattr(cython_backend, "_depthwise_vectors", _never)
     monkeypatch.setattr(cython_backend, "DEPTHWISE_TILE_BYTES", tile_bytes)
     # tile sweeps wherever they apply (stride 1), or never
     monkeypatch.setattr(cython_backend, "DEPTHWISE_TILE_SWEEP_MAX_WIDTH",
@@ -72,7 +89,7 @@ def test_cython_depthwise_matches_naive(case_id, loops, dtype, random_array,
     original = x.copy()
     expected = fastconv.conv2d(x, weight, bias, **kwargs, backend="naive")
     y = fastconv.conv2d(x, weight, bias, **kwargs, backend="cython")
-    assert len(depthwise_calls) == 1, "conv2d did not run the direct kernel"
+    assert depthwise_calls == ["planes"], "conv2d did not run the kernel"
     assert y.dtype == dtype
     assert_close(y, expected, dtype, what=f"depthwise {case_id} {loops}")
     np.testing.assert_array_equal(x, original)
@@ -85,6 +102,7 @@ def test_cython_depthwise_matches_torch(case_id, tile_sweeps, torch,
                                         random_array, cython_backend,
                                         depthwise_calls, monkeypatch,
                                         assert_close):
+    monkeypatch.setattr(cython_backend, "_depthwise_vectors", _never)
     monkeypatch.setattr(cython_backend, "DEPTHWISE_TILE_SWEEP_MAX_WIDTH",
                         2**62 if tile_sweeps else -1)
     x, weight, bias, kwargs = case_inputs(case_id, np.dtype(np.float64),
@@ -179,3 +197,129 @@ def test_filter2d_runs_the_cython_depthwise_kernel(random_array,
                                   method="depthwise", backend="cython")
         assert_close(result, expected, np.float32, what=boundary)
     assert len(depthwise_calls) >= 2
+
+
+# ------------------------------------------- the channel-vector kernel
+
+@pytest.fixture
+def vector_backend(cython_backend, monkeypatch):
+    """The cython backend with the channel-vector kernel forced wherever it
+    can run (float32, one filter per channel), or skip where it is not
+    built (no AVX-512 or no GCC)."""
+    if not cython_backend._depthwise.vectors_available():
+        pytest.skip("the channel-vector depthwise kernel is not built here")
+    monkeypatch.setattr(
+        cython_backend, "_depthwise_vectors",
+        lambda g, dtype: dtype == np.float32
+        and g.out_channels == g.in_channels)
+    return cython_backend
+
+
+def _vector_cases():
+    return [case_id for case_id in DEPTHWISE_IDS
+            if DEPTHWISE_BY_ID[case_id][2][0] == DEPTHWISE_BY_ID[case_id][1][1]]
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
+@pytest.mark.parametrize("band_bytes", [1, 2**40], ids=["row_items",
+                                                        "plane_items"])
+@pytest.mark.parametrize("case_id", _vector_cases())
+def test_cython_depthwise_vectors_match_naive(case_id, band_bytes,
+                                              random_array, vector_backend,
+                                              depthwise_calls, monkeypatch,
+                                              assert_close):
+    monkeypatch.setattr(vector_backend, "DEPTHWISE_VECTOR_BAND_BYTES",
+                        band_bytes)
+    x, weight, bias, kwargs = case_inputs(case_id, np.dtype(np.float32),
+                                          random_array, DEPTHWISE_BY_ID,
+                                          "depthwise")
+    original = x.copy()
+    expected = fastconv.conv2d(x.astype(np.float64), weight.astype(np.float64),
+                               None if bias is None else bias.astype(
+                                   np.float64), **kwargs, backend="naive")
+    y = fastconv.conv2d(x, weight, bias, **kwargs, backend="cython")
+    assert depthwise_calls == ["vectors"]
+    assert y.dtype == np.float32
+    assert_close(y, expected, np.float32, what=f"vectors {case_id}")
+    np.testing.assert_array_equal(x, original)
+
+
+@pytest.mark.parametrize("channels", [1, 15, 16, 17, 40, 48])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_cython_depthwise_vectors_blocks_bias_and_clamp(
+        channels, stride, random_array, vector_backend, depthwise_calls,
+        assert_close):
+    """Channel blocks of 16 with a short last block, two images, a bias
+    and a fused ReLU6 (clamped in registers, NaN kept), every item's rows
+    stored into the right planes (y starts as NaN)."""
+    x = random_array((2, channels, 13, 11), np.float32, "vec x", channels)
+    x[0, 0, 3, 4] = np.nan
+    weight = random_array((channels, 1, 3, 3), np.float32, "vec w")
+    bias = random_array(channels, np.float32, "vec b")
+    g = _shapes.conv_geometry(x.shape, weight.shape, (stride, stride),
+                              (1, 1, 1, 1), (1, 1), channels)
+    expected = np.clip(fastconv.conv2d(
+        x.astype(np.float64), weight.astype(np.float64),
+        bias.astype(np.float64), stride=stride, padding=1, groups=channels,
+        backend="naive"), 0, 6)
+    y = vector_backend.conv2d_forward(x, weight, bias, g, clamp=(0.0, 6.0))
+    assert depthwise_calls == ["vectors"]
+    assert np.isnan(y[0, 0]).any() and not np.isnan(y[1]).any()
+    assert_close(np.nan_to_num(y, nan=-1), np.nan_to_num(expected, nan=-1),
+                 np.float32, what=f"C{channels} stride {stride}")
+
+
+def test_cython_depthwise_vectors_match_torch(torch, random_array,
+                                              vector_backend, assert_close):
+    x = random_array((3, 37, 15, 14), np.float32, "vec torch x")
+    weight = random_array((37, 1, 5, 3), np.float32, "vec torch w")
+    for kwargs in (dict(padding=(2, 1)), dict(stride=(2, 3), padding=1,
+                                              dilation=(1, 2))):
+        expected = torch.nn.functional.conv2d(
+            torch.from_numpy(x), torch.from_numpy(weight), groups=37,
+            **kwargs).numpy()
+        assert_close(fastconv.conv2d(x, weight, groups=37, **kwargs,
+                                     backend="cython"),
+                     expected, np.float32, what=str(kwargs))
+
+
+def test_cython_depthwise_vectors_bits_do_not_depend_on_threads(
+        random_array, vector_backend):
+    x = random_array((2, 50, 14, 14), np.float32, "vec threads x")
+    weight = random_array((50, 1, 3, 3), np.float32, "vec threads w")
+    results, before = [], fastconv.get_num_threads()
+    try:
+        for threads in (1, before):
+            fastconv.set_num_threads(threads)
+            results.append(fastconv.conv2d(x, weight, padding=1, groups=50,
+                                           backend="cython"))
+    finally:
+        fastconv.set_num_threads(before)
+    for other in results[1:]:
+        np.testing.assert_array_equal(other, results[0])
+
+
+def test_cython_depthwise_vector_rule(cython_backend):
+    """Which layers the channel-vector kernel runs (the measured rule at
+    DEPTHWISE_VECTOR_MIN_CHANNELS): MobileNetV2's narrow and strided
+    layers, not wide planes, few channels, several filters per channel or
+    float64."""
+    if not cython_backend._depthwise.vectors_available():
+        pytest.skip("the channel-vector depthwise kernel is not built here")
+
+    def method(channels, size, stride, filters=None, dtype=np.float32):
+        g = _shapes.conv_geometry(
+            (1, channels, size, size), (filters or channels, 1, 3, 3),
+            (stride, stride), (1, 1, 1, 1), (1, 1), channels)
+        return cython_backend.conv2d_method(g, dtype)
+
+    assert method(576, 14, 1) == "depthwise-vectors"
+    assert method(960, 7, 1) == "depthwise-vectors"
+    assert method(192, 28, 1) == "depthwise-vectors"
+    assert method(144, 56, 2) == "depthwise-vectors"
+    assert method(32, 112, 1) == "depthwise"
+    assert method(144, 56, 1) == "depthwise"
+    assert method(64, 28, 1) == "depthwise"
+    assert method(16, 14, 1) == "depthwise"
+    assert method(64, 14, 1, filters=128) == "depthwise"
+    assert method(576, 14, 1, dtype=np.float64) == "depthwise"

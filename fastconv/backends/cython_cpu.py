@@ -299,7 +299,8 @@ def _uses_blocked_direct(g, dtype):
 
 def conv2d_method(g, dtype=np.float32, packed=False) -> str:
     """What ``conv2d_forward`` runs for this geometry (``packed``: with a
-    layer's packed filters): ``'depthwise'``, ``'winograd-f4x4'``,
+    layer's packed filters): ``'depthwise'`` (``'depthwise-vectors'``: 16
+    channels to a vector), ``'winograd-f4x4'``,
     ``'direct-blocked'`` (the register-blocked direct kernel), ``'gemm-1x1'``
     (x is its own im2col matrix) or ``'im2col-gemm'``."""
     dtype = np.dtype(dtype)
@@ -307,7 +308,8 @@ def conv2d_method(g, dtype=np.float32, packed=False) -> str:
                       (g.out_height, g.out_width), packed, dtype):
         return "winograd-f4x4"
     if _is_depthwise(g):
-        return "depthwise"
+        return ("depthwise-vectors" if _depthwise_vectors(g, dtype)
+                else "depthwise")
     if _uses_blocked_direct(g, dtype):
         return "direct-blocked"
     return "gemm-1x1" if _is_direct(g) else "im2col-gemm"
@@ -1268,12 +1270,70 @@ def _depthwise_tile_sweeps(g):
             and g.out_width <= DEPTHWISE_TILE_SWEEP_MAX_WIDTH)
 
 
+#: The channel-vector kernel's band (its item's input rows, 16 channels a
+#: pixel) is kept within this many bytes, in a core's L1 cache.
+DEPTHWISE_VECTOR_BAND_BYTES = 32 * 1024
+
+#: The channel-vector kernel (depthwise_vectors.h) runs float32 depthwise
+#: layers with one filter per channel, at least DEPTHWISE_VECTOR_MIN_CHANNELS
+#: channels and narrow output rows: at stride 1 at most 14 wide, or 28 with
+#: DEPTHWISE_VECTOR_MANY_CHANNELS channels; strided, at most 56. The plane
+#: kernel runs the others: on wide rows its sweeps are long, and the vector
+#: kernel's transposes (in and out) cost more than they save. Measured (3x3,
+#: pad 1, 2 threads, load 0.3-1.0, plane time / vector time; N1 and N16):
+#: stride 1: 7x7 C960 1.9 and 4.6; 14x14 C384-576 1.3 and 1.5-1.8, C32-64
+#: 1.04-1.2 (N1); 28x28 C192 1.07 and 1.34, C32-64 0.86-0.9 (N1-4); 56x56
+#: C144 0.88 and 1.08; 112x112 0.76-0.78; 224x224 0.5-0.7. Stride 2: to 7x7
+#: C576 3.2 and 4.7; to 14x14 C192 2.1 and 3.0; to 28x28 C144 1.26 and 1.6,
+#: C32 1.17; to 56x56 C96 0.96 and 1.2. Below 16 channels (lanes left empty)
+#: 0.3-0.8.
+DEPTHWISE_VECTOR_MIN_CHANNELS = 32
+DEPTHWISE_VECTOR_MANY_CHANNELS = 128
+
+
+def _depthwise_vectors(g, dtype):
+    """Whether the channel-vector kernel runs this depthwise call."""
+    if g.stride_h == g.stride_w == 1:
+        widest = 28 if g.in_channels >= DEPTHWISE_VECTOR_MANY_CHANNELS else 14
+    else:
+        widest = 56
+    return (dtype == np.float32 and g.out_channels == g.in_channels
+            and g.in_channels >= DEPTHWISE_VECTOR_MIN_CHANNELS
+            and g.out_width <= widest and _depthwise.vectors_available())
+
+
+def _depthwise_vector_rows(g, num_threads):
+    """Output rows per channel-vector work item: the band within
+    DEPTHWISE_VECTOR_BAND_BYTES, and four items per thread where the call
+    has that many."""
+    padded_w = g.pad_left + g.in_width + g.pad_right
+    row_bytes = padded_w * 16 * 4
+
+    def band_bytes(rows):
+        return ((rows - 1) * g.stride_h
+                + (g.kernel_height - 1) * g.dilation_h + 1) * row_bytes
+
+    rows = g.out_height
+    while rows > 1 and band_bytes(rows) > DEPTHWISE_VECTOR_BAND_BYTES:
+        rows -= 1
+    blocks = g.batch * -(-g.in_channels // 16)
+    while rows > 1 and blocks * -(-g.out_height // rows) < 4 * num_threads:
+        rows -= 1
+    return rows
+
+
 def _depthwise_forward(x, weight, bias, g, clamp=None):
     """conv2d_forward for _is_depthwise geometries: the direct kernel;
     ``clamp`` (lo, hi) or None, applied to each work item's outputs."""
     num_threads = _num_threads(_threads.conv_threads(g))
     y = np.empty(g.output_shape, dtype=x.dtype)
-    if y.size:
+    if y.size and _depthwise_vectors(g, x.dtype):
+        lo, hi = (0.0, 0.0) if clamp is None else clamp
+        _depthwise.depthwise_forward_vectors(
+            x, weight, bias if bias is not None else np.empty(1, np.float32),
+            bias is not None, y, g, _depthwise_vector_rows(g, num_threads),
+            num_threads, clamp is not None, lo, hi)
+    elif y.size:
         has_bias = bias is not None
         lo, hi = (0.0, 0.0) if clamp is None else clamp
         _depthwise.depthwise_forward(

@@ -31,8 +31,23 @@ only when ``has_bias``), y (N, K, OH, OW).
 """
 
 from cython.parallel cimport prange, threadid
-from libc.stdlib cimport calloc, free
+from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
+
+cdef extern from "depthwise_vectors.h" nogil:
+    const int FC_DW_AVAILABLE
+    const int FC_DW_LANES
+    ctypedef struct fc_dw_geometry:
+        Py_ssize_t channels, in_height, in_width, out_height, out_width
+        Py_ssize_t kernel_h, kernel_w, stride_h, stride_w
+        Py_ssize_t dilation_h, dilation_w, pad_top, pad_left
+        Py_ssize_t padded_w, rows
+        int clamp
+        float lo, hi
+    Py_ssize_t fc_dw_scratch_floats(const fc_dw_geometry *g)
+    void fc_dw_item(const fc_dw_geometry *g, const float *x_image,
+                    const float *weight, const float *bias, Py_ssize_t block,
+                    Py_ssize_t oh0, float *y_image, float *scratch)
 
 ctypedef fused real:
     float
@@ -215,5 +230,68 @@ def depthwise_forward(const real[:, :, :, ::1] x,
                                 kernel_h, kernel_w, value, y_row)
                 if clamp:
                     _clamp_block(y_row, rows * out_w, <real>lo, <real>hi)
+    finally:
+        free(scratch)
+
+
+def vectors_available():
+    """Whether depthwise_forward_vectors is built (AVX-512 and GCC)."""
+    return FC_DW_AVAILABLE != 0
+
+
+def depthwise_forward_vectors(const float[:, :, :, ::1] x,
+                              const float[:, :, :, ::1] weight,
+                              const float[::1] bias, bint has_bias,
+                              float[:, :, :, ::1] y, g, Py_ssize_t rows,
+                              int num_threads, bint clamp=False,
+                              double lo=0, double hi=0):
+    """y = depthwise conv(x, weight) + bias, float32, one filter per
+    channel, with 16 channels in each vector (depthwise_vectors.h); work
+    items are (image, block of 16 channels, ``rows`` output rows)."""
+    if not FC_DW_AVAILABLE:
+        raise RuntimeError("the channel-vector depthwise kernel is not built")
+    cdef fc_dw_geometry geo
+    geo.channels = x.shape[1]
+    geo.in_height = x.shape[2]
+    geo.in_width = x.shape[3]
+    geo.out_height = y.shape[2]
+    geo.out_width = y.shape[3]
+    geo.kernel_h = weight.shape[2]
+    geo.kernel_w = weight.shape[3]
+    geo.stride_h = g.stride_h
+    geo.stride_w = g.stride_w
+    geo.dilation_h = g.dilation_h
+    geo.dilation_w = g.dilation_w
+    geo.pad_top = g.pad_top
+    geo.pad_left = g.pad_left
+    geo.padded_w = g.pad_left + geo.in_width + g.pad_right
+    geo.rows = rows
+    geo.clamp = clamp
+    geo.lo = <float>lo
+    geo.hi = <float>hi
+    cdef Py_ssize_t blocks = (geo.channels + FC_DW_LANES - 1) // FC_DW_LANES
+    cdef Py_ssize_t runs = (geo.out_height + rows - 1) // rows
+    cdef Py_ssize_t per_image = blocks * runs
+    cdef Py_ssize_t items = x.shape[0] * per_image
+    cdef Py_ssize_t in_image = geo.channels * geo.in_height * geo.in_width
+    cdef Py_ssize_t out_image = geo.channels * geo.out_height * geo.out_width
+    cdef Py_ssize_t pitch = (fc_dw_scratch_floats(&geo) + 15) // 16 * 16
+    cdef const float *x_base = &x[0, 0, 0, 0]
+    cdef const float *w_base = &weight[0, 0, 0, 0]
+    cdef const float *b_base = &bias[0] if has_bias else NULL
+    cdef float *y_base = &y[0, 0, 0, 0]
+    cdef float *scratch = <float *>malloc(num_threads * pitch * sizeof(float))
+    cdef Py_ssize_t item, image, rest
+    if scratch == NULL:
+        raise MemoryError()
+    try:
+        for item in prange(items, nogil=True, schedule="static",
+                           num_threads=num_threads):
+            image = item // per_image
+            rest = item % per_image
+            fc_dw_item(&geo, x_base + image * in_image, w_base, b_base,
+                       rest // runs, (rest % runs) * rows,
+                       y_base + image * out_image,
+                       scratch + threadid() * pitch)
     finally:
         free(scratch)

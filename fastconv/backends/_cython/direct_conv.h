@@ -33,140 +33,16 @@
 #include <stddef.h>
 #include <string.h>
 
-#if defined(__GNUC__) || defined(__clang__)
+#include "vectors.h"
+
+#if FC_VECTORS_AVAILABLE
 #define FC_DIRECT_AVAILABLE 1
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#define FC_VL 16          /* floats per vector */
+#if FC_VL == 16
 #define FC_KB 8           /* output channels per tile */
 #else
-#define FC_VL 8
 #define FC_KB 4           /* 16 registers: 12 accumulators and 3 inputs */
 #endif
 #define FC_VMAX 3         /* vectors per tile */
-
-typedef float fc_vf __attribute__((vector_size(FC_VL * sizeof(float))));
-
-/* GCC's two-vector shuffle picks the even lanes of a stride-2 row (clang
- * spells it differently: it takes the scalar loop). */
-#if defined(__GNUC__) && !defined(__clang__)
-#define FC_HAVE_SHUFFLE 1
-typedef int fc_vi __attribute__((vector_size(FC_VL * sizeof(int))));
-#if FC_VL == 16
-#define FC_EVEN ((fc_vi){0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, \
-                         28, 30})
-#else
-#define FC_EVEN ((fc_vi){0, 2, 4, 6, 8, 10, 12, 14})
-#endif
-#else
-#define FC_HAVE_SHUFFLE 0
-#endif
-
-static inline fc_vf fc_load(const float *p)
-{
-    fc_vf v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-
-typedef int fc_vm __attribute__((vector_size(FC_VL * sizeof(int))));
-
-/* The forward's output activation: v clamped to [lo, hi] where `clamp`
- * (ReLU: [0, inf]; ReLU6: [0, 6]); NaN stays NaN, as numpy.clip keeps it
- * (a comparison with NaN is false, so its lanes keep v). */
-static inline fc_vf fc_clamp(fc_vf v, int clamp, float lo, float hi)
-{
-    if (!clamp)
-        return v;
-    const fc_vf lov = (fc_vf){0} + lo, hiv = (fc_vf){0} + hi;
-    fc_vm below = v < lov;
-    v = (fc_vf)(((fc_vm)lov & below) | ((fc_vm)v & ~below));
-    fc_vm above = v > hiv;
-    return (fc_vf)(((fc_vm)hiv & above) | ((fc_vm)v & ~above));
-}
-
-/* Lanes of a vector that a store or load touches: `lanes` >= 0 means the
- * first `lanes`; `lanes` < 0 means all but the first -`lanes` (the shifted
- * last vector of a pointwise plane, whose first lanes the vector before it
- * already holds). */
-#if FC_VL == 16
-static inline __mmask16 fc_mask(int lanes)
-{
-    return lanes >= 0 ? (__mmask16)((1u << lanes) - 1u)
-                      : (__mmask16)(0xFFFFu & ~((1u << -lanes) - 1u));
-}
-#endif
-
-/* Store the lanes of v that `lanes` names at dst. */
-static inline void fc_store(float *dst, fc_vf v, int lanes)
-{
-    if (lanes == FC_VL) {
-        memcpy(dst, &v, sizeof v);
-        return;
-    }
-#if FC_VL == 16
-    _mm512_mask_storeu_ps(dst, fc_mask(lanes), (__m512)v);
-#else
-    float tmp[FC_VL];
-    memcpy(tmp, &v, sizeof v);
-    for (int i = lanes >= 0 ? 0 : -lanes; i < (lanes >= 0 ? lanes : FC_VL);
-         ++i)
-        dst[i] = tmp[i];
-#endif
-}
-
-/* The lanes at src that `lanes` names, zeros in the others. */
-static inline fc_vf fc_load_lanes(const float *src, int lanes)
-{
-    if (lanes == FC_VL)
-        return fc_load(src);
-#if FC_VL == 16
-    return (fc_vf)_mm512_maskz_loadu_ps(fc_mask(lanes), src);
-#else
-    float tmp[FC_VL] = {0};
-    for (int i = lanes >= 0 ? 0 : -lanes; i < (lanes >= 0 ? lanes : FC_VL);
-         ++i)
-        tmp[i] = src[i];
-    fc_vf v;
-    memcpy(&v, tmp, sizeof v);
-    return v;
-#endif
-}
-
-#if FC_HAVE_SHUFFLE && FC_VL == 16
-/* Transpose a 16 x 16 block held as 16 vectors (r[i][j] -> r[j][i]) in four
- * rounds of two-vector shuffles: round h swaps the h x h sub-blocks off the
- * diagonal of each 2h x 2h block. FC_T_LO(h, p) is lane p's source (lanes
- * 16 and up: the second vector) in the new r[i]; r[i + h] takes the lanes
- * h further on. The index vectors are constants (computed in the loop they
- * cost as much as the shuffles). */
-#define FC_T_LO(h, p) (((p) / (h) / 2) * 2 * (h) + (p) % (h) \
-                       + ((p) / (h) % 2 ? 16 : 0))
-#define FC_T_IDX(h, d) ((fc_vi){ \
-    FC_T_LO(h, 0) + d, FC_T_LO(h, 1) + d, FC_T_LO(h, 2) + d, \
-    FC_T_LO(h, 3) + d, FC_T_LO(h, 4) + d, FC_T_LO(h, 5) + d, \
-    FC_T_LO(h, 6) + d, FC_T_LO(h, 7) + d, FC_T_LO(h, 8) + d, \
-    FC_T_LO(h, 9) + d, FC_T_LO(h, 10) + d, FC_T_LO(h, 11) + d, \
-    FC_T_LO(h, 12) + d, FC_T_LO(h, 13) + d, FC_T_LO(h, 14) + d, \
-    FC_T_LO(h, 15) + d})
-#define FC_T_ROUND(h) do { \
-        const fc_vi lo = FC_T_IDX(h, 0), hi = FC_T_IDX(h, h); \
-        for (int i = 0; i < 16; ++i) { \
-            if (i & (h)) \
-                continue; \
-            const fc_vf a = r[i], b = r[i + (h)]; \
-            r[i] = __builtin_shuffle(a, b, lo); \
-            r[i + (h)] = __builtin_shuffle(a, b, hi); \
-        } \
-    } while (0)
-static inline void fc_transpose16(fc_vf r[16])
-{
-    FC_T_ROUND(8);
-    FC_T_ROUND(4);
-    FC_T_ROUND(2);
-    FC_T_ROUND(1);
-}
-#endif
 
 /* For V vectors whose first inputs are base[v] (input[v][t]: FC_VL floats
  * at base[v] + off[t]) and the FC_KB filters of one chunk (w[t][k]):
@@ -226,7 +102,6 @@ static void fc_tile3(FC_TILE_ARGS) { fc_tile(3, b, o, t, w, d, l, p, kn, bias, a
 #else  /* no vector extensions (MSVC): the caller never selects this path */
 #define FC_WTAPS(WV) 1
 #define FC_DIRECT_AVAILABLE 0
-#define FC_VL 1
 #define FC_KB 1
 #define FC_VMAX 1
 #endif
