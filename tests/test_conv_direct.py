@@ -209,6 +209,30 @@ def test_bands_stay_within_their_budget():
                     <= cython_cpu.DIRECT_BAND_BYTES)
 
 
+@pytest.mark.parametrize("shape", [(1, 96, 14, 14, 576), (1, 576, 14, 14, 96),
+                                   (1, 64, 28, 28, 128), (2, 32, 9, 31, 16)])
+def test_work_items_are_even(shape):
+    """The rows (pointwise: vectors) of a plane are cut into runs of even
+    length: no run is more than one shorter than another, and there are
+    no more runs than the budgets alone would make."""
+    batch, channels, height, width, filters = shape
+    for kernel in (1, 3):
+        x = np.zeros((batch, channels, height, width), np.float32)
+        weight = np.zeros((filters, channels, kernel, kernel), np.float32)
+        g = _geometry(x, weight, 1, kernel // 2)
+        lanes = cython_cpu._direct_parameters()[1]
+        total = (-(-height * width // lanes) if cython_cpu._direct_pointwise(g)
+                 else height)
+        for threads in (1, 2, 4):
+            rows = cython_cpu._direct_rows(g, threads)
+            runs = -(-total // rows)
+            assert total - (runs - 1) * rows >= rows - runs, (kernel, rows)
+            assert cython_cpu._even_runs(total, rows) == rows
+    assert cython_cpu._even_runs(13, 6) == 5
+    assert cython_cpu._even_runs(12, 6) == 6
+    assert cython_cpu._even_runs(7, 100) == 7
+
+
 def _check_input_gradient(rng, x, weight, conv, direct_calls):
     """cython's float32 grad_input through the direct path against the
     naive float64 reference."""
