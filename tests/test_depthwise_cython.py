@@ -244,14 +244,18 @@ def test_cython_depthwise_vectors_match_naive(case_id, band_bytes,
     np.testing.assert_array_equal(x, original)
 
 
+@pytest.mark.parametrize("kernel", ["vectors", "planes"])
 @pytest.mark.parametrize("channels", [1, 15, 16, 17, 40, 48])
 @pytest.mark.parametrize("stride", [1, 2])
 def test_cython_depthwise_vectors_blocks_bias_and_clamp(
-        channels, stride, random_array, vector_backend, depthwise_calls,
-        assert_close):
+        channels, stride, kernel, random_array, vector_backend,
+        depthwise_calls, monkeypatch, assert_close):
     """Channel blocks of 16 with a short last block, two images, a bias
     and a fused ReLU6 (clamped in registers, NaN kept), every item's rows
-    stored into the right planes (y starts as NaN)."""
+    stored into the right planes; the same through the plane kernel (its
+    float32 vector rows at stride 1)."""
+    if kernel == "planes":
+        monkeypatch.setattr(vector_backend, "_depthwise_vectors", _never)
     x = random_array((2, channels, 13, 11), np.float32, "vec x", channels)
     x[0, 0, 3, 4] = np.nan
     weight = random_array((channels, 1, 3, 3), np.float32, "vec w")
@@ -263,7 +267,7 @@ def test_cython_depthwise_vectors_blocks_bias_and_clamp(
         bias.astype(np.float64), stride=stride, padding=1, groups=channels,
         backend="naive"), 0, 6)
     y = vector_backend.conv2d_forward(x, weight, bias, g, clamp=(0.0, 6.0))
-    assert depthwise_calls == ["vectors"]
+    assert depthwise_calls == [kernel]
     assert np.isnan(y[0, 0]).any() and not np.isnan(y[1]).any()
     assert_close(np.nan_to_num(y, nan=-1), np.nan_to_num(expected, nan=-1),
                  np.float32, what=f"C{channels} stride {stride}")
@@ -315,11 +319,14 @@ def test_cython_depthwise_vector_rule(cython_backend):
 
     assert method(576, 14, 1) == "depthwise-vectors"
     assert method(960, 7, 1) == "depthwise-vectors"
-    assert method(192, 28, 1) == "depthwise-vectors"
+    assert method(192, 28, 1) == "depthwise"
+    assert method(64, 14, 1) == "depthwise-vectors"
     assert method(144, 56, 2) == "depthwise-vectors"
     assert method(32, 112, 1) == "depthwise"
     assert method(144, 56, 1) == "depthwise"
-    assert method(64, 28, 1) == "depthwise"
+    assert method(64, 28, 2) == "depthwise-vectors"
+    assert method(96, 112, 2) == "depthwise-vectors"
+    assert method(96, 224, 2) == "depthwise"
     assert method(16, 14, 1) == "depthwise"
     assert method(64, 14, 1, filters=128) == "depthwise"
     assert method(576, 14, 1, dtype=np.float64) == "depthwise"

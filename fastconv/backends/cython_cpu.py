@@ -1287,27 +1287,26 @@ DEPTHWISE_VECTOR_BAND_BYTES = 32 * 1024
 
 #: The channel-vector kernel (depthwise_vectors.h) runs float32 depthwise
 #: layers with one filter per channel, at least DEPTHWISE_VECTOR_MIN_CHANNELS
-#: channels and narrow output rows: at stride 1 at most 14 wide, or 28 with
-#: DEPTHWISE_VECTOR_MANY_CHANNELS channels; strided, at most 56. The plane
-#: kernel runs the others: on wide rows its sweeps are long, and the vector
-#: kernel's transposes (in and out) cost more than they save. Measured (3x3,
-#: pad 1, 2 threads, load 0.3-1.0, plane time / vector time; N1 and N16):
-#: stride 1: 7x7 C960 1.9 and 4.6; 14x14 C384-576 1.3 and 1.5-1.8, C32-64
-#: 1.04-1.2 (N1); 28x28 C192 1.07 and 1.34, C32-64 0.86-0.9 (N1-4); 56x56
-#: C144 0.88 and 1.08; 112x112 0.76-0.78; 224x224 0.5-0.7. Stride 2: to 7x7
-#: C576 3.2 and 4.7; to 14x14 C192 2.1 and 3.0; to 28x28 C144 1.26 and 1.6,
-#: C32 1.17; to 56x56 C96 0.96 and 1.2. Below 16 channels (lanes left empty)
-#: 0.3-0.8.
+#: channels and output rows at most DEPTHWISE_VECTOR_MAX_WIDTH wide at
+#: stride 1, DEPTHWISE_VECTOR_MAX_STRIDED_WIDTH when strided. The plane
+#: kernel runs the others: on wide rows its vectors of pixels fill, and the
+#: vector kernel's transposes (in and out) cost more than they save.
+#: Measured (3x3, pad 1, 2 threads, load 0.3-1.2, plane time / vector time;
+#: N1 and N16): stride 1: 7x7 C960 2.4 and 2.0; 14x14 C384-576 1.17-1.25
+#: and 1.01-1.06, C32-64 1.04-1.2 (N1); 28x28 C192 0.94 and 0.87; wider
+#: 0.98-1.0 (the plane kernel's float32 rows at column stride 1 are
+#: vectors of pixels too). Strided: to 7x7 C576 3.2 and 3.0; to 14x14 C192
+#: 1.9 and 2.0; to 28x28 C144 1.17 and 1.47, C32 1.17; to 56x56 C96 0.94
+#: and 1.12. Below 16 channels (lanes left empty) 0.3-0.8.
 DEPTHWISE_VECTOR_MIN_CHANNELS = 32
-DEPTHWISE_VECTOR_MANY_CHANNELS = 128
+DEPTHWISE_VECTOR_MAX_WIDTH = 14
+DEPTHWISE_VECTOR_MAX_STRIDED_WIDTH = 56
 
 
 def _depthwise_vectors(g, dtype):
     """Whether the channel-vector kernel runs this depthwise call."""
-    if g.stride_h == g.stride_w == 1:
-        widest = 28 if g.in_channels >= DEPTHWISE_VECTOR_MANY_CHANNELS else 14
-    else:
-        widest = 56
+    widest = (DEPTHWISE_VECTOR_MAX_WIDTH if g.stride_h == g.stride_w == 1
+              else DEPTHWISE_VECTOR_MAX_STRIDED_WIDTH)
     return (dtype == np.float32 and g.out_channels == g.in_channels
             and g.in_channels >= DEPTHWISE_VECTOR_MIN_CHANNELS
             and g.out_width <= widest and _depthwise.vectors_available())

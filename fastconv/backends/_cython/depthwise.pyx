@@ -20,7 +20,12 @@ pad_right`` values long), so no loop below tests a bound:
   dropped when the rows are copied out): long loops, where R * S short
   ones per row would spend their time in loop overhead on small planes;
 * otherwise (``_sweep_rows``, any stride): each tap sweeps one output row,
-  in y.
+  in y;
+* but float32 at column stride 1 (where depthwise_vectors.h is built:
+  ``fc_dw_plane_rows``): a vector of 16 outputs of a row at a time, every
+  tap summed in registers, then stored (1.0-1.6x the sweeps: 1.6 on
+  MobileNetV2's 28x28 and 14x14 layers at batch 16, 1.15-1.25 at 112x112
+  and 56x56, 1.1 on 224x224 and 512x512 planes).
 
 Taps of a kernel row go in threes (then a pair, then one) per sweep: one
 load and store of the accumulator per three products. The accumulator starts
@@ -48,6 +53,13 @@ cdef extern from "depthwise_vectors.h" nogil:
     void fc_dw_item(const fc_dw_geometry *g, const float *x_image,
                     const float *weight, const float *bias, Py_ssize_t block,
                     Py_ssize_t oh0, float *y_image, float *scratch)
+    void fc_dw_plane_rows(const float *tile, Py_ssize_t pitch,
+                          Py_ssize_t rows, Py_ssize_t out_w,
+                          Py_ssize_t stride_h, Py_ssize_t dilation_h,
+                          Py_ssize_t dilation_w, const float *w,
+                          Py_ssize_t kernel_h, Py_ssize_t kernel_w,
+                          float bias, int clamp, float lo, float hi,
+                          float *y_rows)
 
 ctypedef fused real:
     float
@@ -186,8 +198,13 @@ def depthwise_forward(const real[:, :, :, ::1] x,
     cdef Py_ssize_t tile_in_rows = ((tile_rows - 1) * stride_h
                                     + (kernel_h - 1) * dilation_h + 1)
     cdef Py_ssize_t wide_size = tile_rows * padded_w if tile_sweeps else 0
-    # whole cache lines per thread
-    cdef Py_ssize_t pitch = (tile_in_rows * padded_w + wide_size + 15) // 16 * 16
+    # whole cache lines per thread, and a vector past the tile for the
+    # vector rows' last loads
+    cdef Py_ssize_t pitch = (tile_in_rows * padded_w + wide_size + 31) // 16 * 16
+    # float32 at column stride 1: depthwise_vectors.h's rows, every tap of a
+    # vector of outputs summed in registers
+    cdef bint vector_rows = (real is float and FC_DW_AVAILABLE
+                             and stride_w == 1)
     cdef const real *x_base = &x[0, 0, 0, 0]
     cdef const real *w_base = &weight[0, 0, 0, 0]
     cdef real *y_base = &y[0, 0, 0, 0]
@@ -220,6 +237,12 @@ def depthwise_forward(const real[:, :, :, ::1] x,
                 value = bias[k] if has_bias else 0
                 y_row = y_base + ((image * out_channels + k) * out_h
                                   + oh_start) * out_w
+                if real is float and vector_rows:
+                    fc_dw_plane_rows(tile, padded_w, rows, out_w, stride_h,
+                                     dilation_h, dilation_w, w_k, kernel_h,
+                                     kernel_w, value, clamp, <float>lo,
+                                     <float>hi, y_row)
+                    continue
                 if tile_sweeps:
                     _sweep_tile(tile, padded_w, rows, out_w, dilation_h,
                                 dilation_w, w_k, kernel_h, kernel_w, value,

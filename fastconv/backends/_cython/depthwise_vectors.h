@@ -211,8 +211,54 @@ static void fc_dw_item(const fc_dw_geometry *g, const float *x_image,
                 y_image + c0 * out_plane + oh0 * g->out_width, out_plane);
 }
 
+/* The plane kernel's rows at column stride 1, float32, pixels in the
+ * lanes: output rows t < rows of one channel from its zero-padded tile
+ * (rows pitch floats apart; the scratch holds FC_VL floats past its last
+ * row, which the last vector of a row may read into lanes it never
+ * stores), y_rows[t * out_w + ow] = clamp(bias + sum over taps (r, s) of
+ * w[r][s] * tile[(t * stride_h + r * dilation_h) * pitch + ow + s *
+ * dilation_w]), a vector of
+ * outputs with every tap summed in registers, in the order of the row
+ * sweeps (kernel rows in turn, each row's taps left to right). */
+static void fc_dw_plane_rows(const float *tile, ptrdiff_t pitch,
+                             ptrdiff_t rows, ptrdiff_t out_w,
+                             ptrdiff_t stride_h,
+                             ptrdiff_t dilation_h, ptrdiff_t dilation_w,
+                             const float *w, ptrdiff_t kernel_h,
+                             ptrdiff_t kernel_w, float bias, int clamp,
+                             float lo, float hi, float *y_rows)
+{
+    for (ptrdiff_t t = 0; t < rows; ++t) {
+        const float *top = tile + t * stride_h * pitch;
+        float *y_row = y_rows + t * out_w;
+        for (ptrdiff_t ow = 0; ow < out_w; ow += FC_VL) {
+            const int n = out_w - ow < FC_VL ? (int)(out_w - ow) : FC_VL;
+            fc_vf a = (fc_vf){0} + bias;
+            for (ptrdiff_t r = 0; r < kernel_h; ++r) {
+                const float *row = top + r * dilation_h * pitch + ow;
+                for (ptrdiff_t s = 0; s < kernel_w; ++s)
+                    a += fc_load(row + s * dilation_w) * w[r * kernel_w + s];
+            }
+            fc_store(y_row + ow, fc_clamp(a, clamp, lo, hi), n);
+        }
+    }
+}
+
 #else
 #define FC_DW_AVAILABLE 0
+static void fc_dw_plane_rows(const float *tile, ptrdiff_t pitch,
+                             ptrdiff_t rows, ptrdiff_t out_w,
+                             ptrdiff_t stride_h,
+                             ptrdiff_t dilation_h, ptrdiff_t dilation_w,
+                             const float *w, ptrdiff_t kernel_h,
+                             ptrdiff_t kernel_w, float bias, int clamp,
+                             float lo, float hi, float *y_rows)
+{
+    (void)tile; (void)pitch; (void)rows; (void)out_w; (void)stride_h;
+    (void)dilation_h;
+    (void)dilation_w; (void)w; (void)kernel_h; (void)kernel_w; (void)bias;
+    (void)clamp; (void)lo; (void)hi; (void)y_rows;
+}
 /* never called: depthwise.pyx checks FC_DW_AVAILABLE */
 static void fc_dw_item(const fc_dw_geometry *g, const float *x_image,
                        const float *weight, const float *bias,
