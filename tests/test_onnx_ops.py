@@ -264,9 +264,10 @@ def test_pool(case):
     assert_same(single(op_type, shape, **attributes), {"x": random(*shape)})
 
 
+@pytest.mark.parametrize("shape", [(2, 5, 6, 7), (3, 4, 9), (1, 2, 1, 1)])
 @pytest.mark.parametrize("op_type", ["GlobalAveragePool", "GlobalMaxPool"])
-def test_global_pool(op_type):
-    assert_same(single(op_type, (2, 5, 6, 7)), {"x": random(2, 5, 6, 7)})
+def test_global_pool(op_type, shape):
+    assert_same(single(op_type, shape), {"x": random(*shape)})
 
 
 # --------------------------------------------------------- Keras-style graph
@@ -464,3 +465,29 @@ def test_profile_reports_every_step():
         ("Conv", ("Relu",), "3x3/2x1"), ("MaxPool", (), ""),
         ("Conv", (), "1x1 depthwise"), ("GlobalAveragePool", (), "")]
     assert all(t.seconds > 0 for t in timings)
+
+
+def test_global_average_pool_mean_matches_numpy():
+    """The BLAS mean of GlobalAveragePool against np.mean: float32 and
+    float64, a transposed (non-contiguous) view, NaN and infinity carried
+    through, integers and empty planes through np.mean itself."""
+    from fastconv.onnx._ops import _spatial_mean
+
+    x = np.random.default_rng(3).standard_normal((3, 4, 5, 6))
+    views = [x, x.astype(np.float32), x.transpose(0, 1, 3, 2),
+             x[:, :, ::2, :]]
+    special = x.copy()
+    special[0, 1, 2, 3] = np.nan
+    special[1, 2, 0, 0] = np.inf
+    views.append(special)
+    for view in views:
+        before = view.copy()
+        got = _spatial_mean(view, axis=(2, 3), keepdims=True)
+        expected = np.mean(view, axis=(2, 3), keepdims=True)
+        assert got.shape == expected.shape and got.dtype == expected.dtype
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(view, before)
+    integers = np.arange(24).reshape(1, 2, 3, 4)
+    np.testing.assert_array_equal(
+        _spatial_mean(integers, axis=(2, 3), keepdims=True),
+        np.mean(integers, axis=(2, 3), keepdims=True))
