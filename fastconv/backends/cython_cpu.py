@@ -1025,9 +1025,21 @@ def _phase_filters(weight, taps, groups):
     """The filters of one phase's convolution: (K, Cg, R, S) cut to the
     taps (rows, columns) that reach the phase, in its order, channels
     swapped."""
-    rows, columns = taps
-    return _swapped_filter_channels(weight[:, :, rows][:, :, :, columns],
-                                    groups)
+    rows = np.asarray(taps[0], np.intp)[:, None]
+    columns = np.asarray(taps[1], np.intp)[None, :]
+    return _swapped_filter_channels(weight[:, :, rows, columns], groups)
+
+
+def _stacked_phase_filters(weight, phases):
+    """The phases' filters (``_phase_filters`` of each, groups 1) stacked
+    into one (P * C, K, R', S') array, gathered in one indexing: four
+    phases' slicing, swapping and copying one by one took 0.18 ms of
+    DCGAN's 1.5 ms conv_transpose2d (64 -> 32 channels, 4x4/2)."""
+    rows = np.array([taps[0] for _, _, _, taps in phases], np.intp)
+    columns = np.array([taps[1] for _, _, _, taps in phases], np.intp)
+    picked = weight[:, :, rows[:, :, None], columns[:, None, :]]
+    stacked = np.ascontiguousarray(picked.transpose(2, 1, 0, 3, 4))
+    return stacked.reshape((-1, weight.shape[0]) + stacked.shape[3:])
 
 
 def _stacked_phases(phases, g):
@@ -1083,9 +1095,8 @@ def _stacked_phases_input_grad(grad_output, weight, g, phases, stacked,
     channels, 2x2 stride 2 on 8 x 28 x 28, 2.03 / 2.39 ms (load 1.2);
     DCGAN's 4x4/2, 64 -> 32 on 16 x 16 x 16, 1.73 / 1.93 ms (load 1.0; the
     stacked planes are 17 x 17 for phases of 16 x 16)."""
-    filters = np.concatenate([_phase_filters(weight, taps, 1)
-                              for _, _, _, taps in phases])
-    result = _direct_forward(grad_output, filters, None, stacked)
+    result = _direct_forward(grad_output, _stacked_phase_filters(
+        weight, phases), None, stacked)
     grad_input = np.empty(g.input_shape, grad_output.dtype)
     _direct.interleave_phase_channels(
         result, grad_input, g.stride_h, g.stride_w, row_offsets,
