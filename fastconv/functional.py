@@ -470,8 +470,11 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1,
             f"backends only (backend='cuda' takes float32 or float64)")
     geometry = _pool_setup(tuple(x.shape), kernel_size, stride, padding,
                            dilation, ceil_mode, "max_pool2d")
-    y, indices = resolve("max_pool2d_forward", backend).max_pool2d_forward(
-        x, _shapes.taps_reaching_input(geometry))
+    module = resolve("max_pool2d_forward", backend)
+    geometry = _shapes.taps_reaching_input(geometry)
+    if not return_indices and getattr(module, "MAX_POOL_VALUES_ONLY", False):
+        return module.max_pool2d_forward(x, geometry, return_indices=False)[0]
+    y, indices = module.max_pool2d_forward(x, geometry)
     return (y, indices) if return_indices else y
 
 

@@ -170,6 +170,41 @@ def test_max_pool_special_values_match_naive(kind, pool, dtype, backend,
     np.testing.assert_array_equal(y, y_ref)  # NaN compares equal here
     np.testing.assert_array_equal(indices, indices_ref)
     assert indices.min() >= 0 and indices.max() < x.shape[2] * x.shape[3]
+    np.testing.assert_array_equal(
+        fastconv.max_pool2d(x, **kwargs, backend=backend), y_ref)
+
+
+@pytest.mark.parametrize("kind", SPECIAL_KINDS)
+@pytest.mark.parametrize("pool", [dict(kernel_size=2, stride=2),
+                                  dict(kernel_size=3, stride=2, padding=1),
+                                  dict(kernel_size=3, stride=2,
+                                       ceil_mode=True)])
+def test_cython_max_pool_values_alone(kind, pool, dtype, monkeypatch):
+    """A max_pool2d without indices runs the Cython kernel's values-only
+    rows (the stride-2 vector rows keep no offsets): the same values as
+    with indices, NaN and infinities included, on planes whose rows need
+    a masked last vector (odd widths), and no indices array made."""
+    from fastconv.backends import cython_cpu, is_available
+
+    if not is_available("cython"):
+        pytest.skip("the cython backend is not available here")
+    calls = []
+    kernel = cython_cpu.max_pool2d_forward
+
+    def spy(x, g, return_indices=True):
+        y, indices = kernel(x, g, return_indices=return_indices)
+        calls.append((return_indices, indices is None))
+        return y, indices
+
+    monkeypatch.setattr(cython_cpu, "max_pool2d_forward", spy)
+    x = _special_values(kind, (3, 5, 37, 41)).astype(dtype)
+    with_indices, _ = fastconv.max_pool2d(x, **pool, return_indices=True,
+                                          backend="cython")
+    alone = fastconv.max_pool2d(x, **pool, backend="cython")
+    assert calls == [(True, False), (False, True)]
+    np.testing.assert_array_equal(alone, with_indices)
+    np.testing.assert_array_equal(
+        alone, fastconv.max_pool2d(x, **pool, backend="naive"))
 
 
 @pytest.mark.parametrize("kind", SPECIAL_KINDS)

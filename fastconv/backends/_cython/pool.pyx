@@ -469,13 +469,15 @@ cdef inline void _max_unrolled_row(const pool_value *source,
                                    Py_ssize_t source_w, Py_ssize_t count,
                                    Py_ssize_t kernel, Py_ssize_t step,
                                    long long first_index, int in_w,
-                                   pool_value *y_row,
-                                   long long *idx_row) noexcept nogil:
+                                   pool_value *y_row, long long *idx_row,
+                                   bint values_only) noexcept nogil:
     """_max_2x2_row or _max_3x3_row, with ``step`` 1 and 2 as constants
-    (float32 at stride 2: pool_rows.h's vector rows where it is built)."""
+    (float32 at stride 2: pool_rows.h's vector rows where it is built,
+    which skip the indices for ``values_only``; the others write them to
+    idx_row all the same)."""
     if pool_value is float and step == 2 and FC_POOL_ROWS_AVAILABLE:
         fc_max_s2_row_f32(source, source_w, count, <int>kernel, first_index,
-                          in_w, y_row, idx_row)
+                          in_w, y_row, NULL if values_only else idx_row)
         return
     if kernel == 2:
         if step == 2:
@@ -526,8 +528,8 @@ cdef inline bint _needs_padding(const Window *window) noexcept nogil:
 
 cdef void _max_pool_plane_unrolled(const pool_value *x_plane,
                                    const Window *window, pool_value *padded,
-                                   pool_value *y_plane,
-                                   long long *idx_plane) noexcept nogil:
+                                   pool_value *y_plane, long long *idx_plane,
+                                   bint values_only) noexcept nogil:
     """Max pooling of one plane with a square 2x2 or 3x3 window, dilation 1,
     every row through _max_unrolled_row. ``padded`` (NULL where every window
     lies inside the input): padded_h x padded_w scratch whose cells outside
@@ -556,7 +558,7 @@ cdef void _max_pool_plane_unrolled(const pool_value *x_plane,
         idx_row = idx_plane + oh * out_w
         _max_unrolled_row(source + oh * window.stride_h * source_w, source_w,
                           out_w, kernel, window.stride_w, first_index,
-                          <int>in_w, y_row, idx_row)
+                          <int>in_w, y_row, idx_row, values_only)
         if padded == NULL:
             continue
         if rows.first[oh] > 0 or rows.stop[oh] < kernel:
@@ -604,7 +606,7 @@ cdef void _max_pool_plane_widened(const pool_value *x_plane,
         idx_row = idx_plane + oh * out_w
         _max_unrolled_row(<const int32_t *>(wide + oh * window.stride_h * pitch),
                           pitch, out_w, kernel, window.stride_w, first_index,
-                          <int>in_w, row_best, idx_row)
+                          <int>in_w, row_best, idx_row, False)
         for j in range(out_w):
             y_row[j] = <pool_value>row_best[j]
         if not padding:
@@ -622,7 +624,10 @@ def max_pool2d_forward(const pool_value[:, :, :, ::1] x,
                        pool_value[:, :, :, ::1] y,
                        long long[:, :, :, ::1] indices, g, int num_threads):
     """y, indices = max over each window (PyTorch's NaN and -inf rules, as
-    the reference: see ``_max_window``); indices are flat H*W positions."""
+    the reference: see ``_max_window``); indices are flat H*W positions.
+    With ``indices`` None only y is written: each thread's planes put their
+    indices in one plane of scratch, which stays in cache (the int64
+    indices are twice float32 y's bytes)."""
     cdef _Window window = _Window(g)
     cdef Py_ssize_t planes = x.shape[0] * x.shape[1]
     cdef Py_ssize_t in_h = x.shape[2], in_w = x.shape[3]
@@ -630,7 +635,9 @@ def max_pool2d_forward(const pool_value[:, :, :, ::1] x,
     cdef Py_ssize_t in_plane = in_h * in_w, out_plane = out_h * out_w
     cdef const pool_value *x_base = &x[0, 0, 0, 0]
     cdef pool_value *y_base = &y[0, 0, 0, 0]
-    cdef long long *idx_base = &indices[0, 0, 0, 0]
+    cdef bint values_only = indices is None
+    cdef long long *idx_base = NULL if values_only else &indices[0, 0, 0, 0]
+    cdef long long *idx_scratch = NULL
     cdef Py_ssize_t phase_size = window.w.stride_w * window.w.phase_stride
     cdef Py_ssize_t kernel = window.w.kernel_h
     cdef bint unrolled = (kernel == window.w.kernel_w
@@ -653,6 +660,12 @@ def max_pool2d_forward(const pool_value[:, :, :, ::1] x,
                                     or pool_value is int16_t)
     cdef Py_ssize_t wide_size = padded_size + out_w
     cdef int32_t *wide
+    cdef long long *idx_plane
+    if values_only:
+        idx_scratch = <long long *>malloc(
+            num_threads * out_plane * sizeof(long long))
+        if idx_scratch == NULL:
+            raise MemoryError()
     with nogil, parallel(num_threads=num_threads):
         # zeroed once: runs read (and drop) entries past what they copied
         phases = <float *>calloc(phase_size, sizeof(float)) if use_runs \
@@ -670,23 +683,26 @@ def max_pool2d_forward(const pool_value[:, :, :, ::1] x,
                 for i in range(padded_size):
                     scratch[i] = lowest
         for plane in prange(planes, schedule="static"):
+            idx_plane = (idx_scratch + threadid() * out_plane if values_only
+                         else idx_base + plane * out_plane)
             # without scratch (malloc failed) the generic path
             if wide != NULL:
                 _max_pool_plane_widened(
                     x_base + plane * in_plane, &window.w, wide,
-                    y_base + plane * out_plane, idx_base + plane * out_plane)
+                    y_base + plane * out_plane, idx_plane)
             elif (unrolled and not widen
                   and (scratch != NULL or not needs_padding)):
                 _max_pool_plane_unrolled(
                     x_base + plane * in_plane, &window.w, scratch,
-                    y_base + plane * out_plane, idx_base + plane * out_plane)
+                    y_base + plane * out_plane, idx_plane, values_only)
             else:
                 _max_pool_plane(x_base + plane * in_plane, in_w, out_h, out_w,
                                 &window.w, phases, y_base + plane * out_plane,
-                                idx_base + plane * out_plane)
+                                idx_plane)
         free(phases)
         free(scratch)
         free(wide)
+    free(idx_scratch)
 
 
 def max_pool2d_backward(const real[:, :, :, ::1] grad_output,

