@@ -403,12 +403,17 @@ def _direct_parameters():
     return _direct.parameters()
 
 
+def _band_rows(g, rows):
+    """Input rows (padding included) that ``rows`` consecutive output rows
+    read: a work item's band or tile."""
+    return (rows - 1) * g.stride_h + (g.kernel_height - 1) * g.dilation_h + 1
+
+
 def _direct_band(g, rows):
     """(band rows, columns per phase, floats) of a band for ``rows`` output
     rows."""
     _, lanes, _, _ = _direct_parameters()
-    band_rows = ((rows - 1) * g.stride_h
-                 + (g.kernel_height - 1) * g.dilation_h + 1)
+    band_rows = _band_rows(g, rows)
     row_len = (-(-g.out_width // lanes) * lanes
                + (g.kernel_width - 1) * g.dilation_w // g.stride_w)
     channels = g.in_channels // g.groups
@@ -583,9 +588,7 @@ def _direct_block_channels(g, row_len):
         # tiles start part way along a row)
         span = min(g.out_height, -(-per_tile // per_row)
                    + (1 if per_tile % per_row else 0))
-        band_rows = ((span - 1) * g.stride_h
-                     + (g.kernel_height - 1) * g.dilation_h + 1)
-        per_channel = band_rows * g.stride_w * row_len * 4
+        per_channel = _band_rows(g, span) * g.stride_w * row_len * 4
     channels = g.in_channels // g.groups
     return int(max(1, min(channels, DIRECT_TILE_BYTES // per_channel)))
 
@@ -605,8 +608,7 @@ def _cv_vectors(g):
 
 def _cv_band(g, rows):
     """(band rows, row length, floats) of a one-phase band for ``rows``."""
-    band_rows = ((rows - 1) * g.stride_h
-                 + (g.kernel_height - 1) * g.dilation_h + 1)
+    band_rows = _band_rows(g, rows)
     row_len = ((g.out_width - 1) * g.stride_w
                + (g.kernel_width - 1) * g.dilation_w + 1)
     return band_rows, row_len, (g.in_channels // g.groups) * band_rows * (
@@ -1327,15 +1329,10 @@ def _depthwise_vector_rows(g, num_threads):
     """Output rows per channel-vector work item: the band within
     DEPTHWISE_VECTOR_BAND_BYTES, and four items per thread where the call
     has that many."""
-    padded_w = g.pad_left + g.in_width + g.pad_right
-    row_bytes = padded_w * 16 * 4
-
-    def band_bytes(rows):
-        return ((rows - 1) * g.stride_h
-                + (g.kernel_height - 1) * g.dilation_h + 1) * row_bytes
-
+    row_bytes = (g.pad_left + g.in_width + g.pad_right) * 16 * 4
     rows = g.out_height
-    while rows > 1 and band_bytes(rows) > DEPTHWISE_VECTOR_BAND_BYTES:
+    while (rows > 1 and _band_rows(g, rows) * row_bytes
+           > DEPTHWISE_VECTOR_BAND_BYTES):
         rows -= 1
     blocks = g.batch * -(-g.in_channels // 16)
     while rows > 1 and blocks * -(-g.out_height // rows) < 4 * num_threads:
@@ -1348,18 +1345,20 @@ def _depthwise_forward(x, weight, bias, g, clamp=None):
     ``clamp`` (lo, hi) or None, applied to each work item's outputs."""
     num_threads = _num_threads(_threads.conv_threads(g))
     y = np.empty(g.output_shape, dtype=x.dtype)
-    if y.size and _depthwise_vectors(g, x.dtype):
-        lo, hi = (0.0, 0.0) if clamp is None else clamp
+    if not y.size:
+        return y
+    has_bias = bias is not None
+    bias_array = bias if has_bias else np.empty(1, dtype=x.dtype)
+    lo, hi = (0.0, 0.0) if clamp is None else clamp
+    if _depthwise_vectors(g, x.dtype):
         _depthwise.depthwise_forward_vectors(
-            x, weight, bias if bias is not None else np.empty(1, np.float32),
-            bias is not None, y, g, _depthwise_vector_rows(g, num_threads),
-            num_threads, clamp is not None, lo, hi)
-    elif y.size:
-        has_bias = bias is not None
-        lo, hi = (0.0, 0.0) if clamp is None else clamp
+            x, weight, bias_array, has_bias, y, g,
+            _depthwise_vector_rows(g, num_threads), num_threads,
+            clamp is not None, lo, hi)
+    else:
         _depthwise.depthwise_forward(
-            x, weight, bias if has_bias else np.empty(1, dtype=x.dtype),
-            has_bias, y, g, _depthwise_tile_rows(g, x.itemsize, num_threads),
+            x, weight, bias_array, has_bias, y, g,
+            _depthwise_tile_rows(g, x.itemsize, num_threads),
             _depthwise_tile_sweeps(g), num_threads, clamp is not None, lo,
             hi)
     return y

@@ -761,9 +761,9 @@ class GlobalPoolKernel(Kernel):
 
 
 def _spatial_mean(x, axis, keepdims):
-    """np.mean over the trailing (spatial) axes, for floats as one matrix-
-    vector product with 1/plane (BLAS; 2.3x np.mean's time on MobileNetV2's
-    (16, 1280, 7, 7) here: 0.19 against 0.45 ms)."""
+    """np.mean over the trailing (spatial) axes, keeping them, for floats
+    as one matrix-vector product with 1/plane (BLAS: 0.19 ms against
+    np.mean's 0.45 on MobileNetV2's (16, 1280, 7, 7) here)."""
     plane = math.prod(x.shape[2:])
     if x.dtype.kind != "f" or plane == 0:
         return np.mean(x, axis=axis, keepdims=keepdims)

@@ -625,9 +625,9 @@ def max_pool2d_forward(const pool_value[:, :, :, ::1] x,
                        long long[:, :, :, ::1] indices, g, int num_threads):
     """y, indices = max over each window (PyTorch's NaN and -inf rules, as
     the reference: see ``_max_window``); indices are flat H*W positions.
-    With ``indices`` None only y is written: each thread's planes put their
-    indices in one plane of scratch, which stays in cache (the int64
-    indices are twice float32 y's bytes)."""
+    With ``indices`` None only y is written: float32 stride-2 rows keep no
+    offsets at all, and the other rows put theirs in one plane of scratch
+    per thread."""
     cdef _Window window = _Window(g)
     cdef Py_ssize_t planes = x.shape[0] * x.shape[1]
     cdef Py_ssize_t in_h = x.shape[2], in_w = x.shape[3]

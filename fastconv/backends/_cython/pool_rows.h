@@ -45,10 +45,11 @@ static inline void fc_pool_load_pair(const float *src, ptrdiff_t m,
     *high = _mm512_maskz_loadu_ps(second, src + 16);
 }
 
-/* y_row[j], idx_row[j] (with_indices) for windows j < count of a kernel x
- * kernel (2 or 3), stride-2 row: window j's taps are top[2j + r * source_w + s] for r,
- * s < kernel, taken in row-major order, and its top-left tap's plane
- * position is first_index + 2j (rows in_w apart in the plane). */
+/* y_row[j], and idx_row[j] where with_indices, for windows j < count of a
+ * kernel x kernel (2 or 3), stride-2 row: window j's taps are top[2j + r *
+ * source_w + s] for r, s < kernel, taken in row-major order, and its
+ * top-left tap's plane position is first_index + 2j (rows in_w apart in
+ * the plane). */
 static inline __attribute__((always_inline)) void
 fc_max_s2_row(const float *top, ptrdiff_t source_w, ptrdiff_t count,
               int kernel, long long first_index, int in_w, float *y_row,
