@@ -125,6 +125,30 @@ def same_dtype(first: np.ndarray, first_name: str, second: np.ndarray,
             f"{first_dtype} and {second_dtype}")
 
 
+def accumulator(value, name: str, like, others=()) -> np.ndarray:
+    """An array that a result is added into in place: a writeable
+    C-contiguous numpy array of ``like``'s shape and dtype (``like`` a
+    numpy array itself) that shares no memory with ``like`` or ``others``."""
+    if not isinstance(like, np.ndarray):
+        raise TypeError(f"{name} works on numpy arrays; the inputs are "
+                        f"{type(like).__name__}")
+    if not isinstance(value, np.ndarray):
+        raise TypeError(
+            f"{name} must be a numpy.ndarray, got {type(value).__name__}")
+    if value.shape != like.shape or value.dtype != like.dtype:
+        raise ValueError(
+            f"{name} must have shape {like.shape} and dtype {like.dtype}, "
+            f"got {value.shape} {value.dtype}")
+    if not (value.flags.c_contiguous and value.flags.writeable):
+        raise ValueError(f"{name} must be C-contiguous and writeable")
+    for other in (like,) + tuple(others):
+        if isinstance(other, np.ndarray) and np.may_share_memory(value,
+                                                                 other):
+            raise ValueError(f"{name} must not share memory with the "
+                             f"inputs")
+    return value
+
+
 def _int(value, name: str, expected: str = "an int or a pair of ints"
          ) -> int:
     if type(value) is int:  # the common case, without the ABC check

@@ -167,7 +167,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
 
 def conv2d_backward(grad_output, x, weight, stride=1, padding=0, dilation=1,
                     groups=1, *, need_input_grad=True, need_weight_grad=True,
-                    need_bias_grad=True, backend=None):
+                    need_bias_grad=True, add_input_grad_to=None,
+                    backend=None):
     """Gradients of ``conv2d`` with respect to x, weight and bias.
 
     Returns ``(grad_input, grad_weight, grad_bias)`` with the shapes of x,
@@ -176,6 +177,13 @@ def conv2d_backward(grad_output, x, weight, stride=1, padding=0, dilation=1,
     need; ``need_weight_grad=False`` returns None for grad_weight and
     grad_bias (a frozen layer); ``need_bias_grad=False`` returns None for
     grad_bias alone (a layer without bias).
+
+    ``add_input_grad_to`` (fastconv's own argument): a writeable
+    C-contiguous numpy array of x's shape and dtype that the input gradient
+    is added into, in place, and returned as grad_input: the gradient of
+    an input that reaches the loss along two paths (a ResNet block's input,
+    through the block and its shortcut), without a second array and a
+    separate add. Ignored (left as it is) with ``need_input_grad=False``.
     """
     device = _takes_device_arrays("conv2d_backward", backend, grad_output, x,
                                   weight)
@@ -187,10 +195,23 @@ def conv2d_backward(grad_output, x, weight, stride=1, padding=0, dilation=1,
     _validate.grad_shape(grad_output, geometry.output_shape)
     need_weight_grad = bool(need_weight_grad)
     need_bias_grad = need_weight_grad and bool(need_bias_grad)
-    grad_input, grad_weight, grad_bias = resolve(
-        "conv2d_backward", backend).conv2d_backward(
-            grad_output, x, weight, geometry, bool(need_input_grad),
-            need_weight_grad=need_weight_grad, need_bias_grad=need_bias_grad)
+    need_input_grad = bool(need_input_grad)
+    target = None
+    if add_input_grad_to is not None and need_input_grad:
+        target = _validate.accumulator(add_input_grad_to,
+                                       "add_input_grad_to", x,
+                                       (grad_output, weight))
+    module = resolve("conv2d_backward", backend)
+    extra = {}
+    if target is not None and getattr(module, "ADDS_INPUT_GRAD", False):
+        extra["add_input_grad_to"] = target
+    grad_input, grad_weight, grad_bias = module.conv2d_backward(
+        grad_output, x, weight, geometry, need_input_grad,
+        need_weight_grad=need_weight_grad, need_bias_grad=need_bias_grad,
+        **extra)
+    if target is not None and grad_input is not target:
+        np.add(target, grad_input, out=target)
+        grad_input = target
     if not need_weight_grad:
         grad_weight = None
     if not need_bias_grad:
@@ -918,12 +939,28 @@ def batch_norm_backward(grad_output, x, mean, var, weight=None, eps=1e-5, *,
             grad_bias.astype(dtype))
 
 
-def relu(x, *, backend=None):
-    """``max(x, 0)`` elementwise in x's dtype and shape; NaN stays NaN."""
+def relu(x, *, residual=None, backend=None):
+    """``max(x, 0)`` elementwise in x's dtype and shape; NaN stays NaN.
+
+    ``residual`` (an array of x's shape and dtype; fastconv's own
+    argument): ``max(x + residual, 0)`` in one pass, the sum rounded once
+    as ``numpy.add`` rounds it: a ResNet block's shortcut junction. Its
+    gradient, ``relu_backward`` of the output, is the gradient of both x
+    and residual."""
     device = _takes_device_arrays("relu_forward", backend, x)
     shape = tuple(getattr(x, "shape", ()))
     x = _validate.float_array(x, "x", device=device)
-    return resolve("relu_forward", backend).relu_forward(x).reshape(shape)
+    module = resolve("relu_forward", backend)
+    if residual is None:
+        return module.relu_forward(x).reshape(shape)
+    residual_shape = tuple(getattr(residual, "shape", ()))
+    if hasattr(residual, "shape") and residual_shape != shape:
+        # (before float_array's copy: a broadcast view may name any shape)
+        raise ValueError(f"residual must have x's shape {shape}, got "
+                         f"{residual_shape}")
+    residual = _validate.float_array(residual, "residual", device=device)
+    _validate.same_dtype(x, "x", residual, "residual")
+    return module.relu_forward(x, residual.reshape(x.shape)).reshape(shape)
 
 
 def relu_backward(grad_output, output, *, backend=None):

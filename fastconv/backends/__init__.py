@@ -20,7 +20,10 @@ the backend; ``g`` is a ``ConvGeometry`` or ``PoolGeometry``):
     may then be None (only ``g.input_shape`` matters): ``conv_transpose2d``
     runs as the input gradient of a convolution that has no input array;
     ``grad_bias`` is None when ``need_bias_grad`` is False (a backend may
-    skip its sum).
+    skip its sum). A backend that sets ``ADDS_INPUT_GRAD`` takes
+    ``add_input_grad_to`` too (a validated array of x's shape and dtype:
+    add grad_input into it and return it as grad_input); for the others the
+    functional layer adds.
 ``max_pool2d_forward(x, g) -> (y, indices)``
     indices int64, flat position inside each input H*W plane.
 ``max_pool2d_backward(grad_output, indices, g) -> grad_input``
@@ -52,8 +55,9 @@ per backend (the same bits for any thread count);
 ``batch_norm_backward(grad_output, x, mean, variance, weight, eps, batch_statistics) -> (grad_input, grad_weight, grad_bias)``
     the last two float64; ``batch_statistics``: mean and variance were x's
     own, and the gradient flows through them.
-``relu_forward(x) -> y``
-    x where x >= 0 (NaN kept), 0 elsewhere; any shape.
+``relu_forward(x, residual=None) -> y``
+    x where x >= 0 (NaN kept), 0 elsewhere; any shape. ``residual`` (x's
+    shape and dtype): the same of x + residual, the sum rounded once.
 ``relu_backward(grad_output, y) -> grad_input``
     0 where the forward's output y <= 0, grad_output elsewhere (NaN
     included, as PyTorch); a select.

@@ -597,6 +597,19 @@ def _make_relu(dtype, launch: LaunchConfig):
     return relu, (arrays, arrays)
 
 
+def _make_add_relu(dtype, launch: LaunchConfig):
+    acc_type = _NUMBA_FLOAT[dtype]
+    zero = dtype.type(0)
+
+    def add_relu(x, residual, y):
+        for index in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+            value = x[index] + residual[index]
+            y[index] = zero if value < zero else value
+
+    arrays = nbtypes.Array(acc_type, 1, "C")
+    return add_relu, (arrays, arrays, arrays)
+
+
 def _make_relu_backward(dtype, launch: LaunchConfig):
     acc_type = _NUMBA_FLOAT[dtype]
     zero = dtype.type(0)
@@ -638,6 +651,7 @@ _FLOAT_FACTORIES = {
     "bn_row_grad_sums": _make_bn_row_grad_sums,
     "bn_affine": _make_bn_affine,
     "relu": _make_relu,
+    "add_relu": _make_add_relu,
     "relu_backward": _make_relu_backward,
 }
 

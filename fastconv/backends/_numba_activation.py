@@ -24,6 +24,15 @@ def relu_kernel(x, zero, y):
 
 
 @numba.njit(parallel=True, cache=_CACHE)
+def add_relu_kernel(x, residual, zero, y):
+    """y = relu(x + residual), the sum rounded once."""
+    for i in prange(x.size):
+        index = np.uintp(i)
+        value = x[index] + residual[index]
+        y[index] = zero if value < zero else value
+
+
+@numba.njit(parallel=True, cache=_CACHE)
 def relu_backward_kernel(grad_output, y, zero, grad_input):
     """grad_input = 0 where y <= 0, else grad_output."""
     for i in prange(y.size):

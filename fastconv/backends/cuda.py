@@ -514,12 +514,17 @@ def batch_norm_backward(grad_output, x, mean, variance, weight, eps,
     return grad_input, grad_weight, grad_bias
 
 
-def relu_forward(x):
+def relu_forward(x, residual=None):
     placement = _Placement()
     x = placement.take(x)
     y = cuda.device_array(x.shape, dtype=x.dtype)
     if x.size:
-        _launch("relu", x.dtype, x.size)(_flat(x), _flat(y))
+        if residual is None:
+            _launch("relu", x.dtype, x.size)(_flat(x), _flat(y))
+        else:
+            residual = placement.take(residual)
+            _launch("add_relu", x.dtype, x.size)(
+                _flat(x), _flat(residual), _flat(y))
     return placement.give(y)
 
 

@@ -972,13 +972,16 @@ def _phase_taps(phase, stride, dilation, pad, kernel):
     return taps, (phase + pad - taps[0] * dilation) // stride, step
 
 
-def _strided_input_grad(grad_output, weight, g):
+def _strided_input_grad(grad_output, weight, g, add_to=None):
     """grad_input of a strided convolution through the register-blocked
     kernel, one stride-1 convolution per phase (a, b) of the input: rows
     a + sh * i and columns b + sw * j receive grad_output correlated with
     the filter taps that reach them (flipped, channels swapped), so the
     phases together do the forward's multiplications once. None where the
-    kernel would not run a phase (the caller then uses im2col + GEMM)."""
+    kernel would not run a phase (the caller then uses im2col + GEMM).
+    ``add_to`` (float32, x's shape, or None): the phases are added into it
+    (the stacked form's result is returned as it is, and added by the
+    caller)."""
     phases = []
     for a in range(g.stride_h):
         rows, top, step_h = _phase_taps(a, g.stride_h, g.dilation_h,
@@ -1016,10 +1019,12 @@ def _strided_input_grad(grad_output, weight, g):
             continue
         results.append(_direct_forward(
             grad_output, _phase_filters(weight, taps, g.groups), None, phase))
-    grad_input = np.empty(g.input_shape, grad_output.dtype)
+    grad_input = np.empty(g.input_shape, grad_output.dtype) \
+        if add_to is None else add_to
     _direct.interleave_phases(
         results, grad_input, g.stride_h, g.stride_w,
-        _num_threads(_threads.elementwise_threads(grad_input.size)))
+        _num_threads(_threads.elementwise_threads(grad_input.size)),
+        add_to is not None)
     return grad_input
 
 
@@ -1124,8 +1129,37 @@ def _flipped_filters(weight, groups):
     return _swapped_filter_channels(weight[:, :, ::-1, ::-1], groups)
 
 
+#: This backend's conv2d_backward takes ``add_input_grad_to`` (see there).
+ADDS_INPUT_GRAD = True
+
+
 def conv2d_backward(grad_output, x, weight, g, need_input_grad, *,
-                    need_weight_grad=True, need_bias_grad=True):
+                    need_weight_grad=True, need_bias_grad=True,
+                    add_input_grad_to=None):
+    """``_conv2d_backward``; with ``add_input_grad_to`` (an array of x's
+    shape and dtype) the input gradient is added into that array, which is
+    returned as grad_input: a strided layer's phases are added in place as
+    they are interleaved (a 1x1 stride-2 shortcut's gradient touches a
+    quarter of the input's elements and never writes the zeros of the
+    rest), any other method's result is added in one parallel pass."""
+    grad_input, grad_weight, grad_bias = _conv2d_backward(
+        grad_output, x, weight, g, need_input_grad,
+        need_weight_grad=need_weight_grad, need_bias_grad=need_bias_grad,
+        add_input_grad_to=add_input_grad_to)
+    target = add_input_grad_to
+    if target is not None and grad_input is not None \
+            and grad_input is not target:
+        if target.size:
+            _activation.add_into(
+                target.reshape(-1), grad_input.reshape(-1),
+                _num_threads(_threads.elementwise_threads(target.size)))
+        grad_input = target
+    return grad_input, grad_weight, grad_bias
+
+
+def _conv2d_backward(grad_output, x, weight, g, need_input_grad, *,
+                     need_weight_grad=True, need_bias_grad=True,
+                     add_input_grad_to=None):
     """(grad_input or None, grad_weight, grad_bias), in grad_output's dtype;
     grad_weight and grad_bias are None (and x may be None) when
     need_weight_grad is False: their GEMMs are then skipped; grad_bias is
@@ -1165,7 +1199,8 @@ def conv2d_backward(grad_output, x, weight, g, need_input_grad, *,
             transposed)
     elif (need_input_grad and transposed is None and not _is_depthwise(g)
           and _uses_blocked_direct(g, dtype)):
-        grad_input = _strided_input_grad(grad_output, weight, g)
+        grad_input = _strided_input_grad(grad_output, weight, g,
+                                         add_input_grad_to)
     direct_input = need_input_grad and grad_input is None
     # grad_weight by the forward's rule: Winograd, the register-blocked
     # kernel, or (below) im2col + GEMM
@@ -1183,8 +1218,8 @@ def conv2d_backward(grad_output, x, weight, g, need_input_grad, *,
         grad_weight, grad_bias = weight_method(grad_output, x, g,
                                                need_bias_grad)
         if direct_input:
-            grad_input, _, _ = conv2d_backward(grad_output, x, weight, g,
-                                               True, need_weight_grad=False)
+            grad_input, _, _ = _conv2d_backward(grad_output, x, weight, g,
+                                                True, need_weight_grad=False)
         return grad_input, grad_weight, grad_bias
     if not (direct_input or need_weight_grad):
         return grad_input, None, None
@@ -1552,11 +1587,15 @@ def batch_norm_backward(grad_output, x, mean, variance, weight, eps,
     return grad_input, grad_weight, grad_bias
 
 
-def relu_forward(x):
+def relu_forward(x, residual=None):
     y = np.empty(x.shape, dtype=x.dtype)
     if x.size:
-        _activation.relu(x.reshape(-1), y.reshape(-1),
-                         _num_threads(_threads.elementwise_threads(x.size)))
+        threads = _num_threads(_threads.elementwise_threads(x.size))
+        if residual is None:
+            _activation.relu(x.reshape(-1), y.reshape(-1), threads)
+        else:
+            _activation.add_relu(x.reshape(-1), residual.reshape(-1),
+                                 y.reshape(-1), threads)
     return y
 
 

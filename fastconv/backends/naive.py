@@ -259,11 +259,15 @@ def batch_norm_backward(grad_output, x, mean, variance, weight, eps,
     return grad_input, grad_weight, grad_bias
 
 
-def relu_forward(x):
+def relu_forward(x, residual=None):
     flat_x = x.reshape(-1)
+    flat_residual = None if residual is None else residual.reshape(-1)
     y = np.empty(flat_x.shape, dtype=x.dtype)
-    for i in range(flat_x.size):
-        y[i] = 0.0 if flat_x[i] < 0 else flat_x[i]
+    with np.errstate(invalid="ignore"):  # inf + -inf is NaN, as numpy's add
+        for i in range(flat_x.size):
+            value = flat_x[i] if flat_residual is None else \
+                flat_x[i] + flat_residual[i]
+            y[i] = 0.0 if value < 0 else value
     return y.reshape(x.shape)
 
 

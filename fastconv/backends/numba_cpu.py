@@ -34,6 +34,7 @@ from fastconv import _dropout_hash, _threads, config
 from fastconv._threads import single_threaded_blas
 from fastconv.backends import _normalization
 from fastconv.backends._numba_activation import (
+    add_relu_kernel,
     relu_backward_kernel,
     relu_kernel,
 )
@@ -395,10 +396,14 @@ def batch_norm_backward(grad_output, x, mean, variance, weight, eps,
     return grad_input, grad_weight, grad_bias
 
 
-def relu_forward(x):
+def relu_forward(x, residual=None):
     y = np.empty(x.shape, dtype=x.dtype)
     _use_threads(_threads.elementwise_threads(x.size))
-    relu_kernel(x.reshape(-1), x.dtype.type(0), y.reshape(-1))
+    if residual is None:
+        relu_kernel(x.reshape(-1), x.dtype.type(0), y.reshape(-1))
+    else:
+        add_relu_kernel(x.reshape(-1), residual.reshape(-1),
+                        x.dtype.type(0), y.reshape(-1))
     return y
 
 

@@ -12,7 +12,8 @@ def _conv3x3(in_planes, out_planes, stride=1, generator=None):
 
 
 class BasicBlock(nn.Module):
-    """conv3x3-BN-ReLU-conv3x3-BN plus the shortcut, then ReLU.
+    """conv3x3-BN-ReLU-conv3x3-BN plus the shortcut, then ReLU (the sum
+    and the ReLU in one pass, ``relu2(out, shortcut)``).
 
     torchvision's signature ``BasicBlock(inplanes, planes, stride,
     downsample)``; ``downsample`` (a 1x1 strided conv + BN in a Sequential,
@@ -37,17 +38,27 @@ class BasicBlock(nn.Module):
         out = self.bn1(self.conv1(x))
         out = self.bn2(self.conv2(out))
         shortcut = x if self.downsample is None else self.downsample(x)
-        out += shortcut  # bn2's fresh output (it saves its input, not this)
-        return self.relu2(out)
+        return self.relu2(out, shortcut)  # relu(out + shortcut), one pass
 
     def backward(self, grad_output):
+        # the input's gradient is the main path's plus the shortcut's: the
+        # last convolution of one adds its input gradient into the other's
         grad = self.relu2.backward(grad_output)
-        grad_main = self.conv1.backward(self.bn1.backward(
-            self.conv2.backward(self.bn2.backward(grad))))
-        grad_shortcut = grad if self.downsample is None else \
-            self.downsample.backward(grad)
-        grad_main += grad_shortcut  # conv1's fresh input gradient
-        return grad_main
+        grad_main = self.bn1.backward(
+            self.conv2.backward(self.bn2.backward(grad)))
+        if self.downsample is None:
+            # grad is relu2's fresh output, which bn2 is done with
+            return self.conv1.backward(grad_main, add_input_grad_to=grad)
+        grad_input = self.conv1.backward(grad_main)
+        shortcut = self.downsample
+        if (isinstance(shortcut, nn.Sequential) and len(shortcut) == 2
+                and isinstance(shortcut[0], nn.Conv2d)
+                and shortcut[0].need_input_grad):
+            # a strided 1x1 conv adds into a quarter of grad_input
+            return shortcut[0].backward(shortcut[1].backward(grad),
+                                        add_input_grad_to=grad_input)
+        grad_input += shortcut.backward(grad)
+        return grad_input
 
 
 class ResNet(nn.Module):

@@ -158,6 +158,10 @@ class Conv2d(_ConvLayer):
 
     ``need_input_grad`` (default True) may be set False on a network's first
     layer: ``backward`` then skips the input gradient and returns None.
+    ``backward(grad_output, add_input_grad_to=array)`` adds the input
+    gradient into that array and returns it (see
+    ``fastconv.functional.conv2d_backward``): a ResNet block sums its
+    shortcut's gradient that way.
     """
 
     _REPR_DEFAULTS = {"padding": ((0, 0), "valid"), "dilation": ((1, 1),)}
@@ -206,13 +210,14 @@ class Conv2d(_ConvLayer):
                         self.padding, self.dilation, self.groups,
                         _packed=self._packed)
 
-    def backward(self, grad_output):
+    def backward(self, grad_output, *, add_input_grad_to=None):
         x, = self.pop_saved()
         grad_output = _grad_array(grad_output, self.weight.dtype)
         grad_input, grad_weight, grad_bias = F.conv2d_backward(
             grad_output, x, self.weight.data, self.stride, self.padding,
             self.dilation, self.groups, need_input_grad=self.need_input_grad,
-            need_bias_grad=self.bias is not None)
+            need_bias_grad=self.bias is not None,
+            add_input_grad_to=add_input_grad_to)
         self._accumulate_grads(grad_weight, grad_bias)
         return grad_input
 
@@ -397,15 +402,24 @@ class Linear(Module):
 # -------------------------------------------------------------- elementwise
 
 class ReLU(Module):
-    """max(x, 0); the gradient passes where x > 0."""
+    """max(x, 0); the gradient passes where x > 0.
+
+    ``relu(x, residual)`` (fastconv's own argument) is ``max(x + residual,
+    0)`` in one pass: a ResNet block's shortcut junction (see
+    ``fastconv.functional.relu``); its backward returns the gradient of
+    both.
+    """
 
     def __init__(self, inplace=False):
         super().__init__()
         self.inplace = inplace  # accepted for PyTorch's signature; never in place
 
-    def forward(self, x):
-        y = F.relu(_as_float_array(x))
-        self.save_for_backward(y)  # y <= 0 exactly where x <= 0
+    def forward(self, x, residual=None):
+        x = _as_float_array(x)
+        if residual is not None:
+            residual = _as_float_array(residual, name="residual")
+        y = F.relu(x, residual=residual)
+        self.save_for_backward(y)  # y <= 0 exactly where x (+ residual) <= 0
         return y
 
     def backward(self, grad_output):

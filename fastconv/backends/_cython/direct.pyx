@@ -233,15 +233,29 @@ cdef void _interleave_pair(const float *even, const float *odd,
         dst[2 * odd_count] = even[odd_count]
 
 
+cdef void _add_interleaved_pair(const float *even, const float *odd,
+                                Py_ssize_t even_count, Py_ssize_t odd_count,
+                                float *dst) noexcept nogil:
+    """``_interleave_pair`` adding into dst."""
+    cdef Py_ssize_t j
+    for j in range(odd_count):
+        dst[2 * j] += even[j]
+        dst[2 * j + 1] += odd[j]
+    if even_count > odd_count:
+        dst[2 * odd_count] += even[odd_count]
+
+
 cdef void _interleave(const float **pointers, const Py_ssize_t[:] plane_floats,
                       const Py_ssize_t[:] pitches, const Py_ssize_t[:] widths,
                       Py_ssize_t source_planes, float[:, :, :, ::1] out,
-                      Py_ssize_t sh, Py_ssize_t sw,
+                      Py_ssize_t sh, Py_ssize_t sw, bint accumulate,
                       int num_threads):
     """out[n, c, a::sh, b::sw] = phase k = a * sw + b: row i of its plane
     (n, c) holds widths[k] floats from pointers[k] + (n * source_planes + c)
     * plane_floats[k] + i * pitches[k] (NULL: zeros), in one pass over
-    out's rows."""
+    out's rows; ``accumulate``: added to out instead (a NULL phase leaves
+    its elements as they are, and rows that no phase reaches are not
+    touched)."""
     cdef Py_ssize_t channels = out.shape[1]
     cdef Py_ssize_t planes = out.shape[0] * channels
     cdef Py_ssize_t height = out.shape[2], width = out.shape[3]
@@ -262,25 +276,38 @@ cdef void _interleave(const float **pointers, const Py_ssize_t[:] plane_floats,
                 # both column phases at once: one interleaving loop the
                 # compiler vectorises (strided stores one phase at a time
                 # ran scalar)
-                _interleave_pair(
-                    pointers[a * 2] + source * plane_floats[a * 2]
-                    + i * pitches[a * 2],
-                    pointers[a * 2 + 1] + source * plane_floats[a * 2 + 1]
-                    + i * pitches[a * 2 + 1],
-                    widths[a * 2], widths[a * 2 + 1], dst)
+                if accumulate:
+                    _add_interleaved_pair(
+                        pointers[a * 2] + source * plane_floats[a * 2]
+                        + i * pitches[a * 2],
+                        pointers[a * 2 + 1] + source * plane_floats[a * 2 + 1]
+                        + i * pitches[a * 2 + 1],
+                        widths[a * 2], widths[a * 2 + 1], dst)
+                else:
+                    _interleave_pair(
+                        pointers[a * 2] + source * plane_floats[a * 2]
+                        + i * pitches[a * 2],
+                        pointers[a * 2 + 1] + source * plane_floats[a * 2 + 1]
+                        + i * pitches[a * 2 + 1],
+                        widths[a * 2], widths[a * 2 + 1], dst)
                 continue
             for b in range(sw):
                 k = a * sw + b
                 src = pointers[k]
                 if src == NULL:
-                    j = b
-                    while j < width:
-                        dst[j] = 0
-                        j = j + sw
+                    if not accumulate:
+                        j = b
+                        while j < width:
+                            dst[j] = 0
+                            j = j + sw
                     continue
                 src = src + source * plane_floats[k] + i * pitches[k]
-                for j in range(widths[k]):
-                    dst[b + j * sw] = src[j]
+                if accumulate:
+                    for j in range(widths[k]):
+                        dst[b + j * sw] += src[j]
+                else:
+                    for j in range(widths[k]):
+                        dst[b + j * sw] = src[j]
 
 
 cdef Py_ssize_t _phase_count(Py_ssize_t size, Py_ssize_t stride,
@@ -290,10 +317,11 @@ cdef Py_ssize_t _phase_count(Py_ssize_t size, Py_ssize_t stride,
 
 
 def interleave_phases(list phases, float[:, :, :, ::1] out, Py_ssize_t sh,
-                      Py_ssize_t sw, int num_threads):
+                      Py_ssize_t sw, int num_threads, bint accumulate=False):
     """out[:, :, a::sh, b::sw] = phases[a * sw + b] (each (N, C, rows,
     columns) float32, C-contiguous, or None for zeros), in one pass over
-    out's rows."""
+    out's rows; ``accumulate``: out[:, :, a::sh, b::sw] += phases[a * sw +
+    b] instead, None phases adding nothing."""
     cdef Py_ssize_t count = sh * sw
     if len(phases) != count:
         raise ValueError("interleave_phases needs sh * sw phases")
@@ -316,7 +344,7 @@ def interleave_phases(list phases, float[:, :, :, ::1] out, Py_ssize_t sh,
             plane_floats[p] = phase.shape[2] * phase.shape[3]
             widths[p] = phase.shape[3]
     _interleave(sources.data, plane_floats, widths, widths, out.shape[1],
-                out, sh, sw, num_threads)
+                out, sh, sw, accumulate, num_threads)
 
 
 def interleave_phase_channels(const float[:, :, :, ::1] phases,
@@ -358,4 +386,4 @@ def interleave_phase_channels(const float[:, :, :, ::1] phases,
                                + column_offsets[p])
     # phase p's plane (n, c) is plane n * count * C + p * C + c
     _interleave(sources.data, plane_floats, pitches, widths,
-                count * channels, out, sh, sw, num_threads)
+                count * channels, out, sh, sw, False, num_threads)
