@@ -74,7 +74,10 @@ def test_random_shapes_match_the_naive_reference(seed, direct_calls):
     bias = rng.standard_normal(filters) if seed % 2 else None
     pads = ((padding[0], padding[2]), (padding[1], padding[3]))
     g = _geometry(x, weight, stride, padding, dilation, groups)
-    assert cython_cpu.conv2d_method(g) == "direct-blocked"
+    # (a 1x1 strided layer without padding runs pointwise on its
+    # subsampled input, through the same kernel)
+    assert cython_cpu.conv2d_method(g) in ("direct-blocked",
+                                           "subsampled-direct-blocked")
     expected = fastconv.conv2d(x, weight, bias, stride=stride, padding=pads,
                                dilation=dilation, groups=groups,
                                backend="naive")
@@ -536,3 +539,46 @@ def test_fused_clamp_matches_conv_then_clip(shape, weight_shape, stride,
                                            groups=groups, backend=other,
                                            _clamp=clamp),
                 fused, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("case", [
+    # (x shape, filters, stride, groups): odd and even sides, unequal
+    # strides, groups, a single pixel
+    ((2, 4, 9, 9), 6, (2, 2), 1), ((2, 6, 8, 11), 8, (2, 3), 2),
+    ((1, 8, 7, 7), 8, (3, 3), 8), ((3, 16, 1, 1), 32, (2, 2), 1),
+])
+def test_strided_pointwise_runs_on_the_subsampled_input(case, count_calls):
+    """A 1x1 strided convolution without padding runs as a pointwise one on
+    x[:, :, ::sh, ::sw] forward and backward; with padding it stays on the
+    strided kernel. Both against the naive reference in float64."""
+    x_shape, filters, stride, groups = case
+    rng = np.random.default_rng(sum(x_shape))
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    weight = rng.standard_normal(
+        (filters, x_shape[1] // groups, 1, 1)).astype(np.float32)
+    bias = rng.standard_normal(filters).astype(np.float32)
+    g = _shapes.conv_geometry(x.shape, weight.shape, stride, (0, 0, 0, 0),
+                              (1, 1), groups)
+    assert cython_cpu.conv2d_method(g).startswith("subsampled-")
+    padded = _shapes.conv_geometry(x.shape, weight.shape, stride,
+                                   (1, 0, 0, 0), (1, 1), groups)
+    assert not cython_cpu.conv2d_method(padded).startswith("subsampled-")
+    subsamples = count_calls(cython_cpu, "_subsampled")
+    y = fastconv.conv2d(x, weight, bias, stride, groups=groups,
+                        backend="cython")
+    wide = [a.astype(np.float64) for a in (x, weight, bias)]
+    expected = fastconv.conv2d(*wide, stride, groups=groups, backend="naive")
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+    grad_output = rng.standard_normal(y.shape).astype(np.float32)
+    mine = fastconv.conv2d_backward(grad_output, x, weight, stride,
+                                    groups=groups, backend="cython")
+    reference = fastconv.conv2d_backward(
+        grad_output.astype(np.float64), wide[0], wide[1], stride,
+        groups=groups, backend="naive")
+    for got, want in zip(mine, reference):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert subsamples["count"] == 2
+    # the input gradient is zero where no output reached
+    reached = np.zeros(x_shape, bool)
+    reached[..., ::stride[0], ::stride[1]] = True
+    assert not mine[0][~reached].any()

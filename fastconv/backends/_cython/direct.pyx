@@ -316,6 +316,43 @@ cdef Py_ssize_t _phase_count(Py_ssize_t size, Py_ssize_t stride,
     return (size - phase + stride - 1) // stride if size > phase else 0
 
 
+cdef void _subsample_row(const float *src, float *dst, Py_ssize_t count,
+                         Py_ssize_t step) noexcept nogil:
+    """dst[j] = src[j * step] for j < count."""
+    cdef Py_ssize_t j
+    if step == 2:
+        for j in range(count):  # a stride the compiler vectorises
+            dst[j] = src[2 * j]
+    else:
+        for j in range(count):
+            dst[j] = src[j * step]
+
+
+def subsample(const float[:, :, :, ::1] x, float[:, :, :, ::1] out,
+              Py_ssize_t sh, Py_ssize_t sw, int num_threads):
+    """out = x[:, :, ::sh, ::sw] (out's shape: that view's), one pass over
+    out's rows: the input of a 1x1 strided convolution, which then runs as
+    a pointwise one."""
+    cdef Py_ssize_t planes = out.shape[0] * out.shape[1]
+    cdef Py_ssize_t height = out.shape[2], width = out.shape[3]
+    if (out.shape[0] != x.shape[0] or out.shape[1] != x.shape[1]
+            or height != _phase_count(x.shape[2], sh, 0)
+            or width != _phase_count(x.shape[3], sw, 0)):
+        raise ValueError("subsample: shapes do not match")
+    cdef Py_ssize_t row, plane, i
+    cdef Py_ssize_t in_plane = x.shape[2] * x.shape[3], in_width = x.shape[3]
+    if planes == 0 or height == 0 or width == 0:
+        return
+    with nogil:
+        for row in prange(planes * height, num_threads=num_threads,
+                          schedule="static"):
+            plane = row // height
+            i = row % height
+            _subsample_row(&x[0, 0, 0, 0] + plane * in_plane
+                           + i * sh * in_width,
+                           &out[0, 0, 0, 0] + row * width, width, sw)
+
+
 def interleave_phases(list phases, float[:, :, :, ::1] out, Py_ssize_t sh,
                       Py_ssize_t sw, int num_threads, bint accumulate=False):
     """out[:, :, a::sh, b::sw] = phases[a * sw + b] (each (N, C, rows,
