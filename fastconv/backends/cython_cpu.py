@@ -846,11 +846,15 @@ def _strided_pointwise(g, dtype):
     padding on its subsampled input x[:, :, ::sh, ::sw] (``_subsampled``),
     or None for any other convolution. Such a layer (ResNet's downsampling
     shortcut) then runs as a pointwise one: its band and stride phases read
-    every input row and column to use a quarter of them. Measured (ms, 2
-    threads, the two alternating in one process, load 0.1-0.5; strided /
-    subsampled): ResNet-8's shortcuts N64-C16-32x32-K32 forward 0.27 / 0.15,
-    N64-C32-16x16-K64 0.18 / 0.12; resnet18's N16-C64-56x56-K128 1.90 /
-    1.05 (see benchmarks/results for the backward)."""
+    every input row and column to use a quarter of them. Measured
+    2026-12-04 (ms, 2 threads, the two alternating in one process, load
+    0.3-0.5; strided / subsampled, forward and the whole backward):
+    ResNet-8's shortcuts N64-C16-32x32-K32 0.27 / 0.20, 0.75 / 0.65 and
+    N64-C32-16x16-K64 0.22 / 0.13, 0.74 / 0.51; resnet18's
+    N16-C64-56x56-K128 1.90 / 1.00, 3.18 / 2.72; ResNet-50's
+    N8-C512-28x28-K1024 7.1 / 6.1, 18.8 / 16.1; level (0.97-1.06) on
+    N16-C256-14x14-K512's forward, faster or level on every other shape
+    (medians of 20 calls, the better of two alternations)."""
     if (np.dtype(dtype) != np.float32 or g.kernel_height != 1
             or g.kernel_width != 1 or (g.stride_h, g.stride_w) == (1, 1)
             or (g.pad_top, g.pad_left, g.pad_bottom, g.pad_right)
