@@ -582,3 +582,38 @@ def test_strided_pointwise_runs_on_the_subsampled_input(case, count_calls):
     reached = np.zeros(x_shape, bool)
     reached[..., ::stride[0], ::stride[1]] = True
     assert not mine[0][~reached].any()
+
+
+@pytest.mark.parametrize("case", [
+    # (x shape, filters, stride, padding (top, left, bottom, right)):
+    # taps not a whole number of tile groups, rows narrower and wider than
+    # a vector, a row stride, asymmetric padding, one column
+    ((2, 5, 9, 11), 16, (1, 1), (1, 1, 1, 1)),
+    ((1, 9, 6, 37), 7, (2, 1), (0, 2, 1, 0)),
+    ((3, 2, 5, 3), 12, (1, 1), (1, 0, 1, 0)),
+    ((2, 16, 8, 1), 16, (1, 1), (1, 1, 1, 1)),
+])
+def test_sliding_weight_gradient_matches_the_naive_reference(
+        case, weight_grad_calls):
+    """3-wide filters at column stride 1 with at most 16 filters: the
+    weight gradient's tiles slide along the rows (fc_wgrad_slide3)."""
+    x_shape, filters, stride, padding = case
+    rng = np.random.default_rng(sum(x_shape) + filters)
+    x = rng.standard_normal(x_shape)
+    weight = rng.standard_normal((filters, x_shape[1], 3, 3))
+    g = _shapes.conv_geometry(x.shape, weight.shape, stride, padding,
+                              (1, 1), 1)
+    assert cython_cpu._weight_grad_slides(g, 1)
+    pads = ((padding[0], padding[2]), (padding[1], padding[3]))
+    y = fastconv.conv2d(x, weight, stride=stride, padding=pads,
+                        backend="naive")
+    grad_output = rng.standard_normal(y.shape)
+    expected = fastconv.conv2d_backward(grad_output, x, weight, stride, pads,
+                                        backend="naive")[1]
+    got = fastconv.conv2d_backward(
+        grad_output.astype(np.float32), x.astype(np.float32),
+        weight.astype(np.float32), stride, pads, need_input_grad=False,
+        backend="cython")[1]
+    assert weight_grad_calls["count"] == 1
+    np.testing.assert_allclose(got, expected, rtol=1e-5,
+                               atol=1e-5 * np.abs(expected).max())

@@ -654,10 +654,20 @@ def pack_cv_weights(weight, groups, vectors):
     return _pack_chunks(weight, groups, vectors * 16)
 
 
-#: The weight gradient's work items hold about this many output pixels: their
-#: output gradients, transposed to (pixel, filter), stay in L1 while every
-#: group of taps sweeps them.
+#: The weight gradient's work items hold at least this many output pixels,
+#: and more (up to DIRECT_WEIGHT_GRAD_MAX_PIXELS) while their output
+#: gradients, transposed to (pixel, filter), take at most
+#: DIRECT_WEIGHT_GRAD_GT_BYTES: they stay in L1 while every group of taps
+#: sweeps them, and longer items share the band's extra rows and the
+#: partial sums' stores among more pixels. Measured 2026-12-04 (ms, 2
+#: threads, best of two alternations, load 0.3-0.6; 128 / 256 / 512
+#: pixels): 16 filters N64-C16-32x32 1.53 / 1.28 / 1.28 (sliding),
+#: N64-C8-28x28 0.66 / 0.61 / 0.58; 32 filters N64-C32-16x16 1.28 / 1.20,
+#: N64-C16-32x32 3x3/2 0.82 / 0.72; but 64 filters N64-C32-14x14 1.56 /
+#: 1.83 (a 64 KiB transposed block), hence the byte limit.
 DIRECT_WEIGHT_GRAD_PIXELS = 128
+DIRECT_WEIGHT_GRAD_MAX_PIXELS = 512
+DIRECT_WEIGHT_GRAD_GT_BYTES = 32 * 1024
 
 #: With few taps (Cg * R * S) grad_weight puts output pixels in the vector
 #: lanes (no transposes; see direct_conv.h): at most
@@ -682,6 +692,26 @@ def _pixel_lane_weight_grad(g) -> bool:
         and g.out_width >= DIRECT_PIXEL_WEIGHT_GRAD_MIN_WIDTH)
 
 
+def _weight_grad_slides(g, filter_vectors):
+    """Whether the filter-lane weight gradient slides along the rows
+    (direct_conv.h's fc_wgrad_slide3): 3-wide filters at column stride 1
+    without column dilation and one vector of filters, where the plain tile
+    spends a load on every multiply-add. Measured 2026-12-04 (ms, 2
+    threads, best of two alternations, load 0.3-0.6, plain / sliding):
+    16 filters N64-C16-32x32 1.53 / 1.28, N64-C8-28x28 0.71 / 0.61; with
+    32 filters (two vectors, ``fc_wgrad_slide2``) slower: N64-C32-16x16
+    1.20 / 1.24, N32-C32-32x32 2.22 / 2.36, so WEIGHT_GRAD_SLIDE_VECTORS
+    is 1."""
+    return (_direct.weight_grad_slides()
+            and filter_vectors <= WEIGHT_GRAD_SLIDE_VECTORS
+            and filter_vectors >= 1 and g.kernel_width == 3
+            and g.stride_w == 1 and g.dilation_w == 1)
+
+
+#: The most filter vectors the sliding weight gradient takes (1 or 2).
+WEIGHT_GRAD_SLIDE_VECTORS = 1
+
+
 def _direct_weight_grad(grad_output, x, g):
     """grad_weight through the register-blocked kernel (float32): the
     filters in vector lanes, or with few taps (``_pixel_lane_weight_grad``)
@@ -700,7 +730,9 @@ def _direct_weight_grad(grad_output, x, g):
             2 if filters <= 2 * lanes else 4
         padded_filters = -(-filters // (filter_vectors * lanes)) * (
             filter_vectors * lanes)
-        pixels = DIRECT_WEIGHT_GRAD_PIXELS
+        pixels = min(DIRECT_WEIGHT_GRAD_MAX_PIXELS, max(
+            DIRECT_WEIGHT_GRAD_PIXELS,
+            DIRECT_WEIGHT_GRAD_GT_BYTES // (4 * padded_filters)))
     per_group = _direct.weight_grad_taps(filter_vectors)
     padded_taps = -(-taps // per_group) * per_group
     pointwise = _direct_pointwise(g)
@@ -730,7 +762,8 @@ def _direct_weight_grad(grad_output, x, g):
                                            np.float32),
         np.empty((num_threads, scratch), np.float32),
         offsets, g, g.groups, rows, band_rows, row_len, pointwise,
-        filter_vectors, num_threads)
+        filter_vectors, num_threads,
+        _weight_grad_slides(g, filter_vectors))
     total = np.empty(partials[0].size, np.float32)
     _conv.sum_rows(partials.reshape(runs, -1), total, num_threads)
     if lane_sums > 1:

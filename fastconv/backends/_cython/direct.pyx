@@ -64,8 +64,9 @@ cdef extern from "direct_conv.h" nogil:
     void fc_wgrad_item(const fc_direct_geometry *g, const float *image,
                        const float *grad, const Py_ssize_t *tap_offsets,
                        Py_ssize_t padded_taps, Py_ssize_t padded_filters,
-                       int wv, Py_ssize_t oh0, float *band, float *gt,
-                       float *partial)
+                       int wv, int slide, Py_ssize_t oh0, float *band,
+                       float *gt, float *partial)
+    const int FC_WGRAD_SLIDE_AVAILABLE
     void fc_wgrad_px_item(const fc_direct_geometry *g, const float *image,
                           const float *grad, const Py_ssize_t *tap_offsets,
                           Py_ssize_t padded_taps, Py_ssize_t padded_filters,
@@ -106,14 +107,18 @@ def conv2d_direct_weight_grad(
         float[:, :, :, ::1] partials, float[:, ::1] bands, float[:, ::1] gts,
         const Py_ssize_t[::1] tap_offsets, object geometry, Py_ssize_t groups,
         Py_ssize_t rows, Py_ssize_t band_rows, Py_ssize_t row_len,
-        bint pointwise, int filter_vectors, int num_threads):
+        bint pointwise, int filter_vectors, int num_threads,
+        bint slide=False):
     """Per-run partial sums of grad_weight: partials (runs, groups, padded
     taps, padded filters), zero on entry; or, with ``filter_vectors`` 0,
     the pixel-lane kernel's (runs, groups, padded taps, padded filters *
     lanes), ``gts`` then rows * out_width floats per thread. The work items
     (image, group, run of ``rows`` output rows) are cut into consecutive
     runs, each summed in order by one thread: the bits depend on the shape
-    and the run count alone."""
+    and the run count alone. ``slide``: 3-wide filters at column stride 1
+    without column dilation, 1 or 2 filter vectors
+    (``weight_grad_slides``): each input broadcast feeds the three taps
+    of its row."""
     cdef fc_direct_geometry g = _geometry(
         x.shape, grad_output.shape[1], grad_output.shape, groups, geometry,
         partials.shape[2], partials.shape[2], rows, band_rows, row_len,
@@ -140,7 +145,7 @@ def conv2d_direct_weight_grad(
                 fc_wgrad_item(&g, &x[n, group * g.channels, 0, 0],
                               &grad_output[n, group * g.filters, 0, 0],
                               &tap_offsets[0], partials.shape[2],
-                              partials.shape[3], filter_vectors,
+                              partials.shape[3], filter_vectors, slide,
                               row_run * rows, &bands[thread, 0],
                               &gts[thread, 0], &partials[run, group, 0, 0])
 
@@ -155,6 +160,11 @@ def weight_grad_taps(int filter_vectors):
     """Taps per group of the weight gradient's tiles with this many vectors
     of filters (1, 2 or 4; 0: the pixel-lane kernel's)."""
     return FC_PT if filter_vectors == 0 else FC_WTAPS(filter_vectors)
+
+
+def weight_grad_slides():
+    """Whether the sliding weight-gradient tiles were compiled."""
+    return bool(FC_WGRAD_SLIDE_AVAILABLE)
 
 
 def weight_grad_pixel_filters():

@@ -559,6 +559,69 @@ fc_wgrad_tile(const int WV, const int WT, const float *gt, ptrdiff_t gt_ld,
         }
 }
 
+/* The same sums for 3-wide filters at column stride 1 (no column
+ * dilation), sliding along each row: the taps (c, r, 0..2) of one input row
+ * read the same band element x[u] at output pixels u, u - 1 and u - 2, so
+ * one broadcast of x[u] feeds three multiply-adds, with the output
+ * gradients of those three pixels held in registers (zero outside the
+ * row). Per band column: WV vector loads and WT / 3 broadcasts for WV * WT
+ * multiply-adds, where the tile above broadcasts once per multiply-add
+ * (for WV = 1 a load per multiply-add: the load ports, not the FMAs, set
+ * its pace). The sums are added in a different order than the tile
+ * above, but in one fixed order. The tap group's taps are (c, r, s) with
+ * s = t % 3: off[3 m] is where row pair m's s = 0 tap lies. */
+static inline __attribute__((always_inline)) void
+fc_wgrad_slide3(const int WV, const int WT, const float *gt, ptrdiff_t gt_ld,
+                const float *base, ptrdiff_t rows, ptrdiff_t width,
+                ptrdiff_t pitch, const ptrdiff_t *off, float *partial,
+                ptrdiff_t partial_ld)
+{
+    enum { MAX_PAIRS = FC_WTAPS_MAX / 3 };
+    const int pairs = WT / 3;
+    fc_vf a[4][FC_WTAPS_MAX];   /* a[v][3 m + s] */
+    for (int v = 0; v < WV; ++v)
+#pragma GCC unroll 24
+        for (int j = 0; j < WT; ++j)
+            a[v][j] = (fc_vf){0};
+    ptrdiff_t o[MAX_PAIRS];
+#pragma GCC unroll 8
+    for (int m = 0; m < pairs; ++m)
+        o[m] = off[3 * m];
+    for (ptrdiff_t i = 0; i < rows; ++i) {
+        const float *row = base + i * pitch;
+        const float *grad = gt + i * width * gt_ld;
+        /* g[v][s]: the gradients of pixel u - s */
+        fc_vf g0[4], g1[4], g2[4];
+        for (int v = 0; v < WV; ++v)
+            g1[v] = g2[v] = (fc_vf){0};
+        for (ptrdiff_t u = 0; u < width + 2; ++u) {
+            for (int v = 0; v < WV; ++v)
+                g0[v] = u < width ? fc_load(grad + u * gt_ld + v * FC_VL)
+                                  : (fc_vf){0};
+#pragma GCC unroll 8
+            for (int m = 0; m < pairs; ++m) {
+                const float xm = row[u + o[m]];
+                for (int v = 0; v < WV; ++v) {
+                    a[v][3 * m] += g0[v] * xm;
+                    a[v][3 * m + 1] += g1[v] * xm;
+                    a[v][3 * m + 2] += g2[v] * xm;
+                }
+            }
+            for (int v = 0; v < WV; ++v) {
+                g2[v] = g1[v];
+                g1[v] = g0[v];
+            }
+        }
+    }
+#pragma GCC unroll 24
+    for (int j = 0; j < WT; ++j)
+        for (int v = 0; v < WV; ++v) {
+            float *d = partial + j * partial_ld + v * FC_VL;
+            fc_vf sum = fc_load(d) + a[v][j];
+            memcpy(d, &sum, sizeof sum);
+        }
+}
+
 #define FC_WGRAD_ARGS const float *gt, ptrdiff_t gt_ld, const float *base, \
     ptrdiff_t rows, ptrdiff_t width, ptrdiff_t pitch, const ptrdiff_t *off, \
     float *partial, ptrdiff_t partial_ld
@@ -574,6 +637,17 @@ static void fc_wgrad2(FC_WGRAD_ARGS)
 { fc_wgrad_tile(2, FC_WTAPS(2), gt, gt_ld, base, rows, width, pitch, off, partial, partial_ld); }
 static void fc_wgrad1(FC_WGRAD_ARGS)
 { fc_wgrad_tile(1, FC_WTAPS(1), gt, gt_ld, base, rows, width, pitch, off, partial, partial_ld); }
+#if FC_VL == 16
+/* sliding: 8 x 3 sums and 3 gradients (WV 1), 4 x 3 x 2 and 6 (WV 2) */
+#define FC_WGRAD_SLIDE_AVAILABLE 1
+static void fc_wgrad_slide1(FC_WGRAD_ARGS)
+{ fc_wgrad_slide3(1, FC_WTAPS(1), gt, gt_ld, base, rows, width, pitch, off, partial, partial_ld); }
+static void fc_wgrad_slide2(FC_WGRAD_ARGS)
+{ fc_wgrad_slide3(2, FC_WTAPS(2), gt, gt_ld, base, rows, width, pitch, off, partial, partial_ld); }
+#endif
+#endif
+#ifndef FC_WGRAD_SLIDE_AVAILABLE
+#define FC_WGRAD_SLIDE_AVAILABLE 0
 #endif
 
 #if FC_DIRECT_AVAILABLE
@@ -608,8 +682,8 @@ static ptrdiff_t fc_wgrad_inputs(const fc_direct_geometry *g,
 static void fc_wgrad_item(const fc_direct_geometry *g, const float *image,
                           const float *grad, const ptrdiff_t *tap_offsets,
                           ptrdiff_t padded_taps, ptrdiff_t padded_filters,
-                          int wv, ptrdiff_t oh0, float *band, float *gt,
-                          float *partial)
+                          int wv, int slide, ptrdiff_t oh0, float *band,
+                          float *gt, float *partial)
 {
 #if FC_DIRECT_AVAILABLE
     const float *base;
@@ -647,6 +721,20 @@ static void fc_wgrad_item(const fc_direct_geometry *g, const float *image,
         const float *chunk = gt + k0 / cw * pixels * cw;
         for (ptrdiff_t t0 = 0; t0 < padded_taps; t0 += taps_per) {
             float *part = partial + t0 * padded_filters + k0;
+#if FC_WGRAD_SLIDE_AVAILABLE
+            if (slide && wv == 1) {
+                fc_wgrad_slide1(chunk, cw, base, rows, width, pitch,
+                                tap_offsets + t0, part, padded_filters);
+                continue;
+            }
+            if (slide && wv == 2) {
+                fc_wgrad_slide2(chunk, cw, base, rows, width, pitch,
+                                tap_offsets + t0, part, padded_filters);
+                continue;
+            }
+#else
+            (void)slide;
+#endif
             if (wv == 4)
                 fc_wgrad4(chunk, cw, base, rows, width, pitch,
                           tap_offsets + t0, part, padded_filters);
@@ -660,8 +748,8 @@ static void fc_wgrad_item(const fc_direct_geometry *g, const float *image,
     }
 #else
     (void)g; (void)image; (void)grad; (void)tap_offsets; (void)padded_taps;
-    (void)padded_filters; (void)wv; (void)oh0; (void)band; (void)gt;
-    (void)partial;
+    (void)padded_filters; (void)wv; (void)slide; (void)oh0; (void)band;
+    (void)gt; (void)partial;
 #endif
 }
 
