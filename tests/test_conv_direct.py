@@ -617,3 +617,65 @@ def test_sliding_weight_gradient_matches_the_naive_reference(
     assert weight_grad_calls["count"] == 1
     np.testing.assert_allclose(got, expected, rtol=1e-5,
                                atol=1e-5 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("case", [
+    # (x shape, filters, kernel, stride, padding, dilation): phases of
+    # different tap counts and planes a vector wide or more; odd heights; a
+    # stride of 3; a dilation
+    ((2, 8, 18, 32), 12, 3, 2, 1, 1),
+    ((1, 16, 33, 46), 8, 5, 2, 2, 1),
+    ((2, 8, 20, 48), 6, 5, 3, 2, 1),
+    ((1, 8, 40, 60), 10, 3, 2, 3, 3),
+])
+def test_merged_phases_match_the_naive_reference(case, count_calls):
+    """A strided input gradient whose phases differ in taps runs as one
+    call with taps per chunk of filters (``_merged_phases``), alone or
+    added into an array; against the naive reference in float64."""
+    x_shape, filters, kernel, stride, padding, dilation = case
+    rng = np.random.default_rng(sum(x_shape) + kernel)
+    x = rng.standard_normal(x_shape)
+    weight = rng.standard_normal((filters, x_shape[1], kernel, kernel))
+    y = fastconv.conv2d(x, weight, stride=stride, padding=padding,
+                        dilation=dilation, backend="naive")
+    grad_output = rng.standard_normal(y.shape)
+    expected = fastconv.conv2d_backward(
+        grad_output, x, weight, stride, padding, dilation,
+        need_weight_grad=False, backend="naive")[0]
+    merged = count_calls(cython_cpu, "_merged_phases_input_grad")
+    args = (grad_output.astype(np.float32), x.astype(np.float32),
+            weight.astype(np.float32), stride, padding, dilation)
+    got = fastconv.conv2d_backward(*args, need_weight_grad=False,
+                                   backend="cython")[0]
+    start = rng.standard_normal(x_shape).astype(np.float32)
+    added = start.copy()
+    fastconv.conv2d_backward(*args, need_weight_grad=False,
+                             add_input_grad_to=added, backend="cython")
+    assert merged["count"] == 2
+    tolerance = 1e-5 * np.abs(expected).max()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=tolerance)
+    np.testing.assert_array_equal(added, start + got)
+
+
+def test_merged_phases_need_whole_chunks_of_channels(count_calls):
+    """Input channels that are not whole chunks of the tile's filters (or
+    narrow phases, or groups) keep one call per phase."""
+    merged = count_calls(cython_cpu, "_merged_phases_input_grad")
+    rng = np.random.default_rng(1)
+    for x_shape, groups in (((2, 6, 20, 32), 1), ((2, 16, 20, 32), 2),
+                            ((2, 16, 12, 12), 1)):
+        x = rng.standard_normal(x_shape).astype(np.float32)
+        weight = rng.standard_normal(
+            (8, x_shape[1] // groups, 3, 3)).astype(np.float32)
+        grad_output = rng.standard_normal(
+            fastconv.conv2d(x, weight, stride=2, padding=1,
+                            groups=groups).shape).astype(np.float32)
+        got = fastconv.conv2d_backward(grad_output, x, weight, 2, 1,
+                                       groups=groups, need_weight_grad=False,
+                                       backend="cython")[0]
+        expected = fastconv.conv2d_backward(
+            grad_output.astype(np.float64), x.astype(np.float64),
+            weight.astype(np.float64), 2, 1, groups=groups,
+            need_weight_grad=False, backend="numba")[0]
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+    assert merged["count"] == 0

@@ -1087,6 +1087,10 @@ def _strided_input_grad(grad_output, weight, g, add_to=None):
     if stacked is not None:
         return _stacked_phases_input_grad(grad_output, weight, g, phases,
                                           *stacked)
+    merged = _merged_phases(phases, g) if MERGED_PHASES else None
+    if merged is not None:
+        return _merged_phases_input_grad(grad_output, weight, g, phases,
+                                         *merged, add_to=add_to)
     results = []
     for a, b, phase, taps in phases:
         if phase is None:
@@ -1165,6 +1169,121 @@ def _stacked_phases(phases, g):
         return None
     return (geometry, np.array(row_offsets, np.intp),
             np.array(column_offsets, np.intp))
+
+
+#: Whether strided input gradients whose phases differ in taps run as one
+#: call (``_merged_phases``).
+MERGED_PHASES = True
+
+
+def _phase_windows(phases, g, kernel_height, kernel_width, dilation):
+    """The stride-1 convolution of grad_output, padded by the most any
+    phase is, whose output holds every phase's plane as a window (a
+    kernel_height x kernel_width window of taps, each phase's its top-left
+    corner), and each window's row and column offsets: (geometry, row
+    offsets, column offsets), or None where no padding fits."""
+    top = max(phase.pad_top for _, _, phase, _ in phases)
+    left = max(phase.pad_left for _, _, phase, _ in phases)
+    row_offsets = [top - phase.pad_top for _, _, phase, _ in phases]
+    column_offsets = [left - phase.pad_left for _, _, phase, _ in phases]
+    height = max(r + phase.out_height
+                 for r, (_, _, phase, _) in zip(row_offsets, phases))
+    width = max(c + phase.out_width
+                for c, (_, _, phase, _) in zip(column_offsets, phases))
+    bottom = (height - 1 + (kernel_height - 1) * dilation[0] - top
+              - g.out_height + 1)
+    right = (width - 1 + (kernel_width - 1) * dilation[1] - left
+             - g.out_width + 1)
+    if min(top, left, bottom, right) < 0:
+        return None
+    geometry = _shapes.conv_geometry(
+        (g.batch, g.out_channels, g.out_height, g.out_width),
+        (len(phases) * g.in_channels, g.out_channels, kernel_height,
+         kernel_width), (1, 1), (top, left, bottom, right), dilation, 1)
+    if (geometry.out_height, geometry.out_width) != (height, width):
+        return None
+    return (geometry, np.array(row_offsets, np.intp),
+            np.array(column_offsets, np.intp))
+
+
+def _merged_phases(phases, g):
+    """Where the phases of a strided input gradient differ in their taps
+    (a 3x3 stride-2 layer's phases have 1x1, 1x2, 2x1 and 2x2 of them), one
+    call of the pixel-lane kernel with taps per chunk of filters computes
+    them all on one band: the window geometry of ``_phase_windows`` over
+    the largest phase, each phase's taps the top-left corner of it, its C
+    output channels whole chunks (C a multiple of the tile's filters).
+    Returns (geometry, row offsets, column offsets) or None."""
+    _, _, per_tile, _ = _direct_parameters()
+    if (g.groups != 1 or g.in_channels % per_tile
+            or any(phase is None for _, _, phase, _ in phases)):
+        return None
+    first = phases[0][2]
+    dilation = (first.dilation_h, first.dilation_w)
+    if any((phase.dilation_h, phase.dilation_w) != dilation
+           for _, _, phase, _ in phases):
+        return None
+    windows = _phase_windows(
+        phases, g, max(phase.kernel_height for _, _, phase, _ in phases),
+        max(phase.kernel_width for _, _, phase, _ in phases), dilation)
+    # narrow planes run better one phase at a time on the channel-lane
+    # kernel (measured as below, per phase / merged: N64-C32-16x16-K64
+    # 1.15 / 1.62, N16-C128-28x28-K256 7.5 / 8.8, N8-C256-14x14-K512 8.5 /
+    # 13.3, all with phases narrower than a vector)
+    if (windows is None or not _direct_applies(windows[0], np.float32)
+            or _uses_channel_vectors(windows[0])):
+        return None
+    return windows
+
+
+def _merged_phases_input_grad(grad_output, weight, g, phases, merged,
+                              row_offsets, column_offsets, add_to=None):
+    """``_strided_input_grad`` where ``_merged_phases`` applies: each
+    chunk of a phase's filters applies that phase's taps of the window
+    (direct_conv.h's fc_direct_item with chunk_taps), then the windows are
+    interleaved (added into ``add_to`` where given): one band and one
+    parallel region instead of one per phase. Measured 2026-12-04 (ms, 2
+    threads, best of two alternations, load 0.4-0.8; one call per phase /
+    merged, 3x3 stride 2): N64-C16-32x32-K32 1.32 / 1.05, N32-C64-32x32-K128
+    5.05 / 4.57, N32-C32-32x32-K64 1.75 / 1.54, N16-C64-56x56-K128 8.7 /
+    8.6."""
+    num_threads = _num_threads(_threads.conv_threads(merged))
+    (rows, band_rows, row_len, band_size, offsets, _, _,
+     chunk_runs) = _direct_plan(merged, num_threads)
+    _, _, per_tile, _ = _direct_parameters()
+    window = offsets.reshape(g.out_channels, merged.kernel_height,
+                             merged.kernel_width)
+    chunk_offsets, chunk_weights, starts, per_channel = [], [], [0], []
+    for _, _, phase, taps in phases:
+        height, width = phase.kernel_height, phase.kernel_width
+        tap_offsets = window[:, :height, :width].reshape(-1)
+        # (C, K * taps): the phase's filters, channels swapped, tap-major
+        filters = _phase_filters(weight, taps, 1).reshape(g.in_channels, -1)
+        for c0 in range(0, g.in_channels, per_tile):
+            chunk_offsets.append(tap_offsets)
+            chunk_weights.append(filters[c0:c0 + per_tile].T)
+            starts.append(starts[-1] + tap_offsets.size)
+            per_channel.append(height * width)
+    packed = np.ascontiguousarray(np.concatenate(chunk_weights))[None, None]
+    result = np.empty(merged.output_shape, np.float32)
+    _direct.conv2d_direct(
+        grad_output, packed, np.empty(1, np.float32), False, result,
+        np.empty((num_threads, band_size), np.float32),
+        np.empty((num_threads, 1), np.float32),
+        np.ascontiguousarray(np.concatenate(chunk_offsets)), merged, 1, rows,
+        band_rows, row_len, False, merged.kernel_height * merged.kernel_width
+        * g.out_channels, chunk_runs, 0, num_threads,
+        chunk_taps=np.array(starts, np.intp),
+        chunk_per_channel=np.array(per_channel, np.intp),
+        block_channels=_direct_block_channels(merged, row_len))
+    grad_input = np.empty(g.input_shape, grad_output.dtype) \
+        if add_to is None else add_to
+    _direct.interleave_phase_channels(
+        result, grad_input, g.stride_h, g.stride_w, row_offsets,
+        column_offsets,
+        _num_threads(_threads.elementwise_threads(grad_input.size)),
+        add_to is not None)
+    return grad_input
 
 
 def _stacked_phases_input_grad(grad_output, weight, g, phases, stacked,

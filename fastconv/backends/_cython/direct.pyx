@@ -54,7 +54,10 @@ cdef extern from "direct_conv.h" nogil:
                         const float *weights, const float *bias,
                         const Py_ssize_t *tap_offsets, Py_ssize_t oh0,
                         Py_ssize_t first_chunk, Py_ssize_t last_chunk,
-                        float *out, float *band)
+                        float *out, float *band,
+                        const Py_ssize_t *chunk_taps,
+                        const Py_ssize_t *chunk_per_channel,
+                        Py_ssize_t block_channels)
     const int FC_CHANNEL_VECTORS_AVAILABLE
     void fc_cv_item(const fc_direct_geometry *g, const float *image,
                     const float *weights, const float *bias,
@@ -179,7 +182,9 @@ def conv2d_direct(const float[:, :, :, ::1] x, const float[:, :, :, ::1] packed,
                   object geometry, Py_ssize_t groups, Py_ssize_t rows,
                   Py_ssize_t band_rows, Py_ssize_t row_len, bint pointwise,
                   Py_ssize_t block_taps, Py_ssize_t chunk_runs,
-                  int channel_vectors, int num_threads, clamp=None):
+                  int channel_vectors, int num_threads, clamp=None,
+                  chunk_taps=None, chunk_per_channel=None,
+                  Py_ssize_t block_channels=0):
     """y = conv2d(x, weights) (+ bias) from the packed weights (groups,
     chunks, taps, chunk width): output pixels in the vector lanes
     (``channel_vectors`` 0, chunks of FC_KB filters) or output channels
@@ -189,17 +194,43 @@ def conv2d_direct(const float[:, :, :, ::1] x, const float[:, :, :, ::1] packed,
     of the flattened plane; ``block_taps``: taps per channel block (a
     multiple of R * S). Work items: (image, group, run of ``rows`` rows,
     run of chunks), ``chunk_runs`` runs of chunks. ``clamp``: None or
-    (lo, hi), an activation applied as the outputs are stored."""
+    (lo, hi), an activation applied as the outputs are stored.
+
+    ``chunk_taps`` (intp, chunks + 1 cumulative starts) and
+    ``chunk_per_channel`` (intp, chunks): each chunk of the pixel-lane
+    kernel applies taps of its own (fc_direct_item), ``packed`` then (1, 1,
+    all chunks' taps, FC_KB) and ``tap_offsets`` the chunks' offsets one
+    after the other, in blocks of ``block_channels`` channels; groups 1."""
     cdef fc_direct_geometry g = _geometry(
         x.shape, y.shape[1], y.shape, groups, geometry, packed.shape[2],
         block_taps, rows, band_rows, row_len, pointwise)
     if clamp is not None:
         g.clamp, g.lo, g.hi = 1, clamp[0], clamp[1]
+    cdef const Py_ssize_t[::1] starts
+    cdef const Py_ssize_t[::1] per_channel
+    cdef const Py_ssize_t *starts_ptr = NULL
+    cdef const Py_ssize_t *per_channel_ptr = NULL
+    cdef Py_ssize_t chunks = packed.shape[1], k
+    if chunk_taps is not None:
+        starts, per_channel = chunk_taps, chunk_per_channel
+        chunks = per_channel.shape[0]
+        if (channel_vectors or groups != 1 or pointwise
+                or starts.shape[0] != chunks + 1 or chunks != g.chunks
+                or block_channels < 1 or starts[chunks] != packed.shape[2]
+                or starts[chunks] > tap_offsets.shape[0]):
+            raise ValueError("conv2d_direct: chunk taps do not match")
+        for k in range(chunks):
+            if (starts[k] < 0 or per_channel[k] < 0
+                    or starts[k + 1] - starts[k]
+                    != per_channel[k] * g.channels):
+                raise ValueError("conv2d_direct: chunk taps do not match")
+        starts_ptr = &starts[0]
+        per_channel_ptr = &per_channel[0]
     cdef Py_ssize_t row_runs = (g.out_height + rows - 1) // rows
     if pointwise:
         row_runs = ((g.out_height * g.out_width + FC_VL - 1) // FC_VL
                     + rows - 1) // rows
-    cdef Py_ssize_t per_run = (packed.shape[1] + chunk_runs - 1) // chunk_runs
+    cdef Py_ssize_t per_run = (chunks + chunk_runs - 1) // chunk_runs
     cdef Py_ssize_t items = x.shape[0] * groups * row_runs * chunk_runs
     cdef Py_ssize_t item, n, group, run, chunk_run
     cdef const float *bias_ptr
@@ -227,7 +258,8 @@ def conv2d_direct(const float[:, :, :, ::1] x, const float[:, :, :, ::1] packed,
                                chunk_run * per_run,
                                (chunk_run + 1) * per_run,
                                &y[n, group * g.filters, 0, 0],
-                               &bands[threadid(), 0])
+                               &bands[threadid(), 0], starts_ptr,
+                               per_channel_ptr, block_channels)
 
 
 cdef void _interleave_pair(const float *even, const float *odd,
@@ -398,11 +430,12 @@ def interleave_phase_channels(const float[:, :, :, ::1] phases,
                               float[:, :, :, ::1] out, Py_ssize_t sh,
                               Py_ssize_t sw, const Py_ssize_t[:] row_offsets,
                               const Py_ssize_t[:] column_offsets,
-                              int num_threads):
+                              int num_threads, bint accumulate=False):
     """out[n, c, a::sh, b::sw] = phases[n, k * C + c, r:, s:] for phase
     k = a * sw + b, r = row_offsets[k], s = column_offsets[k]: the phases
     stacked along the channels of one (N, sh * sw * C, H', W') array (one
-    convolution computed them all), each phase's plane a window of it."""
+    convolution computed them all), each phase's plane a window of it;
+    ``accumulate``: added to out instead."""
     cdef Py_ssize_t count = sh * sw, channels = out.shape[1]
     cdef Py_ssize_t p, a, b
     if (phases.shape[0] != out.shape[0]
@@ -433,4 +466,4 @@ def interleave_phase_channels(const float[:, :, :, ::1] phases,
                                + column_offsets[p])
     # phase p's plane (n, c) is plane n * count * C + p * C + c
     _interleave(sources.data, plane_floats, pitches, widths,
-                count * channels, out, sh, sw, False, num_threads)
+                count * channels, out, sh, sw, accumulate, num_threads)

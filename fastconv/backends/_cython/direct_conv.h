@@ -255,12 +255,23 @@ static void fc_fill_band(const fc_direct_geometry *g, const float *image,
  * group (pointwise: vectors [oh0, oh0 + rows) of the flattened plane),
  * filter chunks [first_chunk, last_chunk):
  * image (Cg, H, W), out (Kg, OH, OW), weights (chunks, taps, FC_KB), bias
- * (Kg) or NULL. band: this thread's scratch (unused when pointwise). */
+ * (Kg) or NULL. band: this thread's scratch (unused when pointwise).
+ *
+ * With chunk_taps (not NULL) each chunk has taps of its own, a subset of
+ * the kernel's (R, S) window for every channel: chunk k applies the taps
+ * [chunk_taps[k], chunk_taps[k + 1]) of tap_offsets and of weights
+ * ([tap][FC_KB] rows, chunk after chunk), chunk_per_channel[k] of them per
+ * channel, channel-major, in blocks of block_channels channels. The
+ * phases of a strided layer's input gradient, which read the same output
+ * gradients through different taps, then run as one call on one band. */
 static void fc_direct_item(const fc_direct_geometry *g, const float *image,
                            const float *weights, const float *bias,
                            const ptrdiff_t *tap_offsets, ptrdiff_t oh0,
                            ptrdiff_t first_chunk, ptrdiff_t last_chunk,
-                           float *out, float *band)
+                           float *out, float *band,
+                           const ptrdiff_t *chunk_taps,
+                           const ptrdiff_t *chunk_per_channel,
+                           ptrdiff_t block_channels)
 {
 #if FC_DIRECT_AVAILABLE
     const ptrdiff_t plane = g->out_height * g->out_width;
@@ -275,9 +286,16 @@ static void fc_direct_item(const fc_direct_geometry *g, const float *image,
     if (vectors > g->rows * ow_vectors) vectors = g->rows * ow_vectors;
     if (!g->pointwise)
         fc_fill_band(g, image, oh0, band);
-    for (ptrdiff_t t0 = 0; t0 < g->taps; t0 += g->block_taps) {
+    const ptrdiff_t blocks = chunk_taps
+        ? (g->channels + block_channels - 1) / block_channels
+        : (g->taps + g->block_taps - 1) / g->block_taps;
+    for (ptrdiff_t block = 0; block < blocks; ++block) {
+        const ptrdiff_t t0 = block * g->block_taps;
         const ptrdiff_t tn = g->taps - t0 < g->block_taps ? g->taps - t0
                                                           : g->block_taps;
+        const ptrdiff_t c0 = block * block_channels;
+        const ptrdiff_t cn = g->channels - c0 < block_channels
+                             ? g->channels - c0 : block_channels;
         for (ptrdiff_t u = 0; u < vectors; u += FC_VMAX) {
             const int V = vectors - u < FC_VMAX ? (int)(vectors - u) : FC_VMAX;
             const float *base[FC_VMAX];
@@ -309,31 +327,45 @@ static void fc_direct_item(const fc_direct_geometry *g, const float *image,
              * is applied to them */
             for (ptrdiff_t chunk = first_chunk;
                  chunk < last_chunk && chunk < g->chunks; ++chunk) {
-                const float *w = weights + (chunk * g->taps + t0) * FC_KB;
+                const float *w;
+                const ptrdiff_t *offsets;
+                ptrdiff_t taps;
+                if (chunk_taps) {
+                    const ptrdiff_t first = chunk_taps[chunk]
+                                            + c0 * chunk_per_channel[chunk];
+                    w = weights + first * FC_KB;
+                    offsets = tap_offsets + first;
+                    taps = cn * chunk_per_channel[chunk];
+                } else {
+                    w = weights + (chunk * g->taps + t0) * FC_KB;
+                    offsets = tap_offsets + t0;
+                    taps = tn;
+                }
                 const ptrdiff_t k0 = chunk * FC_KB;
                 const ptrdiff_t kn = g->filters - k0 < FC_KB ? g->filters - k0
                                                              : FC_KB;
-                const float *b = bias && t0 == 0 ? bias + k0 : NULL;
+                const float *b = bias && block == 0 ? bias + k0 : NULL;
                 float *d[FC_VMAX];
                 for (int v = 0; v < V; ++v)
                     d[v] = dst[v] + k0 * plane;
                 /* the activation once the last channel block is summed */
-                const int clamp = g->clamp && t0 + tn == g->taps;
+                const int clamp = g->clamp && block == blocks - 1;
                 if (V == 3)
-                    fc_tile3(base, tap_offsets + t0, tn, w, d, lanes, plane,
-                             kn, b, t0 > 0, clamp, g->lo, g->hi);
+                    fc_tile3(base, offsets, taps, w, d, lanes, plane, kn, b,
+                             block > 0, clamp, g->lo, g->hi);
                 else if (V == 2)
-                    fc_tile2(base, tap_offsets + t0, tn, w, d, lanes, plane,
-                             kn, b, t0 > 0, clamp, g->lo, g->hi);
+                    fc_tile2(base, offsets, taps, w, d, lanes, plane, kn, b,
+                             block > 0, clamp, g->lo, g->hi);
                 else
-                    fc_tile1(base, tap_offsets + t0, tn, w, d, lanes, plane,
-                             kn, b, t0 > 0, clamp, g->lo, g->hi);
+                    fc_tile1(base, offsets, taps, w, d, lanes, plane, kn, b,
+                             block > 0, clamp, g->lo, g->hi);
             }
         }
     }
 #else
     (void)g; (void)image; (void)weights; (void)bias; (void)tap_offsets;
     (void)oh0; (void)first_chunk; (void)last_chunk; (void)out; (void)band;
+    (void)chunk_taps; (void)chunk_per_channel; (void)block_channels;
 #endif
 }
 
