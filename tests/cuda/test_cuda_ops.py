@@ -598,6 +598,10 @@ def test_batch_norm_and_relu_match_naive(dtype, random_array, assert_close):
     np.testing.assert_array_equal(
         functional.relu_backward(grad, y, backend="cuda"),
         functional.relu_backward(grad, y, backend="naive"))
+    # relu of a sum (a ResNet block's junction), the sum rounded once
+    np.testing.assert_array_equal(
+        functional.relu(x - 2, residual=grad, backend="cuda"),
+        np.maximum((x - 2) + grad, 0))
 
 
 def test_batch_norm_and_relu_keep_device_arrays_on_device(device,
@@ -614,3 +618,6 @@ def test_batch_norm_and_relu_keep_device_arrays_on_device(device,
     relu = functional.relu(on_device, backend="cuda")
     assert not isinstance(relu, np.ndarray)
     np.testing.assert_array_equal(relu.copy_to_host(), np.maximum(x, 0))
+    summed = functional.relu(on_device, residual=on_device, backend="cuda")
+    assert not isinstance(summed, np.ndarray)
+    np.testing.assert_array_equal(summed.copy_to_host(), np.maximum(x + x, 0))
