@@ -1133,10 +1133,10 @@ def _stacked_phases(phases, g):
     the same number of taps and the same dilation (a kernel a whole
     multiple of its stride: 2x2/2 upsampling, DCGAN's 4x4/2, patchify
     layers), one stride-1 convolution with the phases' filters stacked
-    computes them all: padded by the most any phase is, each phase's plane
-    is a window of its output. Returns (that convolution's geometry, each
-    phase's row offsets, column offsets) or None (groups, or a phase that
-    no tap reaches)."""
+    computes them all (``_phase_windows``: padded by the most any phase
+    is, each phase's plane is a window of its output). Returns (that
+    convolution's geometry, each phase's row offsets, column offsets) or
+    None (groups, or a phase that no tap reaches)."""
     if g.groups != 1 or any(phase is None for _, _, phase, _ in phases):
         return None
     first = phases[0][2]
@@ -1145,30 +1145,11 @@ def _stacked_phases(phases, g):
     if any((phase.kernel_height, phase.kernel_width, phase.dilation_h,
             phase.dilation_w) != shape for _, _, phase, _ in phases):
         return None
-    top = max(phase.pad_top for _, _, phase, _ in phases)
-    left = max(phase.pad_left for _, _, phase, _ in phases)
-    row_offsets = [top - phase.pad_top for _, _, phase, _ in phases]
-    column_offsets = [left - phase.pad_left for _, _, phase, _ in phases]
-    height = max(r + phase.out_height
-                 for r, (_, _, phase, _) in zip(row_offsets, phases))
-    width = max(c + phase.out_width
-                for c, (_, _, phase, _) in zip(column_offsets, phases))
-    bottom = (height - 1 + (first.kernel_height - 1) * first.dilation_h
-              - top - g.out_height + 1)
-    right = (width - 1 + (first.kernel_width - 1) * first.dilation_w
-             - left - g.out_width + 1)
-    if min(top, left, bottom, right) < 0:
+    windows = _phase_windows(phases, g, first.kernel_height,
+                             first.kernel_width, shape[2:])
+    if windows is None or not _uses_blocked_direct(windows[0], np.float32):
         return None
-    geometry = _shapes.conv_geometry(
-        (g.batch, g.out_channels, g.out_height, g.out_width),
-        (len(phases) * g.in_channels, g.out_channels, first.kernel_height,
-         first.kernel_width), (1, 1), (top, left, bottom, right),
-        (first.dilation_h, first.dilation_w), 1)
-    if (geometry.out_height, geometry.out_width) != (height, width) or \
-            not _uses_blocked_direct(geometry, np.float32):
-        return None
-    return (geometry, np.array(row_offsets, np.intp),
-            np.array(column_offsets, np.intp))
+    return windows
 
 
 #: Whether strided input gradients whose phases differ in taps run as one
