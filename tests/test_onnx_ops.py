@@ -210,6 +210,33 @@ def test_conv_fused_activations_match_unfused():
     assert_same(data, feeds, fuse=False)
 
 
+def test_add_then_relu_runs_as_one_step():
+    """Relu(Add(a, b)) with the sum read once is one step (a residual
+    junction) and equals the two ops, also where Add broadcasts; a sum
+    read twice keeps both steps."""
+    nodes = [helper.make_node("Add", ["x", "r"], ["s"]),
+             helper.make_node("Relu", ["s"], ["y"]),
+             helper.make_node("Add", ["x", "c"], ["t"]),
+             helper.make_node("Relu", ["t"], ["z"]),
+             helper.make_node("Add", ["r", "x"], ["u"]),
+             helper.make_node("Relu", ["u"], ["v"]),
+             helper.make_node("Mul", ["u", "c"], ["w"])]
+    data = make_model(nodes, {"x": (2, 3, 4, 5), "r": (2, 3, 4, 5)},
+                      {"y": FLOAT, "z": FLOAT, "v": FLOAT, "w": FLOAT},
+                      {"c": random(1, 3, 1, 1, seed=4)})
+    model = fastconv.onnx.load(data)
+    fused = [step.fused for step in model._steps if step.op_type == "Add"]
+    assert sorted(fused) == [(), ("Relu",), ("Relu",)]
+    assert model.op_counts.get("Relu") == 1
+    feeds = {"x": random(2, 3, 4, 5), "r": random(2, 3, 4, 5, seed=1)}
+    actual = assert_same(data, feeds)
+    unfused = fastconv.onnx.load(data, fuse=False).run(feeds)
+    for name in actual:
+        np.testing.assert_array_equal(actual[name], unfused[name])
+    np.testing.assert_array_equal(
+        actual["y"], np.maximum(feeds["x"] + feeds["r"], 0))
+
+
 @pytest.mark.parametrize("op_type", ["Add", "Sub", "Mul", "Div"])
 def test_binary_broadcasting(op_type):
     nodes = [helper.make_node(op_type, ["x", "c"], ["y"]),

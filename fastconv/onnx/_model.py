@@ -205,10 +205,11 @@ def _consumers(steps, graph_outputs):
     return counts
 
 
-def _fuse(steps, graph_outputs):
+def _fuse(steps, graph_outputs, backend=None):
     """Fold inference BatchNormalization into the Conv before it, then an
     activation into the Conv before it, where the Conv's output has no
-    other reader. Returns the shorter plan."""
+    other reader; then a Relu into the Add before it (``_fuse_add_relu``).
+    Returns the shorter plan."""
     for follower_types in (("BatchNormalization",),
                            _ops.FUSABLE_ACTIVATIONS):
         producer_of = {}
@@ -237,7 +238,31 @@ def _fuse(steps, graph_outputs):
             conv.fused = conv.fused + (step.op_type,)
             removed.add(id(step))
         steps = [step for step in steps if id(step) not in removed]
-    return steps
+    return _fuse_add_relu(steps, graph_outputs, backend)
+
+
+def _fuse_add_relu(steps, graph_outputs, backend):
+    """Relu(Add(a, b)) where the sum has no other reader becomes one step
+    (``_ops.AddReluKernel``): resnet's residual junctions, one pass over
+    the activations instead of two."""
+    producer_of = {name: index for index, step in enumerate(steps)
+                   for name in step.outputs}
+    reads = _consumers(steps, graph_outputs)
+    removed = set()
+    for step in steps:
+        if step.op_type != "Relu" or not step.inputs:
+            continue
+        source = producer_of.get(step.inputs[0])
+        if source is None or reads[step.inputs[0]] != 1:
+            continue
+        add = steps[source]
+        if add.op_type != "Add" or add.fused or len(add.inputs) != 2:
+            continue
+        add.kernel = _ops.AddReluKernel(backend)
+        add.outputs = step.outputs
+        add.fused = ("Relu",)
+        removed.add(id(step))
+    return [step for step in steps if id(step) not in removed]
 
 
 def _fold_batch_norm(conv_kernel, affine_kernel) -> None:
@@ -550,7 +575,7 @@ def build_model(model, backend=None, fuse=True) -> OnnxModel:
 
     steps = _drop_unused(steps, output_names)
     if fuse:
-        steps = _fuse(steps, output_names)
+        steps = _fuse(steps, output_names, backend)
     copied_outputs = _plan_memory(steps, inputs, constants, output_names)
     used = {name for step in steps for name in step.inputs} | set(
         output_names)

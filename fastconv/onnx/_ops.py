@@ -325,6 +325,29 @@ def _build_add(node, attrs, context):
     return BinaryKernel(np.add, commutative=True)
 
 
+class AddReluKernel(Kernel):
+    """Relu(Add(a, b)) where the sum has no other reader (a residual
+    block's junction): ``fastconv.functional.relu(a, residual=b)``, one
+    parallel pass, for two float tensors of one shape and dtype; NumPy's
+    add then maximum otherwise (broadcasting, integers), the same values
+    (the sum rounded once, NaN kept)."""
+
+    def __init__(self, backend):
+        self.backend = backend
+
+    def __call__(self, inputs, writable):
+        a, b = inputs
+        if (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)
+                and a.shape == b.shape and a.dtype == b.dtype
+                and a.dtype in (np.float32, np.float64)):
+            return [F.relu(a, residual=b, backend=self.backend)]
+        total = np.add(a, b)
+        if not isinstance(total, np.ndarray) or total.dtype.kind != "f":
+            raise TypeError(f"Relu expects a float tensor, got "
+                            f"{_describe(total)}")
+        return [np.maximum(total, total.dtype.type(0), out=total)]
+
+
 @op("Sub")
 def _build_sub(node, attrs, context):
     return BinaryKernel(np.subtract, commutative=False)
