@@ -622,11 +622,12 @@ def test_sliding_weight_gradient_matches_the_naive_reference(
 @pytest.mark.parametrize("case", [
     # (x shape, filters, kernel, stride, padding, dilation): phases of
     # different tap counts and planes a vector wide or more; odd heights; a
-    # stride of 3; a dilation
+    # stride of 3; phases at different offsets (padding 0: their taps sit
+    # a row and a column apart in the window)
     ((2, 8, 18, 32), 12, 3, 2, 1, 1),
     ((1, 16, 33, 46), 8, 5, 2, 2, 1),
     ((2, 8, 20, 48), 6, 5, 3, 2, 1),
-    ((1, 8, 40, 60), 10, 3, 2, 3, 3),
+    ((1, 8, 41, 62), 10, 3, 2, 0, 1),
 ])
 def test_merged_phases_match_the_naive_reference(case, count_calls):
     """A strided input gradient whose phases differ in taps runs as one

@@ -1083,14 +1083,14 @@ def _strided_input_grad(grad_output, weight, g, add_to=None):
                     phase, grad_output.dtype):
                 return None
             phases.append((a, b, phase, (rows, columns)))
-    stacked = _stacked_phases(phases, g)
-    if stacked is not None:
-        return _stacked_phases_input_grad(grad_output, weight, g, phases,
-                                          *stacked)
     merged = _merged_phases(phases, g) if MERGED_PHASES else None
     if merged is not None:
         return _merged_phases_input_grad(grad_output, weight, g, phases,
                                          *merged, add_to=add_to)
+    stacked = _stacked_phases(phases, g)
+    if stacked is not None:
+        return _stacked_phases_input_grad(grad_output, weight, g, phases,
+                                          *stacked)
     results = []
     for a, b, phase, taps in phases:
         if phase is None:
@@ -1188,13 +1188,17 @@ def _phase_windows(phases, g, kernel_height, kernel_width, dilation):
 
 
 def _merged_phases(phases, g):
-    """Where the phases of a strided input gradient differ in their taps
-    (a 3x3 stride-2 layer's phases have 1x1, 1x2, 2x1 and 2x2 of them), one
-    call of the pixel-lane kernel with taps per chunk of filters computes
-    them all on one band: the window geometry of ``_phase_windows`` over
-    the largest phase, each phase's taps the top-left corner of it, its C
-    output channels whole chunks (C a multiple of the tile's filters).
-    Returns (geometry, row offsets, column offsets) or None."""
+    """One call of the pixel-lane kernel with taps per chunk of filters
+    that computes every phase of a strided input gradient on one band,
+    where the phases differ in their taps (a 3x3 stride-2 layer's have 1x1,
+    1x2, 2x1 and 2x2) or sit at different offsets (DCGAN's 4x4/2). The
+    call's output planes are the phases' own (the largest phase's size):
+    phase p, padded pad_p, reads the window rows top - pad_p onward of a
+    convolution padded by the most any phase is (top), so its taps sit
+    there in a window tall enough for all; likewise the columns. Its C
+    output channels must be whole chunks (C a multiple of the tile's
+    filters). Returns (geometry, each phase's (row, column) tap offsets in
+    the window) or None."""
     _, _, per_tile, _ = _direct_parameters()
     if (g.groups != 1 or g.in_channels % per_tile
             or any(phase is None for _, _, phase, _ in phases)):
@@ -1204,21 +1208,43 @@ def _merged_phases(phases, g):
     if any((phase.dilation_h, phase.dilation_w) != dilation
            for _, _, phase, _ in phases):
         return None
-    windows = _phase_windows(
-        phases, g, max(phase.kernel_height for _, _, phase, _ in phases),
-        max(phase.kernel_width for _, _, phase, _ in phases), dilation)
+    top = max(phase.pad_top for _, _, phase, _ in phases)
+    left = max(phase.pad_left for _, _, phase, _ in phases)
+    shifts = [(top - phase.pad_top, left - phase.pad_left)
+              for _, _, phase, _ in phases]
+    if any(r % dilation[0] or c % dilation[1] for r, c in shifts):
+        return None  # a shift between taps of a dilated window
+    shifts = [(r // dilation[0], c // dilation[1]) for r, c in shifts]
+    kernel_height = max(r + phase.kernel_height
+                        for (r, _), (_, _, phase, _) in zip(shifts, phases))
+    kernel_width = max(c + phase.kernel_width
+                       for (_, c), (_, _, phase, _) in zip(shifts, phases))
+    height = max(phase.out_height for _, _, phase, _ in phases)
+    width = max(phase.out_width for _, _, phase, _ in phases)
+    bottom = (height - 1 + (kernel_height - 1) * dilation[0] - top
+              - g.out_height + 1)
+    right = (width - 1 + (kernel_width - 1) * dilation[1] - left
+             - g.out_width + 1)
+    if min(bottom, right) < 0:
+        return None
+    merged = _shapes.conv_geometry(
+        (g.batch, g.out_channels, g.out_height, g.out_width),
+        (len(phases) * g.in_channels, g.out_channels, kernel_height,
+         kernel_width), (1, 1), (top, left, bottom, right), dilation, 1)
     # narrow planes run better one phase at a time on the channel-lane
     # kernel (measured as below, per phase / merged: N64-C32-16x16-K64
     # 1.15 / 1.62, N16-C128-28x28-K256 7.5 / 8.8, N8-C256-14x14-K512 8.5 /
     # 13.3, all with phases narrower than a vector)
-    if (windows is None or not _direct_applies(windows[0], np.float32)
-            or _uses_channel_vectors(windows[0])):
+    # (a 1x1 window, every phase one tap at the same place, is the stacked
+    # pointwise convolution of _stacked_phases)
+    if (not _direct_applies(merged, np.float32) or _direct_pointwise(merged)
+            or _uses_channel_vectors(merged)):
         return None
-    return windows
+    return merged, shifts
 
 
 def _merged_phases_input_grad(grad_output, weight, g, phases, merged,
-                              row_offsets, column_offsets, add_to=None):
+                              shifts, add_to=None):
     """``_strided_input_grad`` where ``_merged_phases`` applies: each
     chunk of a phase's filters applies that phase's taps of the window
     (direct_conv.h's fc_direct_item with chunk_taps), then the windows are
@@ -1235,9 +1261,10 @@ def _merged_phases_input_grad(grad_output, weight, g, phases, merged,
     window = offsets.reshape(g.out_channels, merged.kernel_height,
                              merged.kernel_width)
     chunk_offsets, chunk_weights, starts, per_channel = [], [], [0], []
-    for _, _, phase, taps in phases:
+    for (_, _, phase, taps), (row, column) in zip(phases, shifts):
         height, width = phase.kernel_height, phase.kernel_width
-        tap_offsets = window[:, :height, :width].reshape(-1)
+        tap_offsets = window[:, row:row + height,
+                             column:column + width].reshape(-1)
         # (C, K * taps): the phase's filters, channels swapped, tap-major
         filters = _phase_filters(weight, taps, 1).reshape(g.in_channels, -1)
         for c0 in range(0, g.in_channels, per_tile):
@@ -1259,9 +1286,9 @@ def _merged_phases_input_grad(grad_output, weight, g, phases, merged,
         block_channels=_direct_block_channels(merged, row_len))
     grad_input = np.empty(g.input_shape, grad_output.dtype) \
         if add_to is None else add_to
+    at_origin = np.zeros(len(phases), np.intp)
     _direct.interleave_phase_channels(
-        result, grad_input, g.stride_h, g.stride_w, row_offsets,
-        column_offsets,
+        result, grad_input, g.stride_h, g.stride_w, at_origin, at_origin,
         _num_threads(_threads.elementwise_threads(grad_input.size)),
         add_to is not None)
     return grad_input
