@@ -698,18 +698,12 @@ def _weight_grad_slides(g, filter_vectors):
     without column dilation and one vector of filters, where the plain tile
     spends a load on every multiply-add. Measured 2026-12-04 (ms, 2
     threads, best of two alternations, load 0.3-0.6, plain / sliding):
-    16 filters N64-C16-32x32 1.53 / 1.28, N64-C8-28x28 0.71 / 0.61; with
-    32 filters (two vectors, ``fc_wgrad_slide2``) slower: N64-C32-16x16
-    1.20 / 1.24, N32-C32-32x32 2.22 / 2.36, so WEIGHT_GRAD_SLIDE_VECTORS
-    is 1."""
-    return (_direct.weight_grad_slides()
-            and filter_vectors <= WEIGHT_GRAD_SLIDE_VECTORS
-            and filter_vectors >= 1 and g.kernel_width == 3
-            and g.stride_w == 1 and g.dilation_w == 1)
-
-
-#: The most filter vectors the sliding weight gradient takes (1 or 2).
-WEIGHT_GRAD_SLIDE_VECTORS = 1
+    16 filters N64-C16-32x32 1.53 / 1.28, N64-C8-28x28 0.71 / 0.61; a
+    two-vector slide (32 filters) was slower: N64-C32-16x16 1.20 / 1.24,
+    N32-C32-32x32 2.22 / 2.36."""
+    return (_direct.weight_grad_slides() and filter_vectors == 1
+            and g.kernel_width == 3 and g.stride_w == 1
+            and g.dilation_w == 1)
 
 
 def _direct_weight_grad(grad_output, x, g):
@@ -1255,8 +1249,9 @@ def _merged_phases_input_grad(grad_output, weight, g, phases, merged,
     5.05 / 4.57, N32-C32-32x32-K64 1.75 / 1.54, N16-C64-56x56-K128 8.7 /
     8.6."""
     num_threads = _num_threads(_threads.conv_threads(merged))
-    (rows, band_rows, row_len, band_size, offsets, _, _,
+    (rows, band_rows, row_len, band_size, offsets, _, block_taps,
      chunk_runs) = _direct_plan(merged, num_threads)
+    window_taps = merged.kernel_height * merged.kernel_width
     _, _, per_tile, _ = _direct_parameters()
     window = offsets.reshape(g.out_channels, merged.kernel_height,
                              merged.kernel_width)
@@ -1279,11 +1274,10 @@ def _merged_phases_input_grad(grad_output, weight, g, phases, merged,
         np.empty((num_threads, band_size), np.float32),
         np.empty((num_threads, 1), np.float32),
         np.ascontiguousarray(np.concatenate(chunk_offsets)), merged, 1, rows,
-        band_rows, row_len, False, merged.kernel_height * merged.kernel_width
-        * g.out_channels, chunk_runs, 0, num_threads,
+        band_rows, row_len, False, block_taps, chunk_runs, 0, num_threads,
         chunk_taps=np.array(starts, np.intp),
         chunk_per_channel=np.array(per_channel, np.intp),
-        block_channels=_direct_block_channels(merged, row_len))
+        block_channels=block_taps // window_taps)
     grad_input = np.empty(g.input_shape, grad_output.dtype) \
         if add_to is None else add_to
     at_origin = np.zeros(len(phases), np.intp)

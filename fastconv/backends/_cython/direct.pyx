@@ -119,9 +119,8 @@ def conv2d_direct_weight_grad(
     (image, group, run of ``rows`` output rows) are cut into consecutive
     runs, each summed in order by one thread: the bits depend on the shape
     and the run count alone. ``slide``: 3-wide filters at column stride 1
-    without column dilation, 1 or 2 filter vectors
-    (``weight_grad_slides``): each input broadcast feeds the three taps
-    of its row."""
+    without column dilation, one filter vector (``weight_grad_slides``):
+    each input broadcast feeds the three taps of its row."""
     cdef fc_direct_geometry g = _geometry(
         x.shape, grad_output.shape[1], grad_output.shape, groups, geometry,
         partials.shape[2], partials.shape[2], rows, band_rows, row_len,
@@ -264,27 +263,22 @@ def conv2d_direct(const float[:, :, :, ::1] x, const float[:, :, :, ::1] packed,
 
 cdef void _interleave_pair(const float *even, const float *odd,
                            Py_ssize_t even_count, Py_ssize_t odd_count,
-                           float *dst) noexcept nogil:
+                           float *dst, bint accumulate) noexcept nogil:
     """dst[2 j] = even[j], dst[2 j + 1] = odd[j] (even_count is odd_count
-    or one more)."""
+    or one more); ``accumulate``: added to dst instead."""
     cdef Py_ssize_t j
+    if accumulate:
+        for j in range(odd_count):
+            dst[2 * j] += even[j]
+            dst[2 * j + 1] += odd[j]
+        if even_count > odd_count:
+            dst[2 * odd_count] += even[odd_count]
+        return
     for j in range(odd_count):
         dst[2 * j] = even[j]
         dst[2 * j + 1] = odd[j]
     if even_count > odd_count:
         dst[2 * odd_count] = even[odd_count]
-
-
-cdef void _add_interleaved_pair(const float *even, const float *odd,
-                                Py_ssize_t even_count, Py_ssize_t odd_count,
-                                float *dst) noexcept nogil:
-    """``_interleave_pair`` adding into dst."""
-    cdef Py_ssize_t j
-    for j in range(odd_count):
-        dst[2 * j] += even[j]
-        dst[2 * j + 1] += odd[j]
-    if even_count > odd_count:
-        dst[2 * odd_count] += even[odd_count]
 
 
 cdef void _interleave(const float **pointers, const Py_ssize_t[:] plane_floats,
@@ -318,20 +312,12 @@ cdef void _interleave(const float **pointers, const Py_ssize_t[:] plane_floats,
                 # both column phases at once: one interleaving loop the
                 # compiler vectorises (strided stores one phase at a time
                 # ran scalar)
-                if accumulate:
-                    _add_interleaved_pair(
-                        pointers[a * 2] + source * plane_floats[a * 2]
-                        + i * pitches[a * 2],
-                        pointers[a * 2 + 1] + source * plane_floats[a * 2 + 1]
-                        + i * pitches[a * 2 + 1],
-                        widths[a * 2], widths[a * 2 + 1], dst)
-                else:
-                    _interleave_pair(
-                        pointers[a * 2] + source * plane_floats[a * 2]
-                        + i * pitches[a * 2],
-                        pointers[a * 2 + 1] + source * plane_floats[a * 2 + 1]
-                        + i * pitches[a * 2 + 1],
-                        widths[a * 2], widths[a * 2 + 1], dst)
+                _interleave_pair(
+                    pointers[a * 2] + source * plane_floats[a * 2]
+                    + i * pitches[a * 2],
+                    pointers[a * 2 + 1] + source * plane_floats[a * 2 + 1]
+                    + i * pitches[a * 2 + 1],
+                    widths[a * 2], widths[a * 2 + 1], dst, accumulate)
                 continue
             for b in range(sw):
                 k = a * sw + b

@@ -549,20 +549,40 @@ static void fc_cv_item(const fc_direct_geometry *g, const float *image,
 #if FC_DIRECT_AVAILABLE
 #define FC_WTAPS_MAX 24
 
+/* A weight-gradient tile's WV x WT sums: zeroed, and at the end added into
+ * the partial (row j of taps, partial_ld floats apart). The tap loops are
+ * unrolled by pragma: GCC's own limit (16 iterations) left the 24 sums of
+ * WV = 1 in memory, a store and a reload per multiply-add (5x slower). */
+static inline __attribute__((always_inline)) void
+fc_wgrad_zero(const int WV, const int WT, fc_vf a[4][FC_WTAPS_MAX])
+{
+    for (int v = 0; v < WV; ++v)
+#pragma GCC unroll 24
+        for (int j = 0; j < WT; ++j)
+            a[v][j] = (fc_vf){0};
+}
+
+static inline __attribute__((always_inline)) void
+fc_wgrad_add(const int WV, const int WT, fc_vf a[4][FC_WTAPS_MAX],
+             float *partial, ptrdiff_t partial_ld)
+{
+#pragma GCC unroll 24
+    for (int j = 0; j < WT; ++j)
+        for (int v = 0; v < WV; ++v) {
+            float *d = partial + j * partial_ld + v * FC_VL;
+            fc_vf sum = fc_load(d) + a[v][j];
+            memcpy(d, &sum, sizeof sum);
+        }
+}
+
 static inline __attribute__((always_inline)) void
 fc_wgrad_tile(const int WV, const int WT, const float *gt, ptrdiff_t gt_ld,
               const float *base, ptrdiff_t rows, ptrdiff_t width,
               ptrdiff_t pitch, const ptrdiff_t *off, float *partial,
               ptrdiff_t partial_ld)
 {
-    /* The tap loops are unrolled by pragma: GCC's own limit (16
-     * iterations) left the 24 sums of WV = 1 in memory, a store and a
-     * reload per multiply-add (5x slower). */
     fc_vf a[4][FC_WTAPS_MAX];
-    for (int v = 0; v < WV; ++v)
-#pragma GCC unroll 24
-        for (int j = 0; j < WT; ++j)
-            a[v][j] = (fc_vf){0};
+    fc_wgrad_zero(WV, WT, a);
     ptrdiff_t o[FC_WTAPS_MAX];
 #pragma GCC unroll 24
     for (int j = 0; j < WT; ++j)
@@ -582,13 +602,7 @@ fc_wgrad_tile(const int WV, const int WT, const float *gt, ptrdiff_t gt_ld,
             }
         }
     }
-#pragma GCC unroll 24
-    for (int j = 0; j < WT; ++j)
-        for (int v = 0; v < WV; ++v) {
-            float *d = partial + j * partial_ld + v * FC_VL;
-            fc_vf sum = fc_load(d) + a[v][j];
-            memcpy(d, &sum, sizeof sum);
-        }
+    fc_wgrad_add(WV, WT, a, partial, partial_ld);
 }
 
 /* The same sums for 3-wide filters at column stride 1 (no column
@@ -611,10 +625,7 @@ fc_wgrad_slide3(const int WV, const int WT, const float *gt, ptrdiff_t gt_ld,
     enum { MAX_PAIRS = FC_WTAPS_MAX / 3 };
     const int pairs = WT / 3;
     fc_vf a[4][FC_WTAPS_MAX];   /* a[v][3 m + s] */
-    for (int v = 0; v < WV; ++v)
-#pragma GCC unroll 24
-        for (int j = 0; j < WT; ++j)
-            a[v][j] = (fc_vf){0};
+    fc_wgrad_zero(WV, WT, a);
     ptrdiff_t o[MAX_PAIRS];
 #pragma GCC unroll 8
     for (int m = 0; m < pairs; ++m)
@@ -645,13 +656,7 @@ fc_wgrad_slide3(const int WV, const int WT, const float *gt, ptrdiff_t gt_ld,
             }
         }
     }
-#pragma GCC unroll 24
-    for (int j = 0; j < WT; ++j)
-        for (int v = 0; v < WV; ++v) {
-            float *d = partial + j * partial_ld + v * FC_VL;
-            fc_vf sum = fc_load(d) + a[v][j];
-            memcpy(d, &sum, sizeof sum);
-        }
+    fc_wgrad_add(WV, WT, a, partial, partial_ld);
 }
 
 #define FC_WGRAD_ARGS const float *gt, ptrdiff_t gt_ld, const float *base, \
@@ -670,12 +675,12 @@ static void fc_wgrad2(FC_WGRAD_ARGS)
 static void fc_wgrad1(FC_WGRAD_ARGS)
 { fc_wgrad_tile(1, FC_WTAPS(1), gt, gt_ld, base, rows, width, pitch, off, partial, partial_ld); }
 #if FC_VL == 16
-/* sliding: 8 x 3 sums and 3 gradients (WV 1), 4 x 3 x 2 and 6 (WV 2) */
+/* sliding, one vector of filters: 8 x 3 sums and 3 gradients (with two
+ * vectors, 4 x 3 x 2 sums and 6 gradients, it measured slower than the
+ * plain tile: cython_cpu._weight_grad_slides) */
 #define FC_WGRAD_SLIDE_AVAILABLE 1
 static void fc_wgrad_slide1(FC_WGRAD_ARGS)
 { fc_wgrad_slide3(1, FC_WTAPS(1), gt, gt_ld, base, rows, width, pitch, off, partial, partial_ld); }
-static void fc_wgrad_slide2(FC_WGRAD_ARGS)
-{ fc_wgrad_slide3(2, FC_WTAPS(2), gt, gt_ld, base, rows, width, pitch, off, partial, partial_ld); }
 #endif
 #endif
 #ifndef FC_WGRAD_SLIDE_AVAILABLE
@@ -756,11 +761,6 @@ static void fc_wgrad_item(const fc_direct_geometry *g, const float *image,
 #if FC_WGRAD_SLIDE_AVAILABLE
             if (slide && wv == 1) {
                 fc_wgrad_slide1(chunk, cw, base, rows, width, pitch,
-                                tap_offsets + t0, part, padded_filters);
-                continue;
-            }
-            if (slide && wv == 2) {
-                fc_wgrad_slide2(chunk, cw, base, rows, width, pitch,
                                 tap_offsets + t0, part, padded_filters);
                 continue;
             }
