@@ -628,11 +628,19 @@ def test_sliding_weight_gradient_matches_the_naive_reference(
     ((1, 16, 33, 46), 8, 5, 2, 2, 1),
     ((2, 8, 20, 48), 6, 5, 3, 2, 1),
     ((1, 8, 41, 62), 10, 3, 2, 0, 1),
+    # rows only: phases written in place at a column stride of 1
+    ((1, 8, 21, 64), 12, 3, (2, 1), 1, 1),
 ])
-def test_merged_phases_match_the_naive_reference(case, count_calls):
+@pytest.mark.parametrize("in_place", [True, False])
+def test_merged_phases_match_the_naive_reference(case, in_place, count_calls,
+                                                 monkeypatch):
     """A strided input gradient whose phases differ in taps runs as one
     call with taps per chunk of filters (``_merged_phases``), alone or
-    added into an array; against the naive reference in float64."""
+    added into an array; against the naive reference in float64. Written
+    into the gradient in place (column strides 1 and 2) or interleaved
+    from planes of their own, the same bits."""
+    if not in_place:
+        monkeypatch.setattr(cython_cpu, "PHASES_IN_PLACE_MAX_STRIDE", 0)
     x_shape, filters, kernel, stride, padding, dilation = case
     rng = np.random.default_rng(sum(x_shape) + kernel)
     x = rng.standard_normal(x_shape)
@@ -656,6 +664,46 @@ def test_merged_phases_match_the_naive_reference(case, count_calls):
     tolerance = 1e-5 * np.abs(expected).max()
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=tolerance)
     np.testing.assert_array_equal(added, start + got)
+    if in_place:
+        monkeypatch.setattr(cython_cpu, "PHASES_IN_PLACE_MAX_STRIDE", 0)
+        interleaved = fastconv.conv2d_backward(
+            *args, need_weight_grad=False, backend="cython")[0]
+        np.testing.assert_array_equal(got, interleaved)
+
+
+def test_phases_written_in_place_stay_inside_the_gradient(monkeypatch):
+    """conv2d_direct refuses a phase output whose writes would leave the
+    gradient it writes into (a phase's origin, rows or columns past its
+    end), or a column stride other than 1 or 2."""
+    seen = {}
+    real = cython_cpu._direct.conv2d_direct
+
+    def keep(*args, **kwargs):
+        seen.update(args=args, kwargs=dict(kwargs))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cython_cpu._direct, "conv2d_direct", keep)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 8, 18, 32)).astype(np.float32)
+    weight = rng.standard_normal((12, 8, 3, 3)).astype(np.float32)
+    grad_output = rng.standard_normal((1, 12, 9, 16)).astype(np.float32)
+    fastconv.conv2d_backward(grad_output, x, weight, 2, 1,
+                             need_weight_grad=False, backend="cython")
+    args, kwargs = seen["args"], seen["kwargs"]
+    origin, rows, columns, row_stride, spread, add, planes = \
+        kwargs["phase_out"]
+    real(*args, **kwargs)  # as the library calls it: accepted
+    bad = [(origin + x.size, rows, columns, row_stride, spread),
+           (origin, rows + 1, columns, row_stride, spread),
+           (origin, rows, columns + 1, row_stride, spread),
+           (origin, rows, columns, row_stride + 1, spread),
+           (origin, rows, columns, row_stride, 3),
+           (origin[:-1], rows, columns, row_stride, spread)]
+    for o, r, c, pitch, step in bad:
+        kwargs["phase_out"] = (np.ascontiguousarray(o), r, c, pitch, step,
+                               add, planes)
+        with pytest.raises(ValueError, match="phase output"):
+            real(*args, **kwargs)
 
 
 def test_merged_phases_need_whole_chunks_of_channels(count_calls):

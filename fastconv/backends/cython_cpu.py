@@ -1149,6 +1149,11 @@ def _stacked_phases(phases, g):
 #: Whether strided input gradients whose phases differ in taps run as one
 #: call (``_merged_phases``).
 MERGED_PHASES = True
+#: The merged phases write into the gradient in place (fc_phase_out) at
+#: column strides up to this (a stride-2 phase's vector spread over two
+#: under alternate-lane masks); beyond it into planes of their own,
+#: interleaved after. 0: never in place.
+PHASES_IN_PLACE_MAX_STRIDE = 2
 
 
 def _phase_windows(phases, g, kernel_height, kernel_width, dilation):
@@ -1256,7 +1261,8 @@ def _merged_phases_input_grad(grad_output, weight, g, phases, merged,
     window = offsets.reshape(g.out_channels, merged.kernel_height,
                              merged.kernel_width)
     chunk_offsets, chunk_weights, starts, per_channel = [], [], [0], []
-    for (_, _, phase, taps), (row, column) in zip(phases, shifts):
+    origin, phase_rows, phase_columns = [], [], []
+    for (a, b, phase, taps), (row, column) in zip(phases, shifts):
         height, width = phase.kernel_height, phase.kernel_width
         tap_offsets = window[:, row:row + height,
                              column:column + width].reshape(-1)
@@ -1267,8 +1273,15 @@ def _merged_phases_input_grad(grad_output, weight, g, phases, merged,
             chunk_weights.append(filters[c0:c0 + per_tile].T)
             starts.append(starts[-1] + tap_offsets.size)
             per_channel.append(height * width)
+            origin.append((c0 * g.in_height + a) * g.in_width + b)
+            phase_rows.append(phase.out_height)
+            phase_columns.append(phase.out_width)
     packed = np.ascontiguousarray(np.concatenate(chunk_weights))[None, None]
-    result = np.empty(merged.output_shape, np.float32)
+    grad_input = np.empty(g.input_shape, grad_output.dtype) \
+        if add_to is None else add_to
+    in_place = g.stride_w <= PHASES_IN_PLACE_MAX_STRIDE
+    result = grad_input if in_place else np.empty(merged.output_shape,
+                                                  np.float32)
     _direct.conv2d_direct(
         grad_output, packed, np.empty(1, np.float32), False, result,
         np.empty((num_threads, band_size), np.float32),
@@ -1277,14 +1290,17 @@ def _merged_phases_input_grad(grad_output, weight, g, phases, merged,
         band_rows, row_len, False, block_taps, chunk_runs, 0, num_threads,
         chunk_taps=np.array(starts, np.intp),
         chunk_per_channel=np.array(per_channel, np.intp),
-        block_channels=block_taps // window_taps)
-    grad_input = np.empty(g.input_shape, grad_output.dtype) \
-        if add_to is None else add_to
-    at_origin = np.zeros(len(phases), np.intp)
-    _direct.interleave_phase_channels(
-        result, grad_input, g.stride_h, g.stride_w, at_origin, at_origin,
-        _num_threads(_threads.elementwise_threads(grad_input.size)),
-        add_to is not None)
+        block_channels=block_taps // window_taps,
+        phase_out=(np.array(origin, np.intp), np.array(phase_rows, np.intp),
+                   np.array(phase_columns, np.intp), g.stride_h, g.stride_w,
+                   add_to is not None, merged.output_shape)
+        if in_place else None)
+    if not in_place:
+        at_origin = np.zeros(len(phases), np.intp)
+        _direct.interleave_phase_channels(
+            result, grad_input, g.stride_h, g.stride_w, at_origin, at_origin,
+            _num_threads(_threads.elementwise_threads(grad_input.size)),
+            add_to is not None)
     return grad_input
 
 

@@ -50,6 +50,13 @@ cdef extern from "direct_conv.h" nogil:
         int clamp
         float lo, hi
 
+    ctypedef struct fc_phase_out:
+        const Py_ssize_t *origin
+        const Py_ssize_t *rows
+        const Py_ssize_t *columns
+        Py_ssize_t row_pitch, channel_plane
+        int spread, add
+
     void fc_direct_item(const fc_direct_geometry *g, const float *image,
                         const float *weights, const float *bias,
                         const Py_ssize_t *tap_offsets, Py_ssize_t oh0,
@@ -57,7 +64,8 @@ cdef extern from "direct_conv.h" nogil:
                         float *out, float *band,
                         const Py_ssize_t *chunk_taps,
                         const Py_ssize_t *chunk_per_channel,
-                        Py_ssize_t block_channels)
+                        Py_ssize_t block_channels,
+                        const fc_phase_out *phases)
     const int FC_CHANNEL_VECTORS_AVAILABLE
     void fc_cv_item(const fc_direct_geometry *g, const float *image,
                     const float *weights, const float *bias,
@@ -183,7 +191,7 @@ def conv2d_direct(const float[:, :, :, ::1] x, const float[:, :, :, ::1] packed,
                   Py_ssize_t block_taps, Py_ssize_t chunk_runs,
                   int channel_vectors, int num_threads, clamp=None,
                   chunk_taps=None, chunk_per_channel=None,
-                  Py_ssize_t block_channels=0):
+                  Py_ssize_t block_channels=0, phase_out=None):
     """y = conv2d(x, weights) (+ bias) from the packed weights (groups,
     chunks, taps, chunk width): output pixels in the vector lanes
     (``channel_vectors`` 0, chunks of FC_KB filters) or output channels
@@ -199,9 +207,27 @@ def conv2d_direct(const float[:, :, :, ::1] x, const float[:, :, :, ::1] packed,
     ``chunk_per_channel`` (intp, chunks): each chunk of the pixel-lane
     kernel applies taps of its own (fc_direct_item), ``packed`` then (1, 1,
     all chunks' taps, FC_KB) and ``tap_offsets`` the chunks' offsets one
-    after the other, in blocks of ``block_channels`` channels; groups 1."""
+    after the other, in blocks of ``block_channels`` channels; groups 1.
+
+    ``phase_out`` (with ``chunk_taps``): the chunks are phases of a strided
+    input gradient and ``y`` is that gradient (N, C, H, W), each chunk's
+    outputs written into it in place (``planes``: the call's own planes,
+    the largest phase's): (origin, rows, columns, spread, add), per chunk
+    the offset in an image of y of its phase's (0, 0) for its first
+    channel, its phase's rows and columns; the row and column strides (the
+    column stride 1 or 2); ``add``: added to y; ``planes``: the shape of
+    the call's own output (N, chunks' channels, rows, columns), which the
+    phases' planes are cut from."""
+    cdef fc_phase_out phases
+    cdef fc_phase_out *phases_ptr = NULL
+    cdef const Py_ssize_t[::1] origin, phase_rows, phase_columns
+    cdef Py_ssize_t row_stride = 1, spread = 1
+    cdef object out_shape = y.shape
+    if phase_out is not None:
+        (origin, phase_rows, phase_columns, row_stride, spread, add,
+         out_shape) = phase_out
     cdef fc_direct_geometry g = _geometry(
-        x.shape, y.shape[1], y.shape, groups, geometry, packed.shape[2],
+        x.shape, out_shape[1], out_shape, groups, geometry, packed.shape[2],
         block_taps, rows, band_rows, row_len, pointwise)
     if clamp is not None:
         g.clamp, g.lo, g.hi = 1, clamp[0], clamp[1]
@@ -225,6 +251,20 @@ def conv2d_direct(const float[:, :, :, ::1] x, const float[:, :, :, ::1] packed,
                 raise ValueError("conv2d_direct: chunk taps do not match")
         starts_ptr = &starts[0]
         per_channel_ptr = &per_channel[0]
+    if phase_out is not None:
+        if (starts_ptr == NULL or g.clamp or y.shape[0] != x.shape[0]
+                or tuple(out_shape)[0] != x.shape[0]):
+            raise ValueError("conv2d_direct: phase output does not match")
+        _check_phase_out(origin, phase_rows, phase_columns, row_stride,
+                         spread, &g, y)
+        phases.origin = &origin[0]
+        phases.rows = &phase_rows[0]
+        phases.columns = &phase_columns[0]
+        phases.row_pitch = row_stride * y.shape[3]
+        phases.channel_plane = y.shape[2] * y.shape[3]
+        phases.spread = spread
+        phases.add = bool(add)
+        phases_ptr = &phases
     cdef Py_ssize_t row_runs = (g.out_height + rows - 1) // rows
     if pointwise:
         row_runs = ((g.out_height * g.out_width + FC_VL - 1) // FC_VL
@@ -258,7 +298,34 @@ def conv2d_direct(const float[:, :, :, ::1] x, const float[:, :, :, ::1] packed,
                                (chunk_run + 1) * per_run,
                                &y[n, group * g.filters, 0, 0],
                                &bands[threadid(), 0], starts_ptr,
-                               per_channel_ptr, block_channels)
+                               per_channel_ptr, block_channels, phases_ptr)
+
+
+cdef _check_phase_out(const Py_ssize_t[::1] origin,
+                      const Py_ssize_t[::1] rows,
+                      const Py_ssize_t[::1] columns, Py_ssize_t row_stride,
+                      Py_ssize_t spread, const fc_direct_geometry *g,
+                      float[:, :, :, ::1] y):
+    """ValueError unless every write that conv2d_direct's phase output
+    makes stays inside an image of y."""
+    cdef Py_ssize_t k, kn, last
+    cdef Py_ssize_t image = y.shape[1] * y.shape[2] * y.shape[3]
+    if (origin.shape[0] != g.chunks or rows.shape[0] != g.chunks
+            or columns.shape[0] != g.chunks or spread not in (1, 2)
+            or row_stride < 1):
+        raise ValueError("conv2d_direct: phase output does not match")
+    for k in range(g.chunks):
+        kn = min(FC_KB, g.filters - k * FC_KB)
+        if (origin[k] < 0 or not 0 <= rows[k] <= g.out_height
+                or not 0 <= columns[k] <= g.out_width):
+            raise ValueError("conv2d_direct: phase output does not match")
+        if rows[k] == 0 or columns[k] == 0:
+            continue
+        last = (origin[k] + (rows[k] - 1) * row_stride * y.shape[3]
+                + (columns[k] - 1) * spread
+                + (kn - 1) * y.shape[2] * y.shape[3])
+        if last >= image:
+            raise ValueError("conv2d_direct: phase output leaves y")
 
 
 cdef void _interleave_pair(const float *even, const float *odd,

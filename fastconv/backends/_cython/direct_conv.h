@@ -48,14 +48,15 @@
  * at base[v] + off[t]) and the FC_KB filters of one chunk (w[t][k]):
  * out[k][v] = sum over taps t of input[v][t] * w[t][k], plus bias[k] where
  * bias is not NULL, stored for the first kn filters at dst[v] + k * plane
- * (lanes[v] floats); with `accumulate`, added to what is stored there (the
- * sums of earlier channel blocks) instead of the bias. Inlined into one copy per V, where the loops over k and
- * v unroll and the sums stay in registers. */
+ * (lanes[v] floats; `spread` 2: lane j at 2 j, fc_store_spread2); with
+ * `accumulate`, added to what is stored there (the sums of earlier channel
+ * blocks) instead of the bias. Inlined into one copy per V, where the
+ * loops over k and v unroll and the sums stay in registers. */
 static inline __attribute__((always_inline)) void
 fc_tile(const int V, const float *const *base, const ptrdiff_t *off,
         ptrdiff_t taps, const float *w, float *const *dst, const int *lanes,
         ptrdiff_t plane, ptrdiff_t kn, const float *bias, int accumulate,
-        int clamp, float lo, float hi)
+        int clamp, float lo, float hi, int spread)
 {
     /* the loops around the tap loop unrolled by pragma, as in fc_cv_tile:
      * the sums then stay in registers from start to store */
@@ -85,6 +86,13 @@ fc_tile(const int V, const float *const *base, const ptrdiff_t *off,
 #pragma GCC unroll 3
         for (int v = 0; v < V; ++v) {
             float *d = dst[v] + k * plane;
+            if (spread == 2) {
+                /* a phase of a stride-2 input gradient (fc_phase_out):
+                 * clamp is never set there */
+                fc_store_spread2(d, accumulate ? a[k][v] : a[k][v] + b,
+                                 lanes[v], accumulate);
+                continue;
+            }
             fc_store(d, fc_clamp(accumulate
                                  ? a[k][v] + fc_load_lanes(d, lanes[v])
                                  : a[k][v] + b, clamp, lo, hi), lanes[v]);
@@ -94,10 +102,10 @@ fc_tile(const int V, const float *const *base, const ptrdiff_t *off,
 
 #define FC_TILE_ARGS const float *const *b, const ptrdiff_t *o, ptrdiff_t t, \
     const float *w, float *const *d, const int *l, ptrdiff_t p, ptrdiff_t kn, \
-    const float *bias, int acc, int c, float lo, float hi
-static void fc_tile1(FC_TILE_ARGS) { fc_tile(1, b, o, t, w, d, l, p, kn, bias, acc, c, lo, hi); }
-static void fc_tile2(FC_TILE_ARGS) { fc_tile(2, b, o, t, w, d, l, p, kn, bias, acc, c, lo, hi); }
-static void fc_tile3(FC_TILE_ARGS) { fc_tile(3, b, o, t, w, d, l, p, kn, bias, acc, c, lo, hi); }
+    const float *bias, int acc, int c, float lo, float hi, int sp
+static void fc_tile1(FC_TILE_ARGS) { fc_tile(1, b, o, t, w, d, l, p, kn, bias, acc, c, lo, hi, sp); }
+static void fc_tile2(FC_TILE_ARGS) { fc_tile(2, b, o, t, w, d, l, p, kn, bias, acc, c, lo, hi, sp); }
+static void fc_tile3(FC_TILE_ARGS) { fc_tile(3, b, o, t, w, d, l, p, kn, bias, acc, c, lo, hi, sp); }
 
 #else  /* no vector extensions (MSVC): the caller never selects this path */
 #define FC_WTAPS(WV) 1
@@ -251,6 +259,18 @@ static void fc_fill_band(const fc_direct_geometry *g, const float *image,
     }
 }
 
+/* Where fc_direct_item writes the phases of a strided input gradient:
+ * output (i, j) of chunk k, channel c of its FC_KB, at out + origin[k] +
+ * i * row_pitch + j * spread + c * channel_plane, for i < rows[k] and
+ * j < columns[k] (the phase's own plane; the call's planes are the
+ * largest phase's). spread: the stride along the rows, 1 or 2; add: added
+ * to what out holds. */
+typedef struct {
+    const ptrdiff_t *origin, *rows, *columns;
+    ptrdiff_t row_pitch, channel_plane;
+    int spread, add;
+} fc_phase_out;
+
 /* Output rows [oh0, oh0 + rows) (fewer at the bottom) of one image and
  * group (pointwise: vectors [oh0, oh0 + rows) of the flattened plane),
  * filter chunks [first_chunk, last_chunk):
@@ -263,7 +283,12 @@ static void fc_fill_band(const fc_direct_geometry *g, const float *image,
  * ([tap][FC_KB] rows, chunk after chunk), chunk_per_channel[k] of them per
  * channel, channel-major, in blocks of block_channels channels. The
  * phases of a strided layer's input gradient, which read the same output
- * gradients through different taps, then run as one call on one band. */
+ * gradients through different taps, then run as one call on one band.
+ *
+ * With `phases` (not NULL; with chunk_taps) each chunk's outputs are one
+ * phase of a strided input gradient, written into that gradient in place
+ * (out is its image: no planes of the call's own, no interleaving pass):
+ * fc_phase_out has where. */
 static void fc_direct_item(const fc_direct_geometry *g, const float *image,
                            const float *weights, const float *bias,
                            const ptrdiff_t *tap_offsets, ptrdiff_t oh0,
@@ -271,7 +296,8 @@ static void fc_direct_item(const fc_direct_geometry *g, const float *image,
                            float *out, float *band,
                            const ptrdiff_t *chunk_taps,
                            const ptrdiff_t *chunk_per_channel,
-                           ptrdiff_t block_channels)
+                           ptrdiff_t block_channels,
+                           const fc_phase_out *phases)
 {
 #if FC_DIRECT_AVAILABLE
     const ptrdiff_t plane = g->out_height * g->out_width;
@@ -346,19 +372,39 @@ static void fc_direct_item(const fc_direct_geometry *g, const float *image,
                                                              : FC_KB;
                 const float *b = bias && block == 0 ? bias + k0 : NULL;
                 float *d[FC_VMAX];
-                for (int v = 0; v < V; ++v)
-                    d[v] = dst[v] + k0 * plane;
+                int *l = lanes, phase_lanes[FC_VMAX];
+                ptrdiff_t pitch = plane;
+                int accumulate = block > 0, spread = 1;
+                if (phases) {
+                    for (int v = 0; v < V; ++v) {
+                        const ptrdiff_t i = oh0 + (u + v) / ow_vectors;
+                        const ptrdiff_t ow = (u + v) % ow_vectors * FC_VL;
+                        const ptrdiff_t left = phases->columns[chunk] - ow;
+                        d[v] = out + phases->origin[chunk]
+                               + i * phases->row_pitch + ow * phases->spread;
+                        phase_lanes[v] = i >= phases->rows[chunk] || left <= 0
+                                         ? 0 : left < FC_VL ? (int)left
+                                                            : FC_VL;
+                    }
+                    l = phase_lanes;
+                    pitch = phases->channel_plane;
+                    accumulate = accumulate || phases->add;
+                    spread = phases->spread;
+                } else {
+                    for (int v = 0; v < V; ++v)
+                        d[v] = dst[v] + k0 * plane;
+                }
                 /* the activation once the last channel block is summed */
                 const int clamp = g->clamp && block == blocks - 1;
                 if (V == 3)
-                    fc_tile3(base, offsets, taps, w, d, lanes, plane, kn, b,
-                             block > 0, clamp, g->lo, g->hi);
+                    fc_tile3(base, offsets, taps, w, d, l, pitch, kn, b,
+                             accumulate, clamp, g->lo, g->hi, spread);
                 else if (V == 2)
-                    fc_tile2(base, offsets, taps, w, d, lanes, plane, kn, b,
-                             block > 0, clamp, g->lo, g->hi);
+                    fc_tile2(base, offsets, taps, w, d, l, pitch, kn, b,
+                             accumulate, clamp, g->lo, g->hi, spread);
                 else
-                    fc_tile1(base, offsets, taps, w, d, lanes, plane, kn, b,
-                             block > 0, clamp, g->lo, g->hi);
+                    fc_tile1(base, offsets, taps, w, d, l, pitch, kn, b,
+                             accumulate, clamp, g->lo, g->hi, spread);
             }
         }
     }
@@ -366,6 +412,7 @@ static void fc_direct_item(const fc_direct_geometry *g, const float *image,
     (void)g; (void)image; (void)weights; (void)bias; (void)tap_offsets;
     (void)oh0; (void)first_chunk; (void)last_chunk; (void)out; (void)band;
     (void)chunk_taps; (void)chunk_per_channel; (void)block_channels;
+    (void)phases;
 #endif
 }
 

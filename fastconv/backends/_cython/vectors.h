@@ -109,6 +109,36 @@ static inline fc_vf fc_load_lanes(const float *src, int lanes)
 #endif
 }
 
+/* dst[2 j] = v[j] for the first `lanes` (>= 0) lanes, the odd floats
+ * between left as they are; `add`: dst[2 j] += v[j]. One phase of a
+ * stride-2 row written in place: two vectors spread from v's halves,
+ * stored under alternate-lane masks. */
+static inline void fc_store_spread2(float *dst, fc_vf v, int lanes, int add)
+{
+#if FC_VL == 16
+    const __m512i low = _mm512_set_epi32(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2,
+                                         1, 1, 0, 0);
+    const __m512i high = _mm512_set_epi32(15, 15, 14, 14, 13, 13, 12, 12,
+                                          11, 11, 10, 10, 9, 9, 8, 8);
+    const int first = lanes < 8 ? lanes : 8, second = lanes - first;
+    const __mmask16 m0 = (__mmask16)(0x5555u & ((1u << (2 * first)) - 1u));
+    const __mmask16 m1 = (__mmask16)(0x5555u & ((1u << (2 * second)) - 1u));
+    __m512 a = _mm512_permutexvar_ps(low, (__m512)v);
+    __m512 b = _mm512_permutexvar_ps(high, (__m512)v);
+    if (add) {
+        a = _mm512_add_ps(a, _mm512_maskz_loadu_ps(m0, dst));
+        b = _mm512_add_ps(b, _mm512_maskz_loadu_ps(m1, dst + 16));
+    }
+    _mm512_mask_storeu_ps(dst, m0, a);
+    _mm512_mask_storeu_ps(dst + 16, m1, b);
+#else
+    float tmp[FC_VL];
+    memcpy(tmp, &v, sizeof v);
+    for (int j = 0; j < lanes; ++j)
+        dst[2 * j] = add ? dst[2 * j] + tmp[j] : tmp[j];
+#endif
+}
+
 #if FC_HAVE_SHUFFLE && FC_VL == 16
 /* Transpose a 16 x 16 block held as 16 vectors (r[i][j] -> r[j][i]) in four
  * rounds of two-vector shuffles: round h swaps the h x h sub-blocks off the
