@@ -112,6 +112,28 @@ def test_variance_exact_where_the_mean_dwarfs_the_spread(compiled_backend):
         y, reference_forward(x, mean, var, None, None, 1e-5), atol=2e-3)
 
 
+def test_statistics_exact_whatever_a_channel_starts_with(compiled_backend):
+    """The one-pass statistics of batches of 8 and more (summed about a
+    channel's first value) hold double's precision when that value is an
+    outlier far from the mean, and give numpy's mean and a NaN variance
+    where it is infinite or NaN."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((16, 4, 24, 24))
+    x[0, 0, 0, 0] = 1e7            # the centre, 1e7 standard deviations out
+    x[:, 1] += 3e4                 # a mean that dwarfs the spread
+    x[0, 2, 0, 0] = np.inf
+    x[0, 3, 0, 0] = np.nan
+    for dtype in (np.float32, np.float64):
+        data = x.astype(dtype)
+        mean, var = F.batch_norm_statistics(data, backend=compiled_backend)
+        with np.errstate(invalid="ignore"):  # inf - inf in numpy's var
+            expected_mean, expected_var = reference_statistics(data)
+        np.testing.assert_allclose(mean[:2], expected_mean[:2], rtol=1e-12)
+        np.testing.assert_allclose(var[:2], expected_var[:2], rtol=1e-9)
+        np.testing.assert_array_equal(mean[2:], expected_mean[2:])
+        assert np.isnan(var[2:]).all()
+
+
 @pytest.mark.parametrize("batch_statistics", [True, False],
                          ids=["batch_stats", "running_stats"])
 @pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])

@@ -1736,7 +1736,7 @@ def batch_norm_stats(x):
         threads = _num_threads(_threads.elementwise_threads(x.size))
         if _bn_by_images(batch):  # the order batch_norm_forward sums in
             _normalization.moments_by_images(
-                x, mean, variance, np.empty((_bn_runs(batch), channels)),
+                x, mean, variance, np.empty((2 * _bn_runs(batch), channels)),
                 threads)
         else:
             _normalization.moments(_rows(x), channels, mean, variance,
@@ -1785,7 +1785,7 @@ def batch_norm_forward(x, mean, variance, weight, bias, eps, relu=False):
         if _bn_by_images(batch):
             _normalization.forward_by_images(
                 x, mean, variance, _factor(weight), _factor(bias), eps, given,
-                y, np.empty((_bn_runs(batch), channels)),
+                y, np.empty((2 * _bn_runs(batch), channels)),
                 np.empty((2, channels)), relu, threads)
         else:
             _normalization.forward(

@@ -46,8 +46,8 @@ static inline double fcn_total(const fcn_vd *parts, double tail)
     return total;
 }
 
-/* sum(x - centre), sum((x - centre)^2) or sum(g), sum(g * x) over a row,
- * for float and double rows. */
+/* sum(x - centre), sum((x - centre)^2), both in one pass (moments), or
+ * sum(g), sum(g * x) over a row, for float and double rows. */
 #define FCN_DEFINE(T, LOAD)                                                  \
 static double fcn_row_sum_##T(const T *x, ptrdiff_t n, double centre)        \
 {                                                                            \
@@ -78,6 +78,27 @@ static double fcn_row_squares_##T(const T *x, ptrdiff_t n, double centre)    \
         tail += d * d;                                                       \
     }                                                                        \
     return fcn_total(s, tail);                                               \
+}                                                                            \
+static void fcn_row_moments_##T(const T *x, ptrdiff_t n, double centre,     \
+                                double *sum, double *squares)                \
+{                                                                            \
+    fcn_vd s[FCN_PARTS] = {{0}}, q[FCN_PARTS] = {{0}};                       \
+    const fcn_vd c = centre - (fcn_vd){0};                                   \
+    ptrdiff_t i = 0;                                                         \
+    for (; i + FCN_STEP <= n; i += FCN_STEP)                                 \
+        for (int p = 0; p < FCN_PARTS; ++p) {                                \
+            const fcn_vd d = LOAD(x + i + p * FCN_DL) - c;                   \
+            s[p] += d;                                                       \
+            q[p] += d * d;                                                   \
+        }                                                                    \
+    double tail_sum = 0, tail_squares = 0;                                   \
+    for (; i < n; ++i) {                                                     \
+        const double d = (double)x[i] - centre;                              \
+        tail_sum += d;                                                       \
+        tail_squares += d * d;                                               \
+    }                                                                        \
+    *sum = fcn_total(s, tail_sum);                                           \
+    *squares = fcn_total(q, tail_squares);                                   \
 }                                                                            \
 static void fcn_row_grad_sums_##T(const T *g, const T *x, ptrdiff_t n,       \
                                   double *grad_sum, double *grad_dot)        \
@@ -132,6 +153,29 @@ static double fcn_row_squares_##T(const T *x, ptrdiff_t n, double centre)    \
     for (int j = 0; j < FCN_STEP; ++j)                                       \
         total += s[j];                                                       \
     return total;                                                            \
+}                                                                            \
+static void fcn_row_moments_##T(const T *x, ptrdiff_t n, double centre,     \
+                                double *sum, double *squares)                \
+{                                                                            \
+    double s[FCN_STEP] = {0}, q[FCN_STEP] = {0}, ts = 0, tq = 0;             \
+    ptrdiff_t i = 0;                                                         \
+    for (; i + FCN_STEP <= n; i += FCN_STEP)                                 \
+        for (int j = 0; j < FCN_STEP; ++j) {                                 \
+            const double d = (double)x[i + j] - centre;                      \
+            s[j] += d;                                                       \
+            q[j] += d * d;                                                   \
+        }                                                                    \
+    for (; i < n; ++i) {                                                     \
+        const double d = (double)x[i] - centre;                              \
+        ts += d;                                                             \
+        tq += d * d;                                                         \
+    }                                                                        \
+    for (int j = 0; j < FCN_STEP; ++j) {                                     \
+        ts += s[j];                                                          \
+        tq += q[j];                                                          \
+    }                                                                        \
+    *sum = ts;                                                               \
+    *squares = tq;                                                           \
 }                                                                            \
 static void fcn_row_grad_sums_##T(const T *g, const T *x, ptrdiff_t n,       \
                                   double *grad_sum, double *grad_dot)        \
