@@ -581,9 +581,9 @@ def _direct_plan(g, num_threads):
             * g.kernel_width, _chunk_runs(g, rows, chunks, num_threads, read))
 
 
-def _direct_block_channels(g, row_len):
+def _direct_block_channels(g, row_len, tile_bytes=None):
     """Channels per block: a tile's inputs of that many channels fit
-    DIRECT_TILE_BYTES."""
+    ``tile_bytes`` (default DIRECT_TILE_BYTES)."""
     _, lanes, _, per_tile = _direct_parameters()
     if _direct_pointwise(g):
         per_channel = per_tile * lanes * 4
@@ -595,7 +595,9 @@ def _direct_block_channels(g, row_len):
                    + (1 if per_tile % per_row else 0))
         per_channel = _band_rows(g, span) * g.stride_w * row_len * 4
     channels = g.in_channels // g.groups
-    return int(max(1, min(channels, DIRECT_TILE_BYTES // per_channel)))
+    if tile_bytes is None:
+        tile_bytes = DIRECT_TILE_BYTES
+    return int(max(1, min(channels, tile_bytes // per_channel)))
 
 
 #: The channel-vectorised forward (``fc_cv_item`` in direct_conv.h): work
@@ -1154,6 +1156,16 @@ MERGED_PHASES = True
 #: under alternate-lane masks); beyond it into planes of their own,
 #: interleaved after. 0: never in place.
 PHASES_IN_PLACE_MAX_STRIDE = 2
+#: The merged phases' channel blocks: a tile's inputs of that many channels
+#: fit this many bytes (of L2; DIRECT_TILE_BYTES is L1's). Each phase
+#: applies a quarter of the window's taps (a 3x3 stride-2 layer's 1, 2, 2
+#: and 4 of 9), so blocks sized for L1 ended their sums every few taps,
+#: and each end is a masked load, add and store per output vector.
+#: Measured 2026-12-04 (ms, 2 threads, medians of 4 alternations, load
+#: 0.9-1.2; L1-sized / 128 KiB): conv_transpose2d 3x3/2 (8, 64, 28, 28) ->
+#: 32 channels 1.39 / 1.13, DCGAN's 4x4/2 1.24 / 1.10, the input gradient
+#: of N32-C64-32x32-K128 3x3/2 4.53 / 4.22; N64-C16-32x32-K32 0.92 / 0.94.
+MERGED_TILE_BYTES = 128 * 1024
 
 
 def _phase_windows(phases, g, kernel_height, kernel_width, dilation):
@@ -1246,9 +1258,11 @@ def _merged_phases_input_grad(grad_output, weight, g, phases, merged,
                               shifts, add_to=None):
     """``_strided_input_grad`` where ``_merged_phases`` applies: each
     chunk of a phase's filters applies that phase's taps of the window
-    (direct_conv.h's fc_direct_item with chunk_taps), then the windows are
-    interleaved (added into ``add_to`` where given): one band and one
-    parallel region instead of one per phase. Measured 2026-12-04 (ms, 2
+    (direct_conv.h's fc_direct_item with chunk_taps), written into the
+    gradient in place (column strides up to PHASES_IN_PLACE_MAX_STRIDE;
+    else into planes of their own, interleaved after), or added into
+    ``add_to`` where given: one band and one parallel region instead of one
+    per phase. Measured 2026-12-04 (ms, 2
     threads, best of two alternations, load 0.4-0.8; one call per phase /
     merged, 3x3 stride 2): N64-C16-32x32-K32 1.32 / 1.05, N32-C64-32x32-K128
     5.05 / 4.57, N32-C32-32x32-K64 1.75 / 1.54, N16-C64-56x56-K128 8.7 /
@@ -1256,7 +1270,6 @@ def _merged_phases_input_grad(grad_output, weight, g, phases, merged,
     num_threads = _num_threads(_threads.conv_threads(merged))
     (rows, band_rows, row_len, band_size, offsets, _, block_taps,
      chunk_runs) = _direct_plan(merged, num_threads)
-    window_taps = merged.kernel_height * merged.kernel_width
     _, _, per_tile, _ = _direct_parameters()
     window = offsets.reshape(g.out_channels, merged.kernel_height,
                              merged.kernel_width)
@@ -1290,7 +1303,8 @@ def _merged_phases_input_grad(grad_output, weight, g, phases, merged,
         band_rows, row_len, False, block_taps, chunk_runs, 0, num_threads,
         chunk_taps=np.array(starts, np.intp),
         chunk_per_channel=np.array(per_channel, np.intp),
-        block_channels=block_taps // window_taps,
+        block_channels=_direct_block_channels(merged, row_len,
+                                              MERGED_TILE_BYTES),
         phase_out=(np.array(origin, np.intp), np.array(phase_rows, np.intp),
                    np.array(phase_columns, np.intp), g.stride_h, g.stride_w,
                    add_to is not None, merged.output_shape)
