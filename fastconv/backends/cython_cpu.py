@@ -708,11 +708,13 @@ def _weight_grad_slides(g, filter_vectors):
             and g.dilation_w == 1)
 
 
-def _direct_weight_grad(grad_output, x, g):
-    """grad_weight through the register-blocked kernel (float32): the
-    filters in vector lanes, or with few taps (``_pixel_lane_weight_grad``)
-    output pixels in the lanes; per-run partial sums over fixed runs of
-    work items (GRAD_WEIGHT_RUNS at most), added in order."""
+@functools.lru_cache(maxsize=256)
+def _weight_grad_plan(g):
+    """(filter vectors, padded filters, padded taps, pointwise, rows per
+    item, band rows, band row length, band floats, tap offsets (padded;
+    shared, read-only), runs, lane sums, scratch floats per thread) of
+    ``_direct_weight_grad``: worked out once per geometry (some 20 us of a
+    call otherwise)."""
     _, lanes, _, _ = _direct_parameters()
     filters = g.out_channels // g.groups
     taps = (g.in_channels // g.groups) * g.kernel_height * g.kernel_width
@@ -745,14 +747,29 @@ def _direct_weight_grad(grad_output, x, g):
     # the padding taps read tap 0's inputs; their sums are dropped
     offsets = np.concatenate(
         [offsets, np.zeros(padded_taps - taps, np.intp)])
+    offsets.flags.writeable = False
     items = g.batch * g.groups * -(-g.out_height // rows)
     runs = max(1, min(GRAD_WEIGHT_RUNS, items))
-    num_threads = _num_threads(_threads.conv_threads(g))
     lane_sums = lanes if filter_vectors == 0 else 1
-    partials = np.zeros((runs, g.groups, padded_taps,
-                         padded_filters * lane_sums), np.float32)
     scratch = rows * g.out_width * (1 if filter_vectors == 0
                                     else padded_filters)
+    return (filter_vectors, padded_filters, padded_taps, pointwise, rows,
+            band_rows, row_len, band_size, offsets, runs, lane_sums, scratch)
+
+
+def _direct_weight_grad(grad_output, x, g):
+    """grad_weight through the register-blocked kernel (float32): the
+    filters in vector lanes, or with few taps (``_pixel_lane_weight_grad``)
+    output pixels in the lanes; per-run partial sums over fixed runs of
+    work items (GRAD_WEIGHT_RUNS at most), added in order."""
+    (filter_vectors, padded_filters, padded_taps, pointwise, rows, band_rows,
+     row_len, band_size, offsets, runs, lane_sums,
+     scratch) = _weight_grad_plan(g)
+    filters = g.out_channels // g.groups
+    taps = (g.in_channels // g.groups) * g.kernel_height * g.kernel_width
+    num_threads = _num_threads(_threads.conv_threads(g))
+    partials = np.zeros((runs, g.groups, padded_taps,
+                         padded_filters * lane_sums), np.float32)
     _direct.conv2d_direct_weight_grad(
         x, grad_output, partials, np.empty((num_threads, band_size),
                                            np.float32),
