@@ -211,13 +211,14 @@ def conv2d_direct(const float[:, :, :, ::1] x, const float[:, :, :, ::1] packed,
 
     ``phase_out`` (with ``chunk_taps``): the chunks are phases of a strided
     input gradient and ``y`` is that gradient (N, C, H, W), each chunk's
-    outputs written into it in place (``planes``: the call's own planes,
-    the largest phase's): (origin, rows, columns, spread, add), per chunk
-    the offset in an image of y of its phase's (0, 0) for its first
-    channel, its phase's rows and columns; the row and column strides (the
-    column stride 1 or 2); ``add``: added to y; ``planes``: the shape of
-    the call's own output (N, chunks' channels, rows, columns), which the
-    phases' planes are cut from."""
+    outputs written into it in place. A tuple (origin, rows, columns,
+    row_stride, column_stride, add, planes): per chunk (intp arrays) the
+    offset in an image of y of its phase's output (0, 0) for the chunk's
+    first channel, and its phase's rows and columns; the gradient's
+    strides (the column stride 1 or 2); ``add``: added to what y holds;
+    ``planes``: the shape (N, all chunks' channels, rows, columns) of the
+    call's own output, the largest phase's planes, which the geometry
+    describes."""
     cdef fc_phase_out phases
     cdef fc_phase_out *phases_ptr = NULL
     cdef const Py_ssize_t[::1] origin, phase_rows, phase_columns
