@@ -86,10 +86,13 @@ static void wg_plan_group(ptrdiff_t first_tile, int tiles, ptrdiff_t tiles_h,
         for (int i = 0; i < 8; ++i) {
             const int inside = i < side && row + i >= 0 && row + i < height;
             const __mmask16 m = inside ? (__mmask16)columns : 0;
+            /* q & 7 rather than q and q - 8: the same slots, but an index
+             * GCC can bound (with q - 8 it warned that iteration 8 of
+             * this loop would write lo out of bounds) */
             if (q < 8)
-                plan->lo[i][q] = m;
+                plan->lo[i][q & 7] = m;
             else
-                plan->hi[i][q - 8] = (__mmask16)(m << 8);
+                plan->hi[i][q & 7] = (__mmask16)(m << 8);
         }
     }
 }
