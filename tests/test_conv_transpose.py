@@ -238,10 +238,12 @@ def _stacking_calls(monkeypatch):
     # around the stacked convolution's result)
     ((2, 6, 5, 7), (6, 4, 2, 2), 2, 0, 1, 1, True),
     # a kernel a whole multiple of its stride: every phase has 2x2 taps
-    # (DCGAN's 4x4/2), the phases' windows offset by their paddings
-    ((2, 6, 5, 7), (6, 4, 4, 4), 2, 1, 0, 1, True),
-    ((2, 6, 5, 7), (6, 4, 4, 4), 2, 0, 1, 1, True),
-    ((2, 6, 5, 7), (6, 4, 4, 4), 2, 1, 1, 1, True),
+    # (DCGAN's 4x4/2), the phases' windows offset by their paddings (3
+    # output channels: not whole chunks of the tile's filters on any build,
+    # where _merged_phases, tried first, would take the call)
+    ((2, 6, 5, 7), (6, 3, 4, 4), 2, 1, 0, 1, True),
+    ((2, 6, 5, 7), (6, 3, 4, 4), 2, 0, 1, 1, True),
+    ((2, 6, 5, 7), (6, 3, 4, 4), 2, 1, 1, 1, True),
     ((3, 5, 6, 4), (5, 3, 6, 4), (3, 2), (2, 1), (1, 0), 1, True),
     ((2, 6, 5, 7), (6, 2, 2, 2), 2, 0, 0, 2, False),   # groups
     ((2, 6, 5, 7), (6, 4, 3, 3), 2, 1, 1, 1, False),   # 2x2, 2x1, 1x2, 1x1
