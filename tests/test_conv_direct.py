@@ -25,6 +25,14 @@ if not cython_cpu._direct_parameters()[0]:
                 allow_module_level=True)
 
 
+@pytest.fixture(autouse=True)
+def pointwise_on_the_direct_kernel(monkeypatch):
+    """Pointwise layers on the direct kernel on every build (an AVX2 build
+    gives their forward and weight gradient to GEMM by default:
+    cython_cpu.NARROW_POINTWISE_GEMM, tested on its own below)."""
+    monkeypatch.setattr(cython_cpu, "NARROW_POINTWISE_GEMM", False)
+
+
 @pytest.fixture
 def direct_calls(monkeypatch, count_calls):
     """Counts the calls of the direct path: {'count': n}."""
@@ -733,3 +741,35 @@ def test_merged_phases_need_whole_chunks_of_channels(count_calls):
             need_weight_grad=False, backend="numba")[0]
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
     assert merged["count"] == 0
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_narrow_lanes_give_pointwise_layers_to_gemm(monkeypatch, stride):
+    """With 8-lane vectors (an AVX2 build) 'auto' runs a pointwise layer's
+    forward and weight gradient through im2col + GEMM (NARROW_POINTWISE_GEMM;
+    FASTCONV_CONV_ALGO=direct keeps the direct kernel), with 16 lanes on the
+    direct kernel; either way the results match the naive reference."""
+    monkeypatch.setattr(cython_cpu, "NARROW_POINTWISE_GEMM", True)
+    rng = np.random.default_rng(stride)
+    x = rng.standard_normal((2, 16, 12, 10))
+    weight = rng.standard_normal((24, 16, 1, 1))
+    g = _geometry(x, weight, stride)
+    narrow = cython_cpu._direct_parameters()[1] < 16
+    prefix = "subsampled-" if stride > 1 else ""
+    assert cython_cpu.conv2d_method(g) == prefix + (
+        "gemm-1x1" if narrow else "direct-blocked")
+    monkeypatch.setenv(cython_cpu.CONV_ALGO_ENV, "direct")
+    assert cython_cpu.conv2d_method(g) == prefix + "direct-blocked"
+    monkeypatch.delenv(cython_cpu.CONV_ALGO_ENV)
+    expected = fastconv.conv2d(x, weight, stride=stride, backend="naive")
+    got = fastconv.conv2d(x.astype(np.float32), weight.astype(np.float32),
+                          stride=stride, backend="cython")
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    grad_output = rng.standard_normal(expected.shape)
+    _, expected_weight, _ = fastconv.conv2d_backward(
+        grad_output, x, weight, stride, backend="naive")
+    _, got_weight, _ = fastconv.conv2d_backward(
+        grad_output.astype(np.float32), x.astype(np.float32),
+        weight.astype(np.float32), stride, backend="cython")
+    np.testing.assert_allclose(got_weight, expected_weight, rtol=1e-4,
+                               atol=1e-4)

@@ -286,6 +286,26 @@ def _uses_winograd(g, in_channels, out_channels, out_plane, packed=False,
             and tiles >= min_tiles)
 
 
+#: On builds with 8-lane vectors (AVX2) a pointwise layer's forward and
+#: weight gradient run im2col + GEMM (x is its own im2col matrix there):
+#: OpenBLAS's sgemm beat the 4 x 3-vector tile. Measured 2026-12-04 (AMD
+#: EPYC Zen 3, AVX2, 2 threads, load 0.7-1.0, medians of 6 alternated
+#: processes, ms direct / GEMM, forward and weight gradient):
+#: N32-C64-32x32-K64 1x1 3.71 / 3.10 and 5.60 / 4.21; N32-C64-16x16-K128
+#: 1x1/2 0.48 / 0.45 and 0.92 / 0.63. (The other weight gradients were
+#: mixed: 3x3/2 N32-C64-32x32-K128 14.7 / 13.3, but the 7x7/2 stem 24.7 /
+#: 27.5, N64-C32-14x14-K64 5.55 / 7.17, N64-C16-32x32-K32 3x3/2 2.98 /
+#: 3.35; they stay direct.) With 16 lanes the direct kernel was faster.
+NARROW_POINTWISE_GEMM = True
+
+
+def _pointwise_gemm(g):
+    """Whether a pointwise layer leaves the register-blocked kernel for
+    im2col + GEMM (NARROW_POINTWISE_GEMM) in the forward and grad_weight."""
+    return (NARROW_POINTWISE_GEMM and _direct_parameters()[1] < 16
+            and _direct_pointwise(g) and conv_algorithm() != "direct")
+
+
 def _uses_blocked_direct(g, dtype):
     """Whether a convolution that is neither Winograd nor depthwise runs
     the register-blocked direct kernel (float32, where it applies; unless
@@ -295,6 +315,13 @@ def _uses_blocked_direct(g, dtype):
     N32-C64-32x32-K128 3x3/2 5.8 / 7.4, N8-C3-224x224-K64 7x7/2 8.7 / 15.1,
     N32-C64-32x32-K64 1x1 1.50 / 2.32)."""
     return conv_algorithm() != "gemm" and _direct_applies(g, dtype)
+
+
+def _uses_blocked_direct_forward(g, dtype):
+    """``_uses_blocked_direct`` for a forward convolution and its weight
+    gradient (not the phases or transposed convolution of an input
+    gradient)."""
+    return not _pointwise_gemm(g) and _uses_blocked_direct(g, dtype)
 
 
 def conv2d_method(g, dtype=np.float32, packed=False) -> str:
@@ -315,7 +342,7 @@ def conv2d_method(g, dtype=np.float32, packed=False) -> str:
     if _is_depthwise(g):
         return ("depthwise-vectors" if _depthwise_vectors(g, dtype)
                 else "depthwise")
-    if _uses_blocked_direct(g, dtype):
+    if _uses_blocked_direct_forward(g, dtype):
         return "direct-blocked"
     return "gemm-1x1" if _is_direct(g) else "im2col-gemm"
 
@@ -945,7 +972,7 @@ def conv2d_forward(x, weight, bias, g, packed=None, clamp=None):
             clamp)
     if _is_depthwise(g):
         return _depthwise_forward(x, weight, bias, g, clamp)
-    if _uses_blocked_direct(g, x.dtype):
+    if _uses_blocked_direct_forward(g, x.dtype):
         return _direct_forward(x, weight, bias, g, packed, clamp)
     num_threads = _num_threads(_threads.conv_threads(g))
     dtype = x.dtype
@@ -1472,7 +1499,7 @@ def _conv2d_backward(grad_output, x, weight, g, need_input_grad, *,
             forward_dtype=dtype, backward=True):
         weight_method = _winograd_weight_grad
     elif (need_weight_grad and not direct_input and not _is_depthwise(g)
-          and _uses_blocked_direct(g, dtype)):
+          and _uses_blocked_direct_forward(g, dtype)):
         # (where grad_input needs im2col + GEMM, grad_weight shares its
         # unfolding there, which measured faster than a second pass)
         weight_method = _direct_weight_grad_and_bias
