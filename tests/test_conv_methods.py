@@ -395,14 +395,22 @@ def test_auto_and_direct_choose_by_shape(algorithm, winograd_calls):
     assert cython_cpu.conv2d_method(middle) == "direct-blocked"
     assert cython_cpu.conv2d_method(middle, np.float64) == "winograd-f4x4"
     # the gradients keep the direct kernel up to
-    # WINOGRAD_MIN_CHANNELS_OVER_DIRECT_BACKWARD channels
-    narrow = _geometry(np.zeros((1, 32, 8, 8)), np.zeros((32, 32, 3, 3)),
+    # WINOGRAD_MIN_CHANNELS_OVER_DIRECT_BACKWARD channels (_NARROW on an
+    # AVX2 build)
+    narrow = _geometry(np.zeros((1, 24, 8, 8)), np.zeros((24, 24, 3, 3)),
                        ((1, 1), (1, 1)))
     assert cython_cpu.conv2d_method(narrow) == "winograd-f4x4"
     assert not cython_cpu._uses_winograd(
-        narrow, 32, 32, (8, 8), forward_dtype=np.float32, backward=True)
+        narrow, 24, 24, (8, 8), forward_dtype=np.float32, backward=True)
     assert cython_cpu._uses_winograd(
-        narrow, 32, 32, (8, 8), forward_dtype=np.float64, backward=True)
+        narrow, 24, 24, (8, 8), forward_dtype=np.float64, backward=True)
+    limit = (cython_cpu.WINOGRAD_MIN_CHANNELS_OVER_DIRECT_BACKWARD_NARROW
+             if cython_cpu._direct_parameters()[1] < 16
+             else cython_cpu.WINOGRAD_MIN_CHANNELS_OVER_DIRECT_BACKWARD)
+    wide = _geometry(np.zeros((1, limit, 8, 8)),
+                     np.zeros((limit, limit, 3, 3)), ((1, 1), (1, 1)))
+    assert cython_cpu._uses_winograd(
+        wide, limit, limit, (8, 8), forward_dtype=np.float32, backward=True)
 
 
 def test_unknown_algorithm_is_refused(algorithm):

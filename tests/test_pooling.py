@@ -620,8 +620,8 @@ def test_max_pool_backward_refuses_indices_outside_the_plane(bad, where,
                                                 (0, True), (1, True)])
 def test_max_pool_stride2_float32_rows_of_any_width(backend, kernel,
                                                     padding, ceil_mode):
-    """The float32 2x2 and 3x3 stride-2 rows run 16 windows at a time under
-    masks (pool_rows.h, where AVX-512 is built): every row width from 1 to
+    """The float32 2x2 and 3x3 stride-2 rows run 16 windows (AVX-512) or 8
+    (AVX2) at a time under masks (pool_rows.h): every row width from 1 to
     40 windows (short, partial and whole vectors, and a tail), with ties,
     NaN and -inf, gives the reference's values and indices exactly."""
     rng = np.random.default_rng(22 + kernel)

@@ -195,6 +195,13 @@ WINOGRAD_MIN_CHANNELS = 16
 #: 1.24 / 1.07 (its limit stays).
 WINOGRAD_MIN_CHANNELS_OVER_DIRECT = 24
 WINOGRAD_MIN_CHANNELS_OVER_DIRECT_BACKWARD = 48
+#: The weight gradient's limit on builds with 8-lane vectors (AVX2), where
+#: the direct weight gradient's tiles are half as wide. Measured 2026-12-04
+#: (AMD EPYC Zen 3, 2 threads, load 1.0-1.4, medians of 4 alternated
+#: processes, ms Winograd / direct, weight gradient alone):
+#: N64-C32-14x14-K64 4.96 / 5.86, N64-C32-16x16-K32 2.82 / 3.65; but
+#: N64-C16-32x32-K16 4.02 / 2.81.
+WINOGRAD_MIN_CHANNELS_OVER_DIRECT_BACKWARD_NARROW = 32
 
 #: ... and when the call has at least this many 4x4 output tiles (N times
 #: the tiles of a plane). Winograd-domain filters are 4x the filters'
@@ -273,8 +280,11 @@ def _uses_winograd(g, in_channels, out_channels, out_plane, packed=False,
     algorithm = conv_algorithm()
     if algorithm != "auto":
         return algorithm == "winograd"
-    over_direct = (WINOGRAD_MIN_CHANNELS_OVER_DIRECT_BACKWARD if backward
-                   else WINOGRAD_MIN_CHANNELS_OVER_DIRECT)
+    over_direct = WINOGRAD_MIN_CHANNELS_OVER_DIRECT
+    if backward:
+        over_direct = (WINOGRAD_MIN_CHANNELS_OVER_DIRECT_BACKWARD_NARROW
+                       if _direct_parameters()[1] < 16
+                       else WINOGRAD_MIN_CHANNELS_OVER_DIRECT_BACKWARD)
     if (forward_dtype is not None
             and min(in_channels, out_channels) < over_direct
             and _direct_applies(g, forward_dtype)):
