@@ -751,13 +751,17 @@ def test_narrow_lanes_give_pointwise_layers_to_gemm(monkeypatch, stride):
     direct kernel; either way the results match the naive reference."""
     monkeypatch.setattr(cython_cpu, "NARROW_POINTWISE_GEMM", True)
     rng = np.random.default_rng(stride)
-    x = rng.standard_normal((2, 16, 12, 10))
+    x = rng.standard_normal(
+        (cython_cpu.NARROW_POINTWISE_GEMM_MIN_BATCH, 16, 12, 10))
     weight = rng.standard_normal((24, 16, 1, 1))
     g = _geometry(x, weight, stride)
     narrow = cython_cpu._direct_parameters()[1] < 16
     prefix = "subsampled-" if stride > 1 else ""
     assert cython_cpu.conv2d_method(g) == prefix + (
         "gemm-1x1" if narrow else "direct-blocked")
+    # one image short of the limit: the direct kernel on any build
+    assert cython_cpu.conv2d_method(_geometry(
+        x[1:], weight, stride)) == prefix + "direct-blocked"
     monkeypatch.setenv(cython_cpu.CONV_ALGO_ENV, "direct")
     assert cython_cpu.conv2d_method(g) == prefix + "direct-blocked"
     monkeypatch.delenv(cython_cpu.CONV_ALGO_ENV)

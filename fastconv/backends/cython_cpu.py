@@ -306,13 +306,22 @@ def _uses_winograd(g, in_channels, out_channels, out_plane, packed=False,
 #: mixed: 3x3/2 N32-C64-32x32-K128 14.7 / 13.3, but the 7x7/2 stem 24.7 /
 #: 27.5, N64-C32-14x14-K64 5.55 / 7.17, N64-C16-32x32-K32 3x3/2 2.98 /
 #: 3.35; they stay direct.) With 16 lanes the direct kernel was faster.
+#: Only from NARROW_POINTWISE_GEMM_MIN_BATCH images: the GEMM path's work
+#: items are images, and on one image (mobilenet_v2 at batch 1) the direct
+#: kernel was 1.3-3.4x faster (ms, as above, 3 processes: (1, 16, 112,
+#: 112) -> 96 0.56 / 1.06, (1, 96, 56, 56) -> 24 0.17 / 0.58, (1, 192, 28,
+#: 28) -> 32 0.17 / 0.30; mobilenet_v2 through fastconv.onnx 19.8 / 28.8
+#: at batch 1), while at batch 16 GEMM still led ((16, 24, 56, 56) -> 144
+#: 5.61 / 4.76, (16, 384, 14, 14) -> 64 2.00 / 1.76).
 NARROW_POINTWISE_GEMM = True
+NARROW_POINTWISE_GEMM_MIN_BATCH = 8
 
 
 def _pointwise_gemm(g):
     """Whether a pointwise layer leaves the register-blocked kernel for
     im2col + GEMM (NARROW_POINTWISE_GEMM) in the forward and grad_weight."""
     return (NARROW_POINTWISE_GEMM and _direct_parameters()[1] < 16
+            and g.batch >= NARROW_POINTWISE_GEMM_MIN_BATCH
             and _direct_pointwise(g) and conv_algorithm() != "direct")
 
 
