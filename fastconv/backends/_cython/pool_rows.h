@@ -136,8 +136,10 @@ static inline __m256i fc_pool_lanes8(ptrdiff_t n)
                               _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
-/* The even (odd: the odd) floats of src[0, m), m <= 16, zero beyond. */
-static inline __m256 fc_pool_split8(const float *src, ptrdiff_t m, int odd)
+/* The even floats of src[0, m) in *even and, where odd is not NULL, the
+ * odd ones in *odd; m <= 16, zeros beyond. */
+static inline void fc_pool_split8(const float *src, ptrdiff_t m,
+                                  __m256 *even, __m256 *odd)
 {
     const ptrdiff_t second = m > 8 ? m - 8 : 0;
     const __m256 low = m >= 8 ? _mm256_loadu_ps(src)
@@ -147,10 +149,11 @@ static inline __m256 fc_pool_split8(const float *src, ptrdiff_t m, int odd)
         : _mm256_maskload_ps(src + 8, fc_pool_lanes8(second));
     /* per 128-bit half: low's two picks, then high's; then the halves'
      * middle 64-bit quarters swapped */
-    const __m256 picked = odd ? _mm256_shuffle_ps(low, high, 0xDD)
-                              : _mm256_shuffle_ps(low, high, 0x88);
-    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(picked),
-                                                  0xD8));
+    *even = _mm256_castpd_ps(_mm256_permute4x64_pd(
+        _mm256_castps_pd(_mm256_shuffle_ps(low, high, 0x88)), 0xD8));
+    if (odd != NULL)
+        *odd = _mm256_castpd_ps(_mm256_permute4x64_pd(
+            _mm256_castps_pd(_mm256_shuffle_ps(low, high, 0xDD)), 0xD8));
 }
 
 static inline __attribute__((always_inline)) void
@@ -165,10 +168,9 @@ fc_max_s2_row(const float *top, ptrdiff_t source_w, ptrdiff_t count,
         for (int r = 0; r < kernel; ++r) {
             const float *row = top + r * source_w + 2 * j;
             __m256 columns[3];
-            columns[0] = fc_pool_split8(row, 2 * n, 0);
-            columns[1] = fc_pool_split8(row, 2 * n, 1);
+            fc_pool_split8(row, 2 * n, &columns[0], &columns[1]);
             if (kernel == 3)
-                columns[2] = fc_pool_split8(row + 2, 2 * n - 1, 0);
+                fc_pool_split8(row + 2, 2 * n - 1, &columns[2], NULL);
             for (int s = 0; s < kernel; ++s) {
                 if (r == 0 && s == 0) {
                     best = columns[0];
