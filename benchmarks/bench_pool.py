@@ -129,11 +129,23 @@ def worker(library, dtype, ops, repeats):
     print(json.dumps(results))
 
 
+#: Untimed calls run for at least this long before the timed ones: a
+#: fresh process on an idle shared host ran its first ~0.1-0.3 s of work
+#: up to 2x slower (measured 2026-12-04 on an AMD EPYC host), which a few
+#: calls of a millisecond did not cover (a backend that compiled first, as
+#: Numba does, then looked faster than one that did not).
+WARMUP_SECONDS = 0.2
+
+
 def call_times(call, repeats, warmup):
     """Seconds of each of ``repeats`` single calls, after ``warmup``
-    untimed ones (shared by the one-process-per-library benchmarks)."""
-    for _ in range(warmup):
+    untimed ones and at least WARMUP_SECONDS of them (shared by the
+    one-process-per-library benchmarks)."""
+    start = time.perf_counter()
+    done = 0
+    while done < warmup or time.perf_counter() - start < WARMUP_SECONDS:
         call()
+        done += 1
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
