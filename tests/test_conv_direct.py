@@ -755,7 +755,7 @@ def test_narrow_lanes_give_pointwise_layers_to_gemm(monkeypatch, stride):
         (cython_cpu.NARROW_POINTWISE_GEMM_MIN_BATCH, 16, 12, 10))
     weight = rng.standard_normal((24, 16, 1, 1))
     g = _geometry(x, weight, stride)
-    narrow = cython_cpu._direct_parameters()[1] < 16
+    narrow = cython_cpu._narrow_lanes()
     prefix = "subsampled-" if stride > 1 else ""
     assert cython_cpu.conv2d_method(g) == prefix + (
         "gemm-1x1" if narrow else "direct-blocked")

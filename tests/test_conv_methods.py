@@ -405,7 +405,7 @@ def test_auto_and_direct_choose_by_shape(algorithm, winograd_calls):
     assert cython_cpu._uses_winograd(
         narrow, 24, 24, (8, 8), forward_dtype=np.float64, backward=True)
     limit = (cython_cpu.WINOGRAD_MIN_CHANNELS_OVER_DIRECT_BACKWARD_NARROW
-             if cython_cpu._direct_parameters()[1] < 16
+             if cython_cpu._narrow_lanes()
              else cython_cpu.WINOGRAD_MIN_CHANNELS_OVER_DIRECT_BACKWARD)
     wide = _geometry(np.zeros((1, limit, 8, 8)),
                      np.zeros((limit, limit, 3, 3)), ((1, 1), (1, 1)))

@@ -283,7 +283,7 @@ def _uses_winograd(g, in_channels, out_channels, out_plane, packed=False,
     over_direct = WINOGRAD_MIN_CHANNELS_OVER_DIRECT
     if backward:
         over_direct = (WINOGRAD_MIN_CHANNELS_OVER_DIRECT_BACKWARD_NARROW
-                       if _direct_parameters()[1] < 16
+                       if _narrow_lanes()
                        else WINOGRAD_MIN_CHANNELS_OVER_DIRECT_BACKWARD)
     if (forward_dtype is not None
             and min(in_channels, out_channels) < over_direct
@@ -317,10 +317,15 @@ NARROW_POINTWISE_GEMM = True
 NARROW_POINTWISE_GEMM_MIN_BATCH = 8
 
 
+def _narrow_lanes() -> bool:
+    """Whether this build's vectors hold 8 floats (AVX2), not 16."""
+    return _direct_parameters()[1] < 16
+
+
 def _pointwise_gemm(g):
     """Whether a pointwise layer leaves the register-blocked kernel for
     im2col + GEMM (NARROW_POINTWISE_GEMM) in the forward and grad_weight."""
-    return (NARROW_POINTWISE_GEMM and _direct_parameters()[1] < 16
+    return (NARROW_POINTWISE_GEMM and _narrow_lanes()
             and g.batch >= NARROW_POINTWISE_GEMM_MIN_BATCH
             and _direct_pointwise(g) and conv_algorithm() != "direct")
 

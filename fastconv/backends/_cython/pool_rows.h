@@ -22,6 +22,8 @@
 
 #include <stddef.h>
 
+#include "vectors.h"   /* FC_AVX2_MASKS, fc_mask8 */
+
 #if defined(__GNUC__) && defined(__AVX512F__) && defined(__AVX512VL__)
 #include <immintrin.h>
 #define FC_POOL_ROWS_AVAILABLE 1
@@ -106,35 +108,12 @@ fc_max_s2_row(const float *top, ptrdiff_t source_w, ptrdiff_t count,
     }
 }
 
-/* fc_max_s2_row, with idx_row NULL for the values alone (no offsets kept:
- * 1.3-1.5x faster). */
-static void fc_max_s2_row_f32(const float *top, ptrdiff_t source_w,
-                              ptrdiff_t count, int kernel,
-                              long long first_index, int in_w, float *y_row,
-                              long long *idx_row)
-{
-    if (idx_row != NULL)
-        fc_max_s2_row(top, source_w, count, kernel, first_index, in_w,
-                      y_row, idx_row, 1);
-    else
-        fc_max_s2_row(top, source_w, count, kernel, first_index, in_w,
-                      y_row, idx_row, 0);
-}
-
-#elif defined(__GNUC__) && defined(__AVX2__)
-#include <immintrin.h>
+#elif defined(FC_AVX2_MASKS)
 #define FC_POOL_ROWS_AVAILABLE 1
 
 /* The AVX2 rows: the same taps in the same order, 8 windows at a time,
  * partial vectors under vmaskmov masks (GCC's vectorised scalar rows left
  * a 28x28 plane's 14-window rows mostly scalar). */
-
-/* All ones in lanes [0, n) of 8 int32 lanes. */
-static inline __m256i fc_pool_lanes8(ptrdiff_t n)
-{
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n),
-                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
 
 /* The even floats of src[0, m) in *even and, where odd is not NULL, the
  * odd ones in *odd; m <= 16, zeros beyond. */
@@ -143,10 +122,10 @@ static inline void fc_pool_split8(const float *src, ptrdiff_t m,
 {
     const ptrdiff_t second = m > 8 ? m - 8 : 0;
     const __m256 low = m >= 8 ? _mm256_loadu_ps(src)
-                              : _mm256_maskload_ps(src, fc_pool_lanes8(m));
+                              : _mm256_maskload_ps(src, fc_mask8((int)m));
     const __m256 high = second == 8
         ? _mm256_loadu_ps(src + 8)
-        : _mm256_maskload_ps(src + 8, fc_pool_lanes8(second));
+        : _mm256_maskload_ps(src + 8, fc_mask8((int)second));
     /* per 128-bit half: low's two picks, then high's; then the halves'
      * middle 64-bit quarters swapped */
     *even = _mm256_castpd_ps(_mm256_permute4x64_pd(
@@ -190,7 +169,7 @@ fc_max_s2_row(const float *top, ptrdiff_t source_w, ptrdiff_t count,
         if (n == 8)
             _mm256_storeu_ps(y_row + j, best);
         else
-            _mm256_maskstore_ps(y_row + j, fc_pool_lanes8(n), best);
+            _mm256_maskstore_ps(y_row + j, fc_mask8((int)n), best);
         if (!with_indices)
             continue;
         const __m256i lanes = _mm256_castps_si256(offset);
@@ -208,13 +187,21 @@ fc_max_s2_row(const float *top, ptrdiff_t source_w, ptrdiff_t count,
             _mm256_storeu_si256((__m256i *)(dst + 4), high);
         } else {
             /* 64-bit lane i is taken where int32 lanes 2i, 2i + 1 are */
-            _mm256_maskstore_epi64(dst, fc_pool_lanes8(2 * n), low);
-            _mm256_maskstore_epi64(dst + 4, fc_pool_lanes8(2 * (n - 4)),
+            _mm256_maskstore_epi64(dst, fc_mask8((int)(2 * n)), low);
+            _mm256_maskstore_epi64(dst + 4,
+                                   fc_mask8(n > 4 ? (int)(2 * (n - 4)) : 0),
                                    high);
         }
     }
 }
 
+#else
+#define FC_POOL_ROWS_AVAILABLE 0
+#endif
+
+#if FC_POOL_ROWS_AVAILABLE
+/* fc_max_s2_row, with idx_row NULL for the values alone (no offsets kept:
+ * 1.3-1.5x faster). */
 static void fc_max_s2_row_f32(const float *top, ptrdiff_t source_w,
                               ptrdiff_t count, int kernel,
                               long long first_index, int in_w, float *y_row,
@@ -227,9 +214,7 @@ static void fc_max_s2_row_f32(const float *top, ptrdiff_t source_w,
         fc_max_s2_row(top, source_w, count, kernel, first_index, in_w,
                       y_row, idx_row, 0);
 }
-
 #else
-#define FC_POOL_ROWS_AVAILABLE 0
 /* never called: pool.pyx checks FC_POOL_ROWS_AVAILABLE */
 static void fc_max_s2_row_f32(const float *top, ptrdiff_t source_w,
                               ptrdiff_t count, int kernel,

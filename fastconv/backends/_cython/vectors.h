@@ -77,7 +77,7 @@ static inline __mmask16 fc_mask(int lanes)
 }
 #endif
 
-#if FC_VL == 8 && defined(FC_AVX2_MASKS)
+#if defined(FC_AVX2_MASKS)
 /* fc_mask's eight lanes as AVX2 spells a mask: all ones in a lane taken.
  * (A scalar loop through a copy in memory instead kept a tile's sums in
  * memory, not registers: the direct kernel ran at a quarter of its speed.) */
