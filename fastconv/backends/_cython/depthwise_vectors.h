@@ -93,7 +93,7 @@ static void fc_dw_fill(const fc_dw_geometry *g, const float *x,
         for (int c = 0; c < FC_VL; ++c)
             r[c] = c < lanes ? fc_load_lanes(x + c * plane + p0, n)
                              : (fc_vf){0};
-        fc_transpose16(r);
+        fc_transpose(r);
         for (int i = 0; i < n; ++i) {
             memcpy(band + ((ih - first) * pw + g->pad_left + iw) * FC_VL,
                    &r[i], sizeof r[i]);
@@ -171,7 +171,7 @@ static void fc_dw_store(const float *out, ptrdiff_t count, ptrdiff_t lanes,
         fc_vf r[FC_VL];
         for (int i = 0; i < FC_VL; ++i)
             r[i] = i < n ? fc_load(out + (q0 + i) * FC_VL) : (fc_vf){0};
-        fc_transpose16(r);
+        fc_transpose(r);
         for (ptrdiff_t c = 0; c < lanes; ++c)
             fc_store(y + c * out_plane + q0, r[c], n);
     }

@@ -562,7 +562,7 @@ static void fc_cv_item(const fc_direct_geometry *g, const float *image,
                 for (int j = 0; j < FC_VL; ++j)
                     r[j] = j < n ? fc_load(sums + (p0 + j) * cw + k0)
                                  : (fc_vf){0};
-                fc_transpose16(r);
+                fc_transpose(r);
                 for (int k = 0; k < FC_VL && k < kn; ++k) {
                     const ptrdiff_t channel = chunk * cw + k0 + k;
                     const float b = bias ? bias[channel] : 0.0f;
@@ -788,7 +788,7 @@ static void fc_wgrad_item(const fc_direct_geometry *g, const float *image,
                 r[i] = k0 + i < g->filters
                        ? fc_load_lanes(first + (k0 + i) * plane + p0, n)
                        : (fc_vf){0};
-            fc_transpose16(r);
+            fc_transpose(r);
             for (int j = 0; j < n; ++j)
                 memcpy(block + (p0 + j) * cw, &r[j], sizeof r[j]);
         }

@@ -1,7 +1,7 @@
 /* Float vectors for the register-blocked kernels (included by
  * direct_conv.h and depthwise_vectors.h): FC_VL floats per vector (16 with
  * AVX-512, else 8), GCC/clang vector extensions, and the loads, stores,
- * clamps and 16 x 16 transposes those kernels share. FC_VECTORS_AVAILABLE
+ * clamps and FC_VL x FC_VL transposes those kernels share. FC_VECTORS_AVAILABLE
  * is 0 where the compiler has no vector extensions (MSVC); the callers then
  * never select a vector path.
  */
@@ -26,6 +26,19 @@
 #endif
 
 typedef float fc_vf __attribute__((vector_size(FC_VL * sizeof(float))));
+
+/* Hold a loaded vector in a register. A register-blocked product loads
+ * each input vector once per step for FC_KB multiply-adds; in Winograd's
+ * point products (winograd_gemm.h) GCC folded those loads into the
+ * multiply-adds as memory operands instead, FC_KB loads of one vector:
+ * with AVX2, 16 loads and 12 multiply-adds a step, and the loads, not the
+ * multiply-adds, were the limit (Zen 3: the products ran 1.25x faster held
+ * in registers). The empty asm makes the value a register's. */
+#if defined(FC_AVX2_MASKS)
+#define FC_IN_REGISTER(v) __asm__("" : "+x"(v))
+#else
+#define FC_IN_REGISTER(v) ((void)0)
+#endif
 
 /* GCC's two-vector shuffle picks the even lanes of a stride-2 row (clang
  * spells it differently: it takes the scalar loop). */
@@ -175,15 +188,16 @@ static inline void fc_store_spread2(float *dst, fc_vf v, int lanes, int add)
 #endif
 }
 
-#if FC_HAVE_SHUFFLE && FC_VL == 16
-/* Transpose a 16 x 16 block held as 16 vectors (r[i][j] -> r[j][i]) in four
- * rounds of two-vector shuffles: round h swaps the h x h sub-blocks off the
- * diagonal of each 2h x 2h block. FC_T_LO(h, p) is lane p's source (lanes
- * 16 and up: the second vector) in the new r[i]; r[i + h] takes the lanes
- * h further on. The index vectors are constants (computed in the loop they
- * cost as much as the shuffles). */
+#if FC_HAVE_SHUFFLE
+/* Transpose an FC_VL x FC_VL block held as FC_VL vectors (r[i][j] ->
+ * r[j][i]) in rounds of two-vector shuffles: round h swaps the h x h
+ * sub-blocks off the diagonal of each 2h x 2h block. FC_T_LO(h, p) is lane
+ * p's source (lanes FC_VL and up: the second vector) in the new r[i];
+ * r[i + h] takes the lanes h further on. The index vectors are constants
+ * (computed in the loop they cost as much as the shuffles). */
 #define FC_T_LO(h, p) (((p) / (h) / 2) * 2 * (h) + (p) % (h) \
-                       + ((p) / (h) % 2 ? 16 : 0))
+                       + ((p) / (h) % 2 ? FC_VL : 0))
+#if FC_VL == 16
 #define FC_T_IDX(h, d) ((fc_vi){ \
     FC_T_LO(h, 0) + d, FC_T_LO(h, 1) + d, FC_T_LO(h, 2) + d, \
     FC_T_LO(h, 3) + d, FC_T_LO(h, 4) + d, FC_T_LO(h, 5) + d, \
@@ -191,9 +205,15 @@ static inline void fc_store_spread2(float *dst, fc_vf v, int lanes, int add)
     FC_T_LO(h, 9) + d, FC_T_LO(h, 10) + d, FC_T_LO(h, 11) + d, \
     FC_T_LO(h, 12) + d, FC_T_LO(h, 13) + d, FC_T_LO(h, 14) + d, \
     FC_T_LO(h, 15) + d})
+#else
+#define FC_T_IDX(h, d) ((fc_vi){ \
+    FC_T_LO(h, 0) + d, FC_T_LO(h, 1) + d, FC_T_LO(h, 2) + d, \
+    FC_T_LO(h, 3) + d, FC_T_LO(h, 4) + d, FC_T_LO(h, 5) + d, \
+    FC_T_LO(h, 6) + d, FC_T_LO(h, 7) + d})
+#endif
 #define FC_T_ROUND(h) do { \
         const fc_vi lo = FC_T_IDX(h, 0), hi = FC_T_IDX(h, h); \
-        for (int i = 0; i < 16; ++i) { \
+        for (int i = 0; i < FC_VL; ++i) { \
             if (i & (h)) \
                 continue; \
             const fc_vf a = r[i], b = r[i + (h)]; \
@@ -201,9 +221,11 @@ static inline void fc_store_spread2(float *dst, fc_vf v, int lanes, int add)
             r[i + (h)] = __builtin_shuffle(a, b, hi); \
         } \
     } while (0)
-static inline void fc_transpose16(fc_vf r[16])
+static inline void fc_transpose(fc_vf r[FC_VL])
 {
+#if FC_VL == 16
     FC_T_ROUND(8);
+#endif
     FC_T_ROUND(4);
     FC_T_ROUND(2);
     FC_T_ROUND(1);

@@ -58,8 +58,10 @@ wg_tile(const int NV, const float *const *u_rows, ptrdiff_t u_c,
     for (ptrdiff_t c = 0; c < depth; ++c) {
         const float *vc = v + c * ldv;
         fc_vf in[FC_VMAX];
-        for (int j = 0; j < NV; ++j)
+        for (int j = 0; j < NV; ++j) {
             in[j] = fc_load(vc + j * FC_VL);
+            FC_IN_REGISTER(in[j]);
+        }
         const ptrdiff_t uc = c * u_c;
         for (int k = 0; k < WG_KB; ++k) {
             const float w = u_rows[k][uc];
@@ -128,17 +130,17 @@ static void wg_point_product(const float *u, ptrdiff_t u_k, ptrdiff_t u_c,
 static void wg_transpose(const float *src, ptrdiff_t lds, ptrdiff_t rows,
                          ptrdiff_t cols, float *dst, ptrdiff_t ldd)
 {
-#if FC_HAVE_SHUFFLE && FC_VL == 16
-    for (ptrdiff_t i0 = 0; i0 < rows; i0 += 16) {
-        const int height = (int)(rows - i0 < 16 ? rows - i0 : 16);
-        for (ptrdiff_t j0 = 0; j0 < cols; j0 += 16) {
-            const int width = (int)(cols - j0 < 16 ? cols - j0 : 16);
-            fc_vf r[16];
-            for (int i = 0; i < 16; ++i)
+#if FC_HAVE_SHUFFLE
+    for (ptrdiff_t i0 = 0; i0 < rows; i0 += FC_VL) {
+        const int height = (int)(rows - i0 < FC_VL ? rows - i0 : FC_VL);
+        for (ptrdiff_t j0 = 0; j0 < cols; j0 += FC_VL) {
+            const int width = (int)(cols - j0 < FC_VL ? cols - j0 : FC_VL);
+            fc_vf r[FC_VL];
+            for (int i = 0; i < FC_VL; ++i)
                 r[i] = i < height ? fc_load_lanes(src + (i0 + i) * lds + j0,
                                                   width)
                                   : (fc_vf){0};
-            fc_transpose16(r);
+            fc_transpose(r);
             for (int j = 0; j < width; ++j)
                 fc_store(dst + (j0 + j) * ldd + i0, r[j], height);
         }

@@ -1,25 +1,30 @@
-/* Winograd's tile gather and scatter with AVX-512, float32 (included by
- * winograd.pyx).
+/* Winograd's tile gather and scatter on whole vectors, float32 (included
+ * by winograd.pyx): AVX-512 (16 tiles per group) or AVX2 with FMA (8).
  *
- * The transforms in winograd.pyx work on WG_GROUP tiles at once, tile q in
- * lane q of every vector: a 6x6 input patch is 36 vectors, element (i, j)
- * of every tile in one. Moving tiles between the planes (rows of
+ * The transforms in winograd.pyx work on groups of tiles at once, tile q
+ * in lane q of every vector: a 6x6 input patch is 36 vectors, element
+ * (i, j) of every tile in one. Moving tiles between the planes (rows of
  * consecutive floats) and that layout is a transpose; done a float at a
  * time it took as long as the transforms and the products together (half
  * of a 14x14 layer's Winograd time). Here it is done on whole rows:
  *
- *   gather: row i of the patches of 16 tiles, loaded as 16 masked vectors
- *   (tiles q and q + 8 in the halves of one register; the mask zeroes the
- *   columns outside the plane and the rows outside it load nothing), then
- *   transposed 8 x 8 within each half, which puts column j of all 16 tiles
- *   in register j, lanes in tile order.
+ *   gather: row i of the patches of a group's tiles, one masked load per
+ *   tile (the mask zeroes the columns outside the plane and the rows
+ *   outside it load nothing), then transposed 8 x 8, which puts column j
+ *   of all the tiles in register j, lanes in tile order. With AVX-512,
+ *   tiles q and q + 8 share a register, one in each half.
  *
- *   scatter: row i of 16 output tiles (4 vectors, one per column) turned
- *   by two rounds of shuffles into 16 four-float rows, each stored under a
- *   mask that stops at the plane's right edge.
+ *   scatter: row i of the group's output tiles (4 vectors, one per
+ *   column) turned by two rounds of shuffles into four-float rows, each
+ *   stored under a mask that stops at the plane's right edge.
+ *
+ * Everything between the two (the 1-D transforms, the walk over
+ * channels) is written once on wg_v, the vector of WG_GROUP floats; only
+ * the plan's masks, the gather, the stores and the scatter differ by
+ * instruction set.
  *
  * Tiles are numbered as in winograd.pyx: along tile rows, then images; a
- * group may span tile rows and images. Where AVX-512 (F and VL) is not
+ * group may span tile rows and images. Where neither instruction set is
  * available WG_TILES_AVAILABLE is 0 and winograd.pyx moves the tiles a
  * float at a time.
  */
@@ -29,11 +34,11 @@
 
 #include <stddef.h>
 
-#define WG_GROUP 16
-
 #if defined(__GNUC__) && defined(__AVX512F__) && defined(__AVX512VL__)
 #include <immintrin.h>
 #define WG_TILES_AVAILABLE 1
+#define WG_GROUP 16
+typedef __m512 wg_v;
 
 /* Where the tiles of one group lie: for tile q (lanes q >= tiles: none),
  * the offset of its patch's first element from image 0's plane (the
@@ -47,54 +52,46 @@ typedef struct {
     int tiles;
 } wg_group_plan;
 
-/* The plan of the `tiles` tiles from first_tile of planes height x width
- * (images image_stride floats apart), patches side x side (side <= 8)
- * whose first element is (4 ty - row_shift, 4 tx - col_shift). */
-static void wg_plan_group(ptrdiff_t first_tile, int tiles, ptrdiff_t tiles_h,
-                          ptrdiff_t tiles_w, ptrdiff_t height,
-                          ptrdiff_t width, ptrdiff_t image_stride,
-                          ptrdiff_t row_shift, ptrdiff_t col_shift, int side,
-                          wg_group_plan *plan)
+/* Row i of tile q: `columns` (bit j: column j) lie inside the plane. */
+static inline void wg_plan_row(wg_group_plan *plan, int i, int q,
+                               unsigned columns)
 {
-    const ptrdiff_t per_image = tiles_h * tiles_w;
-    ptrdiff_t n = first_tile / per_image;
-    ptrdiff_t ty = first_tile % per_image / tiles_w;
-    ptrdiff_t tx = first_tile % tiles_w;
-    plan->tiles = tiles;
-    for (int q = 0; q < WG_GROUP; ++q) {
-        unsigned columns = 0;
-        ptrdiff_t row = 0;
-        plan->offset[q] = 0;
-        if (q < tiles) {
-            const ptrdiff_t col = tx * 4 - col_shift;
-            row = ty * 4 - row_shift;
-            plan->offset[q] = n * image_stride + row * width + col;
-            columns = (1u << side) - 1u;
-            if (col < 0)
-                columns &= ~((1u << (-col < side ? -col : side)) - 1u);
-            if (col + side > width)
-                columns &= width - col <= 0 ? 0u
-                                            : (1u << (width - col)) - 1u;
-            if (++tx == tiles_w) {
-                tx = 0;
-                if (++ty == tiles_h) {
-                    ty = 0;
-                    ++n;
-                }
-            }
-        }
-        for (int i = 0; i < 8; ++i) {
-            const int inside = i < side && row + i >= 0 && row + i < height;
-            const __mmask16 m = inside ? (__mmask16)columns : 0;
-            /* q & 7 rather than q and q - 8: the same slots, but an index
-             * GCC can bound (with q - 8 it warned that iteration 8 of
-             * this loop would write lo out of bounds) */
-            if (q < 8)
-                plan->lo[i][q & 7] = m;
-            else
-                plan->hi[i][q & 7] = (__mmask16)(m << 8);
-        }
-    }
+    /* q & 7 rather than q and q - 8: the same slots, but an index GCC can
+     * bound (with q - 8 it warned that the plan's loop would write lo out
+     * of bounds) */
+    if (q < 8)
+        plan->lo[i][q & 7] = (__mmask16)columns;
+    else
+        plan->hi[i][q & 7] = (__mmask16)(columns << 8);
+}
+
+static inline wg_v wg_add(wg_v a, wg_v b) { return _mm512_add_ps(a, b); }
+static inline wg_v wg_sub(wg_v a, wg_v b) { return _mm512_sub_ps(a, b); }
+static inline wg_v wg_mul(wg_v a, wg_v b) { return _mm512_mul_ps(a, b); }
+/* a b + c and c - a b */
+static inline wg_v wg_fmadd(wg_v a, wg_v b, wg_v c)
+{
+    return _mm512_fmadd_ps(a, b, c);
+}
+static inline wg_v wg_fnmadd(wg_v a, wg_v b, wg_v c)
+{
+    return _mm512_fnmadd_ps(a, b, c);
+}
+static inline wg_v wg_set1(float a) { return _mm512_set1_ps(a); }
+
+/* the first `tiles` lanes from src, zero in the others */
+static inline wg_v wg_load_lanes(const float *src, int tiles)
+{
+    return _mm512_maskz_loadu_ps((__mmask16)((1u << tiles) - 1u), src);
+}
+
+/* the first `tiles` lanes of v to dst */
+static inline void wg_store_lanes(float *dst, wg_v v, int tiles)
+{
+    if (tiles == WG_GROUP)
+        _mm512_storeu_ps(dst, v);
+    else
+        _mm512_mask_storeu_ps(dst, (__mmask16)((1u << tiles) - 1u), v);
 }
 
 /* Columns j of the 8 x 8 blocks in each half of r[0..7] (row k of the low
@@ -141,73 +138,242 @@ static inline void wg_gather_row(const float *x, ptrdiff_t width,
     wg_transpose8x8_halves(r);
 }
 
-/* out = B^T d of six vectors d (F(4x4, 3x3)'s input transform in 1-D). */
-static inline void wg_input_1d(const __m512 d[6], __m512 out[6])
+/* Row i of the group's output tiles, c[j] = column j of every tile's row
+ * (lane q: tile q), to the plane whose image-0 plane is dst, the columns
+ * inside the plane only. */
+static inline void wg_scatter_row(const wg_v c[4], const wg_group_plan *plan,
+                                  int i, float *dst, ptrdiff_t width)
 {
-    const __m512 two = _mm512_set1_ps(2.0f), four = _mm512_set1_ps(4.0f),
-                 five = _mm512_set1_ps(5.0f);
-    const __m512 d4_d2 = _mm512_sub_ps(d[4], d[2]);
-    out[0] = _mm512_add_ps(_mm512_fnmadd_ps(five, d[2],
-                                            _mm512_mul_ps(four, d[0])), d[4]);
-    out[1] = _mm512_fnmadd_ps(four, _mm512_add_ps(d[1], d[2]),
-                              _mm512_add_ps(d[3], d[4]));
-    out[2] = _mm512_fmadd_ps(four, _mm512_sub_ps(d[1], d[2]),
-                             _mm512_sub_ps(d[4], d[3]));
-    out[3] = _mm512_fmadd_ps(two, _mm512_sub_ps(d[3], d[1]), d4_d2);
-    out[4] = _mm512_fmadd_ps(two, _mm512_sub_ps(d[1], d[3]), d4_d2);
-    out[5] = _mm512_add_ps(_mm512_fnmadd_ps(five, d[3],
-                                            _mm512_mul_ps(four, d[1])), d[5]);
+    __m512 t[4], u[4];
+    t[0] = _mm512_unpacklo_ps(c[0], c[1]);
+    t[1] = _mm512_unpackhi_ps(c[0], c[1]);
+    t[2] = _mm512_unpacklo_ps(c[2], c[3]);
+    t[3] = _mm512_unpackhi_ps(c[2], c[3]);
+    /* u[r], 128-bit block blk: row i of tile 4 blk + r */
+    u[0] = _mm512_shuffle_ps(t[0], t[2], 0x44);
+    u[1] = _mm512_shuffle_ps(t[0], t[2], 0xEE);
+    u[2] = _mm512_shuffle_ps(t[1], t[3], 0x44);
+    u[3] = _mm512_shuffle_ps(t[1], t[3], 0xEE);
+    for (int q = 0; q < plan->tiles; ++q) {
+        const __mmask16 keep = q < 8 ? plan->lo[i][q]
+                                     : plan->hi[i][q - 8] >> 8;
+        /* the four floats of block q / 4 to lanes 0-3 of the row's
+         * address: a 512-bit masked store from 4 (q / 4) floats before it */
+        _mm512_mask_storeu_ps(
+            dst + plan->offset[q] + i * width - 4 * (q >> 2),
+            (__mmask16)(keep << (4 * (q >> 2))), u[q & 3]);
+    }
+}
+
+#elif defined(__GNUC__) && defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define WG_TILES_AVAILABLE 1
+#define WG_GROUP 8
+typedef __m256 wg_v;
+
+/* As with AVX-512, but one mask per tile and row, as AVX2 spells a mask
+ * (all ones in a lane taken), and the same as bits for the scatter (whose
+ * rows are mostly whole: a plain store). */
+typedef struct {
+    ptrdiff_t offset[WG_GROUP];
+    __m256i mask[8][WG_GROUP];
+    unsigned char bits[8][WG_GROUP];
+    int tiles;
+} wg_group_plan;
+
+static inline void wg_plan_row(wg_group_plan *plan, int i, int q,
+                               unsigned columns)
+{
+    const __m256i lane = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    plan->bits[i][q] = (unsigned char)columns;
+    plan->mask[i][q] = _mm256_cmpeq_epi32(
+        _mm256_and_si256(_mm256_set1_epi32((int)columns), lane), lane);
+}
+
+static inline wg_v wg_add(wg_v a, wg_v b) { return _mm256_add_ps(a, b); }
+static inline wg_v wg_sub(wg_v a, wg_v b) { return _mm256_sub_ps(a, b); }
+static inline wg_v wg_mul(wg_v a, wg_v b) { return _mm256_mul_ps(a, b); }
+static inline wg_v wg_fmadd(wg_v a, wg_v b, wg_v c)
+{
+    return _mm256_fmadd_ps(a, b, c);
+}
+static inline wg_v wg_fnmadd(wg_v a, wg_v b, wg_v c)
+{
+    return _mm256_fnmadd_ps(a, b, c);
+}
+static inline wg_v wg_set1(float a) { return _mm256_set1_ps(a); }
+
+static inline __m256i wg_first_lanes(int tiles)
+{
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(tiles),
+                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+static inline wg_v wg_load_lanes(const float *src, int tiles)
+{
+    return tiles == WG_GROUP ? _mm256_loadu_ps(src)
+                             : _mm256_maskload_ps(src, wg_first_lanes(tiles));
+}
+
+static inline void wg_store_lanes(float *dst, wg_v v, int tiles)
+{
+    if (tiles == WG_GROUP)
+        _mm256_storeu_ps(dst, v);
+    else
+        _mm256_maskstore_ps(dst, wg_first_lanes(tiles), v);
+}
+
+/* r[j] = column j of the 8 x 8 block whose row k is r[k]. */
+static inline void wg_transpose8x8(__m256 r[8])
+{
+    __m256 t[8], u[8];
+    for (int k = 0; k < 8; k += 2) {
+        t[k] = _mm256_unpacklo_ps(r[k], r[k + 1]);
+        t[k + 1] = _mm256_unpackhi_ps(r[k], r[k + 1]);
+    }
+    for (int k = 0; k < 8; k += 4) {
+        u[k] = _mm256_shuffle_ps(t[k], t[k + 2], 0x44);
+        u[k + 1] = _mm256_shuffle_ps(t[k], t[k + 2], 0xEE);
+        u[k + 2] = _mm256_shuffle_ps(t[k + 1], t[k + 3], 0x44);
+        u[k + 3] = _mm256_shuffle_ps(t[k + 1], t[k + 3], 0xEE);
+    }
+    /* u[k] (k < 4): column k of rows 0-3 in the low half, column k + 4 in
+     * the high one; u[k + 4] the same of rows 4-7 */
+    for (int k = 0; k < 4; ++k) {
+        r[k] = _mm256_permute2f128_ps(u[k], u[k + 4], 0x20);
+        r[k + 4] = _mm256_permute2f128_ps(u[k], u[k + 4], 0x31);
+    }
+}
+
+static inline void wg_gather_row(const float *x, ptrdiff_t width,
+                                 const wg_group_plan *plan, int i,
+                                 __m256 r[8])
+{
+    for (int k = 0; k < 8; ++k)
+        r[k] = _mm256_maskload_ps(x + plan->offset[k] + i * width,
+                                  plan->mask[i][k]);
+    wg_transpose8x8(r);
+}
+
+static inline void wg_scatter_row(const wg_v c[4], const wg_group_plan *plan,
+                                  int i, float *dst, ptrdiff_t width)
+{
+    __m256 t[4], u[4];
+    t[0] = _mm256_unpacklo_ps(c[0], c[1]);
+    t[1] = _mm256_unpackhi_ps(c[0], c[1]);
+    t[2] = _mm256_unpacklo_ps(c[2], c[3]);
+    t[3] = _mm256_unpackhi_ps(c[2], c[3]);
+    /* u[r]: row i of tile r in the low half, of tile r + 4 in the high */
+    u[0] = _mm256_shuffle_ps(t[0], t[2], 0x44);
+    u[1] = _mm256_shuffle_ps(t[0], t[2], 0xEE);
+    u[2] = _mm256_shuffle_ps(t[1], t[3], 0x44);
+    u[3] = _mm256_shuffle_ps(t[1], t[3], 0xEE);
+    for (int q = 0; q < plan->tiles; ++q) {
+        const __m128 row = q < 4 ? _mm256_castps256_ps128(u[q & 3])
+                                 : _mm256_extractf128_ps(u[q & 3], 1);
+        float *at = dst + plan->offset[q] + i * width;
+        if (plan->bits[i][q] == 0xF)
+            _mm_storeu_ps(at, row);
+        else if (plan->bits[i][q])
+            _mm_maskstore_ps(at, _mm256_castsi256_si128(plan->mask[i][q]),
+                             row);
+    }
+}
+
+#else
+#define WG_TILES_AVAILABLE 0
+#endif
+
+#if WG_TILES_AVAILABLE
+
+/* The plan of the `tiles` tiles from first_tile of planes height x width
+ * (images image_stride floats apart), patches side x side (side <= 8)
+ * whose first element is (4 ty - row_shift, 4 tx - col_shift). */
+static void wg_plan_group(ptrdiff_t first_tile, int tiles, ptrdiff_t tiles_h,
+                          ptrdiff_t tiles_w, ptrdiff_t height,
+                          ptrdiff_t width, ptrdiff_t image_stride,
+                          ptrdiff_t row_shift, ptrdiff_t col_shift, int side,
+                          wg_group_plan *plan)
+{
+    const ptrdiff_t per_image = tiles_h * tiles_w;
+    ptrdiff_t n = first_tile / per_image;
+    ptrdiff_t ty = first_tile % per_image / tiles_w;
+    ptrdiff_t tx = first_tile % tiles_w;
+    plan->tiles = tiles;
+    for (int q = 0; q < WG_GROUP; ++q) {
+        unsigned columns = 0;
+        ptrdiff_t row = 0;
+        plan->offset[q] = 0;
+        if (q < tiles) {
+            const ptrdiff_t col = tx * 4 - col_shift;
+            row = ty * 4 - row_shift;
+            plan->offset[q] = n * image_stride + row * width + col;
+            columns = (1u << side) - 1u;
+            if (col < 0)
+                columns &= ~((1u << (-col < side ? -col : side)) - 1u);
+            if (col + side > width)
+                columns &= width - col <= 0 ? 0u
+                                            : (1u << (width - col)) - 1u;
+            if (++tx == tiles_w) {
+                tx = 0;
+                if (++ty == tiles_h) {
+                    ty = 0;
+                    ++n;
+                }
+            }
+        }
+        for (int i = 0; i < 8; ++i) {
+            const int inside = i < side && row + i >= 0 && row + i < height;
+            wg_plan_row(plan, i, q, inside ? columns : 0u);
+        }
+    }
+}
+
+/* out = B^T d of six vectors d (F(4x4, 3x3)'s input transform in 1-D). */
+static inline void wg_input_1d(const wg_v d[6], wg_v out[6])
+{
+    const wg_v two = wg_set1(2.0f), four = wg_set1(4.0f),
+               five = wg_set1(5.0f);
+    const wg_v d4_d2 = wg_sub(d[4], d[2]);
+    out[0] = wg_add(wg_fnmadd(five, d[2], wg_mul(four, d[0])), d[4]);
+    out[1] = wg_fnmadd(four, wg_add(d[1], d[2]), wg_add(d[3], d[4]));
+    out[2] = wg_fmadd(four, wg_sub(d[1], d[2]), wg_sub(d[4], d[3]));
+    out[3] = wg_fmadd(two, wg_sub(d[3], d[1]), d4_d2);
+    out[4] = wg_fmadd(two, wg_sub(d[1], d[3]), d4_d2);
+    out[5] = wg_add(wg_fnmadd(five, d[3], wg_mul(four, d[1])), d[5]);
 }
 
 /* out = A^T m of six vectors m (the output transform in 1-D). */
-static inline void wg_output_1d(const __m512 m[6], __m512 out[4])
+static inline void wg_output_1d(const wg_v m[6], wg_v out[4])
 {
-    const __m512 sum12 = _mm512_add_ps(m[1], m[2]),
-                 diff12 = _mm512_sub_ps(m[1], m[2]),
-                 sum34 = _mm512_add_ps(m[3], m[4]),
-                 diff34 = _mm512_sub_ps(m[3], m[4]);
-    out[0] = _mm512_add_ps(_mm512_add_ps(m[0], sum12), sum34);
-    out[1] = _mm512_fmadd_ps(_mm512_set1_ps(2.0f), diff34, diff12);
-    out[2] = _mm512_fmadd_ps(_mm512_set1_ps(4.0f), sum34, sum12);
-    out[3] = _mm512_add_ps(
-        _mm512_fmadd_ps(_mm512_set1_ps(8.0f), diff34, diff12), m[5]);
+    const wg_v sum12 = wg_add(m[1], m[2]), diff12 = wg_sub(m[1], m[2]),
+               sum34 = wg_add(m[3], m[4]), diff34 = wg_sub(m[3], m[4]);
+    out[0] = wg_add(wg_add(m[0], sum12), sum34);
+    out[1] = wg_fmadd(wg_set1(2.0f), diff34, diff12);
+    out[2] = wg_fmadd(wg_set1(4.0f), sum34, sum12);
+    out[3] = wg_add(wg_fmadd(wg_set1(8.0f), diff34, diff12), m[5]);
 }
 
 /* out = A y of four vectors y (the output gradient's transform in 1-D,
  * the adjoint of wg_output_1d). */
-static inline void wg_grad_output_1d(const __m512 y[4], __m512 out[6])
+static inline void wg_grad_output_1d(const wg_v y[4], wg_v out[6])
 {
-    const __m512 two = _mm512_set1_ps(2.0f), four = _mm512_set1_ps(4.0f),
-                 eight = _mm512_set1_ps(8.0f);
-    const __m512 even = _mm512_add_ps(y[0], y[2]),
-                 odd = _mm512_add_ps(y[1], y[3]);
-    const __m512 even4 = _mm512_fmadd_ps(four, y[2], y[0]),
-                 odd8 = _mm512_fmadd_ps(eight, y[3], _mm512_mul_ps(two, y[1]));
+    const wg_v two = wg_set1(2.0f), four = wg_set1(4.0f),
+               eight = wg_set1(8.0f);
+    const wg_v even = wg_add(y[0], y[2]), odd = wg_add(y[1], y[3]);
+    const wg_v even4 = wg_fmadd(four, y[2], y[0]),
+               odd8 = wg_fmadd(eight, y[3], wg_mul(two, y[1]));
     out[0] = y[0];
-    out[1] = _mm512_add_ps(even, odd);
-    out[2] = _mm512_sub_ps(even, odd);
-    out[3] = _mm512_add_ps(even4, odd8);
-    out[4] = _mm512_sub_ps(even4, odd8);
+    out[1] = wg_add(even, odd);
+    out[2] = wg_sub(even, odd);
+    out[3] = wg_add(even4, odd8);
+    out[4] = wg_sub(even4, odd8);
     out[5] = y[3];
-}
-
-/* 36 vectors of a group's points to dst + p * point_stride (the lanes of
- * its tiles only). */
-static inline void wg_store_points(const __m512 points[36], int tiles,
-                                   float *dst, ptrdiff_t point_stride)
-{
-    const __mmask16 keep = (__mmask16)((1u << tiles) - 1u);
-    for (int p = 0; p < 36; ++p) {
-        if (tiles == WG_GROUP)
-            _mm512_storeu_ps(dst + p * point_stride, points[p]);
-        else
-            _mm512_mask_storeu_ps(dst + p * point_stride, keep, points[p]);
-    }
 }
 
 /* The 1-D transform of a patch row or column: `side` vectors in, six
  * out (wg_input_1d, side 6; wg_grad_output_1d, side 4). */
-typedef void (*wg_transform_1d)(const __m512 *in, __m512 *out);
+typedef void (*wg_transform_1d)(const wg_v *in, wg_v *out);
 
 /* dst[:, c, :] for planes c in [c0, c1) of tiles [first_tile, first_tile
  * + count): dst (36, planes, count) = T d T^T of each tile's side x side
@@ -233,22 +399,22 @@ wg_patch_points(const float *src, ptrdiff_t planes, ptrdiff_t c0,
                       width, planes * plane, row_shift, col_shift, side,
                       &plan);
         for (ptrdiff_t c = c0; c < c1; ++c) {
-            __m512 rows[6][6], points[36];
+            wg_v rows[6][6];
+            float *out_c = dst + c * count + done;
             for (int i = 0; i < side; ++i) {    /* along each row */
-                __m512 r[8];
+                wg_v r[8];
                 wg_gather_row(src + c * plane, width, &plan, i, r);
                 transform(r, rows[i]);
             }
             for (int s = 0; s < 6; ++s) {       /* down each column */
-                __m512 column[6], out[6];
+                wg_v column[6], out[6];
                 for (int i = 0; i < side; ++i)
                     column[i] = rows[i][s];
                 transform(column, out);
-                for (int r = 0; r < 6; ++r)
-                    points[r * 6 + s] = out[r];
+                for (int r = 0; r < 6; ++r)     /* point (r, s) */
+                    wg_store_lanes(out_c + (r * 6 + s) * planes * count,
+                                   out[r], tiles);
             }
-            wg_store_points(points, tiles, dst + c * count + done,
-                            planes * count);
         }
     }
 }
@@ -296,55 +462,34 @@ static void wg_output_f32(const float *m, ptrdiff_t filters, ptrdiff_t k0,
     for (ptrdiff_t done = 0; done < count; done += WG_GROUP) {
         const int tiles = count - done < WG_GROUP ? (int)(count - done)
                                                   : WG_GROUP;
-        const __mmask16 lanes = (__mmask16)((1u << tiles) - 1u);
-        /* plan->lo/hi[i][q] here: the columns of tile q's row i to store */
+        /* the plan's masks here: the columns of tile q's row i to store */
         wg_plan_group(first_tile + done, tiles, tiles_h, tiles_w, height,
                       width, filters * plane, 0, 0, 4, &plan);
         for (ptrdiff_t k = k0; k < k1; ++k) {
             const float *src = m + k * 36 * count + done;
-            __m512 half[4][6];
+            wg_v half[4][6];
             for (int s = 0; s < 6; ++s) {       /* A^T down each column */
-                __m512 column[6], out[4];
+                wg_v column[6], out[4];
                 for (int r = 0; r < 6; ++r)
-                    column[r] = _mm512_maskz_loadu_ps(
-                        lanes, src + (r * 6 + s) * count);
+                    column[r] = wg_load_lanes(src + (r * 6 + s) * count,
+                                              tiles);
                 wg_output_1d(column, out);
                 for (int i = 0; i < 4; ++i)
                     half[i][s] = out[i];
             }
-            const __m512 b = _mm512_set1_ps(bias ? bias[k] : 0.0f);
-            float *dst = y + k * plane;
+            const wg_v b = wg_set1(bias ? bias[k] : 0.0f);
             for (int i = 0; i < 4; ++i) {       /* A along each row */
-                __m512 c[4], t[4], u[4];
+                wg_v c[4];
                 wg_output_1d(half[i], c);
                 for (int j = 0; j < 4; ++j)
-                    c[j] = _mm512_add_ps(c[j], b);
-                t[0] = _mm512_unpacklo_ps(c[0], c[1]);
-                t[1] = _mm512_unpackhi_ps(c[0], c[1]);
-                t[2] = _mm512_unpacklo_ps(c[2], c[3]);
-                t[3] = _mm512_unpackhi_ps(c[2], c[3]);
-                /* u[r], 128-bit block blk: row i of tile 4 blk + r */
-                u[0] = _mm512_shuffle_ps(t[0], t[2], 0x44);
-                u[1] = _mm512_shuffle_ps(t[0], t[2], 0xEE);
-                u[2] = _mm512_shuffle_ps(t[1], t[3], 0x44);
-                u[3] = _mm512_shuffle_ps(t[1], t[3], 0xEE);
-                for (int q = 0; q < tiles; ++q) {
-                    const __mmask16 keep = q < 8 ? plan.lo[i][q]
-                                                 : plan.hi[i][q - 8] >> 8;
-                    /* the four floats of block q / 4 to lanes 0-3 of the
-                     * row's address: a 512-bit masked store from 4 (q / 4)
-                     * floats before it */
-                    _mm512_mask_storeu_ps(
-                        dst + plan.offset[q] + i * width - 4 * (q >> 2),
-                        (__mmask16)(keep << (4 * (q >> 2))), u[q & 3]);
-                }
+                    c[j] = wg_add(c[j], b);
+                wg_scatter_row(c, &plan, i, y + k * plane, width);
             }
         }
     }
 }
 
 #else
-#define WG_TILES_AVAILABLE 0
 /* never called: winograd.pyx checks WG_TILES_AVAILABLE */
 static void wg_input_f32(const float *x, ptrdiff_t channels, ptrdiff_t c0,
                          ptrdiff_t c1, ptrdiff_t height, ptrdiff_t width,
