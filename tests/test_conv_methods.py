@@ -388,25 +388,29 @@ def test_auto_and_direct_choose_by_shape(algorithm, winograd_calls):
     assert cython_cpu.conv2d_method(g) == "im2col-gemm"
     algorithm("auto")
     assert cython_cpu.conv2d_method(g) == "winograd-f4x4"
-    # below WINOGRAD_MIN_CHANNELS_OVER_DIRECT channels the blocked kernel
-    # serves float32, Winograd float64
-    middle = _geometry(np.zeros((1, 16, 8, 8)), np.zeros((16, 16, 3, 3)),
-                       ((1, 1), (1, 1)))
+    # below WINOGRAD_MIN_CHANNELS_OVER_DIRECT channels (_NARROW on an AVX2
+    # build) the blocked kernel serves float32, Winograd or GEMM float64
+    below = cython_cpu._winograd_channels_over_direct() - 8
+    middle = _geometry(np.zeros((1, below, 8, 8)),
+                       np.zeros((below, below, 3, 3)), ((1, 1), (1, 1)))
     assert cython_cpu.conv2d_method(middle) == "direct-blocked"
-    assert cython_cpu.conv2d_method(middle, np.float64) == "winograd-f4x4"
-    # the gradients keep the direct kernel up to
-    # WINOGRAD_MIN_CHANNELS_OVER_DIRECT_BACKWARD channels (_NARROW on an
-    # AVX2 build)
-    narrow = _geometry(np.zeros((1, 24, 8, 8)), np.zeros((24, 24, 3, 3)),
+    assert cython_cpu.conv2d_method(middle, np.float64) == (
+        "winograd-f4x4" if below >= cython_cpu.WINOGRAD_MIN_CHANNELS
+        else "im2col-gemm")
+    # the weight gradient keeps the direct kernel up to
+    # WINOGRAD_MIN_CHANNELS_OVER_DIRECT_BACKWARD channels (_NARROW ...)
+    limit = cython_cpu._winograd_channels_over_direct(backward=True)
+    channels = limit - 8
+    narrow = _geometry(np.zeros((1, channels, 8, 8)),
+                       np.zeros((channels, channels, 3, 3)),
                        ((1, 1), (1, 1)))
     assert cython_cpu.conv2d_method(narrow) == "winograd-f4x4"
     assert not cython_cpu._uses_winograd(
-        narrow, 24, 24, (8, 8), forward_dtype=np.float32, backward=True)
+        narrow, channels, channels, (8, 8), forward_dtype=np.float32,
+        backward=True)
     assert cython_cpu._uses_winograd(
-        narrow, 24, 24, (8, 8), forward_dtype=np.float64, backward=True)
-    limit = (cython_cpu.WINOGRAD_MIN_CHANNELS_OVER_DIRECT_BACKWARD_NARROW
-             if cython_cpu._narrow_lanes()
-             else cython_cpu.WINOGRAD_MIN_CHANNELS_OVER_DIRECT_BACKWARD)
+        narrow, channels, channels, (8, 8), forward_dtype=np.float64,
+        backward=True)
     wide = _geometry(np.zeros((1, limit, 8, 8)),
                      np.zeros((limit, limit, 3, 3)), ((1, 1), (1, 1)))
     assert cython_cpu._uses_winograd(
@@ -575,15 +579,17 @@ def output_tiles(g):
     return g.batch * (-(-g.out_height // 4)) * (-(-g.out_width // 4))
 
 
-@pytest.mark.parametrize("channels, plane, method", [
-    (64, 8, "winograd-f4x4"), (32, 8, "winograd-f4x4"),
-    (32, 14, "winograd-f4x4"), (24, 32, "winograd-f4x4"),
-    (16, 14, "direct-blocked"), (20, 32, "direct-blocked")])
+@pytest.mark.parametrize("channels, plane", [
+    (64, 8), (32, 8), (32, 14), (24, 32), (16, 14), (20, 32), (12, 16)])
 def test_winograd_needs_enough_channels_over_the_direct_kernel(
-        channels, plane, method, algorithm):
-    """WINOGRAD_MIN_CHANNELS_OVER_DIRECT, whatever the plane (32 tiles and
-    more here: the per-call tile minimum is not what decides)."""
+        channels, plane, algorithm):
+    """WINOGRAD_MIN_CHANNELS_OVER_DIRECT (_NARROW on an AVX2 build),
+    whatever the plane (32 tiles and more here: the per-call tile minimum
+    is not what decides)."""
     algorithm("auto")
+    method = ("winograd-f4x4"
+              if channels >= cython_cpu._winograd_channels_over_direct()
+              else "direct-blocked")
     g = _shapes.conv_geometry((32, channels, plane, plane),
                               (channels, channels, 3, 3), (1, 1),
                               (1, 1, 1, 1), (1, 1), 1)

@@ -195,13 +195,20 @@ WINOGRAD_MIN_CHANNELS = 16
 #: 1.24 / 1.07 (its limit stays).
 WINOGRAD_MIN_CHANNELS_OVER_DIRECT = 24
 WINOGRAD_MIN_CHANNELS_OVER_DIRECT_BACKWARD = 48
-#: The weight gradient's limit on builds with 8-lane vectors (AVX2), where
-#: the direct weight gradient's tiles are half as wide. Measured 2026-12-04
-#: (AMD EPYC Zen 3, 2 threads, load 1.0-1.4, medians of 4 alternated
-#: processes, ms Winograd / direct, weight gradient alone):
-#: N64-C32-14x14-K64 4.96 / 5.86, N64-C32-16x16-K32 2.82 / 3.65; but
-#: N64-C16-32x32-K16 4.02 / 2.81.
-WINOGRAD_MIN_CHANNELS_OVER_DIRECT_BACKWARD_NARROW = 32
+#: The same two limits on builds with 8-lane vectors (AVX2), where the
+#: direct kernel's tiles are half as wide and Winograd's transforms run on
+#: 8-tile groups (winograd_tiles.h). Measured 2026-12-04 (AMD EPYC Zen 3,
+#: 2 threads, load 1.2-1.7, medians of 4 alternated processes, ms Winograd
+#: / direct; forward, input gradient, weight gradient):
+#: N64-C8-32x32-K16 1.54 / 1.18, 1.44 / 1.26, 3.15 / 1.54;
+#: N64-C12-28x28-K12 1.09 / 1.31, 1.05 / 1.41, 1.79 / 1.67;
+#: N64-C16-32x32-K16 2.11 / 2.42, 2.14 / 2.44, 3.49 / 2.66;
+#: N64-C16-14x14-K32 0.80 / 1.12, 0.87 / 1.23, 1.42 / 1.41;
+#: N16-C24-28x28-K24 0.70 / 1.37, 0.67 / 1.28, 1.18 / 1.65;
+#: N64-C32-14x14-K64 2.21 / 3.70, 2.87 / 4.09, 3.95 / 6.12. The forward's
+#: limit is then WINOGRAD_MIN_CHANNELS's.
+WINOGRAD_MIN_CHANNELS_OVER_DIRECT_NARROW = 16
+WINOGRAD_MIN_CHANNELS_OVER_DIRECT_BACKWARD_NARROW = 24
 
 #: ... and when the call has at least this many 4x4 output tiles (N times
 #: the tiles of a plane). Winograd-domain filters are 4x the filters'
@@ -267,6 +274,17 @@ def _winograd_applies(g):
             and g.groups == 1)
 
 
+def _winograd_channels_over_direct(backward=False):
+    """The channels from which Winograd serves a float32 call the direct
+    kernel could run (the weight gradient's with ``backward``), for this
+    build's vector width."""
+    if _narrow_lanes():
+        return (WINOGRAD_MIN_CHANNELS_OVER_DIRECT_BACKWARD_NARROW if backward
+                else WINOGRAD_MIN_CHANNELS_OVER_DIRECT_NARROW)
+    return (WINOGRAD_MIN_CHANNELS_OVER_DIRECT_BACKWARD if backward
+            else WINOGRAD_MIN_CHANNELS_OVER_DIRECT)
+
+
 def _uses_winograd(g, in_channels, out_channels, out_plane, packed=False,
                    forward_dtype=None, backward=False):
     """Whether a 3x3 stride-1 convolution of these channel counts and output
@@ -280,13 +298,9 @@ def _uses_winograd(g, in_channels, out_channels, out_plane, packed=False,
     algorithm = conv_algorithm()
     if algorithm != "auto":
         return algorithm == "winograd"
-    over_direct = WINOGRAD_MIN_CHANNELS_OVER_DIRECT
-    if backward:
-        over_direct = (WINOGRAD_MIN_CHANNELS_OVER_DIRECT_BACKWARD_NARROW
-                       if _narrow_lanes()
-                       else WINOGRAD_MIN_CHANNELS_OVER_DIRECT_BACKWARD)
     if (forward_dtype is not None
-            and min(in_channels, out_channels) < over_direct
+            and min(in_channels, out_channels)
+            < _winograd_channels_over_direct(backward)
             and _direct_applies(g, forward_dtype)):
         return False
     tiles = g.batch * (-(-out_plane[0] // 4)) * (-(-out_plane[1] // 4))
