@@ -598,3 +598,33 @@ def test_winograd_needs_enough_channels_over_the_direct_kernel(
     assert cython_cpu.conv2d_method(g, np.float64) == (
         "winograd-f4x4" if channels >= cython_cpu.WINOGRAD_MIN_CHANNELS
         else "im2col-gemm")
+
+
+@pytest.mark.parametrize("batch, channels, filters, plane", [
+    (1, 2, 1, (1, 1)), (3, 3, 5, (5, 7)), (2, 17, 9, (13, 13)),
+    (1, 64, 12, (4, 6)), (2, 8, 33, (8, 3))])
+def test_pointwise_products_on_the_packed_kernel(batch, channels, filters,
+                                                 plane, algorithm,
+                                                 count_calls):
+    """A float32 pointwise layer on the GEMM path runs its products on
+    winograd_gemm.h's kernel, panels packed (conv.pyx's _product): planes
+    that are no multiple of a vector or of a panel, one pixel, one filter,
+    with and without bias, against float64 and the naive loops."""
+    calls = count_calls(cython_cpu._conv, "pointwise_pack_floats")
+    algorithm("gemm")
+    rng = np.random.default_rng(channels * 100 + filters)
+    x = rng.standard_normal((batch, channels) + plane)
+    weight = rng.standard_normal((filters, channels, 1, 1))
+    bias = rng.standard_normal(filters)
+    g = _geometry(x, weight, ((0, 0), (0, 0)))
+    expected = resolve("conv2d_forward", "naive").conv2d_forward(
+        x, weight, bias, g)
+    for b in (bias, None):
+        got = cython_cpu.conv2d_forward(
+            x.astype(np.float32), weight.astype(np.float32),
+            None if b is None else b.astype(np.float32), g)
+        assert got.dtype == np.float32
+        want = expected if b is not None else expected - bias[:, None, None]
+        np.testing.assert_allclose(got, want, rtol=1e-5,
+                                   atol=1e-5 * np.sqrt(channels))
+    assert calls["count"] >= 2

@@ -1032,13 +1032,19 @@ def conv2d_forward(x, weight, bias, g, packed=None, clamp=None):
             pieces = -(-num_threads // pairs)
             tile_rows = max(1, min(tile_rows, -(-g.out_height // pieces)))
         work_size = 1 if _is_direct(g) else col_rows * tile_rows * g.out_width
+    # a pointwise layer's float32 products on the register-blocked kernel
+    # (conv.pyx's _product), which packs its panels into the workspace
+    pack = (not chunk_images and _is_direct(g) and dtype == np.float32
+            and _conv.pointwise_pack_floats(col_rows) > 0)
+    if pack:
+        work_size = _conv.pointwise_pack_floats(col_rows)
     workspace = np.empty((num_threads, work_size), dtype=dtype)
     y = np.empty(g.output_shape, dtype=dtype)
     has_bias = bias is not None
     bias_array = bias if has_bias else np.empty(1, dtype=dtype)
     with _blas_held_to_one_thread(num_threads):
         _conv.conv2d_forward(x, weight, bias_array, has_bias, y, workspace, g,
-                             tile_rows, chunk_images, num_threads)
+                             tile_rows, chunk_images, num_threads, pack)
     return _clamp_in_place(y, clamp)
 
 

@@ -52,6 +52,16 @@ cdef extern from *:
     """
     const int FASTCONV_HAVE_OPENMP
 
+cdef extern from "winograd_gemm.h" nogil:
+    const int WG_AVAILABLE
+    const int FC_VL
+    const int FC_VMAX
+    void wg_point_product(const float *u, Py_ssize_t u_k, Py_ssize_t u_c,
+                          Py_ssize_t filters, Py_ssize_t depth,
+                          const float *v, Py_ssize_t ldv, Py_ssize_t n,
+                          float *m, Py_ssize_t ldm, int accumulate,
+                          float *pack)
+
 
 def openmp_enabled():
     """True when this extension was compiled with OpenMP (parallel kernels)."""
@@ -72,6 +82,7 @@ cdef struct ConvShape:
     Py_ssize_t group_filters       # Kg = K / G
     Py_ssize_t col_rows            # Cg * R * S
     bint direct                    # 1x1, stride 1, no padding: col is x itself
+    bint pack_pointwise            # direct float32: col packs the product
 
 
 cdef ConvShape _conv_shape(g):
@@ -93,6 +104,7 @@ cdef ConvShape _conv_shape(g):
                  and g.stride_h == 1 and g.stride_w == 1
                  and g.pad_top == 0 and g.pad_left == 0
                  and g.pad_bottom == 0 and g.pad_right == 0)
+    cs.pack_pointwise = False
     return cs
 
 
@@ -195,6 +207,28 @@ cdef void _col2im_add(const ConvShape *cs, const real *col,
 
 # ------------------------------------------------------------- forward
 
+cdef inline void _product(const ConvShape *cs, const real *weight,
+                          const real *columns, Py_ssize_t ld_columns,
+                          Py_ssize_t width, real *out, Py_ssize_t ld_out,
+                          real *pack) noexcept nogil:
+    """out (Kg, width) = weight (Kg, Cg*R*S) @ columns (Cg*R*S, width).
+
+    With ``pack`` (float32, pointwise layers: room for Cg * FC_VMAX *
+    FC_VL floats) on winograd_gemm.h's register-blocked kernel, each panel
+    of columns copied into pack first (BLAS's packing copies of the
+    weights cost as much as the product of a pointwise layer's few
+    channels); else on BLAS."""
+    if real is float and WG_AVAILABLE:
+        if pack != NULL:
+            wg_point_product(weight, cs.col_rows, 1, cs.group_filters,
+                             cs.col_rows, columns, ld_columns, width, out,
+                             ld_out, 0, pack)
+            return
+    gemm_row_major(c'N', c'N', <int>cs.group_filters, <int>width,
+                   <int>cs.col_rows, <real>1, weight, <int>cs.col_rows,
+                   columns, <int>ld_columns, <real>0, out, <int>ld_out)
+
+
 cdef void _forward_tile(const ConvShape *cs, const real *x, const real *weight,
                         const real *bias, real *y, real *col,
                         Py_ssize_t item, Py_ssize_t tile_rows,
@@ -227,11 +261,9 @@ cdef void _forward_tile(const ConvShape *cs, const real *x, const real *weight,
         _im2col(cs, image, row_start, row_count, col, tile_width)
         columns = col
         ld_columns = <int>tile_width
-    gemm_row_major(c'N', c'N', <int>cs.group_filters, <int>tile_width,
-                   <int>cs.col_rows, <real>1,
-                   weight + group * cs.group_filters * cs.col_rows,
-                   <int>cs.col_rows, columns, ld_columns, <real>0, out,
-                   <int>plane_out)
+    _product(cs, weight + group * cs.group_filters * cs.col_rows, columns,
+             ld_columns, tile_width, out, plane_out,
+             col if cs.pack_pointwise else NULL)
     if bias != NULL:
         for k in range(cs.group_filters):
             bias_k = bias[group * cs.group_filters + k]
@@ -288,11 +320,17 @@ cdef void _forward_images(const ConvShape *cs, const real *x,
                 target[p] = source[p] + bias_k
 
 
+def pointwise_pack_floats(Py_ssize_t channels):
+    """The floats _product packs a pointwise layer's panels into, or 0
+    where the register-blocked kernel is not built."""
+    return channels * FC_VMAX * FC_VL if WG_AVAILABLE else 0
+
+
 def conv2d_forward(const real[:, :, :, ::1] x, const real[:, :, :, ::1] weight,
                    const real[::1] bias, bint has_bias,
                    real[:, :, :, ::1] y, real[:, ::1] workspace, g,
                    Py_ssize_t tile_rows, Py_ssize_t chunk_images,
-                   int num_threads):
+                   int num_threads, bint pack_pointwise=False):
     """y = conv2d(x, weight) (+ bias when has_bias), written into y.
 
     Two schedules. With chunk_images >= 1, work items are (group, up to
@@ -300,9 +338,13 @@ def conv2d_forward(const real[:, :, :, ::1] x, const real[:, :, :, ::1] weight,
     out_block) = (num_threads, (Cg*R*S + Kg) * chunk_images*OH*OW). With
     chunk_images == 0, items are (image, group, tile of tile_rows output
     rows) and workspace is (num_threads, Cg*R*S * tile_rows*OW). A 1x1
-    stride-1 unpadded conv reads a lone image in place (its col is x).
+    stride-1 unpadded conv reads a lone image in place (its col is x);
+    with pack_pointwise (float32, single images: workspace rows of
+    pointwise_pack_floats(Cg) floats) its products run on winograd_gemm.h's
+    kernel (_product).
     """
     cdef ConvShape cs = _conv_shape(g)
+    cs.pack_pointwise = pack_pointwise and chunk_images == 0 and cs.direct
     cdef Py_ssize_t tiles = (cs.out_height + tile_rows - 1) // tile_rows
     cdef Py_ssize_t chunks = (cs.batch + chunk_images - 1) // chunk_images \
         if chunk_images > 0 else cs.batch * tiles

@@ -91,17 +91,37 @@ static void wg_tile2(WG_TILE_ARGS) { wg_tile(2, r, uc, d, v, lv, m, lm, kn, ll, 
 static void wg_tile3(WG_TILE_ARGS) { wg_tile(3, r, uc, d, v, lv, m, lm, kn, ll, acc); }
 
 /* M (filters, n) = U (filters, depth) @ V (depth, n), or M += that with
- * `accumulate`; U[k][c] at u[k * u_k + c * u_c]. */
+ * `accumulate`; U[k][c] at u[k * u_k + c * u_c]. With `pack` (room for
+ * depth * FC_VMAX * FC_VL floats; NULL: V is read in place, past its
+ * last column as the file's comment says), each panel of V is first
+ * copied there, zero past n: then no float past V's n columns is read,
+ * and a V whose rows lie a multiple of 4 KiB apart (a pointwise layer's
+ * planes) does not evict its own panel from L1, whose sets such rows
+ * share. */
 static void wg_point_product(const float *u, ptrdiff_t u_k, ptrdiff_t u_c,
                              ptrdiff_t filters, ptrdiff_t depth,
                              const float *v, ptrdiff_t ldv, ptrdiff_t n,
-                             float *m, ptrdiff_t ldm, int accumulate)
+                             float *m, ptrdiff_t ldm, int accumulate,
+                             float *pack)
 {
     const ptrdiff_t panel = FC_VMAX * FC_VL;
     for (ptrdiff_t n0 = 0; n0 < n; n0 += panel) {
         const ptrdiff_t width = n - n0 < panel ? n - n0 : panel;
         const int vectors = (int)((width + FC_VL - 1) / FC_VL);
         const int last = (int)(width - (vectors - 1) * FC_VL);
+        const float *src = v + n0;
+        ptrdiff_t ld = ldv;
+        if (pack) {
+            const ptrdiff_t padded = (ptrdiff_t)vectors * FC_VL;
+            for (ptrdiff_t c = 0; c < depth; ++c) {
+                memcpy(pack + c * padded, src + c * ldv,
+                       (size_t)width * sizeof(float));
+                memset(pack + c * padded + width, 0,
+                       (size_t)(padded - width) * sizeof(float));
+            }
+            src = pack;
+            ld = padded;
+        }
         for (ptrdiff_t k0 = 0; k0 < filters; k0 += WG_KB) {
             const int kn = (int)(filters - k0 < WG_KB ? filters - k0 : WG_KB);
             const float *rows[WG_KB];
@@ -110,15 +130,14 @@ static void wg_point_product(const float *u, ptrdiff_t u_k, ptrdiff_t u_c,
             for (int k = 0; k < WG_KB; ++k)
                 rows[k] = u + (k0 + (k < kn ? k : kn - 1)) * u_k;
             float *dst = m + k0 * ldm + n0;
-            const float *src = v + n0;
             if (vectors == 3)
-                wg_tile3(rows, u_c, depth, src, ldv, dst, ldm, kn, last,
+                wg_tile3(rows, u_c, depth, src, ld, dst, ldm, kn, last,
                          accumulate);
             else if (vectors == 2)
-                wg_tile2(rows, u_c, depth, src, ldv, dst, ldm, kn, last,
+                wg_tile2(rows, u_c, depth, src, ld, dst, ldm, kn, last,
                          accumulate);
             else
-                wg_tile1(rows, u_c, depth, src, ldv, dst, ldm, kn, last,
+                wg_tile1(rows, u_c, depth, src, ld, dst, ldm, kn, last,
                          accumulate);
         }
     }
@@ -156,9 +175,10 @@ static void wg_transpose(const float *src, ptrdiff_t lds, ptrdiff_t rows,
 static void wg_point_product(const float *u, ptrdiff_t u_k, ptrdiff_t u_c,
                              ptrdiff_t filters, ptrdiff_t depth,
                              const float *v, ptrdiff_t ldv, ptrdiff_t n,
-                             float *m, ptrdiff_t ldm, int accumulate)
+                             float *m, ptrdiff_t ldm, int accumulate,
+                             float *pack)
 {
-    (void)u; (void)u_k; (void)u_c; (void)filters; (void)depth; (void)v;
+    (void)pack; (void)u; (void)u_k; (void)u_c; (void)filters; (void)depth; (void)v;
     (void)ldv; (void)n; (void)m; (void)ldm; (void)accumulate;
 }
 static void wg_transpose(const float *src, ptrdiff_t lds, ptrdiff_t rows,
