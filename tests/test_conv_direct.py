@@ -746,7 +746,8 @@ def test_merged_phases_need_whole_chunks_of_channels(count_calls):
 @pytest.mark.parametrize("stride", [1, 2])
 def test_narrow_lanes_give_pointwise_layers_to_gemm(monkeypatch, stride):
     """With 8-lane vectors (an AVX2 build) 'auto' runs a pointwise layer's
-    forward and weight gradient through im2col + GEMM (NARROW_POINTWISE_GEMM;
+    forward, input gradient (a pointwise forward) and weight gradient
+    through the GEMM path (NARROW_POINTWISE_GEMM;
     FASTCONV_CONV_ALGO=direct keeps the direct kernel), with 16 lanes on the
     direct kernel; either way the results match the naive reference."""
     monkeypatch.setattr(cython_cpu, "NARROW_POINTWISE_GEMM", True)
@@ -770,10 +771,12 @@ def test_narrow_lanes_give_pointwise_layers_to_gemm(monkeypatch, stride):
                           stride=stride, backend="cython")
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
     grad_output = rng.standard_normal(expected.shape)
-    _, expected_weight, _ = fastconv.conv2d_backward(
+    expected_input, expected_weight, _ = fastconv.conv2d_backward(
         grad_output, x, weight, stride, backend="naive")
-    _, got_weight, _ = fastconv.conv2d_backward(
+    got_input, got_weight, _ = fastconv.conv2d_backward(
         grad_output.astype(np.float32), x.astype(np.float32),
         weight.astype(np.float32), stride, backend="cython")
     np.testing.assert_allclose(got_weight, expected_weight, rtol=1e-4,
                                atol=1e-4)
+    np.testing.assert_allclose(got_input, expected_input, rtol=1e-5,
+                               atol=1e-5)

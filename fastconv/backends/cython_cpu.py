@@ -310,9 +310,14 @@ def _uses_winograd(g, in_channels, out_channels, out_plane, packed=False,
             and tiles >= min_tiles)
 
 
-#: On builds with 8-lane vectors (AVX2) a pointwise layer's forward and
-#: weight gradient run im2col + GEMM (x is its own im2col matrix there):
-#: OpenBLAS's sgemm beat the 4 x 3-vector tile. Measured 2026-12-04 (AMD
+#: On builds with 8-lane vectors (AVX2) a pointwise layer's forward, input
+#: gradient (a pointwise forward) and weight gradient run the GEMM path (x
+#: is its own im2col matrix there): OpenBLAS's sgemm beat the 4 x 3-vector
+#: direct tile, and the forwards' products now run on winograd_gemm.h's
+#: kernel with packed panels (conv.pyx's _product; 2026-12-04, same host,
+#: ms BLAS / packed kernel, forward, input gradient: N32-C64-32x32-K64 2.40
+#: / 2.18, 3.55 / 2.40; N32-C128-16x16-K256 3.61 / 3.19, 4.96 / 3.69;
+#: N32-C256-8x8-K128 0.99 / 0.81, 1.18 / 0.88). Measured 2026-12-04 (AMD
 #: EPYC Zen 3, AVX2, 2 threads, load 0.7-1.0, medians of 6 alternated
 #: processes, ms direct / GEMM, forward and weight gradient):
 #: N32-C64-32x32-K64 1x1 3.71 / 3.10 and 5.60 / 4.21; N32-C64-16x16-K128
@@ -337,8 +342,9 @@ def _narrow_lanes() -> bool:
 
 
 def _pointwise_gemm(g):
-    """Whether a pointwise layer leaves the register-blocked kernel for
-    im2col + GEMM (NARROW_POINTWISE_GEMM) in the forward and grad_weight."""
+    """Whether a pointwise layer leaves the register-blocked direct kernel
+    for the GEMM path (NARROW_POINTWISE_GEMM) in the forward, grad_input
+    and grad_weight."""
     return (NARROW_POINTWISE_GEMM and _narrow_lanes()
             and g.batch >= NARROW_POINTWISE_GEMM_MIN_BATCH
             and _direct_pointwise(g) and conv_algorithm() != "direct")
@@ -1527,9 +1533,12 @@ def _conv2d_backward(grad_output, x, weight, g, need_input_grad, *,
             g.kernel_width - 1 - g.pad_left)
     elif (transposed is not None and not _is_depthwise(transposed)
           and _uses_blocked_direct(transposed, dtype)):
-        grad_input = _direct_forward(
-            grad_output, _flipped_filters(weight, g.groups), None,
-            transposed)
+        # a pointwise layer's input gradient is a pointwise forward, on
+        # GEMM where that forward would be (_pointwise_gemm)
+        forward = (conv2d_forward if _pointwise_gemm(transposed)
+                   else _direct_forward)
+        grad_input = forward(grad_output, _flipped_filters(weight, g.groups),
+                             None, transposed)
     elif (need_input_grad and transposed is None and not _is_depthwise(g)
           and _uses_blocked_direct(g, dtype)):
         grad_input = _strided_input_grad(grad_output, weight, g,
