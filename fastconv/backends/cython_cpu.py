@@ -315,7 +315,8 @@ def _uses_winograd(g, in_channels, out_channels, out_plane, packed=False,
 #: is its own im2col matrix there): OpenBLAS's sgemm beat the 4 x 3-vector
 #: direct tile, and the forwards' products now run on winograd_gemm.h's
 #: kernel with packed panels (conv.pyx's _product; 2026-12-04, same host,
-#: ms BLAS / packed kernel, forward, input gradient: N32-C64-32x32-K64 2.40
+#: ms before / after, the forward's products BLAS / packed kernel, the
+#: input gradient direct kernel / packed kernel: N32-C64-32x32-K64 2.40
 #: / 2.18, 3.55 / 2.40; N32-C128-16x16-K256 3.61 / 3.19, 4.96 / 3.69;
 #: N32-C256-8x8-K128 0.99 / 0.81, 1.18 / 0.88). Measured 2026-12-04 (AMD
 #: EPYC Zen 3, AVX2, 2 threads, load 0.7-1.0, medians of 6 alternated
