@@ -172,8 +172,7 @@ static inline void wg_scatter_row(const wg_v c[4], const wg_group_plan *plan,
 typedef __m256 wg_v;
 
 /* As with AVX-512, but one mask per tile and row, as AVX2 spells a mask
- * (all ones in a lane taken), and the same as bits for the scatter (whose
- * rows are mostly whole: a plain store). */
+ * (all ones in a lane taken), and the same as bits for the scatter. */
 typedef struct {
     ptrdiff_t offset[WG_GROUP];
     __m256i mask[8][WG_GROUP];
@@ -272,11 +271,25 @@ static inline void wg_scatter_row(const wg_v c[4], const wg_group_plan *plan,
         const __m128 row = q < 4 ? _mm256_castps256_ps128(u[q & 3])
                                  : _mm256_extractf128_ps(u[q & 3], 1);
         float *at = dst + plan->offset[q] + i * width;
-        if (plan->bits[i][q] == 0xF)
+        /* the columns inside the plane are the first 0-4 (no vmaskmovps:
+         * a masked store is slow on AMD's cores) */
+        switch (plan->bits[i][q]) {
+        case 0xF:
             _mm_storeu_ps(at, row);
-        else if (plan->bits[i][q])
-            _mm_maskstore_ps(at, _mm256_castsi256_si128(plan->mask[i][q]),
-                             row);
+            break;
+        case 0x7:
+            _mm_storel_pi((__m64 *)at, row);
+            _mm_store_ss(at + 2, _mm_movehl_ps(row, row));
+            break;
+        case 0x3:
+            _mm_storel_pi((__m64 *)at, row);
+            break;
+        case 0x1:
+            _mm_store_ss(at, row);
+            break;
+        default:
+            break;
+        }
     }
 }
 
