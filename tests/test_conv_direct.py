@@ -629,6 +629,14 @@ def test_sliding_weight_gradient_matches_the_naive_reference(
                                atol=1e-5 * np.abs(expected).max())
 
 
+def _phases_in_place(monkeypatch, in_place):
+    """Merged phases written in place at column strides up to 2 on any
+    build (in_place), or never."""
+    for name in ("PHASES_IN_PLACE_MAX_STRIDE",
+                 "PHASES_IN_PLACE_MAX_STRIDE_NARROW"):
+        monkeypatch.setattr(cython_cpu, name, 2 if in_place else 0)
+
+
 @pytest.mark.parametrize("case", [
     # (x shape, filters, kernel, stride, padding, dilation): phases of
     # different tap counts and planes a vector wide or more; odd heights; a
@@ -649,8 +657,7 @@ def test_merged_phases_match_the_naive_reference(case, in_place, count_calls,
     added into an array; against the naive reference in float64. Written
     into the gradient in place (column strides 1 and 2) or interleaved
     from planes of their own, the same bits."""
-    if not in_place:
-        monkeypatch.setattr(cython_cpu, "PHASES_IN_PLACE_MAX_STRIDE", 0)
+    _phases_in_place(monkeypatch, in_place)
     x_shape, filters, kernel, stride, padding, dilation = case
     rng = np.random.default_rng(sum(x_shape) + kernel)
     x = rng.standard_normal(x_shape)
@@ -675,7 +682,7 @@ def test_merged_phases_match_the_naive_reference(case, in_place, count_calls,
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=tolerance)
     np.testing.assert_array_equal(added, start + got)
     if in_place:
-        monkeypatch.setattr(cython_cpu, "PHASES_IN_PLACE_MAX_STRIDE", 0)
+        _phases_in_place(monkeypatch, False)
         interleaved = fastconv.conv2d_backward(
             *args, need_weight_grad=False, backend="cython")[0]
         np.testing.assert_array_equal(got, interleaved)
@@ -693,6 +700,7 @@ def test_phases_written_in_place_stay_inside_the_gradient(monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(cython_cpu._direct, "conv2d_direct", keep)
+    _phases_in_place(monkeypatch, True)
     rng = np.random.default_rng(3)
     x = rng.standard_normal((1, 8, 18, 32)).astype(np.float32)
     weight = rng.standard_normal((12, 8, 3, 3)).astype(np.float32)

@@ -1251,6 +1251,20 @@ MERGED_PHASES = True
 #: under alternate-lane masks); beyond it into planes of their own,
 #: interleaved after. 0: never in place.
 PHASES_IN_PLACE_MAX_STRIDE = 2
+#: ... on builds with 8-lane vectors (AVX2), where the spread stores are
+#: vmaskmovps, slow on AMD's cores: measured 2026-12-04 (AMD EPYC Zen 3, 2
+#: threads, medians of 5 alternated processes, load 1.3-1.9, ms of the
+#: input gradient in place / interleaved after): N32-C64-32x32-K128 3x3/2
+#: 11.61 / 10.12, N64-C16-32x32-K32 3x3/2 2.58 / 1.81, N8-C32-56x56-K64
+#: 3x3/2 3.05 / 2.30, N16-C64-32x32-K128 4x4/2 8.54 / 8.29,
+#: N16-C128-28x28-K256 3x3/2 19.51 / 18.48.
+PHASES_IN_PLACE_MAX_STRIDE_NARROW = 0
+
+
+def _phases_in_place_max_stride():
+    """PHASES_IN_PLACE_MAX_STRIDE for this build's vector width."""
+    return (PHASES_IN_PLACE_MAX_STRIDE_NARROW if _narrow_lanes()
+            else PHASES_IN_PLACE_MAX_STRIDE)
 #: The merged phases' channel blocks: a tile's inputs of that many channels
 #: fit this many bytes (of L2; DIRECT_TILE_BYTES is L1's). Each phase
 #: applies a quarter of the window's taps (a 3x3 stride-2 layer's 1, 2, 2
@@ -1354,7 +1368,7 @@ def _merged_phases_input_grad(grad_output, weight, g, phases, merged,
     """``_strided_input_grad`` where ``_merged_phases`` applies: each
     chunk of a phase's filters applies that phase's taps of the window
     (direct_conv.h's fc_direct_item with chunk_taps), written into the
-    gradient in place (column strides up to PHASES_IN_PLACE_MAX_STRIDE;
+    gradient in place (column strides up to _phases_in_place_max_stride();
     else into planes of their own, interleaved after), or added into
     ``add_to`` where given: one band and one parallel region instead of one
     per phase. Measured 2026-12-04 (ms, 2
@@ -1387,7 +1401,7 @@ def _merged_phases_input_grad(grad_output, weight, g, phases, merged,
     packed = np.ascontiguousarray(np.concatenate(chunk_weights))[None, None]
     grad_input = np.empty(g.input_shape, grad_output.dtype) \
         if add_to is None else add_to
-    in_place = g.stride_w <= PHASES_IN_PLACE_MAX_STRIDE
+    in_place = g.stride_w <= _phases_in_place_max_stride()
     result = grad_input if in_place else np.empty(merged.output_shape,
                                                   np.float32)
     _direct.conv2d_direct(
