@@ -517,14 +517,16 @@ def test_weight_gradient_layout_rule(shape, weight_shape, pixel_lanes,
     ((2, 300, 9, 9), (20, 300, 3, 3), 1, np.float32),   # channel blocks
     ((2, 64, 12, 12), (64, 64, 3, 3), 1, np.float32),   # Winograd, after
     ((2, 6, 13, 9), (6, 1, 3, 3), 2, np.float32),       # depthwise
-    ((2, 5, 11, 19), (12, 5, 3, 3), 1, np.float64),     # im2col, after
+    ((2, 5, 11, 19), (12, 5, 3, 3), 1, np.float64),     # im2col, as stored
+    ((8, 24, 6, 10), (16, 24, 1, 1), 1, np.float32),    # GEMM path (AVX2)
 ])
 def test_fused_clamp_matches_conv_then_clip(shape, weight_shape, stride,
                                             dtype, clamp):
     """conv2d's private _clamp (the ONNX runner's fused ReLU / Clip): the
     register-blocked kernel clamps as it stores, after the last channel
-    block, the depthwise kernel per work item; the other methods clamp in
-    place after; NaN stays NaN."""
+    block, the depthwise kernel per work item, the GEMM path as it adds
+    the bias (a pointwise float32 layer's in the product's stores),
+    Winograd in place after; NaN stays NaN."""
     rng = np.random.default_rng(sum(shape) + int(stride))
     x = rng.standard_normal(shape).astype(dtype)
     x[0, 0, 1, 1] = np.nan

@@ -1051,8 +1051,9 @@ def conv2d_forward(x, weight, bias, g, packed=None, clamp=None):
     bias_array = bias if has_bias else np.empty(1, dtype=dtype)
     with _blas_held_to_one_thread(num_threads):
         _conv.conv2d_forward(x, weight, bias_array, has_bias, y, workspace, g,
-                             tile_rows, chunk_images, num_threads, pack)
-    return _clamp_in_place(y, clamp)
+                             tile_rows, chunk_images, num_threads, pack,
+                             clamp)
+    return y
 
 
 def _winograd_weight_grad(grad_output, x, g, need_bias_grad=True):

@@ -56,11 +56,15 @@ cdef extern from "winograd_gemm.h" nogil:
     const int WG_AVAILABLE
     const int FC_VL
     const int FC_VMAX
+    ctypedef struct wg_epilogue:
+        const float *bias
+        int clamp
+        float lo, hi
     void wg_point_product(const float *u, Py_ssize_t u_k, Py_ssize_t u_c,
                           Py_ssize_t filters, Py_ssize_t depth,
                           const float *v, Py_ssize_t ldv, Py_ssize_t n,
                           float *m, Py_ssize_t ldm, int accumulate,
-                          float *pack)
+                          const wg_epilogue *ep, float *pack)
 
 
 def openmp_enabled():
@@ -83,6 +87,8 @@ cdef struct ConvShape:
     Py_ssize_t col_rows            # Cg * R * S
     bint direct                    # 1x1, stride 1, no padding: col is x itself
     bint pack_pointwise            # direct float32: col packs the product
+    bint clamp                     # outputs clamped to [lo, hi] as stored
+    double lo, hi
 
 
 cdef ConvShape _conv_shape(g):
@@ -105,6 +111,7 @@ cdef ConvShape _conv_shape(g):
                  and g.pad_top == 0 and g.pad_left == 0
                  and g.pad_bottom == 0 and g.pad_right == 0)
     cs.pack_pointwise = False
+    cs.clamp, cs.lo, cs.hi = False, 0, 0
     return cs
 
 
@@ -207,26 +214,48 @@ cdef void _col2im_add(const ConvShape *cs, const real *col,
 
 # ------------------------------------------------------------- forward
 
-cdef inline void _product(const ConvShape *cs, const real *weight,
+cdef inline bint _product(const ConvShape *cs, const real *weight,
                           const real *columns, Py_ssize_t ld_columns,
                           Py_ssize_t width, real *out, Py_ssize_t ld_out,
-                          real *pack) noexcept nogil:
-    """out (Kg, width) = weight (Kg, Cg*R*S) @ columns (Cg*R*S, width).
+                          real *pack, const real *bias) noexcept nogil:
+    """out (Kg, width) = weight (Kg, Cg*R*S) @ columns (Cg*R*S, width);
+    True where bias (the group's, or NULL) and the clamp were applied as
+    it was stored.
 
     With ``pack`` (float32, pointwise layers: room for Cg * FC_VMAX *
     FC_VL floats) on winograd_gemm.h's register-blocked kernel, each panel
-    of columns copied into pack first (BLAS's packing copies of the
-    weights cost as much as the product of a pointwise layer's few
-    channels); else on BLAS."""
+    of columns copied into pack first, the bias and clamp in its stores
+    (BLAS's packing copies of the weights cost as much as the product of a
+    pointwise layer's few channels); else on BLAS."""
+    cdef wg_epilogue ep
     if real is float and WG_AVAILABLE:
         if pack != NULL:
+            ep.bias = bias
+            ep.clamp = cs.clamp
+            ep.lo, ep.hi = <float>cs.lo, <float>cs.hi
             wg_point_product(weight, cs.col_rows, 1, cs.group_filters,
                              cs.col_rows, columns, ld_columns, width, out,
-                             ld_out, 0, pack)
-            return
+                             ld_out, 0, &ep, pack)
+            return True
     gemm_row_major(c'N', c'N', <int>cs.group_filters, <int>width,
                    <int>cs.col_rows, <real>1, weight, <int>cs.col_rows,
                    columns, <int>ld_columns, <real>0, out, <int>ld_out)
+    return False
+
+
+cdef inline void _finish_row(const ConvShape *cs, real *row,
+                             const real *source, Py_ssize_t n,
+                             real bias_k) noexcept nogil:
+    """row[p] = source[p] + bias_k, clamped where cs.clamp, p < n."""
+    cdef Py_ssize_t p
+    cdef real lo = <real>cs.lo, hi = <real>cs.hi, v
+    if not cs.clamp:
+        for p in range(n):
+            row[p] = source[p] + bias_k
+        return
+    for p in range(n):
+        v = source[p] + bias_k
+        row[p] = lo if v < lo else (hi if v > hi else v)
 
 
 cdef void _forward_tile(const ConvShape *cs, const real *x, const real *weight,
@@ -261,15 +290,17 @@ cdef void _forward_tile(const ConvShape *cs, const real *x, const real *weight,
         _im2col(cs, image, row_start, row_count, col, tile_width)
         columns = col
         ld_columns = <int>tile_width
-    _product(cs, weight + group * cs.group_filters * cs.col_rows, columns,
-             ld_columns, tile_width, out, plane_out,
-             col if cs.pack_pointwise else NULL)
-    if bias != NULL:
+    if _product(cs, weight + group * cs.group_filters * cs.col_rows,
+                columns, ld_columns, tile_width, out, plane_out,
+                col if cs.pack_pointwise else NULL,
+                bias + group * cs.group_filters if bias != NULL else NULL):
+        return
+    if bias != NULL or cs.clamp:
         for k in range(cs.group_filters):
-            bias_k = bias[group * cs.group_filters + k]
+            bias_k = bias[group * cs.group_filters + k] if bias != NULL \
+                else 0
             out_row = out + k * plane_out
-            for p in range(tile_width):
-                out_row[p] += bias_k
+            _finish_row(cs, out_row, out_row, tile_width, bias_k)
 
 
 cdef void _forward_images(const ConvShape *cs, const real *x,
@@ -316,8 +347,7 @@ cdef void _forward_images(const ConvShape *cs, const real *x,
             source = out_block + k * width + i * plane_out
             target = y + ((n0 + i) * cs.out_channels
                           + group * cs.group_filters + k) * plane_out
-            for p in range(plane_out):
-                target[p] = source[p] + bias_k
+            _finish_row(cs, target, source, plane_out, bias_k)
 
 
 def pointwise_pack_floats(Py_ssize_t channels):
@@ -330,8 +360,10 @@ def conv2d_forward(const real[:, :, :, ::1] x, const real[:, :, :, ::1] weight,
                    const real[::1] bias, bint has_bias,
                    real[:, :, :, ::1] y, real[:, ::1] workspace, g,
                    Py_ssize_t tile_rows, Py_ssize_t chunk_images,
-                   int num_threads, bint pack_pointwise=False):
-    """y = conv2d(x, weight) (+ bias when has_bias), written into y.
+                   int num_threads, bint pack_pointwise=False,
+                   clamp=None):
+    """y = conv2d(x, weight) (+ bias when has_bias), written into y,
+    clamped to clamp = (lo, hi) as it is (None: not).
 
     Two schedules. With chunk_images >= 1, work items are (group, up to
     chunk_images whole images) and workspace is (num_threads, col +
@@ -345,6 +377,8 @@ def conv2d_forward(const real[:, :, :, ::1] x, const real[:, :, :, ::1] weight,
     """
     cdef ConvShape cs = _conv_shape(g)
     cs.pack_pointwise = pack_pointwise and chunk_images == 0 and cs.direct
+    if clamp is not None:
+        cs.clamp, cs.lo, cs.hi = True, clamp[0], clamp[1]
     cdef Py_ssize_t tiles = (cs.out_height + tile_rows - 1) // tile_rows
     cdef Py_ssize_t chunks = (cs.batch + chunk_images - 1) // chunk_images \
         if chunk_images > 0 else cs.batch * tiles

@@ -376,7 +376,7 @@ cdef extern from "winograd_gemm.h" nogil:
                           Py_ssize_t filters, Py_ssize_t depth,
                           const float *v, Py_ssize_t ldv, Py_ssize_t n,
                           float *m, Py_ssize_t ldm, int accumulate,
-                          float *pack)
+                          const void *ep, float *pack)
     void wg_transpose(const float *src, Py_ssize_t lds, Py_ssize_t rows,
                       Py_ssize_t cols, float *dst, Py_ssize_t ldd)
 
@@ -394,7 +394,7 @@ cdef inline void _point_product(const WinogradShape *ws, const real *u,
                          1 if transposed_weight else channels,
                          filters if transposed_weight else 1, filters,
                          channels, v + p * channels * count, count, count,
-                         m + p * count, POINTS * count, 0, NULL)
+                         m + p * count, POINTS * count, 0, NULL, NULL)
     elif transposed_weight:
         gemm_row_major(c'T', c'N', <int>filters, <int>count, <int>channels,
                        <real>1, u + p * filters * channels, <int>filters,
@@ -684,7 +684,7 @@ cdef inline void _weight_point_product(const real *e, const real *v,
     if real is float and WG_AVAILABLE:
         wg_transpose(v, count, channels, count, scratch, channels)
         wg_point_product(e, count, 1, filters, count, scratch, channels,
-                         channels, du, channels, accumulate, NULL)
+                         channels, du, channels, accumulate, NULL, NULL)
     else:
         gemm_row_major(c'N', c'T', <int>filters, <int>channels, <int>count,
                        <real>1, e, <int>count, v, <int>count,

@@ -42,12 +42,22 @@
 #define WG_AVAILABLE FC_DIRECT_AVAILABLE
 #define WG_KB FC_KB
 
+/* What a product's stores add and clamp (a pointwise layer's bias and
+ * activation, conv.pyx): bias[k] where bias is not NULL, then [lo, hi]
+ * where clamp is set. */
+typedef struct {
+    const float *bias;
+    int clamp;
+    float lo, hi;
+} wg_epilogue;
+
 #if FC_DIRECT_AVAILABLE
 
 static inline __attribute__((always_inline)) void
 wg_tile(const int NV, const float *const *u_rows, ptrdiff_t u_c,
         ptrdiff_t depth, const float *v, ptrdiff_t ldv, float *m,
-        ptrdiff_t ldm, int kn, int last_lanes, int accumulate)
+        ptrdiff_t ldm, int kn, int last_lanes, int accumulate,
+        const wg_epilogue *ep, const float *bias)
 {
     fc_vf a[WG_KB][FC_VMAX];
 #pragma GCC unroll 8
@@ -73,25 +83,30 @@ wg_tile(const int NV, const float *const *u_rows, ptrdiff_t u_c,
     for (int k = 0; k < WG_KB; ++k) {
         if (k >= kn)
             break;
+        const float b = ep && ep->bias ? bias[k] : 0.0f;
 #pragma GCC unroll 3
         for (int j = 0; j < NV; ++j) {
             float *d = m + k * ldm + j * FC_VL;
             const int lanes = j == NV - 1 ? last_lanes : FC_VL;
-            fc_store(d, accumulate ? a[k][j] + fc_load_lanes(d, lanes)
-                                   : a[k][j], lanes);
+            fc_vf r = accumulate ? a[k][j] + fc_load_lanes(d, lanes)
+                                 : a[k][j];
+            if (ep)
+                r = fc_clamp(r + b, ep->clamp, ep->lo, ep->hi);
+            fc_store(d, r, lanes);
         }
     }
 }
 
 #define WG_TILE_ARGS const float *const *r, ptrdiff_t uc, ptrdiff_t d, \
     const float *v, ptrdiff_t lv, float *m, ptrdiff_t lm, int kn, int ll, \
-    int acc
-static void wg_tile1(WG_TILE_ARGS) { wg_tile(1, r, uc, d, v, lv, m, lm, kn, ll, acc); }
-static void wg_tile2(WG_TILE_ARGS) { wg_tile(2, r, uc, d, v, lv, m, lm, kn, ll, acc); }
-static void wg_tile3(WG_TILE_ARGS) { wg_tile(3, r, uc, d, v, lv, m, lm, kn, ll, acc); }
+    int acc, const wg_epilogue *ep, const float *b
+static void wg_tile1(WG_TILE_ARGS) { wg_tile(1, r, uc, d, v, lv, m, lm, kn, ll, acc, ep, b); }
+static void wg_tile2(WG_TILE_ARGS) { wg_tile(2, r, uc, d, v, lv, m, lm, kn, ll, acc, ep, b); }
+static void wg_tile3(WG_TILE_ARGS) { wg_tile(3, r, uc, d, v, lv, m, lm, kn, ll, acc, ep, b); }
 
 /* M (filters, n) = U (filters, depth) @ V (depth, n), or M += that with
- * `accumulate`; U[k][c] at u[k * u_k + c * u_c]. With `pack` (room for
+ * `accumulate`, then what `ep` says (NULL: nothing) applied as it is
+ * stored; U[k][c] at u[k * u_k + c * u_c]. With `pack` (room for
  * depth * FC_VMAX * FC_VL floats; NULL: V is read in place, past its
  * last column as the file's comment says), each panel of V is first
  * copied there, zero past n: then no float past V's n columns is read,
@@ -102,7 +117,7 @@ static void wg_point_product(const float *u, ptrdiff_t u_k, ptrdiff_t u_c,
                              ptrdiff_t filters, ptrdiff_t depth,
                              const float *v, ptrdiff_t ldv, ptrdiff_t n,
                              float *m, ptrdiff_t ldm, int accumulate,
-                             float *pack)
+                             const wg_epilogue *ep, float *pack)
 {
     const ptrdiff_t panel = FC_VMAX * FC_VL;
     for (ptrdiff_t n0 = 0; n0 < n; n0 += panel) {
@@ -114,10 +129,19 @@ static void wg_point_product(const float *u, ptrdiff_t u_k, ptrdiff_t u_c,
         if (pack) {
             const ptrdiff_t padded = (ptrdiff_t)vectors * FC_VL;
             for (ptrdiff_t c = 0; c < depth; ++c) {
-                memcpy(pack + c * padded, src + c * ldv,
-                       (size_t)width * sizeof(float));
-                memset(pack + c * padded + width, 0,
-                       (size_t)(padded - width) * sizeof(float));
+                const float *from = src + c * ldv;
+                float *to = pack + c * padded;
+                if (width == panel) {   /* whole vectors, not a libc call */
+                    for (int j = 0; j < FC_VMAX; ++j)
+                        fc_store(to + j * FC_VL, fc_load(from + j * FC_VL),
+                                 FC_VL);
+                    continue;
+                }
+                for (int j = 0; j < vectors; ++j) {
+                    const int lanes = j == vectors - 1 ? last : FC_VL;
+                    fc_store(to + j * FC_VL,
+                             fc_load_lanes(from + j * FC_VL, lanes), FC_VL);
+                }
             }
             src = pack;
             ld = padded;
@@ -130,15 +154,16 @@ static void wg_point_product(const float *u, ptrdiff_t u_k, ptrdiff_t u_c,
             for (int k = 0; k < WG_KB; ++k)
                 rows[k] = u + (k0 + (k < kn ? k : kn - 1)) * u_k;
             float *dst = m + k0 * ldm + n0;
+            const float *bias = ep && ep->bias ? ep->bias + k0 : NULL;
             if (vectors == 3)
                 wg_tile3(rows, u_c, depth, src, ld, dst, ldm, kn, last,
-                         accumulate);
+                         accumulate, ep, bias);
             else if (vectors == 2)
                 wg_tile2(rows, u_c, depth, src, ld, dst, ldm, kn, last,
-                         accumulate);
+                         accumulate, ep, bias);
             else
                 wg_tile1(rows, u_c, depth, src, ld, dst, ldm, kn, last,
-                         accumulate);
+                         accumulate, ep, bias);
         }
     }
 }
@@ -176,9 +201,9 @@ static void wg_point_product(const float *u, ptrdiff_t u_k, ptrdiff_t u_c,
                              ptrdiff_t filters, ptrdiff_t depth,
                              const float *v, ptrdiff_t ldv, ptrdiff_t n,
                              float *m, ptrdiff_t ldm, int accumulate,
-                             float *pack)
+                             const wg_epilogue *ep, float *pack)
 {
-    (void)pack; (void)u; (void)u_k; (void)u_c; (void)filters; (void)depth; (void)v;
+    (void)ep; (void)pack; (void)u; (void)u_k; (void)u_c; (void)filters; (void)depth; (void)v;
     (void)ldv; (void)n; (void)m; (void)ldm; (void)accumulate;
 }
 static void wg_transpose(const float *src, ptrdiff_t lds, ptrdiff_t rows,
