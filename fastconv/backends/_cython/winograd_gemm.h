@@ -171,7 +171,7 @@ static void wg_point_product(const float *u, ptrdiff_t u_k, ptrdiff_t u_c,
 /* dst (cols, rows) = src (rows, cols) transposed; row strides lds, ldd.
  * The weight gradient's products sum over tiles, so its V[p] (C, tiles)
  * is multiplied as V[p]^T (tiles, C): channels along the vectors. */
-static void wg_transpose(const float *src, ptrdiff_t lds, ptrdiff_t rows,
+static inline void wg_transpose(const float *src, ptrdiff_t lds, ptrdiff_t rows,
                          ptrdiff_t cols, float *dst, ptrdiff_t ldd)
 {
 #if FC_HAVE_SHUFFLE
@@ -206,7 +206,7 @@ static void wg_point_product(const float *u, ptrdiff_t u_k, ptrdiff_t u_c,
     (void)ep; (void)pack; (void)u; (void)u_k; (void)u_c; (void)filters; (void)depth; (void)v;
     (void)ldv; (void)n; (void)m; (void)ldm; (void)accumulate;
 }
-static void wg_transpose(const float *src, ptrdiff_t lds, ptrdiff_t rows,
+static inline void wg_transpose(const float *src, ptrdiff_t lds, ptrdiff_t rows,
                          ptrdiff_t cols, float *dst, ptrdiff_t ldd)
 {
     (void)src; (void)lds; (void)rows; (void)cols; (void)dst; (void)ldd;
