@@ -1,5 +1,7 @@
 /* The 36 matrix products of Winograd F(4x4, 3x3), float32, register-blocked
- * (included by winograd.pyx).
+ * (included by winograd.pyx; conv.pyx runs a pointwise layer's products on
+ * the same kernel, with packed panels and its bias and activation in the
+ * stores: wg_point_product's `pack` and `ep`).
  *
  * Each is M (K, n) = U (K, C) @ V (C, n) for one point of the 6x6 domain:
  * V the transformed inputs of n tiles (rows of channels, row stride ldv),
@@ -15,9 +17,9 @@
  * L1 up to about 200 channels, in L2 beyond) is reused by every filter
  * block.
  *
- * The vector loads of a panel's last, partial vector read up to FC_VL - 1
- * floats past the row's last tile (the caller leaves that much room after
- * V); those lanes are never stored. Each output is summed over C in one
+ * Unpacked, the vector loads of a panel's last, partial vector read up to
+ * FC_VL - 1 floats past the row's last tile (the caller leaves that much
+ * room after V); those lanes are never stored. Each output is summed over C in one
  * order, by one thread.
  *
  * BLAS took 1.4x longer on these shapes, plus its packing copies (SciPy's
