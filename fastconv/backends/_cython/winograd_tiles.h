@@ -37,6 +37,7 @@
 #if defined(__GNUC__) && defined(__AVX512F__) && defined(__AVX512VL__)
 #include <immintrin.h>
 #define WG_TILES_AVAILABLE 1
+#define WG_AVX512 1
 #define WG_GROUP 16
 typedef __m512 wg_v;
 
@@ -78,6 +79,24 @@ static inline wg_v wg_fnmadd(wg_v a, wg_v b, wg_v c)
     return _mm512_fnmadd_ps(a, b, c);
 }
 static inline wg_v wg_set1(float a) { return _mm512_set1_ps(a); }
+/* Per 128-bit block: unpacklo a0 b0 a1 b1, unpackhi a2 b2 a3 b3;
+ * shuffle_lo a0 a1 b0 b1, shuffle_hi a2 a3 b2 b3. */
+static inline wg_v wg_unpacklo(wg_v a, wg_v b)
+{
+    return _mm512_unpacklo_ps(a, b);
+}
+static inline wg_v wg_unpackhi(wg_v a, wg_v b)
+{
+    return _mm512_unpackhi_ps(a, b);
+}
+static inline wg_v wg_shuffle_lo(wg_v a, wg_v b)
+{
+    return _mm512_shuffle_ps(a, b, 0x44);
+}
+static inline wg_v wg_shuffle_hi(wg_v a, wg_v b)
+{
+    return _mm512_shuffle_ps(a, b, 0xEE);
+}
 
 /* the first `tiles` lanes from src, zero in the others */
 static inline wg_v wg_load_lanes(const float *src, int tiles)
@@ -94,22 +113,110 @@ static inline void wg_store_lanes(float *dst, wg_v v, int tiles)
         _mm512_mask_storeu_ps(dst, (__mmask16)((1u << tiles) - 1u), v);
 }
 
+#elif defined(__GNUC__) && defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define WG_TILES_AVAILABLE 1
+#define WG_AVX2 1
+#define WG_GROUP 8
+typedef __m256 wg_v;
+
+/* As with AVX-512, but one mask per tile and row, as AVX2 spells a mask
+ * (all ones in a lane taken), and the same as bits for the scatter. */
+typedef struct {
+    ptrdiff_t offset[WG_GROUP];
+    __m256i mask[8][WG_GROUP];
+    unsigned char bits[8][WG_GROUP];
+    int tiles;
+} wg_group_plan;
+
+static inline void wg_plan_row(wg_group_plan *plan, int i, int q,
+                               unsigned columns)
+{
+    const __m256i lane = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    plan->bits[i][q] = (unsigned char)columns;
+    plan->mask[i][q] = _mm256_cmpeq_epi32(
+        _mm256_and_si256(_mm256_set1_epi32((int)columns), lane), lane);
+}
+
+static inline wg_v wg_add(wg_v a, wg_v b) { return _mm256_add_ps(a, b); }
+static inline wg_v wg_sub(wg_v a, wg_v b) { return _mm256_sub_ps(a, b); }
+static inline wg_v wg_mul(wg_v a, wg_v b) { return _mm256_mul_ps(a, b); }
+static inline wg_v wg_fmadd(wg_v a, wg_v b, wg_v c)
+{
+    return _mm256_fmadd_ps(a, b, c);
+}
+static inline wg_v wg_fnmadd(wg_v a, wg_v b, wg_v c)
+{
+    return _mm256_fnmadd_ps(a, b, c);
+}
+static inline wg_v wg_set1(float a) { return _mm256_set1_ps(a); }
+static inline wg_v wg_unpacklo(wg_v a, wg_v b)
+{
+    return _mm256_unpacklo_ps(a, b);
+}
+static inline wg_v wg_unpackhi(wg_v a, wg_v b)
+{
+    return _mm256_unpackhi_ps(a, b);
+}
+static inline wg_v wg_shuffle_lo(wg_v a, wg_v b)
+{
+    return _mm256_shuffle_ps(a, b, 0x44);
+}
+static inline wg_v wg_shuffle_hi(wg_v a, wg_v b)
+{
+    return _mm256_shuffle_ps(a, b, 0xEE);
+}
+
+static inline __m256i wg_first_lanes(int tiles)
+{
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(tiles),
+                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+static inline wg_v wg_load_lanes(const float *src, int tiles)
+{
+    return tiles == WG_GROUP ? _mm256_loadu_ps(src)
+                             : _mm256_maskload_ps(src, wg_first_lanes(tiles));
+}
+
+static inline void wg_store_lanes(float *dst, wg_v v, int tiles)
+{
+    if (tiles == WG_GROUP)
+        _mm256_storeu_ps(dst, v);
+    else
+        _mm256_maskstore_ps(dst, wg_first_lanes(tiles), v);
+}
+
+#else
+#define WG_TILES_AVAILABLE 0
+#endif
+
+#if WG_TILES_AVAILABLE
+/* The 4 x 4 transpose within each 128-bit block of r[0..3]: lane j of
+ * block blk of u[k] is lane k of block blk of r[j]. The first two rounds
+ * of the 8 x 8 transposes, and all of the scatter's. */
+static inline void wg_transpose4_blocks(const wg_v r[4], wg_v u[4])
+{
+    const wg_v t0 = wg_unpacklo(r[0], r[1]), t1 = wg_unpackhi(r[0], r[1]),
+               t2 = wg_unpacklo(r[2], r[3]), t3 = wg_unpackhi(r[2], r[3]);
+    u[0] = wg_shuffle_lo(t0, t2);
+    u[1] = wg_shuffle_hi(t0, t2);
+    u[2] = wg_shuffle_lo(t1, t3);
+    u[3] = wg_shuffle_hi(t1, t3);
+}
+#endif
+
+/* The instruction set's gather and scatter, on wg_transpose4_blocks. */
+#if defined(WG_AVX512)
+
 /* Columns j of the 8 x 8 blocks in each half of r[0..7] (row k of the low
  * half's block in r[k] lanes 0-7, of the high half's in lanes 8-15): on
  * return r[j] holds column j of both blocks, lanes 0-7 and 8-15. */
 static inline void wg_transpose8x8_halves(__m512 r[8])
 {
-    __m512 t[8], u[8];
-    for (int k = 0; k < 8; k += 2) {
-        t[k] = _mm512_unpacklo_ps(r[k], r[k + 1]);
-        t[k + 1] = _mm512_unpackhi_ps(r[k], r[k + 1]);
-    }
-    for (int k = 0; k < 8; k += 4) {
-        u[k] = _mm512_shuffle_ps(t[k], t[k + 2], 0x44);
-        u[k + 1] = _mm512_shuffle_ps(t[k], t[k + 2], 0xEE);
-        u[k + 2] = _mm512_shuffle_ps(t[k + 1], t[k + 3], 0x44);
-        u[k + 3] = _mm512_shuffle_ps(t[k + 1], t[k + 3], 0xEE);
-    }
+    __m512 u[8];
+    wg_transpose4_blocks(r, u);
+    wg_transpose4_blocks(r + 4, u + 4);
     /* u[k] (k < 4) holds, per 128-bit block, rows 0-3's column k (blocks
      * 0, 2) or k + 4 (blocks 1, 3); u[k + 4] the same of rows 4-7 */
     const __m512i low = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19,
@@ -144,16 +251,9 @@ static inline void wg_gather_row(const float *x, ptrdiff_t width,
 static inline void wg_scatter_row(const wg_v c[4], const wg_group_plan *plan,
                                   int i, float *dst, ptrdiff_t width)
 {
-    __m512 t[4], u[4];
-    t[0] = _mm512_unpacklo_ps(c[0], c[1]);
-    t[1] = _mm512_unpackhi_ps(c[0], c[1]);
-    t[2] = _mm512_unpacklo_ps(c[2], c[3]);
-    t[3] = _mm512_unpackhi_ps(c[2], c[3]);
-    /* u[r], 128-bit block blk: row i of tile 4 blk + r */
-    u[0] = _mm512_shuffle_ps(t[0], t[2], 0x44);
-    u[1] = _mm512_shuffle_ps(t[0], t[2], 0xEE);
-    u[2] = _mm512_shuffle_ps(t[1], t[3], 0x44);
-    u[3] = _mm512_shuffle_ps(t[1], t[3], 0xEE);
+    __m512 u[4];
+    wg_transpose4_blocks(c, u);     /* u[r], 128-bit block blk: row i of
+                                     * tile 4 blk + r */
     for (int q = 0; q < plan->tiles; ++q) {
         const __mmask16 keep = q < 8 ? plan->lo[i][q]
                                      : plan->hi[i][q - 8] >> 8;
@@ -165,77 +265,14 @@ static inline void wg_scatter_row(const wg_v c[4], const wg_group_plan *plan,
     }
 }
 
-#elif defined(__GNUC__) && defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-#define WG_TILES_AVAILABLE 1
-#define WG_GROUP 8
-typedef __m256 wg_v;
-
-/* As with AVX-512, but one mask per tile and row, as AVX2 spells a mask
- * (all ones in a lane taken), and the same as bits for the scatter. */
-typedef struct {
-    ptrdiff_t offset[WG_GROUP];
-    __m256i mask[8][WG_GROUP];
-    unsigned char bits[8][WG_GROUP];
-    int tiles;
-} wg_group_plan;
-
-static inline void wg_plan_row(wg_group_plan *plan, int i, int q,
-                               unsigned columns)
-{
-    const __m256i lane = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-    plan->bits[i][q] = (unsigned char)columns;
-    plan->mask[i][q] = _mm256_cmpeq_epi32(
-        _mm256_and_si256(_mm256_set1_epi32((int)columns), lane), lane);
-}
-
-static inline wg_v wg_add(wg_v a, wg_v b) { return _mm256_add_ps(a, b); }
-static inline wg_v wg_sub(wg_v a, wg_v b) { return _mm256_sub_ps(a, b); }
-static inline wg_v wg_mul(wg_v a, wg_v b) { return _mm256_mul_ps(a, b); }
-static inline wg_v wg_fmadd(wg_v a, wg_v b, wg_v c)
-{
-    return _mm256_fmadd_ps(a, b, c);
-}
-static inline wg_v wg_fnmadd(wg_v a, wg_v b, wg_v c)
-{
-    return _mm256_fnmadd_ps(a, b, c);
-}
-static inline wg_v wg_set1(float a) { return _mm256_set1_ps(a); }
-
-static inline __m256i wg_first_lanes(int tiles)
-{
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32(tiles),
-                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
-
-static inline wg_v wg_load_lanes(const float *src, int tiles)
-{
-    return tiles == WG_GROUP ? _mm256_loadu_ps(src)
-                             : _mm256_maskload_ps(src, wg_first_lanes(tiles));
-}
-
-static inline void wg_store_lanes(float *dst, wg_v v, int tiles)
-{
-    if (tiles == WG_GROUP)
-        _mm256_storeu_ps(dst, v);
-    else
-        _mm256_maskstore_ps(dst, wg_first_lanes(tiles), v);
-}
+#elif defined(WG_AVX2)
 
 /* r[j] = column j of the 8 x 8 block whose row k is r[k]. */
 static inline void wg_transpose8x8(__m256 r[8])
 {
-    __m256 t[8], u[8];
-    for (int k = 0; k < 8; k += 2) {
-        t[k] = _mm256_unpacklo_ps(r[k], r[k + 1]);
-        t[k + 1] = _mm256_unpackhi_ps(r[k], r[k + 1]);
-    }
-    for (int k = 0; k < 8; k += 4) {
-        u[k] = _mm256_shuffle_ps(t[k], t[k + 2], 0x44);
-        u[k + 1] = _mm256_shuffle_ps(t[k], t[k + 2], 0xEE);
-        u[k + 2] = _mm256_shuffle_ps(t[k + 1], t[k + 3], 0x44);
-        u[k + 3] = _mm256_shuffle_ps(t[k + 1], t[k + 3], 0xEE);
-    }
+    __m256 u[8];
+    wg_transpose4_blocks(r, u);
+    wg_transpose4_blocks(r + 4, u + 4);
     /* u[k] (k < 4): column k of rows 0-3 in the low half, column k + 4 in
      * the high one; u[k + 4] the same of rows 4-7 */
     for (int k = 0; k < 4; ++k) {
@@ -257,16 +294,9 @@ static inline void wg_gather_row(const float *x, ptrdiff_t width,
 static inline void wg_scatter_row(const wg_v c[4], const wg_group_plan *plan,
                                   int i, float *dst, ptrdiff_t width)
 {
-    __m256 t[4], u[4];
-    t[0] = _mm256_unpacklo_ps(c[0], c[1]);
-    t[1] = _mm256_unpackhi_ps(c[0], c[1]);
-    t[2] = _mm256_unpacklo_ps(c[2], c[3]);
-    t[3] = _mm256_unpackhi_ps(c[2], c[3]);
-    /* u[r]: row i of tile r in the low half, of tile r + 4 in the high */
-    u[0] = _mm256_shuffle_ps(t[0], t[2], 0x44);
-    u[1] = _mm256_shuffle_ps(t[0], t[2], 0xEE);
-    u[2] = _mm256_shuffle_ps(t[1], t[3], 0x44);
-    u[3] = _mm256_shuffle_ps(t[1], t[3], 0xEE);
+    __m256 u[4];
+    wg_transpose4_blocks(c, u);     /* u[r]: row i of tile r in the low
+                                     * half, of tile r + 4 in the high */
     for (int q = 0; q < plan->tiles; ++q) {
         const __m128 row = q < 4 ? _mm256_castps256_ps128(u[q & 3])
                                  : _mm256_extractf128_ps(u[q & 3], 1);
@@ -293,8 +323,6 @@ static inline void wg_scatter_row(const wg_v c[4], const wg_group_plan *plan,
     }
 }
 
-#else
-#define WG_TILES_AVAILABLE 0
 #endif
 
 #if WG_TILES_AVAILABLE
