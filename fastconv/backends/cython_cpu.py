@@ -313,19 +313,19 @@ def _uses_winograd(g, in_channels, out_channels, out_plane, packed=False,
 #: On builds with 8-lane vectors (AVX2) a pointwise layer's forward, input
 #: gradient (a pointwise forward) and weight gradient run the GEMM path (x
 #: is its own im2col matrix there): OpenBLAS's sgemm beat the 4 x 3-vector
-#: direct tile, and the forwards' products now run on winograd_gemm.h's
-#: kernel with packed panels (conv.pyx's _product; 2026-12-04, same host,
-#: ms before / after, the forward's products BLAS / packed kernel, the
-#: input gradient direct kernel / packed kernel: N32-C64-32x32-K64 2.40
-#: / 2.18, 3.55 / 2.40; N32-C128-16x16-K256 3.61 / 3.19, 4.96 / 3.69;
-#: N32-C256-8x8-K128 0.99 / 0.81, 1.18 / 0.88). Measured 2026-12-04 (AMD
-#: EPYC Zen 3, AVX2, 2 threads, load 0.7-1.0, medians of 6 alternated
-#: processes, ms direct / GEMM, forward and weight gradient):
-#: N32-C64-32x32-K64 1x1 3.71 / 3.10 and 5.60 / 4.21; N32-C64-16x16-K128
-#: 1x1/2 0.48 / 0.45 and 0.92 / 0.63. (The other weight gradients were
-#: mixed: 3x3/2 N32-C64-32x32-K128 14.7 / 13.3, but the 7x7/2 stem 24.7 /
-#: 27.5, N64-C32-14x14-K64 5.55 / 7.17, N64-C16-32x32-K32 3x3/2 2.98 /
-#: 3.35; they stay direct.) With 16 lanes the direct kernel was faster.
+#: direct tile. Measured 2026-12-04 (AMD EPYC Zen 3, AVX2, 2 threads, load
+#: 0.7-1.0, medians of 6 alternated processes, ms direct / GEMM, forward
+#: and weight gradient): N32-C64-32x32-K64 1x1 3.71 / 3.10 and 5.60 /
+#: 4.21; N32-C64-16x16-K128 1x1/2 0.48 / 0.45 and 0.92 / 0.63. (The other
+#: weight gradients were mixed: 3x3/2 N32-C64-32x32-K128 14.7 / 13.3, but
+#: the 7x7/2 stem 24.7 / 27.5, N64-C32-14x14-K64 5.55 / 7.17,
+#: N64-C16-32x32-K32 3x3/2 2.98 / 3.35; they stay direct.) With 16 lanes
+#: the direct kernel was faster. The forwards' products have since moved
+#: from BLAS to winograd_gemm.h's kernel with packed panels (conv.pyx's
+#: _product), and the input gradient from the direct kernel to them (same
+#: host, later that day, ms before / after, forward, input gradient:
+#: N32-C64-32x32-K64 2.40 / 2.18, 3.55 / 2.40; N32-C128-16x16-K256 3.61 /
+#: 3.19, 4.96 / 3.69; N32-C256-8x8-K128 0.99 / 0.81, 1.18 / 0.88).
 #: Only from NARROW_POINTWISE_GEMM_MIN_BATCH images: the GEMM path's work
 #: items are images, and on one image (mobilenet_v2 at batch 1) the direct
 #: kernel was 1.3-3.4x faster (ms, as above, 3 processes: (1, 16, 112,

@@ -351,10 +351,9 @@ static void fc_direct_item(const fc_direct_geometry *g, const float *image,
                      * it shares with the vector before it hold the same
                      * sums), not a masked one: with AVX2 (vmaskmovps) on
                      * Zen 3, N64-C1-28x28-K32 took 0.54 ms masked, 0.45
-                     * shifted;
-                     * summing onto earlier channel blocks, only the lanes
-                     * the vector before it does not store (lanes -s: all
-                     * but the first s) */
+                     * shifted. Summing onto earlier channel blocks, only
+                     * the lanes the vector before it does not store
+                     * (lanes -s: all but the first s). */
                     lanes[v] = block > 0 ? -(FC_VL - lanes[v]) : FC_VL;
                     ow = g->out_width - FC_VL;
                 }
